@@ -1,0 +1,18 @@
+"""utag: Unsupervised discovery of Tissue Architecture with Graphs.
+
+Finds microanatomical domains in single-cell spatial data (Kim et al., Nature Methods
+2022): ``from utag import utag; result = utag(adata, slide_key="roi", max_dist=20)``.
+"""
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets
+from .evaluation import evaluate_performance
+from .graph import spatial_neighbors
+from .segmentation import utag
+
+try:
+    __version__ = version("utag")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["utag", "spatial_neighbors", "evaluate_performance", "datasets", "__version__"]

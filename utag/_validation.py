@@ -1,0 +1,152 @@
+"""Input checks shared by the public functions.
+
+Every check raises a ``ValueError`` whose message names the offending argument, says what
+was found and how to fix the call.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+CLUSTERING_METHODS = ("leiden", "parc", "kmeans")
+
+
+def as_int(name: str, value, minimum: int = 1) -> int:
+    """Accept ints and integral floats (R sends ``10`` as ``10.0``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+        raise ValueError(f"`{name}` must be a whole number, got {value!r}.")
+    if int(value) < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+    if value <= 0:
+        raise ValueError(
+            f"`{name}` must be > 0, got {value!r}. It is a distance in the units of "
+            "`obsm['spatial']` (e.g. pixels); for IMC (1 px = 1 um) 10-40 is typical."
+        )
+    return float(value)
+
+
+def check_n_cells(adata: AnnData) -> None:
+    if not isinstance(adata, AnnData):
+        raise ValueError(f"`adata` must be an AnnData object, got {type(adata).__name__}.")
+    if adata.n_obs == 0:
+        raise ValueError("`adata` has zero cells (n_obs == 0); there is nothing to segment.")
+    if adata.n_vars == 0:
+        raise ValueError("`adata` has zero features (n_vars == 0); UTAG needs marker intensities.")
+
+
+def spatial_coordinates(adata: AnnData, basis: str = "spatial") -> np.ndarray:
+    """Return ``obsm[basis]`` as a finite float64 array of shape (n_cells, 2 or 3)."""
+    if basis not in adata.obsm:
+        present = list(adata.obsm.keys()) or "nothing"
+        raise ValueError(
+            f"`adata.obsm['{basis}']` is missing (obsm holds: {present}). Store the cell "
+            f"centroids there, e.g. `adata.obsm['{basis}'] = df[['x', 'y']].to_numpy()`."
+        )
+    coords = adata.obsm[basis]
+    coords = coords.to_numpy() if isinstance(coords, pd.DataFrame) else np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[0] != adata.n_obs or coords.shape[1] not in (2, 3):
+        raise ValueError(
+            f"`adata.obsm['{basis}']` must have shape (n_cells, 2) or (n_cells, 3) with one "
+            f"row of x, y[, z] per cell; got shape {coords.shape} for {adata.n_obs} cells."
+        )
+    try:
+        coords = coords.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`adata.obsm['{basis}']` must be numeric: {error}") from None
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        examples = list(adata.obs_names[bad][:5])
+        raise ValueError(
+            f"`adata.obsm['{basis}']` has NaN or infinite coordinates for {bad.sum()} cells "
+            f"(e.g. {examples}). Remove those cells or fix their centroids first."
+        )
+    return coords
+
+
+def slide_codes(adata: AnnData, slide_key: str | None) -> tuple[np.ndarray, pd.Index]:
+    """Integer code per cell and the slide names; one slide when ``slide_key`` is None."""
+    if slide_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64), pd.Index(["all"])
+    if slide_key not in adata.obs.columns:
+        raise ValueError(
+            f"`slide_key={slide_key!r}` is not a column of `adata.obs` (columns: "
+            f"{list(adata.obs.columns)}). Pass the column that names each cell's slide/image, "
+            "or `slide_key=None` if all cells come from one image."
+        )
+    values = adata.obs[slide_key]
+    if values.isna().any():
+        raise ValueError(
+            f"`adata.obs[{slide_key!r}]` is missing for {int(values.isna().sum())} cells; "
+            "every cell needs a slide. Fill or drop them first."
+        )
+    codes, names = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), pd.Index(names)
+
+
+def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
+    """Positions of ``channels_to_use`` in ``var_names`` (None keeps all)."""
+    if channels_to_use is None:
+        return None
+    if isinstance(channels_to_use, str):
+        channels_to_use = [channels_to_use]
+    channels = list(channels_to_use)
+    if not channels:
+        raise ValueError("`channels_to_use` is empty; pass None to use every feature.")
+    missing = [c for c in channels if c not in adata.var_names]
+    if missing:
+        raise ValueError(
+            f"`channels_to_use` names {len(missing)} channels not in `adata.var_names`: "
+            f"{missing}. Available: {list(adata.var_names)}."
+        )
+    return adata.var_names.get_indexer(channels)
+
+
+def check_features(features) -> None:
+    values = features.data if sp.issparse(features) else np.asarray(features)
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise ValueError(f"`adata.X` must hold real numbers, got dtype {values.dtype}.")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise ValueError(
+            "`adata.X` contains NaN or infinite values. Impute or drop them (e.g. "
+            "`adata.X = np.nan_to_num(adata.X)`) before running UTAG."
+        )
+
+
+def clustering_methods(clustering_method) -> tuple[str, ...]:
+    if isinstance(clustering_method, str):
+        clustering_method = [clustering_method]
+    if not isinstance(clustering_method, Iterable):
+        raise ValueError(
+            f"`clustering_method` must be a string or a list of strings from "
+            f"{list(CLUSTERING_METHODS)}, got {clustering_method!r}."
+        )
+    methods = tuple(dict.fromkeys(str(m).lower() for m in clustering_method))
+    unknown = [m for m in methods if m not in CLUSTERING_METHODS]
+    if unknown or not methods:
+        raise ValueError(
+            f"`clustering_method` has unknown method(s) {unknown or clustering_method!r}; "
+            f"choose from {list(CLUSTERING_METHODS)}."
+        )
+    return methods
+
+
+def resolution_list(resolutions) -> list[float]:
+    if isinstance(resolutions, numbers.Real):
+        resolutions = [resolutions]
+    if isinstance(resolutions, str) or not isinstance(resolutions, (Sequence, np.ndarray, pd.Index)):
+        raise ValueError(f"`resolutions` must be a number or a list of numbers, got {resolutions!r}.")
+    values = [check_positive("resolutions", r) for r in resolutions]
+    if not values:
+        raise ValueError("`resolutions` is empty; pass e.g. `resolutions=[0.05, 0.1, 0.3]`.")
+    return list(dict.fromkeys(values))

@@ -1,0 +1,131 @@
+"""Example data: a synthetic tissue with known domains, and a real CODEX subset."""
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy.spatial import cKDTree
+
+from ._validation import as_int, check_positive
+
+_SPLEEN_SUBSET = "codex_mouse_spleen_subset.h5ad"
+
+
+def synthetic_tissue(
+    n_cells: int = 20_000,
+    n_slides: int = 2,
+    n_markers: int = 40,
+    n_domains: int = 5,
+    n_cell_types: int = 10,
+    cell_area: float = 150.0,
+    domain_size: float = 250.0,
+    concentration: float = 0.5,
+    noise: float = 0.35,
+    slide_key: str = "roi",
+    random_state: int = 0,
+) -> AnnData:
+    """An IMC-like tissue whose domains are known.
+
+    Each slide is a square holding ``n_cells / n_slides`` cells at uniformly random
+    positions (``cell_area`` um^2 per cell, 1 unit = 1 um). The square is split into
+    Voronoi regions about ``domain_size`` um across, each belonging to one of
+    ``n_domains`` domains (every domain appears on every slide). A domain is a mixture
+    of cell types drawn from a Dirichlet distribution with the given ``concentration``
+    (smaller: purer domains); a cell type expresses a few of the ``n_markers`` markers
+    highly; each cell's intensities are its type's profile times log-normal ``noise``.
+    Cell types overlap between domains, so a cell's own markers say little about its
+    domain and its neighbourhood says much: the situation UTAG is made for.
+
+    Returns
+    -------
+    AnnData with ``X`` (cells x markers, float32), ``obs[slide_key]``,
+    ``obs['cell_type']``, ``obs['domain']`` (the truth) and ``obsm['spatial']``.
+
+    Examples
+    --------
+    >>> adata = synthetic_tissue(n_cells=1_000, n_slides=2, random_state=0)
+    >>> adata.shape, sorted(adata.obs["roi"].unique())
+    ((1000, 40), ['roi_0', 'roi_1'])
+    """
+    n_cells = as_int("n_cells", n_cells)
+    n_slides = as_int("n_slides", n_slides)
+    n_markers = as_int("n_markers", n_markers)
+    n_domains = as_int("n_domains", n_domains)
+    n_cell_types = as_int("n_cell_types", n_cell_types, minimum=2)
+    cell_area = check_positive("cell_area", cell_area)
+    domain_size = check_positive("domain_size", domain_size)
+    if n_slides > n_cells:
+        raise ValueError(f"`n_slides` ({n_slides}) cannot exceed `n_cells` ({n_cells}).")
+    rng = np.random.default_rng(random_state)
+
+    slide_sizes = np.full(n_slides, n_cells // n_slides)
+    slide_sizes[: n_cells % n_slides] += 1
+    slide = np.repeat(np.arange(n_slides), slide_sizes)
+    side = np.sqrt(slide_sizes * cell_area)
+    coords = rng.uniform(size=(n_cells, 2)) * side[slide, None]
+    domain = np.empty(n_cells, dtype=np.int64)
+    start = 0
+    for size, length in zip(slide_sizes, side):
+        n_regions = max(n_domains, int(round((length / domain_size) ** 2)))
+        seeds = rng.uniform(size=(n_regions, 2)) * length
+        region_domain = np.concatenate([rng.permutation(n_domains), rng.integers(n_domains, size=n_regions - n_domains)])
+        cells = slice(start, start + size)
+        domain[cells] = region_domain[cKDTree(seeds).query(coords[cells])[1]]
+        start += size
+
+    mixtures = rng.dirichlet(np.full(n_cell_types, concentration), size=n_domains)
+    cumulative = np.cumsum(mixtures, axis=1)
+    cell_type = (rng.uniform(size=(n_cells, 1)) > cumulative[domain]).sum(axis=1)
+    cell_type = np.minimum(cell_type, n_cell_types - 1)
+
+    profiles = np.full((n_cell_types, n_markers), 0.2)
+    markers_per_type = max(2, n_markers // n_cell_types)
+    for row in profiles:
+        row[rng.choice(n_markers, size=min(markers_per_type, n_markers), replace=False)] = rng.uniform(2, 5, markers_per_type)
+    expression = profiles[cell_type] * rng.lognormal(0.0, noise, size=(n_cells, n_markers))
+
+    obs = pd.DataFrame(
+        {
+            slide_key: pd.Categorical([f"{slide_key}_{i}" for i in slide]),
+            "cell_type": pd.Categorical([f"type_{i}" for i in cell_type]),
+            "domain": pd.Categorical([f"domain_{i}" for i in domain]),
+        },
+        index=[f"cell_{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"marker_{i}" for i in range(n_markers)])
+    return AnnData(X=expression.astype(np.float32), obs=obs, var=var, obsm={"spatial": coords})
+
+
+def codex_mouse_spleen(path: str | Path | None = None) -> AnnData:
+    """CODEX mouse spleen cells with expert compartments (Goltsev et al., Cell 2018).
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file of the full dataset (163k cells, e.g. the project's
+        ``shared/data/codex_mouse_spleen/codex_mouse_spleen.h5ad``). Default: the 35,145-cell
+        subset shipped with utag (two 4,000 x 4,000 px windows; MIT licence, see
+        ``utag/data/README.md``).
+
+    Returns
+    -------
+    AnnData with one-hot cell types in ``X``, ``obs['slide']``, ``obs['cell_type']``,
+    ``obs['domain']`` (expert compartment) and ``obsm['spatial']`` (pixels, ~0.377 um).
+
+    Examples
+    --------
+    >>> adata = codex_mouse_spleen()
+    >>> adata.n_obs, sorted(adata.obs["slide"].unique())
+    (35145, ['BALBc-1', 'BALBc-2'])
+    """
+    if path is None:
+        with as_file(files("utag").joinpath("data", _SPLEEN_SUBSET)) as bundled:
+            return anndata.read_h5ad(bundled)
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"`path` {str(path)!r} is not a file; pass an .h5ad file or None for the bundled subset.")
+    return anndata.read_h5ad(path)

@@ -1,0 +1,265 @@
+"""The UTAG pipeline: spatial graph, message passing, joint embedding, clustering."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from . import _validation as check
+from .clustering import Neighbourhood, cluster, soft_assignments
+from .embedding import fuzzy_connectivities, knn_distances, nearest_neighbors, pca
+from .evaluation import evaluate_performance  # noqa: F401  (original import path)
+from .graph import store_spatial_graph
+from .message_passing import as_float32, pass_messages
+
+logger = logging.getLogger(__name__)
+
+#: Above this many features PCA is left to ``scanpy.pp.pca`` (randomised/ARPACK solvers)
+#: instead of the exact covariance route.
+MAX_COVARIANCE_FEATURES = 3000
+
+
+def label_key(save_key: str, method: str, resolution: float) -> str:
+    """``obs`` column of one labelling, e.g. ``'UTAG Label_leiden_0.1'``."""
+    return f"{save_key}_{method}_{resolution}"
+
+
+def utag(
+    adata: AnnData,
+    channels_to_use=None,
+    slide_key: str | None = "Slide",
+    save_key: str = "UTAG Label",
+    filter_by_variance: bool = False,
+    max_dist: float = 20.0,
+    normalization_mode: str = "l1_norm",
+    keep_spatial_connectivity: bool = False,
+    pca_kwargs: dict = {"n_comps": 10},  # noqa: B006  (never mutated: copied below)
+    apply_umap: bool = False,
+    umap_kwargs: dict = {},  # noqa: B006
+    apply_clustering: bool = True,
+    clustering_method=["leiden", "parc", "kmeans"],  # noqa: B006
+    resolutions=[0.05, 0.1, 0.3, 1.0],  # noqa: B006
+    leiden_kwargs: dict | None = None,
+    parc_kwargs: dict | None = None,
+    parallel: bool = True,
+    processes: int | None = None,
+    *,
+    n_neighbors: int = 15,
+    kmeans_kwargs: dict | None = None,
+    random_state: int = 0,
+    progress: bool = True,
+) -> AnnData:
+    """Find microanatomical domains with UTAG (Kim et al., Nature Methods 2022).
+
+    Per slide, cells whose centroids lie within ``max_dist`` are connected (self-loops
+    included); each cell's features are replaced by the mean over its neighbourhood;
+    all slides are embedded together with PCA, a kNN graph is built in that space and
+    clustered at every resolution with every requested method.
+
+    Parameters
+    ----------
+    adata
+        Cells x features (marker intensities, or gene expression), with centroids in
+        ``adata.obsm['spatial']`` (n_cells x 2). Dense or sparse, any numeric dtype.
+        Never modified.
+    channels_to_use
+        Feature names to use (default: all of ``adata.var_names``).
+    slide_key
+        Column of ``adata.obs`` naming each cell's slide/image; graphs never connect
+        different slides. ``None``: all cells are one slide. Default ``"Slide"``.
+    save_key
+        Prefix of the label columns. Default ``"UTAG Label"``.
+    filter_by_variance
+        Keep only features whose standard deviation is above the median.
+    max_dist
+        Neighbourhood radius in the units of ``obsm['spatial']`` (inclusive). Default 20,
+        i.e. 20 um for IMC (1 px = 1 um); see the README for other modalities.
+    normalization_mode
+        ``"l1_norm"`` (default): neighbourhood mean. Anything else: neighbourhood sum.
+    keep_spatial_connectivity
+        Store the spatial graph as ``obsp['spatial_connectivities']`` (0/1 with
+        self-loops) and ``obsp['spatial_distances']`` (squidpy's layout).
+    pca_kwargs
+        ``n_comps`` (default 10, capped below the number of features). Any other key
+        sends the PCA through ``scanpy.pp.pca`` with these arguments.
+    apply_umap, umap_kwargs
+        Also compute ``obsm['X_umap']`` with ``scanpy.tl.umap(**umap_kwargs)``.
+    apply_clustering
+        Cluster the embedding (default True). If False only message passing is done
+        (plus the embedding when ``apply_umap``).
+    clustering_method
+        One or several of ``"leiden"``, ``"parc"``, ``"kmeans"`` (case-insensitive).
+    resolutions
+        One or several positive resolutions. k-means uses ``k = ceil(10 * resolution)``.
+    leiden_kwargs
+        Passed to the Leiden backend, e.g. ``{"flavor": "leidenalg"}`` for the original
+        (slower) implementation, or ``{"n_iterations": -1}``; see
+        :func:`utag.clustering.leiden`.
+    parc_kwargs
+        Passed to ``parc.PARC`` (e.g. ``{"small_pop": 50}``).
+    parallel, processes
+        Process slides in ``processes`` worker processes (default: one per core, at most
+        one per slide). Results are identical to ``parallel=False``.
+    n_neighbors
+        Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
+    kmeans_kwargs
+        Passed to ``sklearn.cluster.KMeans``.
+    random_state
+        Seed for every random step (Leiden, PARC, k-means, UMAP). Default 0.
+    progress
+        Show progress bars (slides, clustering runs).
+
+    Returns
+    -------
+    A new AnnData with the input's cells in the input's order, its ``obs``, ``var``
+    (of the features used), ``obsm`` and ``uns``, and:
+
+    * ``X``: message-passed features (float32; sparse if the input was sparse);
+    * ``obs['{save_key}_{method}_{resolution}']``: domain labels, categorical strings,
+      ``"0"`` the largest domain;
+    * ``obsm['{save_key}_{method}_{resolution}_probabilities']``: cells x domains soft
+      assignments (columns in label order, rows sum to 1);
+    * ``obsm['X_pca']``, ``varm['PCs']``, ``uns['pca']``; ``obsp['connectivities']``,
+      ``obsp['distances']``, ``uns['neighbors']`` (as ``scanpy.pp.neighbors``);
+    * ``obsm['X_umap']`` if ``apply_umap``; the spatial graph if
+      ``keep_spatial_connectivity``; ``uns['utag']``: the parameters used.
+
+    Examples
+    --------
+    >>> from utag import utag
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
+    >>> result = utag(adata, slide_key="roi", max_dist=20, clustering_method="kmeans",
+    ...               resolutions=[0.3], progress=False)
+    >>> result.obs["UTAG Label_kmeans_0.3"].nunique()
+    3
+    """
+    check.check_n_cells(adata)
+    methods = check.clustering_methods(clustering_method) if apply_clustering else ()
+    resolutions = check.resolution_list(resolutions) if apply_clustering else []
+    max_dist = check.check_positive("max_dist", max_dist)
+    n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
+    processes = None if processes is None else check.as_int("processes", processes)
+    pca_kwargs = dict(pca_kwargs or {})
+    n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
+    coords = check.spatial_coordinates(adata)
+    codes, slide_names = check.slide_codes(adata, slide_key)
+    features, var = _select_features(adata, channels_to_use, filter_by_variance)
+
+    started = time.perf_counter()
+    aggregated, pairs = pass_messages(
+        coords, features, codes, max_dist, normalization_mode, parallel, processes, progress
+    )
+    logger.info("graph and message passing: %d cells, %d slides, %d edges, %.2f s",
+                adata.n_obs, len(slide_names), len(pairs), time.perf_counter() - started)
+    result = _new_result(adata, aggregated, var)
+    if keep_spatial_connectivity:
+        store_spatial_graph(result, pairs, coords, max_dist)
+    del pairs
+
+    if apply_clustering or apply_umap:
+        neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, random_state)
+    if apply_umap:
+        import scanpy as sc
+
+        sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
+    backend_kwargs = {
+        "leiden": dict(leiden_kwargs or {}),
+        "parc": dict(parc_kwargs or {}),
+        "kmeans": dict(kmeans_kwargs or {}),
+    }
+    runs = [(resolution, method) for resolution in resolutions for method in methods]
+    for resolution, method in tqdm(runs, desc="clustering", disable=not progress or not runs):
+        started = time.perf_counter()
+        labels = cluster(method, neighbourhood, resolution, random_state, **backend_kwargs[method])
+        key = label_key(save_key, method, resolution)
+        result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
+        result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
+        logger.info("%s: %d domains, %.2f s", key, labels.max() + 1, time.perf_counter() - started)
+
+    result.uns["utag"] = {
+        "slide_key": slide_key if slide_key is not None else "None",
+        "max_dist": max_dist,
+        "normalization_mode": normalization_mode,
+        "n_comps": int(result.obsm["X_pca"].shape[1]) if "X_pca" in result.obsm else 0,
+        "n_neighbors": n_neighbors,
+        "clustering_method": list(methods),
+        "resolutions": resolutions,
+        "random_state": random_state,
+        "label_keys": [label_key(save_key, m, r) for r, m in runs],
+    }
+    return result
+
+
+def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
+    """The feature matrix to aggregate (float32) and the matching ``var`` table."""
+    columns = check.channel_indices(adata, channels_to_use)
+    features = adata.X if columns is None else adata.X[:, columns]
+    var = adata.var if columns is None else adata.var.iloc[columns]
+    check.check_features(features)
+    features = as_float32(features)
+    if filter_by_variance:
+        mean = np.asarray(features.mean(axis=0)).ravel()
+        squares = features.multiply(features) if sp.issparse(features) else features * features
+        std = np.sqrt(np.clip(np.asarray(squares.mean(axis=0)).ravel() - mean**2, 0, None))
+        keep = np.flatnonzero(std > np.median(std))
+        if keep.size == 0:
+            logger.warning("filter_by_variance: all features have the same variance; keeping all of them")
+        else:
+            logger.info("filter_by_variance keeps %d of %d features", keep.size, len(std))
+            features, var = features[:, keep], var.iloc[keep]
+    return features, var.copy()
+
+
+def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
+    """A new AnnData holding the aggregated matrix and copies of the input's annotations."""
+    return AnnData(
+        X=aggregated,
+        obs=adata.obs.copy(),
+        var=var,
+        obsm={key: value.copy() for key, value in adata.obsm.items()},
+        uns=copy.deepcopy(dict(adata.uns)),
+    )
+
+
+def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, random_state: int) -> Neighbourhood:
+    """PCA and kNN graph of ``result.X``, written where scanpy writes them."""
+    n_cells, n_features = result.shape
+    capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
+    if capped < n_comps:
+        logger.warning("pca_kwargs['n_comps']=%d capped to %d (%d features, %d cells)",
+                       n_comps, capped, n_features, n_cells)
+    started = time.perf_counter()
+    if pca_kwargs or n_features > MAX_COVARIANCE_FEATURES:
+        import scanpy as sc
+
+        sc.pp.pca(result, **{"n_comps": capped, "random_state": random_state, **pca_kwargs})
+    else:
+        fitted = pca(result.X, capped)
+        result.obsm["X_pca"] = fitted["embedding"]
+        result.varm["PCs"] = fitted["components"]
+        result.uns["pca"] = {"variance": fitted["variance"], "variance_ratio": fitted["variance_ratio"],
+                             "params": {"zero_center": True, "method": "covariance"}}
+    embedding = np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32)
+    logger.info("PCA: %d components, %.2f s", embedding.shape[1], time.perf_counter() - started)
+
+    started = time.perf_counter()
+    k = min(n_neighbors, n_cells)
+    indices, distances = nearest_neighbors(embedding, k)
+    connectivities = fuzzy_connectivities(indices, distances)
+    result.obsp["connectivities"] = connectivities
+    result.obsp["distances"] = knn_distances(indices, distances)
+    result.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "distances_key": "distances",
+        "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": "X_pca",
+                   "random_state": random_state},
+    }
+    logger.info("kNN graph: k=%d, %.2f s", k, time.perf_counter() - started)
+    return Neighbourhood(embedding, connectivities)

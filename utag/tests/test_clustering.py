@@ -1,0 +1,141 @@
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from utag.clustering import Neighbourhood, cluster, relabel_by_size, soft_assignments
+from utag.embedding import fuzzy_connectivities, nearest_neighbors
+
+
+def _blobs(sizes, seed=0, spread=8.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, spread, size=(len(sizes), 5))
+    points = np.vstack([rng.normal(c, 1.0, size=(n, 5)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    return points, np.repeat(np.arange(len(sizes)), sizes)
+
+
+def _neighbourhood(points):
+    indices, distances = nearest_neighbors(points, 15)
+    return Neighbourhood(points, fuzzy_connectivities(indices, distances))
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    points, truth = _blobs([400, 300, 200])
+    return _neighbourhood(points), truth
+
+
+@pytest.mark.parametrize("method, kwargs", [
+    ("leiden", {}),
+    ("leiden", {"flavor": "leidenalg"}),
+    ("parc", {}),
+    ("kmeans", {}),
+])
+def test_every_backend_separates_blobs(blobs, method, kwargs):
+    from sklearn.metrics import homogeneity_score
+
+    neighbourhood, truth = blobs
+    labels = cluster(method, neighbourhood, 0.3, random_state=0, **kwargs)
+    assert labels.shape == truth.shape
+    assert labels.max() + 1 >= 3
+    assert homogeneity_score(truth, labels) > 0.95  # no cluster mixes blobs
+    assert labels.min() == 0 and np.bincount(labels).argmax() == 0
+
+
+def test_kmeans_uses_ceil_of_ten_times_resolution(blobs):
+    neighbourhood, _ = blobs
+    for resolution, k in [(0.05, 1), (0.1, 1), (0.25, 3), (0.71, 8)]:
+        assert cluster("kmeans", neighbourhood, resolution).max() + 1 == k
+
+
+@pytest.mark.parametrize("method", ["leiden", "parc", "kmeans"])
+def test_backends_are_deterministic(blobs, method):
+    neighbourhood, _ = blobs
+    first = cluster(method, neighbourhood, 1.0, random_state=3)
+    second = cluster(method, Neighbourhood(neighbourhood.embedding, neighbourhood.connectivities), 1.0,
+                     random_state=3)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_leiden_resolution_controls_granularity(blobs):
+    neighbourhood, _ = blobs
+    coarse = cluster("leiden", neighbourhood, 0.1).max()
+    fine = cluster("leiden", neighbourhood, 3.0).max()
+    assert fine > coarse
+
+
+def test_unknown_leiden_flavor_is_rejected(blobs):
+    with pytest.raises(ValueError, match="flavor"):
+        cluster("leiden", blobs[0], 1.0, flavor="louvain")
+
+
+# PARC 0.40 refers to an undefined `small_pop` in run_toobig_subPARC, which runs when
+# its first cluster holds more than 40% of the cells: a big blob with two small ones.
+@pytest.fixture(scope="module")
+def parc_trigger():
+    points, truth = _blobs([1400, 300, 300], seed=1)
+    return _neighbourhood(points), truth
+
+
+def test_upstream_parc_fails_on_a_dominant_cluster(parc_trigger):
+    from parc import PARC
+
+    neighbourhood, _ = parc_trigger
+    model = PARC(neighbourhood.embedding, neighbor_graph=neighbourhood.connectivities,
+                 resolution_parameter=0.1, random_seed=0)
+    with pytest.raises(NameError, match="small_pop"), contextlib.redirect_stdout(io.StringIO()):
+        model.run_PARC()
+
+
+def test_parc_backend_survives_a_dominant_cluster(parc_trigger, monkeypatch):
+    from parc import PARC
+
+    neighbourhood, truth = parc_trigger
+    calls = []
+    original = PARC.run_toobig_subPARC
+
+    def spy(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PARC, "run_toobig_subPARC", spy)
+    labels = cluster("parc", neighbourhood, 0.1, random_state=0)
+    assert calls and calls[0] > 0.4 * len(truth)  # the buggy code path really ran
+    assert labels.shape == truth.shape and labels.max() >= 2
+    import parc._parc
+
+    assert not hasattr(parc._parc, "small_pop")  # the work-around cleans up after itself
+
+
+def test_relabel_by_size_orders_clusters_by_population():
+    labels = np.array([7, 7, 3, 3, 3, 9, 3, 9, 9, 9, 9])
+    np.testing.assert_array_equal(relabel_by_size(labels), [2, 2, 1, 1, 1, 0, 1, 0, 0, 0, 0])
+
+
+def _softmax_reference(features, labels):
+    z = (features - features.mean(0)) / features.std(0)
+    centroids = np.stack([z[labels == k].mean(0) for k in range(labels.max() + 1)])
+    scores = -0.5 * ((z[:, None, :] - centroids[None]) ** 2).sum(-1)
+    scores = np.exp(scores - scores.max(1, keepdims=True))
+    return scores / scores.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_soft_assignments_match_their_definition(sparse_input):
+    rng = np.random.default_rng(0)
+    features = rng.gamma(1.0, size=(200, 6))
+    features[features < 0.5] = 0
+    labels = rng.integers(0, 4, size=200)
+    data = sp.csr_matrix(features, dtype=np.float32) if sparse_input else features.astype(np.float32)
+    probabilities = soft_assignments(data, labels)
+    assert probabilities.shape == (200, 4) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probabilities, _softmax_reference(features, labels), rtol=1e-3, atol=1e-6)
+
+
+def test_soft_assignments_favour_the_assigned_cluster(blobs):
+    neighbourhood, truth = blobs
+    probabilities = soft_assignments(neighbourhood.embedding, truth)
+    assert (probabilities.argmax(axis=1) == truth).mean() > 0.95

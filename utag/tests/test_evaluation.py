@@ -1,0 +1,38 @@
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from sklearn import metrics
+
+from utag import evaluate_performance
+from utag.segmentation import evaluate_performance as original_import_path
+
+
+def _labelled():
+    rng = np.random.default_rng(0)
+    truth = rng.choice(["a", "b", "c", "NoAnnotation"], size=300, p=[0.4, 0.3, 0.25, 0.05])
+    predicted = np.where(rng.uniform(size=300) < 0.8, truth, rng.choice(["a", "b"], size=300))
+    obs = pd.DataFrame({"truth": truth, "UTAG Label_x_1.0": predicted,
+                        "slide": rng.choice(["s1", "s2"], size=300)}, index=[str(i) for i in range(300)])
+    return AnnData(np.zeros((300, 1)), obs=obs)
+
+
+def test_scores_match_scikit_learn_per_slide_and_pooled():
+    adata = _labelled()
+    table = evaluate_performance(adata, "truth", batch_key="slide")
+    assert list(table["slide"]) == ["all", "s1", "s2"]
+    for _, row in table.iterrows():
+        cells = adata.obs["truth"] != "NoAnnotation"
+        if row["slide"] != "all":
+            cells &= adata.obs["slide"] == row["slide"]
+        truth, predicted = adata.obs.loc[cells, "truth"], adata.obs.loc[cells, "UTAG Label_x_1.0"]
+        assert row["n_cells"] == cells.sum()
+        assert row["adjusted_rand"] == pytest.approx(metrics.adjusted_rand_score(truth, predicted))
+        assert row["nmi"] == pytest.approx(metrics.normalized_mutual_info_score(truth, predicted))
+        assert row["homogeneity"] == pytest.approx(metrics.homogeneity_score(truth, predicted))
+
+
+def test_original_import_path_and_errors():
+    assert original_import_path is evaluate_performance
+    with pytest.raises(ValueError, match="no column"):
+        evaluate_performance(_labelled(), "domain")
