@@ -15,4 +15,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["utag", "spatial_neighbors", "evaluate_performance", "datasets", "__version__"]
+__all__ = ["utag", "spatial_neighbors", "evaluate_performance", "datasets", "analysis", "plotting", "image",
+           "__version__"]
+
+_LAZY_MODULES = {"analysis", "plotting", "image", "utils", "vizualize"}
+
+
+def __getattr__(name):
+    # plotting pulls in matplotlib.pyplot: load these modules only when first used
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'utag' has no attribute {name!r}")

@@ -46,8 +46,10 @@ class Neighbourhood:
             import igraph as ig
 
             upper = sp.triu(self.connectivities, k=1).tocoo()
-            self._graph = ig.Graph(n=self.connectivities.shape[0], edges=np.column_stack([upper.row, upper.col]))
-            self._graph.es["weight"] = upper.data.astype(np.float64)
+            graph = ig.Graph(n=self.connectivities.shape[0])
+            graph.add_edges(np.column_stack([upper.row, upper.col]))  # twice as fast as Graph(edges=...)
+            graph.es["weight"] = upper.data.astype(np.float64)
+            self._graph = graph
         return self._graph
 
 

@@ -1,6 +1,7 @@
 """The UTAG pipeline: spatial graph, message passing, joint embedding, clustering."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -152,23 +153,27 @@ def utag(
     codes, slide_names = check.slide_codes(adata, slide_key)
     features, var = _select_features(adata, channels_to_use, filter_by_variance)
 
-    started = time.perf_counter()
-    aggregated, pairs = pass_messages(
-        coords, features, codes, max_dist, normalization_mode, parallel, processes, progress
-    )
-    logger.info("graph and message passing: %d cells, %d slides, %d edges, %.2f s",
-                adata.n_obs, len(slide_names), len(pairs), time.perf_counter() - started)
+    watch = Stopwatch()
+    with watch("graph and message passing"):
+        aggregated, pairs = pass_messages(
+            coords, features, codes, max_dist, normalization_mode, parallel, processes, progress
+        )
+    logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), len(pairs))
     result = _new_result(adata, aggregated, var)
     if keep_spatial_connectivity:
         store_spatial_graph(result, pairs, coords, max_dist)
     del pairs
 
     if apply_clustering or apply_umap:
-        neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, random_state)
+        neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, random_state, watch)
     if apply_umap:
         import scanpy as sc
 
-        sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
+        with watch("UMAP"):
+            sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
+    if "leiden" in methods:
+        with watch("Leiden graph"):
+            neighbourhood.graph
     backend_kwargs = {
         "leiden": dict(leiden_kwargs or {}),
         "parc": dict(parc_kwargs or {}),
@@ -176,12 +181,13 @@ def utag(
     }
     runs = [(resolution, method) for resolution in resolutions for method in methods]
     for resolution, method in tqdm(runs, desc="clustering", disable=not progress or not runs):
-        started = time.perf_counter()
-        labels = cluster(method, neighbourhood, resolution, random_state, **backend_kwargs[method])
         key = label_key(save_key, method, resolution)
+        with watch(f"{method} {resolution}"):
+            labels = cluster(method, neighbourhood, resolution, random_state, **backend_kwargs[method])
         result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
-        result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
-        logger.info("%s: %d domains, %.2f s", key, labels.max() + 1, time.perf_counter() - started)
+        with watch("probabilities"):
+            result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
+        logger.info("%s: %d domains", key, labels.max() + 1)
 
     result.uns["utag"] = {
         "slide_key": slide_key if slide_key is not None else "None",
@@ -193,6 +199,7 @@ def utag(
         "resolutions": resolutions,
         "random_state": random_state,
         "label_keys": [label_key(save_key, m, r) for r, m in runs],
+        "timings": watch.seconds,
     }
     return result
 
@@ -228,38 +235,52 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     )
 
 
-def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, random_state: int) -> Neighbourhood:
+def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, random_state: int,
+           watch: Stopwatch) -> Neighbourhood:
     """PCA and kNN graph of ``result.X``, written where scanpy writes them."""
     n_cells, n_features = result.shape
     capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
     if capped < n_comps:
         logger.warning("pca_kwargs['n_comps']=%d capped to %d (%d features, %d cells)",
                        n_comps, capped, n_features, n_cells)
-    started = time.perf_counter()
-    if pca_kwargs or n_features > MAX_COVARIANCE_FEATURES:
-        import scanpy as sc
+    with watch("PCA"):
+        if pca_kwargs or n_features > MAX_COVARIANCE_FEATURES:
+            import scanpy as sc
 
-        sc.pp.pca(result, **{"n_comps": capped, "random_state": random_state, **pca_kwargs})
-    else:
-        fitted = pca(result.X, capped)
-        result.obsm["X_pca"] = fitted["embedding"]
-        result.varm["PCs"] = fitted["components"]
-        result.uns["pca"] = {"variance": fitted["variance"], "variance_ratio": fitted["variance_ratio"],
-                             "params": {"zero_center": True, "method": "covariance"}}
-    embedding = np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32)
-    logger.info("PCA: %d components, %.2f s", embedding.shape[1], time.perf_counter() - started)
+            sc.pp.pca(result, **{"n_comps": capped, "random_state": random_state, **pca_kwargs})
+        else:
+            fitted = pca(result.X, capped)
+            result.obsm["X_pca"] = fitted["embedding"]
+            result.varm["PCs"] = fitted["components"]
+            result.uns["pca"] = {"variance": fitted["variance"], "variance_ratio": fitted["variance_ratio"],
+                                 "params": {"zero_center": True, "method": "covariance"}}
+        embedding = np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32)
 
-    started = time.perf_counter()
-    k = min(n_neighbors, n_cells)
-    indices, distances = nearest_neighbors(embedding, k)
-    connectivities = fuzzy_connectivities(indices, distances)
-    result.obsp["connectivities"] = connectivities
-    result.obsp["distances"] = knn_distances(indices, distances)
+    with watch("kNN graph"):
+        k = min(n_neighbors, n_cells)
+        indices, distances = nearest_neighbors(embedding, k)
+        connectivities = fuzzy_connectivities(indices, distances)
+        result.obsp["connectivities"] = connectivities
+        result.obsp["distances"] = knn_distances(indices, distances)
     result.uns["neighbors"] = {
         "connectivities_key": "connectivities",
         "distances_key": "distances",
         "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": "X_pca",
                    "random_state": random_state},
     }
-    logger.info("kNN graph: k=%d, %.2f s", k, time.perf_counter() - started)
     return Neighbourhood(embedding, connectivities)
+
+
+class Stopwatch:
+    """Seconds spent per stage (summed over repeated stages), logged as they end."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - started
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+        logger.info("%s: %.2f s", stage, elapsed)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
+
+matplotlib.use("Agg")  # figures are rendered off-screen in tests
 
 from utag.datasets import codex_mouse_spleen, synthetic_tissue
 

@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["utag.segmentation", "utag.graph", "utag.datasets", "utag.evaluation"]
+MODULES = ["utag.segmentation", "utag.graph", "utag.datasets", "utag.evaluation", "utag.analysis",
+           "utag.plotting", "utag.image"]
 
 
 @pytest.mark.parametrize("name", MODULES)

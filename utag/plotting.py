@@ -1,0 +1,393 @@
+"""Figures: domains on tissue, domain adjacency (network and chord), composition and
+colocalisation heatmaps. Matplotlib only (networkx for the network layout).
+
+Every function returns the matplotlib Figure it drew on. Domain colours are kept in
+``adata.uns[f"{key}_colors"]`` as scanpy does, so a domain has the same colour in every
+figure here and in ``scanpy.pl``.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.colors import to_hex, to_rgba_array
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.path import Path
+from matplotlib.patches import PathPatch, Wedge
+
+from . import _validation as check
+from .analysis import _labels, domain_composition, domain_connectivity
+
+
+def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
+    """Colour of each category of ``obs[key]``, stored in ``uns[f"{key}_colors"]``.
+
+    Existing colours of the right length are kept; otherwise scanpy's default palettes
+    are used (or ``palette``: a list of colours or a matplotlib colormap name), and
+    written to ``uns`` (this is the only change made to ``adata``).
+    """
+    _, names = _labels(adata, key)
+    stored = adata.uns.get(f"{key}_colors")
+    if palette is None and stored is not None and len(stored) == len(names):
+        return dict(zip(names, stored))
+    if palette is None:
+        from scanpy.plotting.palettes import default_20, default_102
+
+        palette = default_20 if len(names) <= 20 else default_102
+    if isinstance(palette, str):
+        colormap = plt.get_cmap(palette)
+        palette = [colormap(i / max(len(names) - 1, 1)) for i in range(len(names))]
+    palette = list(palette)
+    if len(palette) < len(names):
+        colormap = plt.get_cmap("hsv")
+        palette = palette + [colormap(i / len(names)) for i in range(len(names) - len(palette))]
+    colors = [to_hex(c) for c in palette[: len(names)]]
+    adata.uns[f"{key}_colors"] = colors
+    return dict(zip(names, colors))
+
+
+def _legend(fig: Figure, colors: dict[str, str], title: str) -> None:
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=c, label=n) for n, c in colors.items()]
+    fig.legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               ncols=max(1, math.ceil(len(handles) / 25)))
+
+
+def plot_domains(
+    adata: AnnData,
+    key: str,
+    slide_key: str | None = None,
+    slides=None,
+    ncols: int = 4,
+    panel_size: float = 4.0,
+    point_size: float | None = None,
+    scale_bar: float | None = None,
+    scale_bar_label: str | None = None,
+    invert_yaxis: bool = False,
+    legend: bool = True,
+) -> Figure:
+    """Domains on the tissue, one panel per slide.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm['spatial']`` and labels in ``obs[key]``.
+    key
+        ``obs`` column to colour by (e.g. ``"UTAG Label_leiden_0.1"``).
+    slide_key, slides
+        One panel per slide of ``obs[slide_key]``; ``slides`` picks and orders a subset.
+    ncols, panel_size
+        Panels per row and the size of each panel in inches.
+    point_size
+        Marker area in points^2; default: from the number of cells per panel, so that
+        1,000 to 1,000,000 cells fill the tissue without hiding each other. Points are
+        rasterised, so figures stay small when saved as PDF/SVG.
+    scale_bar, scale_bar_label
+        Draw a scale bar this long (in coordinate units) with this label
+        (e.g. ``scale_bar=100, scale_bar_label="100 um"``).
+    invert_yaxis
+        Put the origin at the top left, as in images.
+    legend
+        Draw the legend outside the panels, on the right.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0)
+    >>> fig = plot_domains(adata, "domain", slide_key="roi", scale_bar=100, scale_bar_label="100 um")
+    >>> len(fig.axes)
+    2
+    """
+    coords = check.spatial_coordinates(adata)
+    labels, names = _labels(adata, key)
+    colors = domain_colors(adata, key)
+    rgba = to_rgba_array([colors[n] for n in names] + ["lightgrey"])  # last: missing label
+    codes, slide_names = check.slide_codes(adata, slide_key)
+    if slides is not None:
+        wanted = [str(s) for s in ([slides] if isinstance(slides, str) else slides)]
+        unknown = sorted(set(wanted) - set(slide_names.astype(str)))
+        if unknown:
+            raise ValueError(f"`slides` {unknown} are not in `obs[{slide_key!r}]` ({list(slide_names)}).")
+        panels = [int(np.flatnonzero(slide_names.astype(str) == s)[0]) for s in wanted]
+    else:
+        panels = list(range(len(slide_names)))
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(slide_names) + 1))
+    for ax, panel in zip(axes.flat, panels):
+        cells = order[starts[panel]: starts[panel + 1]]
+        size = point_size or float(np.clip(0.6 * (panel_size * 72) ** 2 / max(len(cells), 1), 0.05, 30))
+        ax.scatter(coords[cells, 0], coords[cells, 1], c=rgba[labels[cells]], s=size, linewidths=0,
+                   rasterized=True)
+        ax.set_aspect("equal")
+        ax.set_xticks([]), ax.set_yticks([])
+        if slide_key is not None:
+            ax.set_title(str(slide_names[panel]))
+        if invert_yaxis:
+            ax.invert_yaxis()
+        if scale_bar:
+            from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+            ax.add_artist(AnchoredSizeBar(ax.transData, scale_bar, scale_bar_label or f"{scale_bar:g}",
+                                          "lower right", frameon=False, size_vertical=0))
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    if legend:
+        _legend(fig, colors, key)
+    return fig
+
+
+def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[str, pd.DataFrame]:
+    if connectivity is not None:
+        return connectivity
+    stored = adata.uns.get(f"{domain_key}_connectivity")
+    if stored is not None and max_dist is None:
+        return stored
+    return domain_connectivity(adata, domain_key, slide_key=slide_key, max_dist=max_dist)
+
+
+def plot_domain_network(
+    adata: AnnData,
+    domain_key: str,
+    connectivity: dict | None = None,
+    slide_key: str | None = None,
+    max_dist: float | None = None,
+    weight: str = "counts",
+    min_weight: float = 0.0,
+    layout: str = "spring",
+    random_state: int = 0,
+    ax=None,
+) -> Figure:
+    """Domain adjacency as a network: node area = cells, edge width = connectivity.
+
+    ``connectivity`` is the output of :func:`utag.analysis.domain_connectivity`
+    (computed if absent, from ``obsp`` or with ``max_dist``). ``weight`` picks the table
+    that sets edge widths (``"counts"``: number of contacts; ``"log2_ratio"``: contact
+    above chance, with ``min_weight=0`` only pairs that touch more than chance); edges
+    whose weight is ``<= min_weight`` are not drawn. ``layout``: ``"spring"`` (weighted)
+    or ``"circular"``.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=2_000, n_slides=2, n_domains=4, random_state=0)
+    >>> fig = plot_domain_network(adata, "domain", slide_key="roi", max_dist=20)
+    >>> len(fig.axes)
+    1
+    """
+    import networkx as nx
+
+    tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
+    weights = tables[weight]
+    labels, names = _labels(adata, domain_key)
+    sizes = np.bincount(labels[labels >= 0], minlength=len(names))
+    colors = domain_colors(adata, domain_key)
+    graph = nx.Graph()
+    graph.add_nodes_from(names)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            value = float(weights.loc[a, b])
+            if value > min_weight:
+                graph.add_edge(a, b, weight=value)
+    if layout == "circular":
+        positions = nx.circular_layout(graph)
+    else:
+        positions = nx.spring_layout(graph, weight="weight", seed=random_state)
+    fig, ax = (plt.subplots(figsize=(6, 6)) if ax is None else (ax.figure, ax))
+    edge_values = np.array([graph.edges[e]["weight"] for e in graph.edges])
+    if len(edge_values):
+        widths = 0.5 + 6 * edge_values / edge_values.max()
+        nx.draw_networkx_edges(graph, positions, width=widths, edge_color="grey", alpha=0.7, ax=ax)
+    node_area = 300 + 2700 * sizes / max(sizes.max(), 1)
+    nx.draw_networkx_nodes(graph, positions, node_size=node_area, node_color=[colors[n] for n in names],
+                           edgecolors="black", linewidths=0.5, ax=ax)
+    nx.draw_networkx_labels(graph, positions, font_size=9, ax=ax)
+    ax.margins(0.2)
+    ax.set_axis_off()
+    ax.set_title(f"{domain_key}: adjacency ({weight})")
+    return fig
+
+
+def _arc(start: float, end: float, radius: float, n: int = 24) -> np.ndarray:
+    angles = np.linspace(start, end, n)
+    return np.column_stack([np.cos(angles), np.sin(angles)]) * radius
+
+
+def plot_chord(
+    adata: AnnData,
+    domain_key: str,
+    connectivity: dict | None = None,
+    slide_key: str | None = None,
+    max_dist: float | None = None,
+    weight: str = "counts",
+    gap: float = 0.03,
+    ax=None,
+) -> Figure:
+    """Chord diagram of domain adjacency, drawn with matplotlib alone.
+
+    Each domain is an arc of the circle, as long as its share of the contacts between
+    different domains; a ribbon joins two arcs, as wide at each end as their number of
+    contacts (``weight="counts"``; or any non-negative table of ``connectivity`` such as
+    ``"ratio"``). ``gap`` is the space between arcs, as a fraction of the circle.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=2_000, n_slides=2, n_domains=4, random_state=0)
+    >>> fig = plot_chord(adata, "domain", slide_key="roi", max_dist=20)
+    >>> len(fig.axes[0].patches) > 4  # 4 arcs and the ribbons between them
+    True
+    """
+    tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
+    matrix = np.nan_to_num(np.asarray(tables[weight], dtype=float)).clip(0)
+    np.fill_diagonal(matrix, 0)
+    names = list(tables[weight].index)
+    colors = domain_colors(adata, domain_key)
+    totals = matrix.sum(axis=1)
+    fig, ax = (plt.subplots(figsize=(6, 6)) if ax is None else (ax.figure, ax))
+    ax.set_xlim(-1.25, 1.25), ax.set_ylim(-1.25, 1.25), ax.set_aspect("equal"), ax.set_axis_off()
+    if totals.sum() == 0:
+        ax.set_title(f"{domain_key}: no contacts between domains")
+        return fig
+    span = 2 * np.pi * (1 - gap * len(names)) * totals / totals.sum()
+    starts = np.concatenate([[0], np.cumsum(span + 2 * np.pi * gap)[:-1]])
+    # sub-arc of domain a reserved for its contacts with b, partners in index order
+    offsets = np.cumsum(np.divide(matrix, totals[:, None], out=np.zeros_like(matrix), where=totals[:, None] > 0)
+                        * span[:, None], axis=1)
+    ends = starts[:, None] + offsets
+    begins = ends - np.divide(matrix, totals[:, None], out=np.zeros_like(matrix),
+                              where=totals[:, None] > 0) * span[:, None]
+    for i, name in enumerate(names):
+        if span[i] > 0:
+            ax.add_patch(Wedge((0, 0), 1.08, np.degrees(starts[i]), np.degrees(starts[i] + span[i]), width=0.06,
+                               color=colors.get(name, "grey")))
+            middle = starts[i] + span[i] / 2
+            ax.text(1.16 * np.cos(middle), 1.16 * np.sin(middle), name, ha="center", va="center", fontsize=8,
+                    rotation=np.degrees(middle) - 90 if np.sin(middle) >= 0 else np.degrees(middle) + 90)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if matrix[i, j] <= 0:
+                continue
+            first, second = _arc(begins[i, j], ends[i, j], 1.0), _arc(begins[j, i], ends[j, i], 1.0)
+            vertices = np.vstack([first, [0, 0], second[0], second[1:], [0, 0], first[0], first[0]])
+            codes = ([Path.MOVETO] + [Path.LINETO] * (len(first) - 1) + [Path.CURVE3, Path.CURVE3]
+                     + [Path.LINETO] * (len(second) - 1) + [Path.CURVE3, Path.CURVE3, Path.CLOSEPOLY])
+            ax.add_patch(PathPatch(Path(vertices, codes), facecolor=colors.get(names[i], "grey"), alpha=0.55,
+                                   edgecolor="none"))
+    ax.set_title(f"{domain_key}: contacts between domains")
+    return fig
+
+
+def plot_composition(
+    adata: AnnData,
+    domain_key: str,
+    celltype_key: str,
+    kind: str = "heatmap",
+    value: str = "proportions",
+    ax=None,
+) -> Figure:
+    """Cell types per domain as a heatmap or stacked bars.
+
+    ``value``: ``"proportions"`` (rows sum to 1), ``"counts"`` or ``"enrichment"``
+    (log2 of the proportion in the domain over that in the whole tissue; heatmap only).
+    ``kind``: ``"heatmap"`` or ``"bars"``.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=2_000, n_domains=3, n_cell_types=4, random_state=0)
+    >>> fig = plot_composition(adata, "domain", "cell_type", kind="bars")
+    >>> len(fig.axes[0].patches)  # 3 domains x 4 cell types
+    12
+    """
+    if kind not in ("heatmap", "bars"):
+        raise ValueError(f"`kind` must be 'heatmap' or 'bars', got {kind!r}.")
+    table = domain_composition(adata, domain_key, celltype_key)[value]
+    fig, ax = (plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
+               if ax is None else (ax.figure, ax))
+    if kind == "heatmap":
+        data = table.to_numpy(dtype=float)
+        finite = data[np.isfinite(data)]
+        if value == "enrichment":
+            limit = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-9)
+            image = ax.imshow(np.clip(data, -limit, limit), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        else:
+            image = ax.imshow(data, cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, label=value)
+        ax.set_xticks(range(table.shape[1]), table.columns, rotation=90)
+        ax.set_yticks(range(table.shape[0]), table.index)
+    else:
+        colors = domain_colors(adata, celltype_key)
+        left = np.zeros(len(table))
+        for cell_type in table.columns:
+            ax.barh(table.index, table[cell_type], left=left, color=colors[cell_type], label=cell_type)
+            left += table[cell_type].to_numpy()
+        ax.invert_yaxis()
+        ax.set_xlabel(value)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=celltype_key)
+    ax.set_ylabel(domain_key)
+    return fig
+
+
+def plot_colocalization(
+    table: pd.DataFrame,
+    value: str = "log2_ratio",
+    alpha: float = 0.05,
+    domains=None,
+    cell_types=None,
+    ncols: int = 3,
+    panel_size: float | None = None,
+) -> Figure:
+    """One cell type x cell type heatmap per domain, ``*`` where ``p_value < alpha``.
+
+    ``table`` is the output of
+    :func:`utag.analysis.measure_per_domain_cell_type_colocalization`; ``domains`` and
+    ``cell_types`` pick (and order) what is shown. Colours share one symmetric scale
+    across domains (red: more contact than chance). ``panel_size`` (inches) grows with
+    the number of cell types by default.
+
+    Examples
+    --------
+    >>> from utag.analysis import measure_per_domain_cell_type_colocalization
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=2_000, n_domains=2, n_cell_types=3, random_state=0)
+    >>> table = measure_per_domain_cell_type_colocalization(
+    ...     adata, "domain", "cell_type", max_dist=20, n_permutations=20)
+    >>> len(plot_colocalization(table).axes)  # 2 domains and a colour bar
+    3
+    """
+    if cell_types is None:
+        types = pd.Index(pd.unique(pd.concat([table["cell_type_a"], table["cell_type_b"]])))
+    else:
+        types = pd.Index([str(t) for t in cell_types])
+        table = table[table["cell_type_a"].isin(types) & table["cell_type_b"].isin(types)]
+    domains = list(pd.unique(table["domain"])) if domains is None else list(domains)
+    limit = max(float(np.nanmax(np.abs(table[value]))), 1e-9)
+    ncols = min(ncols, len(domains))
+    nrows = math.ceil(len(domains) / ncols)
+    panel_size = panel_size or max(4.0, 2.5 + 0.25 * len(types))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False,
+                             layout="constrained")
+    for ax, domain in zip(axes.flat, domains):
+        rows = table[table["domain"] == domain]
+        a, b = types.get_indexer(rows["cell_type_a"]), types.get_indexer(rows["cell_type_b"])
+        square = np.full((len(types), len(types)), np.nan)
+        square[a, b] = square[b, a] = rows[value].to_numpy()
+        image = ax.imshow(square, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        significant = rows["p_value"].to_numpy() < alpha
+        for i, j in zip(a[significant], b[significant]):
+            ax.text(j, i, "*", ha="center", va="center", fontsize=10)
+            if i != j:
+                ax.text(i, j, "*", ha="center", va="center", fontsize=10)
+        ax.set_xticks(range(len(types)), types, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(types)), types, fontsize=7)
+        ax.set_title(str(domain))
+    for ax in axes.flat[len(domains):]:
+        ax.remove()
+    fig.colorbar(image, ax=list(axes.flat[: len(domains)]), label=value, shrink=0.6)
+    return fig

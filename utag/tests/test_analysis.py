@@ -1,0 +1,210 @@
+"""Downstream analysis against brute-force references on small hand-made graphs."""
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy import stats
+
+from utag.analysis import (
+    celltype_connectivity,
+    domain_composition,
+    domain_connectivity,
+    evaluate_clustering,
+    measure_per_domain_cell_type_colocalization,
+    slide_connectivity,
+    spatial_edges,
+)
+
+
+def _random_tissue(n=240, seed=0, n_domains=3, n_types=4):
+    rng = np.random.default_rng(seed)
+    coords = rng.uniform(0, 100, size=(n, 2))
+    obs = pd.DataFrame({
+        "slide": rng.choice(["s1", "s2"], size=n),
+        "domain": pd.Categorical([f"d{i}" for i in rng.integers(0, n_domains, size=n)]),
+        "cell_type": pd.Categorical([f"t{i}" for i in rng.integers(0, n_types, size=n)]),
+    }, index=[f"c{i}" for i in range(n)])
+    return AnnData(np.zeros((n, 1), dtype=np.float32), obs=obs, obsm={"spatial": coords})
+
+
+def _brute_edges(adata, max_dist):
+    """All pairs i < j on the same slide within max_dist, by a double loop."""
+    coords, slides = adata.obsm["spatial"], adata.obs["slide"].to_numpy()
+    return [(i, j) for i, j in itertools.combinations(range(adata.n_obs), 2)
+            if slides[i] == slides[j] and np.linalg.norm(coords[i] - coords[j]) <= max_dist]
+
+
+def _brute_counts(edges, labels, names):
+    counts = pd.DataFrame(0, index=names, columns=names)
+    for i, j in edges:
+        a, b = labels[i], labels[j]
+        counts.loc[a, b] += 1
+        if a != b:
+            counts.loc[b, a] += 1
+    return counts
+
+
+def test_domain_connectivity_counts_match_brute_force():
+    adata = _random_tissue()
+    edges = _brute_edges(adata, 12.0)
+    result = domain_connectivity(adata, "domain", slide_key="slide", max_dist=12.0)
+    names = list(adata.obs["domain"].cat.categories)
+    expected = _brute_counts(edges, adata.obs["domain"].to_numpy(), names)
+    np.testing.assert_array_equal(result["counts"].to_numpy(), expected.to_numpy())
+    assert adata.uns["domain_connectivity"]["counts"] is result["counts"]
+    per_slide = slide_connectivity(adata, "domain", "slide", max_dist=12.0)
+    for slide, table in per_slide.items():
+        slide_edges = [(i, j) for i, j in edges if adata.obs["slide"].iloc[i] == slide]
+        np.testing.assert_array_equal(table.to_numpy(),
+                                      _brute_counts(slide_edges, adata.obs["domain"].to_numpy(), names).to_numpy())
+    tidy = result["per_slide"].groupby(["domain_a", "domain_b"], observed=True)["count"].sum().unstack()
+    np.testing.assert_array_equal(tidy.loc[names, names].to_numpy(), expected.to_numpy())
+
+
+def test_hand_made_graph_in_obsp():
+    # path 0-1-2-3 plus edge 0-2; self-loops must not count
+    dense = np.eye(4)
+    for i, j in [(0, 1), (1, 2), (2, 3), (0, 2)]:
+        dense[i, j] = dense[j, i] = 1
+    obs = pd.DataFrame({"domain": ["A", "A", "B", "B"], "cell_type": ["x", "y", "x", "x"]}, index=list("abcd"))
+    adata = AnnData(np.zeros((4, 1)), obs=obs, obsm={"spatial": np.zeros((4, 2))},
+                    obsp={"spatial_connectivities": sp.csr_matrix(dense)})
+    counts = domain_connectivity(adata, "domain")["counts"]
+    assert counts.loc["A", "A"] == 1 and counts.loc["B", "B"] == 1 and counts.loc["A", "B"] == 2
+    within = celltype_connectivity(adata, "domain", "cell_type")
+    assert within["A"].loc["x", "y"] == 1 and within["A"].loc["x", "x"] == 0
+    assert within["B"].loc["x", "x"] == 1 and within["B"].to_numpy().sum() == 1
+
+
+def test_edges_from_obsp_and_from_max_dist_agree_and_never_cross_slides():
+    from utag.graph import spatial_neighbors
+
+    adata = _random_tissue()
+    adata.obsm["spatial"][adata.obs["slide"] == "s2"] = adata.obsm["spatial"][adata.obs["slide"] == "s2"] * 0.5
+    built = spatial_edges(adata, "slide", max_dist=10.0)
+    spatial_neighbors(adata, max_dist=10.0, slide_key="slide")
+    stored = spatial_edges(adata, "slide")
+    assert set(zip(built.source, built.target)) == set(zip(stored.source, stored.target))
+    slides = adata.obs["slide"].to_numpy()
+    assert (slides[built.source] == slides[built.target]).all()
+    # a graph with cross-slide edges (e.g. built without slide_key) is cleaned
+    spatial_neighbors(adata, max_dist=10.0, slide_key=None)
+    cleaned = spatial_edges(adata, "slide")
+    assert (slides[cleaned.source] == slides[cleaned.target]).all()
+    assert set(zip(cleaned.source, cleaned.target)) == set(zip(built.source, built.target))
+
+
+def test_missing_graph_is_a_clear_error():
+    with pytest.raises(ValueError, match="max_dist="):
+        domain_connectivity(_random_tissue(), "domain")
+    with pytest.raises(ValueError, match="not a column"):
+        domain_connectivity(_random_tissue(), "nope", max_dist=5)
+
+
+def test_expected_counts_match_shuffled_labels():
+    adata = _random_tissue(n=300, seed=2)
+    result = domain_connectivity(adata, "domain", slide_key="slide", max_dist=15.0)
+    rng = np.random.default_rng(0)
+    shuffled = adata.copy()
+    totals = []
+    for _ in range(300):
+        labels = adata.obs["domain"].to_numpy().copy()
+        for slide in ["s1", "s2"]:
+            cells = np.flatnonzero(adata.obs["slide"] == slide)
+            labels[cells] = rng.permutation(labels[cells])
+        shuffled.obs["domain"] = pd.Categorical(labels, categories=adata.obs["domain"].cat.categories)
+        totals.append(domain_connectivity(shuffled, "domain", slide_key="slide", max_dist=15.0)["counts"].to_numpy())
+    monte_carlo = np.mean(totals, axis=0)
+    np.testing.assert_allclose(result["expected"].to_numpy(), monte_carlo, rtol=0.05)
+    np.testing.assert_allclose(result["ratio"], result["counts"] / result["expected"])
+
+
+def test_colocalization_observed_counts_are_the_within_domain_counts():
+    adata = _random_tissue()
+    table = measure_per_domain_cell_type_colocalization(adata, "domain", "cell_type", slide_key="slide",
+                                                        max_dist=12.0, n_permutations=10)
+    within = celltype_connectivity(adata, "domain", "cell_type", slide_key="slide", max_dist=12.0)
+    for row in table.itertuples():
+        assert row.observed == within[row.domain].loc[row.cell_type_a, row.cell_type_b]
+    assert (table["cell_type_a"] <= table["cell_type_b"]).all()
+    assert len(table) == 3 * 10  # 3 domains x 10 unordered pairs of 4 types
+    assert table["p_enrichment"].between(1 / 11, 1).all()
+
+
+def test_colocalization_p_values_are_calibrated_under_the_null():
+    # cell types independent of position: enrichment p-values should be ~uniform
+    p_values = []
+    for seed in range(6):
+        adata = _random_tissue(n=1500, seed=seed, n_domains=2, n_types=5)
+        table = measure_per_domain_cell_type_colocalization(adata, "domain", "cell_type", slide_key="slide",
+                                                            max_dist=6.0, n_permutations=99, random_state=seed)
+        p_values.append(table.loc[table["observed"] > 0, "p_enrichment"].to_numpy())
+    p_values = np.concatenate(p_values)
+    assert len(p_values) > 100
+    assert 0.4 < p_values.mean() < 0.65
+    assert (p_values <= 0.05).mean() < 0.1
+    assert stats.kstest(p_values, "uniform").statistic < 0.15
+
+
+def test_colocalization_detects_planted_clustering():
+    # type t0 and t1 sit in separate halves of one domain: t0-t0 contact is enriched
+    rng = np.random.default_rng(0)
+    n = 800
+    coords = rng.uniform(0, 100, size=(n, 2))
+    cell_type = np.where(coords[:, 0] < 50, "t0", "t1")
+    flip = rng.uniform(size=n) < 0.2
+    cell_type[flip] = rng.choice(["t0", "t1"], size=flip.sum())
+    obs = pd.DataFrame({"domain": "d0", "cell_type": cell_type}, index=[str(i) for i in range(n)])
+    adata = AnnData(np.zeros((n, 1)), obs=obs, obsm={"spatial": coords})
+    table = measure_per_domain_cell_type_colocalization(adata, "domain", "cell_type", max_dist=8.0,
+                                                        n_permutations=99).set_index(["cell_type_a", "cell_type_b"])
+    assert table.loc[("t0", "t0"), "p_enrichment"] <= 0.01 and table.loc[("t0", "t0"), "z_score"] > 3
+    assert table.loc[("t0", "t1"), "p_depletion"] <= 0.01 and table.loc[("t0", "t1"), "log2_ratio"] < 0
+    assert table.loc[("t0", "t0"), "p_value"] <= 0.02
+
+
+def test_colocalization_is_seeded():
+    adata = _random_tissue()
+    kwargs = dict(max_dist=12.0, n_permutations=20, random_state=4)
+    first = measure_per_domain_cell_type_colocalization(adata, "domain", "cell_type", **kwargs)
+    second = measure_per_domain_cell_type_colocalization(adata, "domain", "cell_type", **kwargs)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_composition_matches_crosstab():
+    adata = _random_tissue()
+    composition = domain_composition(adata, "domain", "cell_type", slide_key="slide")
+    expected = pd.crosstab(adata.obs["domain"], adata.obs["cell_type"])
+    np.testing.assert_array_equal(composition["counts"].to_numpy(), expected.to_numpy())
+    np.testing.assert_allclose(composition["proportions"].sum(axis=1), 1.0)
+    overall = expected.sum(axis=0) / expected.to_numpy().sum()
+    np.testing.assert_allclose(composition["enrichment"].to_numpy(),
+                               np.log2((expected.T / expected.sum(axis=1)).T / overall).to_numpy())
+    per_slide = composition["per_slide"]
+    s1 = per_slide[per_slide["slide"] == "s1"].pivot(index="domain", columns="cell_type", values="count")
+    mask = adata.obs["slide"] == "s1"
+    np.testing.assert_array_equal(s1.to_numpy(), pd.crosstab(adata.obs["domain"][mask],
+                                                              adata.obs["cell_type"][mask]).to_numpy())
+
+
+def test_evaluate_clustering_against_definitions():
+    adata = _random_tissue()
+    adata.obs["UTAG Label_x_1"] = adata.obs["domain"]
+    adata.obsm["X_pca"] = np.random.default_rng(0).normal(size=(adata.n_obs, 3))
+    table = evaluate_clustering(adata, "UTAG Label_x_1", celltype_key="cell_type", slide_key="slide",
+                                max_dist=12.0, n_silhouette=10_000)
+    row = table.iloc[0]
+    assert row["n_domains"] == 3
+    edges = _brute_edges(adata, 12.0)
+    labels = adata.obs["domain"].to_numpy()
+    assert row["spatial_coherence"] == pytest.approx(np.mean([labels[i] == labels[j] for i, j in edges]))
+    crosstab = pd.crosstab(adata.obs["domain"], adata.obs["cell_type"])
+    entropies = crosstab.apply(lambda r: stats.entropy(r, base=2), axis=1)
+    sizes = crosstab.sum(axis=1)
+    assert row["celltype_entropy"] == pytest.approx((entropies * sizes).sum() / sizes.sum())
+    from sklearn.metrics import silhouette_score
+
+    assert row["silhouette"] == pytest.approx(silhouette_score(adata.obsm["X_pca"], labels))

@@ -1,0 +1,64 @@
+"""RGB composites of multiplexed images and attaching them for scanpy/squidpy plots."""
+import numpy as np
+import pytest
+
+from utag.image import add_spatial_image, rgb_image
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(0)
+    image = rng.gamma(1.0, size=(4, 40, 60)).astype(np.float32)
+    image[2, :, :30] += 50  # channel 2 bright on the left half
+    return image
+
+
+def test_rgb_from_a_tiff_file(stack, tmp_path):
+    import tifffile
+
+    path = tmp_path / "roi.tiff"
+    tifffile.imwrite(path, stack)
+    rgb = rgb_image(path, channels=["CD3", None, "CD20"], channel_names=["DNA", "CD45", "CD3", "CD20"])
+    assert rgb.shape == (40, 60, 3) and rgb.dtype == np.float32
+    assert rgb[..., 1].max() == 0
+    assert rgb[:, :30, 0].mean() > 0.9 and rgb[:, 30:, 0].mean() < 0.1
+    np.testing.assert_allclose(rgb[..., 2], rgb_image(stack, channels=[3])[..., 0])
+
+
+def test_contrast_gamma_and_log(stack):
+    plain = rgb_image(stack, channels=[0], percentiles=(0, 100))[..., 0]
+    np.testing.assert_allclose(plain, (stack[0] - stack[0].min()) / np.ptp(stack[0]), rtol=1e-5, atol=1e-6)
+    stretched = rgb_image(stack, channels=[0], percentiles=(5, 95))[..., 0]
+    assert (stretched == 1).mean() == pytest.approx(0.05, abs=0.01)
+    brighter = rgb_image(stack, channels=[0], gamma=2.0)[..., 0]
+    assert brighter.mean() > rgb_image(stack, channels=[0])[..., 0].mean()
+    logged = rgb_image(stack, channels=[0], log_transform=True, percentiles=(0, 100))[..., 0]
+    np.testing.assert_allclose(logged, (np.log1p(stack[0]) - np.log1p(stack[0]).min()) / np.ptp(np.log1p(stack[0])),
+                               rtol=1e-4, atol=1e-5)
+    channels_last = rgb_image(np.moveaxis(stack, 0, -1), channels=[0], channel_axis=-1)
+    np.testing.assert_allclose(channels_last, rgb_image(stack, channels=[0]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"channels": [9]}, "out of range"),
+    ({"channels": ["CD3"]}, "channel_names"),
+    ({"channels": [0, 1, 2, 3]}, "1 to 3"),
+    ({"channels": [0], "percentiles": (90, 10)}, "percentiles"),
+    ({"channels": [0], "gamma": 0}, "gamma"),
+])
+def test_bad_arguments(stack, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rgb_image(stack, **kwargs)
+
+
+def test_scanpy_draws_domains_over_the_attached_image(stack):
+    import scanpy as sc
+
+    from utag.datasets import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=300, n_slides=1, random_state=0)
+    adata.obsm["spatial"] = adata.obsm["spatial"] / adata.obsm["spatial"].max() * 59
+    add_spatial_image(adata, rgb_image(stack, channels=[2, 0, 3]), library_id="roi_0")
+    axes = sc.pl.spatial(adata, color="domain", library_id="roi_0", img_key="hires", spot_size=2, show=False)
+    assert len(axes[0].images) == 1 and axes[0].images[0].get_array().shape == (40, 60, 3)
+    assert len(axes[0].collections) >= 1

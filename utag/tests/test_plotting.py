@@ -1,0 +1,94 @@
+"""Figures render with the Agg backend and contain what they should."""
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from utag.analysis import domain_connectivity, measure_per_domain_cell_type_colocalization
+from utag.datasets import synthetic_tissue
+from utag.plotting import (
+    domain_colors,
+    plot_chord,
+    plot_colocalization,
+    plot_composition,
+    plot_domain_network,
+    plot_domains,
+)
+
+
+@pytest.fixture
+def adata():
+    return synthetic_tissue(n_cells=3_000, n_slides=3, n_domains=4, n_cell_types=5, random_state=0)
+
+
+def _ink(fig, tmp_path):
+    """Share of non-white pixels of the saved PNG."""
+    path = tmp_path / "figure.png"
+    fig.savefig(path, dpi=50)
+    plt.close(fig)
+    pixels = plt.imread(path)[..., :3]
+    return float((pixels < 0.95).any(axis=-1).mean())
+
+
+def test_domains_on_tissue_one_panel_per_slide(adata, tmp_path):
+    fig = plot_domains(adata, "domain", slide_key="roi", ncols=2, scale_bar=50, scale_bar_label="50 um")
+    assert len(fig.axes) == 3
+    assert [ax.get_title() for ax in fig.axes] == ["roi_0", "roi_1", "roi_2"]
+    assert sum(len(ax.collections[0].get_offsets()) for ax in fig.axes) == adata.n_obs
+    assert all(ax.collections[0].get_rasterized() for ax in fig.axes)
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 4
+    assert _ink(fig, tmp_path) > 0.2
+
+
+def test_domains_subset_of_slides_and_bad_slide(adata):
+    fig = plot_domains(adata, "domain", slide_key="roi", slides=["roi_2"])
+    assert [ax.get_title() for ax in fig.axes] == ["roi_2"]
+    with pytest.raises(ValueError, match="roi_9"):
+        plot_domains(adata, "domain", slide_key="roi", slides=["roi_9"])
+
+
+def test_colours_are_stored_and_reused(adata):
+    colors = domain_colors(adata, "domain")
+    assert adata.uns["domain_colors"] == list(colors.values())
+    fig = plot_domains(adata, "domain", slide_key="roi")
+    first_cell_colour = fig.axes[0].collections[0].get_facecolors()[0]
+    label = adata.obs["domain"].iloc[0]
+    np.testing.assert_allclose(first_cell_colour, matplotlib.colors.to_rgba(colors[label]))
+    adata.uns["domain_colors"] = ["#000000", "#111111", "#222222", "#333333"]
+    assert domain_colors(adata, "domain")["domain_0"] == "#000000"
+
+
+def test_network_and_chord(adata, tmp_path):
+    connectivity = domain_connectivity(adata, "domain", slide_key="roi", max_dist=20)
+    network = plot_domain_network(adata, "domain", connectivity=connectivity)
+    nodes = network.axes[0].collections[-1]
+    assert len(nodes.get_offsets()) == 4
+    assert _ink(network, tmp_path) > 0.02
+    chord = plot_chord(adata, "domain")  # reuses uns["domain_connectivity"]
+    patches = chord.axes[0].patches
+    n_pairs = int((np.triu(connectivity["counts"].to_numpy(), k=1) > 0).sum())
+    assert len(patches) == 4 + n_pairs  # one arc per domain, one ribbon per touching pair
+    assert _ink(chord, tmp_path) > 0.1
+
+
+def test_composition_heatmap_and_bars(adata, tmp_path):
+    heatmap = plot_composition(adata, "domain", "cell_type", value="enrichment")
+    image = heatmap.axes[0].images[0].get_array()
+    assert image.shape == (4, 5)
+    assert _ink(heatmap, tmp_path) > 0.1
+    bars = plot_composition(adata, "domain", "cell_type", kind="bars")
+    widths = np.array([p.get_width() for p in bars.axes[0].patches]).reshape(5, 4)
+    np.testing.assert_allclose(widths.sum(axis=0), 1.0)
+    with pytest.raises(ValueError, match="kind"):
+        plot_composition(adata, "domain", "cell_type", kind="pie")
+
+
+def test_colocalization_heatmaps_mark_significance(adata, tmp_path):
+    table = measure_per_domain_cell_type_colocalization(adata, "domain", "cell_type", slide_key="roi",
+                                                        max_dist=20, n_permutations=30)
+    fig = plot_colocalization(table, alpha=0.05)
+    assert len(fig.axes) == 4 + 1  # one heatmap per domain and a colour bar
+    stars = sum(text.get_text() == "*" for ax in fig.axes for text in ax.texts)
+    significant = table[table["p_value"] < 0.05]
+    assert stars == 2 * len(significant) - (significant["cell_type_a"] == significant["cell_type_b"]).sum()
+    assert _ink(fig, tmp_path) > 0.1
