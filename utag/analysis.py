@@ -220,11 +220,31 @@ def slide_connectivity(
     return {str(slide): _square(counts, names) for slide, counts in zip(edges.slide_names, per_slide)}
 
 
-def _within_domain(edges: Edges, domains: np.ndarray, cell_types: np.ndarray):
-    """Edges whose two ends share a domain and both have a cell type."""
+@dataclass
+class _WithinDomain:
+    """Edges whose two ends share a domain and both have a cell type, with the labels."""
+
+    edges: Edges
+    source: np.ndarray
+    target: np.ndarray
+    domains: np.ndarray
+    domain_names: pd.Index
+    cell_types: np.ndarray
+    type_names: pd.Index
+
+    def count(self, cell_types: np.ndarray) -> np.ndarray:
+        """(domains, types, types) pair counts of these edges for the given cell types."""
+        return pair_counts(cell_types[self.source], cell_types[self.target], len(self.type_names),
+                           self.domains[self.source], len(self.domain_names))
+
+
+def _within_domain(adata: AnnData, domain_key: str, celltype_key: str, slide_key, max_dist, graph_key):
+    edges = spatial_edges(adata, slide_key, max_dist, graph_key)
+    domains, domain_names = _labels(adata, domain_key)
+    cell_types, type_names = _labels(adata, celltype_key)
     keep = (domains[edges.source] == domains[edges.target]) & (domains[edges.source] >= 0)
     keep &= (cell_types[edges.source] >= 0) & (cell_types[edges.target] >= 0)
-    return edges.source[keep], edges.target[keep]
+    return _WithinDomain(edges, edges.source[keep], edges.target[keep], domains, domain_names, cell_types, type_names)
 
 
 def celltype_connectivity(
@@ -248,12 +268,9 @@ def celltype_connectivity(
     >>> sorted(tables), tables["domain_0"].shape
     (['domain_0', 'domain_1', 'domain_2'], (4, 4))
     """
-    edges = spatial_edges(adata, slide_key, max_dist, graph_key)
-    domains, domain_names = _labels(adata, domain_key)
-    cell_types, type_names = _labels(adata, celltype_key)
-    source, target = _within_domain(edges, domains, cell_types)
-    counts = pair_counts(cell_types[source], cell_types[target], len(type_names), domains[source], len(domain_names))
-    return {domain: _square(table, type_names) for domain, table in zip(domain_names, counts)}
+    within = _within_domain(adata, domain_key, celltype_key, slide_key, max_dist, graph_key)
+    counts = within.count(within.cell_types)
+    return {domain: _square(table, within.type_names) for domain, table in zip(within.domain_names, counts)}
 
 
 def measure_per_domain_cell_type_colocalization(
@@ -295,18 +312,11 @@ def measure_per_domain_cell_type_colocalization(
     12
     """
     n_permutations = check.as_int("n_permutations", n_permutations)
-    edges = spatial_edges(adata, slide_key, max_dist, graph_key)
-    domains, domain_names = _labels(adata, domain_key)
-    cell_types, type_names = _labels(adata, celltype_key)
-    source, target = _within_domain(edges, domains, cell_types)
-    n_domains, n_types = len(domain_names), len(type_names)
-
-    def count(types: np.ndarray) -> np.ndarray:
-        return pair_counts(types[source], types[target], n_types, domains[source], n_domains)
-
-    observed = count(cell_types)
+    within = _within_domain(adata, domain_key, celltype_key, slide_key, max_dist, graph_key)
+    cell_types, domains = within.cell_types, within.domains
+    observed = within.count(cell_types)
     # cell types are shuffled among the typed cells of each (slide, domain)
-    group = np.where(cell_types >= 0, edges.slide * (n_domains + 1) + domains + 1, -1)
+    group = np.where(cell_types >= 0, within.edges.slide * (len(within.domain_names) + 1) + domains + 1, -1)
     rng = np.random.default_rng(random_state)
     order = np.argsort(group, kind="stable")
     total = np.zeros(observed.shape)
@@ -316,7 +326,7 @@ def measure_per_domain_cell_type_colocalization(
     shuffled = cell_types.copy()
     for _ in tqdm(range(n_permutations), desc="permutations", disable=not progress):
         shuffled[order] = cell_types[np.lexsort((rng.random(len(group)), group))]
-        permuted = count(shuffled)
+        permuted = within.count(shuffled)
         total += permuted
         total_sq += permuted.astype(float) ** 2
         at_least += permuted >= observed
@@ -333,10 +343,10 @@ def measure_per_domain_cell_type_colocalization(
             "p_enrichment": p_enrichment, "p_depletion": p_depletion,
             "p_value": np.minimum(1.0, 2 * np.minimum(p_enrichment, p_depletion)),
         },
-        {"domain": domain_names, "cell_type_a": type_names, "cell_type_b": type_names},
+        {"domain": within.domain_names, "cell_type_a": within.type_names, "cell_type_b": within.type_names},
     )
-    a = pd.Categorical(table["cell_type_a"], categories=type_names).codes
-    b = pd.Categorical(table["cell_type_b"], categories=type_names).codes
+    a = pd.Categorical(table["cell_type_a"], categories=within.type_names).codes
+    b = pd.Categorical(table["cell_type_b"], categories=within.type_names).codes
     table = table[a <= b].reset_index(drop=True)
     adata.uns[key_added or f"{domain_key}_colocalization"] = table
     return table
