@@ -363,8 +363,8 @@ def domain_composition(
     Returns
     -------
     A dict of DataFrames: ``counts`` and ``proportions`` (domain x cell type; rows of
-    ``proportions`` sum to 1), ``enrichment`` = ``log2(proportion in domain /
-    proportion in the whole tissue)``, and, with ``slide_key``, ``per_slide`` (tidy:
+    ``proportions`` sum to 1), ``enrichment`` (log2 of the proportion in the domain over
+    the proportion in the whole tissue), and, with ``slide_key``, ``per_slide`` (tidy:
     ``slide``, ``domain``, ``cell_type``, ``count``, ``proportion``).
 
     Examples

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["utag.segmentation", "utag.graph", "utag.datasets", "utag.evaluation", "utag.analysis",
+MODULES = ["utag.segmentation", "utag.graph", "utag.datasets", "utag.evaluation", "utag.analysis", "utag.io",
            "utag.plotting", "utag.image"]
 
 
