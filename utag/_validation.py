@@ -145,7 +145,7 @@ def resolution_list(resolutions) -> list[float]:
     if isinstance(resolutions, numbers.Real):
         resolutions = [resolutions]
     if isinstance(resolutions, str) or not isinstance(resolutions, (Sequence, np.ndarray, pd.Index)):
-        raise ValueError(f"`resolutions` must be a number or a list of numbers, got {resolutions!r}.")
+        raise ValueError(f"`resolutions` must be a number, a list of numbers or 'auto', got {resolutions!r}.")
     values = [check_positive("resolutions", r) for r in resolutions]
     if not values:
         raise ValueError("`resolutions` is empty; pass e.g. `resolutions=[0.05, 0.1, 0.3]`.")

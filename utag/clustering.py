@@ -137,10 +137,11 @@ def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
 
 
 def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0, **kwargs) -> np.ndarray:
-    """k-means of the embedding with ``k = ceil(10 * resolution)`` (``kwargs`` go to ``KMeans``)."""
+    """k-means of the embedding with ``k = ceil(10 * resolution)`` (or ``n_clusters`` from ``kwargs``;
+    the other ``kwargs`` go to ``KMeans``)."""
     from sklearn.cluster import KMeans
 
-    n_clusters = min(math.ceil(10 * resolution), len(neighbourhood.embedding))
+    n_clusters = min(kwargs.pop("n_clusters", math.ceil(10 * resolution)), len(neighbourhood.embedding))
     kwargs.setdefault("n_init", "auto")
     model = KMeans(n_clusters=n_clusters, random_state=random_state, **kwargs)
     return model.fit_predict(neighbourhood.embedding)

@@ -92,6 +92,25 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarr
     return indices.astype(np.int64), distances.astype(np.float32)
 
 
+def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """kNN over distinct profiles: each cell's neighbours are the nearest *other* profiles.
+
+    When more than ``n_neighbors`` cells share one profile (message passing over
+    one-hot cell types makes many identical neighbourhood compositions), a plain kNN
+    graph links them only to each other: they form disconnected cliques and Leiden
+    returns hundreds of fragments. Here the kNN search runs over the distinct rows of
+    ``embedding``; every cell gets, besides itself, one representative cell (the first)
+    of each of the ``n_neighbors - 1`` nearest other profiles, so cells that share a
+    profile share their neighbours and the graph stays connected.
+    """
+    profiles, first, inverse = np.unique(embedding, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    indices, distances = nearest_neighbors(profiles, min(n_neighbors, len(profiles)))
+    indices, distances = first[indices][inverse], distances[inverse]
+    indices[:, 0] = np.arange(len(embedding))
+    return indices, distances
+
+
 def _smooth_knn_sigmas(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """UMAP's per-cell ``rho`` (nearest non-zero distance) and ``sigma`` (bandwidth).
 

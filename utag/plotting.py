@@ -391,3 +391,84 @@ def plot_colocalization(
         ax.remove()
     fig.colorbar(image, ax=list(axes.flat[: len(domains)]), label=value, shrink=0.6)
     return fig
+
+
+def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
+    """Stability, agreement and score of a :func:`utag.tuning.resolution_sweep` against the
+    resolution (log scale), with the number of domains on a second axis and the
+    recommended resolutions marked (rank 1 labelled).
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"resolution": [0.05, 0.1, 0.3], "n_domains": [2, 4, 9],
+    ...     "stability": [0.9, 0.95, 0.6], "agreement": [0.8, 0.85, 0.5], "score": [0.72, 0.81, 0.3],
+    ...     "recommended": [False, True, False], "rank": [None, 1, None]})
+    >>> len(plot_resolution_sweep(table).axes)
+    2
+    """
+    fig, ax = (plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax))
+    for column, style in [("stability", "o-"), ("agreement", "s--"), ("score", "D-")]:
+        ax.plot(table["resolution"], table[column], style, label=column, linewidth=2 if column == "score" else 1)
+    ax.set_xscale("log")
+    ax.set_xlabel("resolution")
+    ax.set_ylabel("ARI")
+    domains = ax.twinx()
+    domains.plot(table["resolution"], table["n_domains"], ":", color="grey", label="domains")
+    domains.set_ylabel("domains", color="grey")
+    domains.set_yscale("log")
+    for row in table[table["recommended"]].itertuples():
+        ax.axvline(row.resolution, color="red", alpha=0.3 if row.rank != 1 else 0.8)
+        if row.rank == 1:
+            ax.annotate(f"chosen: {row.resolution:g}\n({row.n_domains} domains)", (row.resolution, row.score),
+                        xytext=(5, -30), textcoords="offset points", color="red", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    return fig
+
+
+def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
+    """How the domains of successive labellings (coarse to fine, top to bottom) nest.
+
+    One row per labelling; a node per domain, its area proportional to its cells; a line
+    from each domain to the coarser domain holding most of its cells, as wide as the
+    cells they share. Node colours are the labellings' ``uns`` colours.
+
+    Examples
+    --------
+    >>> import anndata
+    >>> obs = pd.DataFrame({"a": list("0000111"), "b": list("0011222")}, index=list("abcdefg"))
+    >>> ax = plot_domain_hierarchy(anndata.AnnData(obs=obs), ["a", "b"]).axes[0]
+    >>> len(ax.collections), len(ax.lines)  # a row of nodes per labelling, a line per finer domain
+    (2, 3)
+    """
+    from .tuning import domain_hierarchy
+
+    hierarchy = domain_hierarchy(adata, keys)
+    fig, ax = (plt.subplots(figsize=(8, 1.2 + 1.3 * len(keys))) if ax is None else (ax.figure, ax))
+    positions: dict[tuple[str, str], float] = {}
+    sizes = adata.obs[keys[0]].astype(str).value_counts()
+    order = sorted(sizes.index, key=lambda d: (len(d), d))
+    positions.update({(keys[0], d): (i + 0.5) / len(order) for i, d in enumerate(order)})
+    for level, key in enumerate(keys):
+        counts = adata.obs[key].astype(str).value_counts()
+        if level > 0:
+            rows = hierarchy[hierarchy["fine_key"] == key]
+            rows = rows.assign(anchor=[positions[(keys[level - 1], p)] for p in rows["parent"]])
+            rows = rows.sort_values(["anchor", "n_cells"], ascending=[True, False])
+            for i, row in enumerate(rows.itertuples()):
+                positions[(key, row.domain)] = (i + 0.5) / len(rows)
+                ax.plot([row.anchor, positions[(key, row.domain)]], [-(level - 1), -level], color="grey",
+                        linewidth=0.5 + 6 * row.n_cells * row.purity / adata.n_obs, zorder=1)
+        colors = domain_colors(adata, key)
+        domains = list(counts.index)
+        ax.scatter([positions[(key, d)] for d in domains], [-level] * len(domains),
+                   s=[50 + 1500 * counts[d] / adata.n_obs for d in domains],
+                   c=[colors.get(d, "grey") for d in domains], edgecolors="black", linewidths=0.5, zorder=2)
+        for d in domains:
+            ax.annotate(d, (positions[(key, d)], -level), ha="center", va="center", fontsize=7, zorder=3)
+    ax.set_yticks([-level for level in range(len(keys))], keys)
+    ax.set_xticks([])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-len(keys) + 0.5, 0.5)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    return fig

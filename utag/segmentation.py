@@ -13,11 +13,13 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from . import _validation as check
-from .clustering import Neighbourhood, cluster, soft_assignments
-from .embedding import fuzzy_connectivities, knn_distances, nearest_neighbors, pca
+from .clustering import Neighbourhood, cluster, relabel_by_size, soft_assignments
+from .embedding import distinct_profile_neighbors, fuzzy_connectivities, knn_distances, nearest_neighbors, pca
 from .evaluation import evaluate_performance  # noqa: F401  (original import path)
 from .graph import store_spatial_graph
 from .message_passing import as_float32, pass_messages
+from .transfer import build_model
+from .tuning import recommended_resolutions, resolution_for_n_domains, resolution_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def utag(
     *,
     n_neighbors: int = 15,
     kmeans_kwargs: dict | None = None,
+    n_domains: int | None = None,
     random_state: int = 0,
     progress: bool = True,
 ) -> AnnData:
@@ -97,7 +100,10 @@ def utag(
     clustering_method
         One or several of ``"leiden"``, ``"parc"``, ``"kmeans"`` (case-insensitive).
     resolutions
-        One or several positive resolutions. k-means uses ``k = ceil(10 * resolution)``.
+        One or several positive resolutions (k-means uses ``k = ceil(10 * resolution)``),
+        or ``"auto"``: a stability sweep (:func:`utag.tuning.resolution_sweep`, 12
+        resolutions x 5 seeded Leiden runs) picks the resolution, and its table is kept
+        in ``uns['utag_resolution_sweep']``.
     leiden_kwargs
         Passed to the Leiden backend, e.g. ``{"flavor": "leidenalg"}`` for the original
         (slower) implementation, or ``{"n_iterations": -1}``; see
@@ -111,6 +117,10 @@ def utag(
         Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``.
+    n_domains
+        Also (or, with ``resolutions=None``, only) find exactly this many domains: Leiden
+        at the resolution found by bisection (:func:`utag.tuning.resolution_for_n_domains`),
+        k-means with ``k = n_domains``; written under the usual key with that resolution.
     random_state
         Seed for every random step (Leiden, PARC, k-means, UMAP). Default 0.
     progress
@@ -143,7 +153,16 @@ def utag(
     """
     check.check_n_cells(adata)
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
-    resolutions = check.resolution_list(resolutions) if apply_clustering else []
+    auto = apply_clustering and isinstance(resolutions, str) and resolutions == "auto"
+    if n_domains is not None:
+        n_domains = check.as_int("n_domains", n_domains, minimum=1)
+        if "parc" in methods:
+            raise ValueError("`n_domains` works with clustering_method 'leiden' and 'kmeans'; PARC sets its own "
+                             "number of clusters. Drop 'parc' or pass `resolutions` instead.")
+    if not apply_clustering or auto or (n_domains is not None and resolutions is None):
+        resolutions = []
+    else:
+        resolutions = check.resolution_list(resolutions)
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
     processes = None if processes is None else check.as_int("processes", processes)
@@ -171,7 +190,7 @@ def utag(
 
         with watch("UMAP"):
             sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-    if "leiden" in methods:
+    if "leiden" in methods or auto or n_domains is not None:
         with watch("Leiden graph"):
             neighbourhood.graph
     backend_kwargs = {
@@ -179,11 +198,26 @@ def utag(
         "parc": dict(parc_kwargs or {}),
         "kmeans": dict(kmeans_kwargs or {}),
     }
-    runs = [(resolution, method) for resolution in resolutions for method in methods]
-    for resolution, method in tqdm(runs, desc="clustering", disable=not progress or not runs):
+    if auto:
+        with watch("resolution sweep"):
+            sweep = resolution_sweep(result, n_runs=5, random_state=random_state, leiden_kwargs=leiden_kwargs,
+                                     processes=processes, progress=progress)
+        resolutions = recommended_resolutions(sweep)
+        logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
+        if "kmeans" in methods:  # k-means: as many domains as Leiden finds at the chosen resolution
+            chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
+            backend_kwargs["kmeans"]["n_clusters"] = chosen
+    runs = [(method, resolution, backend_kwargs[method], None) for resolution in resolutions for method in methods]
+    if auto and "kmeans" in methods:
+        runs = [(m, chosen / 10 if m == "kmeans" else r, kw, labels) for m, r, kw, labels in runs]
+    if n_domains is not None:
+        with watch(f"resolution for {n_domains} domains"):
+            runs += _runs_for_n_domains(neighbourhood, n_domains, methods, backend_kwargs, random_state)
+    for method, resolution, kwargs, labels in tqdm(runs, desc="clustering", disable=not progress or not runs):
         key = label_key(save_key, method, resolution)
-        with watch(f"{method} {resolution}"):
-            labels = cluster(method, neighbourhood, resolution, random_state, **backend_kwargs[method])
+        if labels is None:
+            with watch(f"{method} {resolution}"):
+                labels = cluster(method, neighbourhood, resolution, random_state, **kwargs)
         result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
         with watch("probabilities"):
             result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
@@ -196,12 +230,28 @@ def utag(
         "n_comps": int(result.obsm["X_pca"].shape[1]) if "X_pca" in result.obsm else 0,
         "n_neighbors": n_neighbors,
         "clustering_method": list(methods),
-        "resolutions": resolutions,
+        "resolutions": sorted({r for _, r, _, _ in runs}),
+        "n_domains": n_domains if n_domains is not None else 0,
         "random_state": random_state,
-        "label_keys": [label_key(save_key, m, r) for r, m in runs],
+        "label_keys": [label_key(save_key, m, r) for m, r, _, _ in runs],
         "timings": watch.seconds,
     }
+    if runs:
+        result.uns["utag"]["model"] = build_model(result, result.uns["utag"]["label_keys"])
     return result
+
+
+def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
+                        random_state: int) -> list[tuple]:
+    """Clustering runs that give ``n_domains`` domains: Leiden by bisection, k-means directly."""
+    runs = []
+    if "leiden" in methods:
+        resolution, labels = resolution_for_n_domains(neighbourhood, n_domains, random_state,
+                                                      backend_kwargs["leiden"])
+        runs.append(("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels)))
+    if "kmeans" in methods:
+        runs.append(("kmeans", n_domains / 10, {**backend_kwargs["kmeans"], "n_clusters": n_domains}, None))
+    return runs
 
 
 def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
@@ -259,6 +309,12 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, ra
     with watch("kNN graph"):
         k = min(n_neighbors, n_cells)
         indices, distances = nearest_neighbors(embedding, k)
+        tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
+        if tied:
+            logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
+                           "building the kNN graph over distinct profiles so that they do not form "
+                           "disconnected cliques", tied, k - 1)
+            indices, distances = distinct_profile_neighbors(embedding, k)
         connectivities = fuzzy_connectivities(indices, distances)
         result.obsp["connectivities"] = connectivities
         result.obsp["distances"] = knn_distances(indices, distances)
@@ -266,7 +322,7 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, ra
         "connectivities_key": "connectivities",
         "distances_key": "distances",
         "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": "X_pca",
-                   "random_state": random_state},
+                   "random_state": random_state, "distinct_profiles": bool(tied)},
     }
     return Neighbourhood(embedding, connectivities)
 

@@ -111,3 +111,13 @@ def test_version_help_and_module_entry_point(capsys):
     assert "examples" in capsys.readouterr().out
     completed = subprocess.run([sys.executable, "-m", "utag", "--help"], capture_output=True, text=True)
     assert completed.returncode == 0 and "utag run" in completed.stdout
+
+
+def test_run_reads_parquet(cell_table, tmp_path):
+    path, table = cell_table
+    parquet = tmp_path / "cells.parquet"
+    table.rename(columns={"X_centroid": "x", "Y_centroid": "y"}).to_parquet(parquet)  # pyarrow comes with squidpy
+    out = tmp_path / "from_parquet.h5ad"
+    assert main(["run", str(parquet), "--out", str(out), "--slide-column", "image", "--exclude", "area",
+                 "--quiet", "--method", "kmeans", "--resolutions", "0.3"]) == 0
+    assert anndata.read_h5ad(out).n_obs == len(table)

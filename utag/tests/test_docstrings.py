@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["utag.segmentation", "utag.graph", "utag.datasets", "utag.evaluation", "utag.analysis", "utag.io",
+           "utag.tuning", "utag.transfer",
            "utag.plotting", "utag.image"]
 
 

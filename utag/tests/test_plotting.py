@@ -92,3 +92,23 @@ def test_colocalization_heatmaps_mark_significance(adata, tmp_path):
     significant = table[table["p_value"] < 0.05]
     assert stars == 2 * len(significant) - (significant["cell_type_a"] == significant["cell_type_b"]).sum()
     assert _ink(fig, tmp_path) > 0.1
+
+
+def test_resolution_sweep_and_hierarchy_plots(tmp_path):
+    from utag import utag
+    from utag.plotting import plot_domain_hierarchy, plot_resolution_sweep
+    from utag.tuning import consistent_labels, resolution_sweep
+
+    tissue = synthetic_tissue(n_cells=3_000, n_slides=2, n_domains=4, random_state=0)
+    result = utag(tissue, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 0.2, 0.6], progress=False)
+    table = resolution_sweep(result, resolutions=[0.05, 0.1, 0.3, 1.0], n_runs=3, progress=False)
+    fig = plot_resolution_sweep(table)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3 + int(table["recommended"].sum())
+    assert any("chosen" in text.get_text() for text in fig.axes[0].texts)
+    assert _ink(fig, tmp_path) > 0.05
+    keys = consistent_labels(result)
+    fig = plot_domain_hierarchy(result, keys)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3
+    assert len(ax.lines) == result.obs[keys[1]].nunique() + result.obs[keys[2]].nunique()
+    assert _ink(fig, tmp_path) > 0.02

@@ -1,0 +1,137 @@
+"""Label transfer: domains learned on some slides, assigned to new slides without
+re-clustering.
+
+``utag()`` stores a small model in ``uns['utag']['model']``: the features used, the
+message-passing settings, the PCA (mean and components) and the centroid of every
+domain of every labelling in PCA space. :func:`transfer_labels` passes messages on the
+new slides with the same settings, projects them into the stored PCA and assigns each
+cell to the nearest domain centroid (``method="centroid"``, needs only the model) or by a
+vote of its nearest training cells (``method="knn"``, needs the training result).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy.spatial import cKDTree
+from scipy.special import softmax
+
+from . import _validation as check
+from .message_passing import pass_messages
+
+
+def build_model(result: AnnData, keys: list[str]) -> dict:
+    """The transfer model of ``result`` (what ``utag()`` stores in ``uns['utag']['model']``)."""
+    embedding = np.asarray(result.obsm["X_pca"], dtype=np.float64)
+    centroids = {}
+    for key in keys:
+        codes = result.obs[key].cat.codes.to_numpy()
+        membership = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
+                                   shape=(int(codes.max()) + 1, len(codes)))
+        sizes = np.asarray(membership.sum(axis=1)).ravel()
+        centroids[key] = (membership @ embedding) / np.maximum(sizes, 1)[:, None]
+    params = result.uns.get("utag", {})
+    return {
+        "features": np.asarray(result.var_names, dtype=str),
+        "mean": np.asarray(result.X.mean(axis=0), dtype=np.float64).ravel(),
+        "components": np.asarray(result.varm["PCs"], dtype=np.float64),
+        "max_dist": float(params.get("max_dist", np.nan)),
+        "normalization_mode": str(params.get("normalization_mode", "l1_norm")),
+        "centroids": centroids,
+    }
+
+
+def transfer_labels(
+    result: AnnData,
+    adata: AnnData,
+    keys: list[str] | str | None = None,
+    slide_key: str | None = None,
+    method: str = "knn",
+    n_neighbors: int = 15,
+    parallel: bool = True,
+    processes: int | None = None,
+    progress: bool = False,
+) -> AnnData:
+    """Assign the domains of ``result`` to the cells of new slides in ``adata``.
+
+    Parameters
+    ----------
+    result
+        The output of ``utag()`` on the reference slides (its ``uns['utag']['model']``).
+    adata
+        New cells with the same features (``var_names``) and ``obsm['spatial']``.
+    keys
+        Labellings to transfer (default: all in the model).
+    slide_key
+        ``obs`` column of the new slides (``None``: one slide).
+    method
+        ``"knn"`` (default): majority vote of the ``n_neighbors`` nearest reference cells
+        in PCA space, probabilities the vote shares; ``"centroid"``: nearest domain
+        centroid in PCA space (needs only the model), probabilities the softmax of
+        ``-distance^2 / 2``.
+
+    Returns
+    -------
+    A new AnnData of the cells of ``adata``, in their order: message-passed ``X``, the
+    projection ``obsm['X_pca']``, and for every key ``obs[key]`` (same categories as in
+    ``result``) and ``obsm[f"{key}_probabilities"]``.
+
+    Examples
+    --------
+    >>> from utag import utag
+    >>> from utag.datasets import synthetic_tissue
+    >>> tissue = synthetic_tissue(n_cells=4_000, n_slides=2, random_state=0)
+    >>> reference = tissue[tissue.obs["roi"] == "roi_0"].copy()
+    >>> new = tissue[tissue.obs["roi"] == "roi_1"].copy()
+    >>> result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], progress=False)
+    >>> transferred = transfer_labels(result, new, slide_key="roi")
+    >>> transferred.obs["UTAG Label_kmeans_0.4"].cat.categories.tolist()
+    ['0', '1', '2', '3']
+    """
+    model = result.uns.get("utag", {}).get("model")
+    if model is None:
+        raise ValueError("`result.uns['utag']['model']` is missing: pass the AnnData returned by `utag()` "
+                         "with apply_clustering=True.")
+    if method not in ("centroid", "knn"):
+        raise ValueError(f"`method` must be 'centroid' or 'knn', got {method!r}.")
+    keys = list(model["centroids"]) if keys is None else ([keys] if isinstance(keys, str) else list(keys))
+    unknown = [k for k in keys if k not in model["centroids"]]
+    if unknown:
+        raise ValueError(f"`keys` {unknown} are not labellings of the model ({list(model['centroids'])}).")
+    check.check_n_cells(adata)
+    features = [str(f) for f in model["features"]]
+    columns = check.channel_indices(adata, features)
+    coords = check.spatial_coordinates(adata)
+    codes, _ = check.slide_codes(adata, slide_key)
+    matrix = adata.X[:, columns]
+    check.check_features(matrix)
+    aggregated, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
+                                  parallel, processes, progress)
+    embedding = np.asarray(aggregated @ model["components"]) - model["mean"] @ model["components"]
+
+    transferred = AnnData(X=aggregated, obs=adata.obs.copy(), var=pd.DataFrame(index=features),
+                          obsm={name: value.copy() for name, value in adata.obsm.items()},
+                          uns=copy.deepcopy(dict(adata.uns)))
+    transferred.obsm["X_pca"] = embedding.astype(np.float32)
+    tree = cKDTree(np.asarray(result.obsm["X_pca"])) if method == "knn" else None
+    if tree is not None:
+        _, neighbours = tree.query(embedding, k=min(n_neighbors, result.n_obs), workers=-1)
+        neighbours = neighbours.reshape(len(embedding), -1)
+    for key in keys:
+        centroids = np.asarray(model["centroids"][key])
+        if method == "centroid":
+            # softmax of -||e - c||^2 / 2; the ||e||^2 term is the same for every domain
+            probabilities = softmax(embedding @ centroids.T - 0.5 * (centroids**2).sum(axis=1), axis=1)
+        else:
+            votes = result.obs[key].cat.codes.to_numpy()[neighbours]
+            flat = (np.arange(len(votes))[:, None] * len(centroids) + votes).ravel()
+            probabilities = np.bincount(flat, minlength=len(votes) * len(centroids)).reshape(len(votes), -1)
+            probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+        labels = probabilities.argmax(axis=1)
+        categories = [str(i) for i in range(len(centroids))]
+        transferred.obs[key] = pd.Categorical.from_codes(labels, categories=categories)
+        transferred.obsm[f"{key}_probabilities"] = probabilities.astype(np.float32)
+    return transferred

@@ -1,0 +1,374 @@
+"""Choosing UTAG's parameters for the user, and keeping domain names stable.
+
+* :func:`max_dist_report`: neighbours per cell, isolated cells and identical
+  neighbourhoods for candidate ``max_dist`` values, per slide, with a suggestion.
+* :func:`resolution_sweep`: several seeded Leiden runs per resolution on the kNN graph
+  ``utag()`` built; stability within a resolution (mean pairwise ARI between runs) and
+  agreement with the neighbouring resolutions; recommended resolutions at the peaks.
+* :func:`resolution_for_n_domains`: the resolution that gives exactly ``K`` domains.
+* :func:`align_labels`, :func:`consistent_labels`: renumber domains so the same domain
+  keeps its number across resolutions and runs (Hungarian matching on overlaps).
+* :func:`domain_hierarchy`: how the domains of finer resolutions nest into coarser ones.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+from tqdm.auto import tqdm
+
+from . import _validation as check
+from .clustering import Neighbourhood, cluster
+
+logger = logging.getLogger(__name__)
+
+#: Default grid of :func:`resolution_sweep`: 12 resolutions from 0.02 to 2, evenly on a log scale.
+DEFAULT_RESOLUTIONS = tuple(float(r) for r in np.round(np.geomspace(0.02, 2.0, 12), 4))
+
+# Leiden runs of a sweep read the graph from here: worker processes forked after it is set
+# inherit it instead of receiving a pickled copy of a graph with millions of edges.
+_SHARED: dict = {}
+
+
+def neighbourhood_of(result: AnnData) -> Neighbourhood:
+    """The embedding and kNN graph ``utag()`` stored in ``result``."""
+    if "connectivities" not in result.obsp or "X_pca" not in result.obsm:
+        raise ValueError(
+            "`result` has no kNN graph (obsp['connectivities']) or embedding (obsm['X_pca']). "
+            "Pass the AnnData returned by `utag(...)` (with apply_clustering=True)."
+        )
+    return Neighbourhood(np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32),
+                         sp.csr_matrix(result.obsp["connectivities"]))
+
+
+def _leiden_run(task) -> np.ndarray:
+    resolution, seed, kwargs = task
+    return cluster("leiden", _SHARED["neighbourhood"], resolution, seed, **kwargs).astype(np.int32)
+
+
+def _run_all(neighbourhood: Neighbourhood, tasks: list, processes: int | None, progress: bool) -> list:
+    """Leiden for every (resolution, seed, kwargs) task, in forked workers when it pays."""
+    _SHARED["neighbourhood"] = neighbourhood
+    neighbourhood.graph  # build once, before forking
+    n_workers = min(processes or multiprocessing.cpu_count(), len(tasks))
+    worth_it = n_workers > 1 and neighbourhood.connectivities.shape[0] >= 100_000
+    try:
+        if worth_it and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
+                return list(tqdm(pool.imap(_leiden_run, tasks), total=len(tasks), desc="Leiden runs",
+                                 disable=not progress))
+        return [_leiden_run(task) for task in tqdm(tasks, desc="Leiden runs", disable=not progress)]
+    finally:
+        _SHARED.clear()
+
+
+def resolution_sweep(
+    result: AnnData,
+    resolutions=DEFAULT_RESOLUTIONS,
+    n_runs: int = 5,
+    random_state: int = 0,
+    leiden_kwargs: dict | None = None,
+    processes: int | None = None,
+    progress: bool = True,
+    key_added: str = "utag_resolution_sweep",
+) -> pd.DataFrame:
+    """Stability of Leiden domains across seeds and resolutions.
+
+    For every resolution, ``n_runs`` Leiden runs with seeds ``random_state, ...,
+    random_state + n_runs - 1`` on the kNN graph of ``result``. Reported per
+    resolution:
+
+    * ``n_domains``: median number of domains over the runs;
+    * ``stability``: mean adjusted Rand index (ARI) between all pairs of runs;
+    * ``agreement``: mean ARI between this resolution's most typical run (the run with
+      the highest mean ARI to the others) and those of the neighbouring resolutions;
+    * ``score``: ``stability * agreement``: high where the labelling neither depends on the
+      seed nor changes when the resolution moves a little;
+    * ``recommended``: local maxima of ``score`` among labellings with at least 2
+      domains, ``rank`` 1 the best.
+
+    The most typical run of every resolution is kept in ``result.uns[key_added]`` with
+    the table (``result`` is changed only there).
+
+    Examples
+    --------
+    >>> from utag import utag
+    >>> from utag.datasets import synthetic_tissue
+    >>> result = utag(synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0), slide_key="roi",
+    ...               clustering_method="leiden", resolutions=[0.1], progress=False)
+    >>> table = resolution_sweep(result, resolutions=[0.05, 0.1, 0.3, 1.0], n_runs=3, progress=False)
+    >>> list(table.columns[:4])
+    ['resolution', 'n_domains', 'stability', 'agreement']
+    """
+    resolutions = sorted(check.resolution_list(list(resolutions)))
+    n_runs = check.as_int("n_runs", n_runs, minimum=2)
+    kwargs = dict(leiden_kwargs or {})
+    neighbourhood = neighbourhood_of(result)
+    tasks = [(r, random_state + run, kwargs) for r in resolutions for run in range(n_runs)]
+    runs = np.array(_run_all(neighbourhood, tasks, processes, progress)).reshape(len(resolutions), n_runs, -1)
+
+    rows, typical = [], []
+    for resolution, labellings in zip(resolutions, runs):
+        pair_ari = np.ones((n_runs, n_runs))
+        for i, j in combinations(range(n_runs), 2):
+            pair_ari[i, j] = pair_ari[j, i] = adjusted_rand_score(labellings[i], labellings[j])
+        medoid = int(pair_ari.sum(axis=1).argmax())
+        typical.append(labellings[medoid])
+        stability = pair_ari[np.triu_indices(n_runs, 1)].mean()
+        rows.append({"resolution": resolution,
+                     "n_domains": int(np.median([labels.max() + 1 for labels in labellings])),
+                     "stability": float(stability)})
+    between = [adjusted_rand_score(a, b) for a, b in zip(typical[:-1], typical[1:])]
+    for i, row in enumerate(rows):
+        neighbours = ([between[i - 1]] if i > 0 else []) + ([between[i]] if i < len(between) else [])
+        row["agreement"] = float(np.mean(neighbours)) if neighbours else np.nan
+        row["score"] = row["stability"] * (row["agreement"] if neighbours else 1.0)
+    table = pd.DataFrame(rows)
+    table["recommended"] = False
+    table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    peaks = _peaks(table)
+    table.loc[peaks, "recommended"] = True
+    table.loc[peaks, "rank"] = np.argsort(np.argsort(-table.loc[peaks, "score"].to_numpy())) + 1
+    result.uns[key_added] = {"table": table, "labels": np.stack(typical), "resolutions": np.array(resolutions)}
+    return table
+
+
+def _peaks(table: pd.DataFrame) -> list[int]:
+    """Row positions of local maxima of ``score`` among rows with at least 2 domains."""
+    candidates = [i for i in range(len(table)) if table.loc[i, "n_domains"] >= 2]
+    scores = table["score"].to_numpy()
+    peaks = [i for i in candidates
+             if (i == 0 or scores[i] >= scores[i - 1] or table.loc[i - 1, "n_domains"] < 2)
+             and (i == len(table) - 1 or scores[i] >= scores[i + 1])]
+    if not peaks and candidates:
+        peaks = [max(candidates, key=lambda i: scores[i])]
+    return peaks
+
+
+def recommended_resolutions(table: pd.DataFrame, n: int = 1) -> list[float]:
+    """The ``n`` best recommended resolutions of a :func:`resolution_sweep` table."""
+    chosen = table[table["recommended"]].sort_values("rank")
+    return [float(r) for r in chosen["resolution"].head(n)]
+
+
+def resolution_for_n_domains(
+    result: AnnData | Neighbourhood,
+    n_domains: int,
+    random_state: int = 0,
+    leiden_kwargs: dict | None = None,
+    low: float = 1e-4,
+    high: float = 20.0,
+    max_steps: int = 40,
+) -> tuple[float, np.ndarray]:
+    """The Leiden resolution giving exactly ``n_domains`` domains, by bisection.
+
+    Bisects ``log(resolution)`` between ``low`` and ``high`` with a fixed seed, so the
+    answer is deterministic. If no resolution gives exactly ``n_domains`` within
+    ``max_steps`` runs (the count can jump past it), the closest labelling is returned
+    and a warning logged.
+
+    Returns
+    -------
+    ``(resolution, labels)``.
+
+    Examples
+    --------
+    >>> from utag import utag
+    >>> from utag.datasets import synthetic_tissue
+    >>> result = utag(synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0), slide_key="roi",
+    ...               clustering_method="kmeans", resolutions=[0.1], progress=False)
+    >>> resolution, labels = resolution_for_n_domains(result, 4)
+    >>> int(labels.max()) + 1
+    4
+    """
+    n_domains = check.as_int("n_domains", n_domains)
+    neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
+    kwargs = dict(leiden_kwargs or {})
+
+    def count(resolution):
+        labels = cluster("leiden", neighbourhood, resolution, random_state, **kwargs)
+        return labels.max() + 1, labels
+
+    best = None
+    for _ in range(max_steps):
+        middle = math.sqrt(low * high)
+        found, labels = count(middle)
+        if best is None or abs(found - n_domains) < abs(best[2] - n_domains):
+            best = (middle, labels, found)
+        if found == n_domains:
+            return middle, labels
+        low, high = (middle, high) if found < n_domains else (low, middle)
+    logger.warning("no resolution gave exactly %d domains; closest: %d at resolution %.4g",
+                   n_domains, best[2], best[0])
+    return best[0], best[1]
+
+
+def align_labels(reference: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Renumber ``labels`` so that each matches the ``reference`` label it overlaps most.
+
+    Integer labels ``0..k-1`` in both. Matching maximises the total overlap (Hungarian
+    assignment on the contingency table); labels left without a partner (when
+    ``labels`` has more domains) get new numbers after the reference's, largest first.
+
+    Examples
+    --------
+    >>> align_labels(np.array([0, 0, 1, 1, 2]), np.array([5, 5, 3, 3, 4]) - 3)
+    array([0, 0, 1, 1, 2])
+    """
+    n_ref, n_new = int(reference.max()) + 1, int(labels.max()) + 1
+    overlap = sp.csr_matrix((np.ones(len(labels)), (labels, reference)), shape=(n_new, n_ref)).toarray()
+    rows, cols = linear_sum_assignment(-overlap)
+    mapping = np.full(n_new, -1)
+    matched = overlap[rows, cols] > 0
+    mapping[rows[matched]] = cols[matched]
+    unmatched = np.flatnonzero(mapping < 0)
+    sizes = np.bincount(labels, minlength=n_new)
+    unmatched = unmatched[np.argsort(-sizes[unmatched], kind="stable")]
+    mapping[unmatched] = n_ref + np.arange(len(unmatched))
+    return mapping[labels]
+
+
+def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[str]:
+    """Renumber labellings in place so a domain keeps its number across them.
+
+    ``keys`` (default: the labellings ``utag()`` wrote, ordered by method then
+    resolution) are aligned one after the other, each to the previous one; the
+    probability columns in ``obsm`` are permuted to match. Returns the keys in the
+    order they were aligned.
+    """
+    if keys is None:
+        keys = list(result.uns.get("utag", {}).get("label_keys", []))
+        keys.sort(key=lambda k: (k.rsplit("_", 2)[-2], float(k.rsplit("_", 1)[-1])))
+    if not keys:
+        raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
+    previous = None
+    for key in keys:
+        codes = result.obs[key].cat.codes.to_numpy().astype(np.int64)
+        names = list(result.obs[key].cat.categories)
+        if previous is not None:
+            aligned = align_labels(previous, codes)
+            probabilities = result.obsm.get(f"{key}_probabilities")
+            if probabilities is not None and probabilities.shape[1] == len(names):
+                # new column j holds the probabilities of the old label that became j
+                result.obsm[f"{key}_probabilities"] = np.asarray(probabilities)[:, _source_labels(codes, aligned)]
+            codes = aligned
+        result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
+        previous = codes
+    return keys
+
+
+def _source_labels(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """For each new label, the old label it came from (``new = mapping[old]``)."""
+    source = np.empty(int(new.max()) + 1, dtype=np.int64)
+    source[new] = old
+    return source
+
+
+def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
+    """How each domain of a finer labelling nests into the previous, coarser one.
+
+    ``keys``: labellings from coarse to fine. One row per (coarse key, fine key, fine
+    domain): its ``parent`` (the coarse domain holding most of its cells), ``n_cells``
+    and ``purity`` (share of its cells inside the parent; 1 = perfectly nested).
+
+    Examples
+    --------
+    >>> import anndata
+    >>> obs = pd.DataFrame({"a": list("0000111"), "b": list("0011222")}, index=list("abcdefg"))
+    >>> domain_hierarchy(anndata.AnnData(obs=obs), ["a", "b"])[["domain", "parent", "purity"]].values.tolist()
+    [['0', '0', 1.0], ['1', '0', 1.0], ['2', '1', 1.0]]
+    """
+    rows = []
+    for coarse, fine in zip(keys[:-1], keys[1:]):
+        table = pd.crosstab(result.obs[fine].astype(str), result.obs[coarse].astype(str))
+        for domain, counts in table.iterrows():
+            rows.append({"coarse_key": coarse, "fine_key": fine, "domain": domain, "parent": counts.idxmax(),
+                         "n_cells": int(counts.sum()), "purity": float(counts.max() / counts.sum())})
+    return pd.DataFrame(rows)
+
+
+def max_dist_report(
+    adata: AnnData,
+    max_dists=None,
+    slide_key: str | None = None,
+    n_neighbors: int = 15,
+    channels_to_use=None,
+) -> pd.DataFrame:
+    """How candidate ``max_dist`` values connect the cells of each slide.
+
+    For every slide and candidate: neighbours per cell (median, 10th and 90th
+    percentiles; the cell itself not counted), the share of isolated cells, the share of
+    the slide a median neighbourhood covers, and the share of cells whose message-passed
+    profile is identical to more than ``n_neighbors`` others' (those form cliques in the
+    kNN graph; ``utag()`` then builds it over distinct profiles). ``flags`` names what is
+    wrong: ``isolated`` (> 10% of cells alone), ``few neighbours`` (median < 3),
+    ``most of slide`` (median neighbourhood > 25% of the slide), ``identical profiles``
+    (> 5% of cells). The row ``slide == "all"`` pools the slides, and ``suggested`` marks
+    the smallest candidate whose pooled row has no flag.
+
+    ``max_dists`` default: 1, 1.5, 2, 3, 5, 8 and 12 times the median distance from a
+    cell to its nearest neighbour.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
+    >>> report = max_dist_report(adata, max_dists=[5, 20, 60], slide_key="roi")
+    >>> report.loc[report["slide"] == "all", ["max_dist", "suggested"]].values.tolist()
+    [[5.0, False], [20.0, True], [60.0, False]]
+    """
+    from scipy.spatial import cKDTree
+
+    from .graph import adjacency_from_pairs, radius_pairs, slide_cells
+    from .message_passing import aggregate, as_float32
+
+    coords = check.spatial_coordinates(adata)
+    codes, names = check.slide_codes(adata, slide_key)
+    columns = check.channel_indices(adata, channels_to_use)
+    features = as_float32(adata.X if columns is None else adata.X[:, columns])
+    slides = slide_cells(codes)
+    if max_dists is None:
+        nearest = np.concatenate([cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1])
+        max_dists = np.round(np.median(nearest) * np.array([1, 1.5, 2, 3, 5, 8, 12]), 2)
+    rows = []
+    for max_dist in [check.check_positive("max_dists", d) for d in max_dists]:
+        degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
+        for slide, cells in zip(names, slides):
+            adjacency = adjacency_from_pairs(radius_pairs(coords[cells], max_dist), len(cells))
+            degrees[cells] = np.diff(adjacency.indptr) - 1
+            aggregated = aggregate(adjacency, features[cells])
+            aggregated = aggregated.toarray() if sp.issparse(aggregated) else aggregated
+            _, inverse, counts = np.unique(aggregated, axis=0, return_inverse=True, return_counts=True)
+            tied[cells] = counts[inverse.ravel()] > n_neighbors
+            rows.append(_report_row(str(slide), max_dist, degrees[cells], tied[cells]))
+        if len(slides) > 1:
+            rows.append(_report_row("all", max_dist, degrees, tied, slide_size=np.mean([len(c) for c in slides])))
+    report = pd.DataFrame(rows)
+    pooled = report[report["slide"] == ("all" if len(slides) > 1 else str(names[0]))]
+    report["suggested"] = False
+    clean = pooled[pooled["flags"] == ""]
+    if len(clean):
+        report.loc[clean.index[0], "suggested"] = True
+    return report
+
+
+def _report_row(slide: str, max_dist: float, degrees: np.ndarray, tied: np.ndarray, slide_size=None) -> dict:
+    size = slide_size if slide_size is not None else len(degrees)
+    median = float(np.median(degrees))
+    row = {"slide": slide, "max_dist": max_dist, "median_neighbours": median,
+           "p10_neighbours": float(np.percentile(degrees, 10)), "p90_neighbours": float(np.percentile(degrees, 90)),
+           "isolated": float(np.mean(degrees == 0)), "slide_covered": median / max(size, 1),
+           "identical_profiles": float(tied.mean())}
+    flags = [name for name, bad in [("isolated", row["isolated"] > 0.10), ("few neighbours", median < 3),
+                                    ("most of slide", row["slide_covered"] > 0.25),
+                                    ("identical profiles", row["identical_profiles"] > 0.05)] if bad]
+    row["flags"] = ", ".join(flags)
+    return row
