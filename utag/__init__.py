@@ -18,7 +18,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = ["utag", "spatial_neighbors", "evaluate_performance", "datasets", "analysis", "plotting", "image",
            "__version__"]
 
-_LAZY_MODULES = {"analysis", "plotting", "image", "utils", "vizualize"}
+_LAZY_MODULES = {"analysis", "plotting", "image", "io", "tuning", "transfer", "utils", "vizualize"}
 
 
 def __getattr__(name):

@@ -190,29 +190,13 @@ def utag(
 
         with watch("UMAP"):
             sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-    if "leiden" in methods or auto or n_domains is not None:
-        with watch("Leiden graph"):
-            neighbourhood.graph
     backend_kwargs = {
         "leiden": dict(leiden_kwargs or {}),
         "parc": dict(parc_kwargs or {}),
         "kmeans": dict(kmeans_kwargs or {}),
     }
-    if auto:
-        with watch("resolution sweep"):
-            sweep = resolution_sweep(result, n_runs=5, random_state=random_state, leiden_kwargs=leiden_kwargs,
-                                     processes=processes, progress=progress)
-        resolutions = recommended_resolutions(sweep)
-        logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
-        if "kmeans" in methods:  # k-means: as many domains as Leiden finds at the chosen resolution
-            chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
-            backend_kwargs["kmeans"]["n_clusters"] = chosen
-    runs = [(method, resolution, backend_kwargs[method], None) for resolution in resolutions for method in methods]
-    if auto and "kmeans" in methods:
-        runs = [(m, chosen / 10 if m == "kmeans" else r, kw, labels) for m, r, kw, labels in runs]
-    if n_domains is not None:
-        with watch(f"resolution for {n_domains} domains"):
-            runs += _runs_for_n_domains(neighbourhood, n_domains, methods, backend_kwargs, random_state)
+    runs = _plan_runs(result, neighbourhood, methods, resolutions, auto, n_domains, backend_kwargs, random_state,
+                      processes, progress, watch) if methods else []
     for method, resolution, kwargs, labels in tqdm(runs, desc="clustering", disable=not progress or not runs):
         key = label_key(save_key, method, resolution)
         if labels is None:
@@ -239,6 +223,33 @@ def utag(
     if runs:
         result.uns["utag"]["model"] = build_model(result, result.uns["utag"]["label_keys"])
     return result
+
+
+def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutions: list, auto: bool,
+               n_domains: int | None, backend_kwargs: dict, random_state: int, processes, progress: bool,
+               watch: Stopwatch) -> list[tuple]:
+    """The clustering runs to do: ``(method, resolution, backend kwargs, labels or None)``.
+
+    ``auto``: the resolution comes from a stability sweep (k-means then takes as many
+    domains as Leiden finds there); ``n_domains``: runs that give exactly that many.
+    """
+    if "leiden" in methods or auto or n_domains is not None:
+        with watch("Leiden graph"):
+            neighbourhood.graph
+    if auto:
+        with watch("resolution sweep"):
+            sweep = resolution_sweep(result, n_runs=5, random_state=random_state,
+                                     leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress)
+        resolutions = recommended_resolutions(sweep)
+        logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
+        chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
+        backend_kwargs["kmeans"]["n_clusters"] = chosen
+    runs = [(method, chosen / 10 if auto and method == "kmeans" else resolution, backend_kwargs[method], None)
+            for resolution in resolutions for method in methods]
+    if n_domains is not None:
+        with watch(f"resolution for {n_domains} domains"):
+            runs += _runs_for_n_domains(neighbourhood, n_domains, methods, backend_kwargs, random_state)
+    return runs
 
 
 def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
