@@ -157,3 +157,17 @@ def test_identical_profiles_do_not_fragment_the_domains(spleen_subset):
 
     n_components, _ = csgraph.connected_components(result.obsp["connectivities"])
     assert n_components < 5
+
+
+def test_model_survives_h5ad_and_transfers(four_domains, tmp_path):
+    import anndata
+
+    adata, result = four_domains
+    path = tmp_path / "result.h5ad"
+    result.write_h5ad(path)
+    reloaded = anndata.read_h5ad(path)
+    key = reloaded.uns["utag"]["label_keys"][0]
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    from_file = transfer_labels(reloaded, new, slide_key="roi", method="centroid")
+    in_memory = transfer_labels(result, new, slide_key="roi", method="centroid")
+    np.testing.assert_array_equal(from_file.obs[key], in_memory.obs[key])
