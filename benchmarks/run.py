@@ -21,7 +21,8 @@ import time
 import psutil
 
 import utag.segmentation
-from utag import analysis, utag as run_utag
+from utag import analysis
+from utag import utag as run_utag
 from utag.datasets import synthetic_tissue
 
 

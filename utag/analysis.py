@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from . import _validation as check
+from ._progress import tqdm
 from .graph import slide_pairs
 
 logger = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ def evaluate_clustering(
         if embedding is not None:
             sampled = labels[sample]
             valid = np.unique(sampled[sampled >= 0]).size
-            row["silhouette"] = (float(silhouette_score(np.asarray(embedding)[sample], sampled, random_state=random_state))
+            row["silhouette"] = (float(silhouette_score(np.asarray(embedding)[sample], sampled))
                                  if 1 < valid < len(sample) else np.nan)
         if edges is not None:
             same = labels[edges.source] == labels[edges.target]

@@ -72,7 +72,8 @@ def synthetic_tissue(
     for size, length in zip(slide_sizes, side):
         n_regions = max(n_domains, int(round((length / domain_size) ** 2)))
         seeds = rng.uniform(size=(n_regions, 2)) * length
-        region_domain = np.concatenate([rng.permutation(n_domains), rng.integers(n_domains, size=n_regions - n_domains)])
+        extra = rng.integers(n_domains, size=n_regions - n_domains)
+        region_domain = np.concatenate([rng.permutation(n_domains), extra])  # every domain on every slide
         cells = slice(start, start + size)
         domain[cells] = region_domain[cKDTree(seeds).query(coords[cells])[1]]
         start += size
@@ -83,9 +84,9 @@ def synthetic_tissue(
     cell_type = np.minimum(cell_type, n_cell_types - 1)
 
     profiles = np.full((n_cell_types, n_markers), 0.2)
-    markers_per_type = max(2, n_markers // n_cell_types)
+    markers_per_type = min(max(2, n_markers // n_cell_types), n_markers)
     for row in profiles:
-        row[rng.choice(n_markers, size=min(markers_per_type, n_markers), replace=False)] = rng.uniform(2, 5, markers_per_type)
+        row[rng.choice(n_markers, size=markers_per_type, replace=False)] = rng.uniform(2, 5, markers_per_type)
     expression = profiles[cell_type] * rng.lognormal(0.0, noise, size=(n_cells, n_markers))
 
     obs = pd.DataFrame(

@@ -16,8 +16,8 @@ from anndata import AnnData
 from matplotlib.colors import to_hex, to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.path import Path
 from matplotlib.patches import PathPatch, Wedge
+from matplotlib.path import Path
 
 from . import _validation as check
 from .analysis import _labels, domain_composition, domain_connectivity

@@ -10,11 +10,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from . import _validation as check
+from ._progress import tqdm
 from .clustering import Neighbourhood, cluster, relabel_by_size, soft_assignments
-from .embedding import distinct_profile_neighbors, fuzzy_connectivities, knn_distances, nearest_neighbors, pca
+from .embedding import (
+    distinct_profile_neighbors,
+    fuzzy_connectivities,
+    knn_distances,
+    nearest_neighbors,
+    pca,
+)
 from .evaluation import evaluate_performance  # noqa: F401  (original import path)
 from .graph import store_spatial_graph
 from .message_passing import as_float32, pass_messages

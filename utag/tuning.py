@@ -23,9 +23,9 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
-from tqdm.auto import tqdm
 
 from . import _validation as check
+from ._progress import tqdm
 from .clustering import Neighbourhood, cluster
 
 logger = logging.getLogger(__name__)

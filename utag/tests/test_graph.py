@@ -3,7 +3,12 @@ import pytest
 import scipy.sparse as sp
 from anndata import AnnData
 
-from utag.graph import adjacency_from_pairs, radius_pairs, slide_pairs, spatial_neighbors
+from utag.graph import (
+    adjacency_from_pairs,
+    radius_pairs,
+    slide_pairs,
+    spatial_neighbors,
+)
 
 
 def _squidpy_graph(adata, radius, library_key):

@@ -3,7 +3,8 @@ import utag
 
 
 def test_original_module_paths():
-    from utag.segmentation import evaluate_performance, utag as pipeline
+    from utag.segmentation import evaluate_performance
+    from utag.segmentation import utag as pipeline
     from utag.utils import (
         celltype_connectivity,
         domain_connectivity,
@@ -11,7 +12,12 @@ def test_original_module_paths():
         measure_per_domain_cell_type_colocalization,
         slide_connectivity,
     )
-    from utag.vizualize import add_spatial_image, adj2chord, draw_network, rgbfy_multiplexed_image
+    from utag.vizualize import (
+        add_spatial_image,
+        adj2chord,
+        draw_network,
+        rgbfy_multiplexed_image,
+    )
 
     assert pipeline is utag.utag and evaluate_performance is utag.evaluate_performance
     assert domain_connectivity is utag.analysis.domain_connectivity

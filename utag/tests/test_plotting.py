@@ -4,7 +4,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from utag.analysis import domain_connectivity, measure_per_domain_cell_type_colocalization
+from utag.analysis import (
+    domain_connectivity,
+    measure_per_domain_cell_type_colocalization,
+)
 from utag.datasets import synthetic_tissue
 from utag.plotting import (
     domain_colors,
