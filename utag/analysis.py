@@ -443,7 +443,7 @@ def evaluate_clustering(
     from sklearn.metrics import silhouette_score
 
     if domain_keys is None:
-        domain_keys = [c for c in adata.obs.columns if str(c).startswith("UTAG Label_")]
+        domain_keys = check.label_columns(adata)
     elif isinstance(domain_keys, str):
         domain_keys = [domain_keys]
     if not domain_keys:

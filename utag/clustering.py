@@ -166,6 +166,19 @@ def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random
     return relabel_by_size(np.asarray(labels).ravel())
 
 
+def cluster_means(values, labels: np.ndarray) -> np.ndarray:
+    """Mean row of ``values`` (dense or sparse) per label ``0..k-1``, float64 (k x columns)."""
+    n_clusters = int(labels.max()) + 1
+    membership = sp.csr_matrix(
+        (np.ones(len(labels), dtype=np.float64), (labels, np.arange(len(labels)))),
+        shape=(n_clusters, len(labels)),
+    )
+    sizes = np.maximum(np.bincount(labels, minlength=n_clusters), 1)
+    sums = membership @ values
+    sums = sums.toarray() if sp.issparse(sums) else sums
+    return np.asarray(sums, dtype=np.float64) / sizes[:, None]
+
+
 def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
     """Probability of each cell belonging to each cluster (cells x clusters, rows sum to 1).
 
@@ -178,12 +191,6 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
     sparse features: the softmax only needs ``z @ c - ||c||^2 / 2`` and
     ``z @ c = x @ (c / sd) - (mean / sd) @ c``.
     """
-    n_clusters = int(labels.max()) + 1
-    membership = sp.csr_matrix(
-        (np.ones(len(labels), dtype=np.float64), (labels, np.arange(len(labels)))),
-        shape=(n_clusters, len(labels)),
-    )
-    sizes = np.asarray(membership.sum(axis=1)).ravel()
     mean = np.asarray(features.mean(axis=0), dtype=np.float64).ravel()
     if sp.issparse(features):
         mean_sq = np.asarray(features.multiply(features).mean(axis=0), dtype=np.float64).ravel()
@@ -191,10 +198,7 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
         mean_sq = np.einsum("ij,ij->j", features, features, dtype=np.float64) / features.shape[0]
     sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
     sd[sd == 0] = 1.0
-    sums = membership @ features
-    sums = sums.toarray() if sp.issparse(sums) else sums
-    cluster_means = np.asarray(sums, dtype=np.float64) / sizes[:, None]
-    centroids = (cluster_means - mean) / sd
+    centroids = (cluster_means(features, labels) - mean) / sd
     scaled = (centroids / sd).T
     similarity = np.asarray(features @ scaled.astype(np.float32), dtype=np.float64)
     similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)

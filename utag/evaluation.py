@@ -6,6 +6,8 @@ import pandas as pd
 from anndata import AnnData
 from sklearn import metrics
 
+from ._validation import label_columns
+
 SCORES = {
     "rand": metrics.rand_score,
     "adjusted_rand": metrics.adjusted_rand_score,
@@ -55,7 +57,7 @@ def evaluate_performance(
     1.0
     """
     if pred_keys is None:
-        pred_keys = [c for c in adata.obs.columns if str(c).startswith("UTAG Label_")]
+        pred_keys = label_columns(adata)
     elif isinstance(pred_keys, str):
         pred_keys = [pred_keys]
     missing = [k for k in [truth_key, *pred_keys, *([batch_key] if batch_key else [])] if k not in adata.obs]

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._validation import label_columns
+
 #: Table file types and their column separators (parquet needs pyarrow).
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
 
@@ -109,8 +111,7 @@ def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[st
     {'roi': ['r1', 'r2'], 'UTAG Label_leiden_0.1': ['0', '1']}
     """
     if keys is None:
-        keys = list(adata.uns.get("utag", {}).get("label_keys", [])) or [
-            c for c in adata.obs.columns if str(c).startswith("UTAG Label_")]
+        keys = list(adata.uns.get("utag", {}).get("label_keys", [])) or label_columns(adata)
     columns = list(include or []) + list(keys)
     missing = [c for c in columns if c not in adata.obs.columns]
     if missing:

@@ -41,8 +41,9 @@ def aggregate(adjacency: sp.csr_matrix, features, normalization_mode: str = "l1_
     return aggregated
 
 
-def _slide_job(slide, max_dist: float, normalization_mode: str):
-    """Graph and message passing of one slide; returns its local radius pairs."""
+def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm"):
+    """Graph and message passing of one slide ``(coords, features)``; returns its local
+    radius pairs and the aggregated features."""
     coords, features = slide
     pairs = radius_pairs(coords, max_dist)
     adjacency = adjacency_from_pairs(pairs, len(coords))
@@ -82,7 +83,7 @@ def pass_messages(
     logger.info("message passing over %d slide(s)%s", len(slides),
                 f" with {n_workers} processes" if use_pool else "")
     results = parmap.map(
-        _slide_job,
+        slide_messages,
         [(coords[cells], features[cells]) for cells in slides],
         max_dist,
         normalization_mode,

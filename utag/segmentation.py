@@ -249,7 +249,7 @@ def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutio
         resolutions = recommended_resolutions(sweep)
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
-        backend_kwargs["kmeans"]["n_clusters"] = chosen
+        backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
     runs = [(method, chosen / 10 if auto and method == "kmeans" else resolution, backend_kwargs[method], None)
             for resolution in resolutions for method in methods]
     if n_domains is not None:

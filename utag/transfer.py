@@ -14,25 +14,19 @@ import copy
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 from scipy.special import softmax
 
 from . import _validation as check
+from .clustering import cluster_means
 from .message_passing import pass_messages
 
 
 def build_model(result: AnnData, keys: list[str]) -> dict:
     """The transfer model of ``result`` (what ``utag()`` stores in ``uns['utag']['model']``)."""
     embedding = np.asarray(result.obsm["X_pca"], dtype=np.float64)
-    centroids = {}
-    for key in keys:
-        codes = result.obs[key].cat.codes.to_numpy()
-        membership = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
-                                   shape=(int(codes.max()) + 1, len(codes)))
-        sizes = np.asarray(membership.sum(axis=1)).ravel()
-        centroids[key] = (membership @ embedding) / np.maximum(sizes, 1)[:, None]
+    centroids = {key: cluster_means(embedding, result.obs[key].cat.codes.to_numpy()) for key in keys}
     params = result.uns.get("utag", {})
     return {
         "features": np.asarray(result.var_names, dtype=str),

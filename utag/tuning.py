@@ -327,8 +327,8 @@ def max_dist_report(
     """
     from scipy.spatial import cKDTree
 
-    from .graph import adjacency_from_pairs, radius_pairs, slide_cells
-    from .message_passing import aggregate, as_float32
+    from .graph import slide_cells
+    from .message_passing import as_float32, slide_messages
 
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
@@ -342,9 +342,8 @@ def max_dist_report(
     for max_dist in [check.check_positive("max_dists", d) for d in max_dists]:
         degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
         for slide, cells in zip(names, slides):
-            adjacency = adjacency_from_pairs(radius_pairs(coords[cells], max_dist), len(cells))
-            degrees[cells] = np.diff(adjacency.indptr) - 1
-            aggregated = aggregate(adjacency, features[cells])
+            pairs, aggregated = slide_messages((coords[cells], features[cells]), max_dist)
+            degrees[cells] = np.bincount(pairs.ravel(), minlength=len(cells))
             aggregated = aggregated.toarray() if sp.issparse(aggregated) else aggregated
             _, inverse, counts = np.unique(aggregated, axis=0, return_inverse=True, return_counts=True)
             tied[cells] = counts[inverse.ravel()] > n_neighbors
