@@ -4,56 +4,46 @@ Usage (from the repository root, with utag installed)::
 
     python benchmarks/run.py --cells 1e5 --slides 15
     python benchmarks/run.py --cells 1e6 --slides 150 --downstream --out docs/benchmark.md
+    python benchmarks/run.py --cells 1e5 --slides 15 --compare --timeout 1800
 
 Prints a markdown table: stage, cells, seconds, peak resident memory (GB) of the process
 while the stage ran. ``--downstream`` adds the analysis functions of ``utag.analysis`` on
 the result (each builds its own spatial graph with ``max_dist``).
+
+``--compare`` also runs the route a user would otherwise take on the same data in the same
+run, squidpy's ``spatial_neighbors_radius`` + ``calculate_niche(flavor="utag")`` (see
+``benchmarks/reference.py`` for the options and why), in a separate process stopped after
+``--timeout`` seconds, and prints its stages, a table of both routes (seconds, peak memory,
+speed-up = reference seconds / utag seconds) and the adjusted Rand index of each route's
+labels against the synthetic truth (``obs['domain']``) at every resolution. Generating the
+data, writing it for the other process and reading it there are not timed. Peak memory is
+that of the process running the route (utag's message-passing workers, a few MB per
+slide, are not counted).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import platform
-import threading
 import time
+from importlib.metadata import version
 
 import psutil
+from measure import (
+    MemorySampler,
+    ari_by_resolution,
+    ari_table,
+    peak_memory,
+    reset_peak_memory,
+    stage_table,
+    utag_labellings,
+)
+from reference import TOTAL, run_reference
 
 import utag.segmentation
 from utag import analysis
 from utag import utag as run_utag
 from utag.datasets import synthetic_tissue
-
-
-class MemorySampler:
-    """Resident memory of this process, sampled every few milliseconds in a thread."""
-
-    def __init__(self, interval: float = 0.005):
-        self.samples: list[tuple[float, int]] = []
-        self._process = psutil.Process(os.getpid())
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), self._process.memory_info().rss))
-            time.sleep(self._interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self._stop.set()
-        self._thread.join()
-
-    def peak(self, start: float, end: float) -> float:
-        """Peak RSS in GB between two ``perf_counter`` times."""
-        inside = [rss for t, rss in self.samples if start <= t <= end]
-        nearest = min(self.samples, key=lambda s: abs(s[0] - end))[1] if self.samples else 0
-        return max(inside or [nearest]) / 1e9
 
 
 class RecordingStopwatch(utag.segmentation.Stopwatch):
@@ -80,7 +70,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--downstream", action="store_true", help="also time the analysis functions")
     parser.add_argument("--permutations", type=int, default=100, help="for the colocalisation test")
-    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run squidpy's UTAG route on the same data (separate process) and compare")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="with --compare: stop the squidpy route after this many seconds (default 1800)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="with --compare: count numba's one-off compilation in the squidpy route")
+    parser.add_argument("--out", help="also write the table(s) to this markdown file")
     args = parser.parse_args()
     n_cells = int(args.cells)
 
@@ -88,6 +84,8 @@ def main() -> None:
     utag.segmentation.Stopwatch = RecordingStopwatch
     rows = []
     with MemorySampler() as memory:
+        start_gb = psutil.Process().memory_info().rss / 1e9
+        reset_peak_memory()
         started = time.perf_counter()
         result = run_utag(adata, slide_key="roi", max_dist=args.max_dist, clustering_method=args.method,
                           resolutions=args.resolutions, processes=args.processes, progress=False)
@@ -98,7 +96,8 @@ def main() -> None:
             entry[0] += end - start
             entry[1] = max(entry[1], memory.peak(start, end))
         rows += [(stage, seconds, peak) for stage, (seconds, peak) in merged.items()]
-        rows.append(("**utag() total**", ended - started, memory.peak(started, ended)))
+        utag_total = ("**utag() total**", ended - started, max(memory.peak(started, ended), peak_memory()))
+        rows.append(utag_total)
 
         if args.downstream:
             key = result.uns["utag"]["label_keys"][0]
@@ -123,13 +122,63 @@ def main() -> None:
               f"methods {', '.join(args.method)}, resolutions {', '.join(map(str, args.resolutions))}; "
               f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
               f"Python {platform.python_version()}")
-    lines = [header, "", "| stage | cells | seconds | peak memory (GB) |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {stage} | {n_cells:,} | {seconds:.2f} | {peak:.2f} |" for stage, seconds, peak in rows]
-    table = "\n".join(lines)
-    print(table)
+    sections = [header + "\n\n" + stage_table(rows, n_cells)]
+    print(sections[0], flush=True)
+    if args.compare:
+        sections += compare_routes(adata, result, (*utag_total[1:], start_gb), args)
+        print("\n\n" + "\n\n".join(sections[1:]))
     if args.out:
         with open(args.out, "a") as handle:
-            handle.write(table + "\n\n")
+            handle.write("\n\n".join(sections) + "\n\n")
+
+
+def compare_routes(adata, result, utag_run: tuple[float, float, float], args) -> list[str]:
+    """Run squidpy's UTAG route on ``adata``; markdown sections comparing it with utag's ``result``.
+
+    Both routes cluster at the same resolutions with 15 neighbours, each with its own Leiden
+    (utag: igraph, 2 iterations; squidpy via ``sc.tl.leiden``: leidenalg until convergence),
+    which is what a user of each gets; the ARI table shows what that costs in accuracy.
+    ``utag_run``: utag's seconds, peak memory and memory at the start (GB).
+    """
+    print(f"\nrunning the squidpy route (timeout {args.timeout:g} s) ...", flush=True)
+    reference = run_reference(adata, "roi", args.max_dist, args.resolutions, timeout=args.timeout,
+                              warmup=not args.no_warmup)
+    n_cells = adata.n_obs
+    versions = f"squidpy {version('squidpy')}, scanpy {version('scanpy')}, leidenalg {version('leidenalg')}"
+    if reference.error:
+        return [f"The squidpy route failed ({versions}) after {reference.seconds:.1f} s: {reference.error}"]
+    sections = []
+    if reference.finished:
+        stages = sorted(reference.stages, key=lambda row: row[0] == TOTAL)  # total last, as in utag's table
+        sections.append(f"squidpy route ({versions}; separate process, numba compiled beforehand: "
+                        f"{'no' if args.no_warmup else 'yes'})\n\n" + stage_table(stages, n_cells))
+
+    utag_seconds, utag_peak, utag_start = utag_run
+    bound = ">" if reference.timed_out else ""
+    lines = ["| route | cells | seconds | peak memory (GB) | memory at start (GB) | speed-up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |",
+             f"| utag: `utag()` | {n_cells:,} | {utag_seconds:.2f} | {utag_peak:.2f} | {utag_start:.2f} | "
+             f"{bound}{reference.seconds / utag_seconds:.1f} |",
+             f"| squidpy: `spatial_neighbors_radius` + `calculate_niche(flavor='utag')` | {n_cells:,} | "
+             f"{bound}{reference.seconds:.2f} | {'>=' if bound else ''}{reference.peak_gb:.2f} | "
+             f"{reference.start_gb:.2f} | 1 |"]
+    note = (f"\n\nThe squidpy route was stopped after {reference.seconds:.0f} s (--timeout); its time and memory "
+            "are lower bounds." if reference.timed_out else "")
+    if reference.shim:
+        note += ("\n\nscipy.sparse.csr_array.getnnz was restored in the squidpy process (from 8,192 cells on, "
+                 "scanpy 1.11 + pynndescent 0.7 + SciPy >= 1.14 fail without it; see benchmarks/reference.py).")
+    if set(args.method) != {"leiden"}:
+        note += (f"\n\nutag's time includes its {', '.join(m for m in args.method if m != 'leiden')} runs, "
+                 "which the squidpy route does not do.")
+    sections.append("speed-up = squidpy seconds / utag seconds; memory at start: the process's resident memory "
+                    "with its libraries imported and the data loaded\n\n" + "\n".join(lines) + note)
+
+    truth = adata.obs["domain"]
+    scores = {f"utag {method}": ari_by_resolution(truth, labels) for method, labels in utag_labellings(result).items()}
+    if reference.finished:
+        scores["squidpy"] = ari_by_resolution(truth, reference.labels)
+    sections.append("Adjusted Rand index against the truth (obs['domain']), pooled over slides\n\n" + ari_table(scores))
+    return sections
 
 
 def analysis_scores(result, key):

@@ -3,11 +3,13 @@
 Every backend is a function ``(neighbourhood, resolution, random_state, **kwargs) ->
 integer labels`` registered in :data:`BACKENDS`; the pipeline only knows their names.
 
-* ``leiden``: the kNN connectivities as an igraph graph, built once and reused for every
-  resolution. Default flavour ``"igraph"`` (igraph's C ``community_leiden``, modularity
-  objective, 2 iterations, as ``scanpy.tl.leiden(flavor="igraph")``); ``flavor="leidenalg"``
-  runs ``leidenalg.find_partition`` with ``RBConfigurationVertexPartition`` until
-  convergence, as the original UTAG did through ``scanpy.tl.leiden``.
+* ``leiden``: modularity with a resolution on the kNN connectivities, 2 iterations by
+  default (as ``scanpy.tl.leiden(flavor="igraph")``). Default flavour ``"fast"``: the
+  Leiden algorithm compiled with numba (:mod:`utag._leiden`), several resolutions at once
+  in threads on one shared graph; ``"igraph"``: igraph's C ``community_leiden`` on an
+  igraph graph built once; ``"leidenalg"``: ``leidenalg.find_partition`` with
+  ``RBConfigurationVertexPartition`` until convergence, as the original UTAG did through
+  ``scanpy.tl.leiden``.
 * ``parc``: PARC 0.40 on the PCA embedding and the same kNN graph, with a work-around for
   its ``small_pop`` ``NameError`` (see :func:`_parc_small_pop_fix`).
 * ``kmeans``: scikit-learn k-means on the PCA embedding with ``k = ceil(10 * resolution)``.
@@ -21,12 +23,18 @@ import contextlib
 import io
 import logging
 import math
+import multiprocessing
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import softmax
+
+from . import _leiden
+from ._progress import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,17 @@ class Neighbourhood:
     embedding: np.ndarray
     connectivities: sp.csr_matrix
     _graph: object = field(default=None, repr=False)
+    _arrays: dict = field(default_factory=dict, repr=False)
+
+    def leiden_arrays(self, use_weights: bool = True) -> tuple:
+        """The connectivities in the layout :mod:`utag._leiden` works on (built on first use)."""
+        if use_weights not in self._arrays:
+            matrix = self.connectivities
+            if not use_weights:
+                matrix = matrix.copy()
+                matrix.data[:] = 1.0
+            self._arrays[use_weights] = _leiden._as_graph(matrix, _leiden.locality_order(self.embedding))
+        return self._arrays[use_weights]
 
     @property
     def graph(self):
@@ -68,15 +87,27 @@ def _igraph_seed(random_state: int):
 def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0, **kwargs) -> np.ndarray:
     """Leiden communities of the kNN graph at ``resolution``.
 
-    ``kwargs``: ``flavor`` (``"igraph"`` default, or ``"leidenalg"``), ``use_weights``
-    (default True), ``n_iterations`` (default 2 for igraph, -1 = until convergence for
-    leidenalg), ``partition_type`` (leidenalg only) and any other keyword of
-    ``igraph.Graph.community_leiden`` or ``leidenalg.find_partition``.
+    ``kwargs``: ``flavor`` (``"fast"`` default, ``"igraph"`` or ``"leidenalg"``),
+    ``use_weights`` (default True), ``n_iterations`` (default 2 for ``"fast"`` and
+    ``"igraph"``, -1 = until convergence for ``"leidenalg"``), ``initial_membership``,
+    and for ``"igraph"``/``"leidenalg"`` any other keyword of
+    ``igraph.Graph.community_leiden`` or ``leidenalg.find_partition`` (e.g.
+    ``partition_type``).
     """
     kwargs = dict(kwargs)
-    flavor = kwargs.pop("flavor", "igraph")
-    weights = "weight" if kwargs.pop("use_weights", True) else None
+    flavor = kwargs.pop("flavor", "fast")
+    use_weights = kwargs.pop("use_weights", True)
     kwargs.pop("directed", None)  # modularity of a symmetric graph is the same either way
+    if flavor == "fast":
+        n_iterations = kwargs.pop("n_iterations", 2)
+        initial = kwargs.pop("initial_membership", None)
+        if kwargs:
+            raise ValueError(f"`leiden_kwargs` {sorted(kwargs)} are not options of the 'fast' Leiden flavour "
+                             "(it takes n_iterations, use_weights, initial_membership); pass "
+                             "flavor='igraph' or 'leidenalg' to use them.")
+        return _leiden.run(neighbourhood.leiden_arrays(bool(use_weights)), resolution, n_iterations,
+                           random_state, initial)
+    weights = "weight" if use_weights else None
     graph = neighbourhood.graph
     if flavor == "igraph":
         kwargs.setdefault("n_iterations", 2)
@@ -92,7 +123,7 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
             graph, partition_type, weights=weights, resolution_parameter=resolution, seed=random_state, **kwargs
         ).membership
     else:
-        raise ValueError(f"`leiden_kwargs['flavor']` must be 'igraph' or 'leidenalg', got {flavor!r}.")
+        raise ValueError(f"`leiden_kwargs['flavor']` must be 'fast', 'igraph' or 'leidenalg', got {flavor!r}.")
     return np.asarray(membership)
 
 
@@ -164,6 +195,64 @@ def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random
     """Integer labels (0 = largest cluster) from the backend named ``method``."""
     labels = BACKENDS[method](neighbourhood, resolution, random_state=random_state, **kwargs)
     return relabel_by_size(np.asarray(labels).ravel())
+
+
+# Runs in forked workers read the neighbourhood from here instead of receiving a pickled
+# copy of a graph with millions of edges.
+_SHARED: dict = {}
+
+
+def _shared_run(task) -> np.ndarray:
+    method, resolution, seed, kwargs = task
+    return cluster(method, _SHARED["neighbourhood"], resolution, seed, **kwargs)
+
+
+def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None = None,
+                 progress: bool = False) -> list[np.ndarray]:
+    """:func:`cluster` for every ``(method, resolution, random_state, kwargs)`` task, in order.
+
+    The compiled Leiden (``flavor="fast"``, the default) releases the GIL, so its runs
+    share one graph in ``n_jobs`` threads (default: one per core). Other Leiden flavours
+    run in forked worker processes when the graph is large enough (100,000 cells) for that
+    to pay; PARC and k-means run one after the other (scikit-learn uses the cores itself).
+    Every run is seeded on its own, so the labels do not depend on ``n_jobs``.
+    """
+    n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
+    bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks, delay=2)
+
+    def run(task):
+        labels = cluster(task[0], neighbourhood, task[1], task[2], **task[3])
+        bar.update()
+        return labels
+
+    def fast(task):
+        return task[0] == "leiden" and task[3].get("flavor", "fast") == "fast"
+
+    results: list = [None] * len(tasks)
+    threaded = [i for i, task in enumerate(tasks) if fast(task)]
+    forked = [i for i, task in enumerate(tasks) if task[0] == "leiden" and not fast(task)]
+    large = neighbourhood.connectivities.shape[0] >= 100_000
+    try:
+        if threaded and n_jobs > 1:
+            for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded}:
+                neighbourhood.leiden_arrays(bool(use_weights))  # once, before the threads share it
+            with ThreadPoolExecutor(n_jobs) as pool:
+                for i, labels in zip(threaded, pool.map(run, [tasks[i] for i in threaded])):
+                    results[i] = labels
+        if forked and n_jobs > 1 and large and "fork" in multiprocessing.get_all_start_methods():
+            neighbourhood.graph  # build once, before forking
+            _SHARED["neighbourhood"] = neighbourhood
+            with multiprocessing.get_context("fork").Pool(min(n_jobs, len(forked))) as pool:
+                for i, labels in zip(forked, pool.imap(_shared_run, [tasks[i] for i in forked])):
+                    results[i] = labels
+                    bar.update()
+        for i, task in enumerate(tasks):
+            if results[i] is None:
+                results[i] = run(task)
+    finally:
+        _SHARED.clear()
+        bar.close()
+    return results
 
 
 def cluster_means(values, labels: np.ndarray) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 * PCA of the message-passed features, computed from the feature covariance matrix
   (exact, deterministic, and cheap when there are tens to a few thousand features).
-* The k nearest neighbours of every cell in PCA space, found exactly with a KD-tree.
+* The k nearest neighbours of every cell in PCA space: exact (KD-tree) up to
+  :data:`EXACT_NEIGHBORS_MAX_CELLS` cells, approximate above (HNSW graphs from
+  ``hnswlib``, which PARC already depends on; ~98% of the exact neighbours at a million
+  cells, where the KD-tree would take two minutes on two cores).
 * UMAP's fuzzy-simplicial-set weights on those neighbours, the connectivities scanpy's
   ``sc.pp.neighbors`` computes; ``utag/tests/test_embedding.py`` checks them against
   ``umap.umap_.fuzzy_simplicial_set``.
@@ -10,12 +13,28 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 logger = logging.getLogger(__name__)
+
+#: Above this many cells the kNN search is approximate (``method="auto"``): the exact
+#: KD-tree search in 10 dimensions grows faster than n log n (3 s at 100,000 cells,
+#: 120 s at 1,000,000 on 2 cores); HNSW takes ~25 s at 1,000,000.
+EXACT_NEIGHBORS_MAX_CELLS = 200_000
+
+#: HNSW settings: links per node, candidate list while building, candidate list while
+#: searching. With the index split in two (see :func:`approximate_neighbors`) they
+#: find 97.8% of the exact 15 neighbours of 1,000,000 synthetic cells in 10-d PCA space.
+HNSW_M = 8
+HNSW_EF_CONSTRUCTION = 24
+HNSW_EF = 16
+_HNSW_PARTS = 2
 
 _CHUNK_ROWS = 1 << 16
 _SMOOTH_K_TOLERANCE = 1e-5
@@ -69,18 +88,80 @@ def pca(features, n_comps: int) -> dict:
     }
 
 
-def nearest_neighbors(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN (each cell first, as its own neighbour at distance 0).
+def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "auto",
+                      random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_neighbors`` nearest cells of every cell (itself first, at distance 0).
 
-    Returns ``(indices, distances)`` of shape (n_cells, n_neighbors). When more than
-    ``n_neighbors`` cells share a point the KD-tree may not list a cell among its own
-    neighbours; the cell is then put first and the farthest neighbour dropped, as
-    scanpy expects.
+    ``method``: ``"exact"`` (KD-tree), ``"approximate"`` (:func:`approximate_neighbors`)
+    or ``"auto"`` (exact up to :data:`EXACT_NEIGHBORS_MAX_CELLS` cells).
+
+    Returns ``(indices, distances)`` of shape (n_cells, n_neighbors), int64 and float32,
+    each row sorted by distance. When more than ``n_neighbors`` cells share a point the
+    search may not list a cell among its own neighbours; the cell is then put first and
+    the farthest neighbour dropped, as scanpy expects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> points = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    >>> indices, distances = nearest_neighbors(points, 2)
+    >>> indices.tolist(), distances.tolist()
+    ([[0, 1], [1, 0], [2, 1]], [[0.0, 1.0], [0.0, 1.0], [0.0, 4.0]])
     """
-    distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=-1)
-    distances = distances.reshape(len(embedding), -1)
-    indices = indices.reshape(len(embedding), -1)
-    cells = np.arange(len(embedding))
+    if method not in ("auto", "exact", "approximate"):
+        raise ValueError(f"kNN `method` must be 'auto', 'exact' or 'approximate', got {method!r}.")
+    exact = method == "exact" or (method == "auto" and len(embedding) <= EXACT_NEIGHBORS_MAX_CELLS)
+    if exact or n_neighbors >= len(embedding):
+        distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=-1)
+        distances = distances.reshape(len(embedding), -1)
+        indices = indices.reshape(len(embedding), -1)
+    else:
+        indices, distances = approximate_neighbors(embedding, n_neighbors, random_state)
+    return _self_first(indices.astype(np.int64), distances.astype(np.float32))
+
+
+def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state: int = 0,
+                          n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate kNN with HNSW indices (``hnswlib``), deterministic for a given seed.
+
+    hnswlib builds one index in parallel by inserting cells from several threads, which
+    makes the graph depend on thread timing. Instead the cells are split (alternate
+    cells) into two indices, each built by one thread with a seeded level generator, and
+    every cell is searched in both; the two candidate lists are merged. The result
+    depends only on the data and ``random_state``, not on the number of cores.
+
+    Returns ``(indices, distances)`` sorted by distance (Euclidean, float32).
+    """
+    import hnswlib
+
+    n_cells, n_dims = embedding.shape
+    data = np.ascontiguousarray(embedding, dtype=np.float32)
+    parts = [np.arange(start, n_cells, _HNSW_PARTS) for start in range(_HNSW_PARTS)]
+    n_jobs = n_jobs or os.cpu_count() or 1
+
+    def build(part: int):
+        index = hnswlib.Index(space="l2", dim=n_dims)
+        index.init_index(max_elements=len(parts[part]), M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION,
+                         random_seed=random_state + part)
+        index.set_num_threads(1)  # one thread per index: insertion order, hence the graph, is fixed
+        index.add_items(data[parts[part]], parts[part])
+        index.set_ef(max(HNSW_EF, n_neighbors))
+        return index
+
+    with ThreadPoolExecutor(max_workers=min(n_jobs, _HNSW_PARTS)) as pool:  # hnswlib releases the GIL
+        indices = list(pool.map(build, range(_HNSW_PARTS)))
+    candidates, squared = zip(*(index.knn_query(data, k=min(n_neighbors, len(part)), num_threads=n_jobs)
+                                for index, part in zip(indices, parts)))
+    candidates = np.concatenate(candidates, axis=1)
+    squared = np.concatenate(squared, axis=1)
+    nearest = np.argsort(squared, axis=1, kind="stable")[:, :n_neighbors]
+    distances = np.sqrt(np.clip(np.take_along_axis(squared, nearest, axis=1), 0, None))
+    return np.take_along_axis(candidates, nearest, axis=1).astype(np.int64), distances
+
+
+def _self_first(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Put every cell first among its own neighbours at distance 0 (see :func:`nearest_neighbors`)."""
+    cells = np.arange(len(indices))
     is_self = indices == cells[:, None]
     order = np.argsort(~is_self, axis=1, kind="stable")  # self first, others kept in order
     indices = np.take_along_axis(indices, order, axis=1)
@@ -89,10 +170,11 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarr
     indices[missing] = np.column_stack([cells[missing], indices[missing, :-1]])
     distances[missing] = np.column_stack([np.zeros(missing.sum()), distances[missing, :-1]])
     distances[:, 0] = 0.0
-    return indices.astype(np.int64), distances.astype(np.float32)
+    return indices, distances
 
 
-def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "auto",
+                               random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """kNN over distinct profiles: each cell's neighbours are the nearest *other* profiles.
 
     When more than ``n_neighbors`` cells share one profile (message passing over
@@ -105,44 +187,126 @@ def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int) -> tuple
     """
     profiles, first, inverse = np.unique(embedding, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
-    indices, distances = nearest_neighbors(profiles, min(n_neighbors, len(profiles)))
+    indices, distances = nearest_neighbors(profiles, min(n_neighbors, len(profiles)), method, random_state)
     indices, distances = first[indices][inverse], distances[inverse]
     indices[:, 0] = np.arange(len(embedding))
     return indices, distances
 
 
-def _smooth_knn_sigmas(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """UMAP's per-cell ``rho`` (nearest non-zero distance) and ``sigma`` (bandwidth).
+@numba.njit(cache=True, nogil=True)
+def _membership_strengths(distances: np.ndarray) -> np.ndarray:
+    """UMAP's directed kNN weights ``exp(-(d_ij - rho_i) / sigma_i)`` (1 up to ``rho_i``)
+    for the neighbours after the first (the cell itself), float64 (n_cells x k-1).
 
-    ``sigma`` solves ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)`` over the
-    neighbours other than the cell itself, by bisection run for all cells at once.
+    ``rho_i`` is the nearest non-zero distance and ``sigma_i`` solves
+    ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)`` to within UMAP's tolerance, found by
+    Newton steps kept inside a bisection bracket (UMAP bisects; the root is the same, in a
+    handful of steps instead of ~30), and floored at 1e-3 times the mean distance.
     """
     n_cells, k = distances.shape
-    others = distances[:, 1:].astype(np.float64)
     target = np.log2(k)
-    positive = np.where(others > 0, others, np.inf)
-    rho = positive.min(axis=1)
-    rho[~np.isfinite(rho)] = 0.0
-    low = np.zeros(n_cells)
-    high = np.full(n_cells, np.inf)
-    sigma = np.ones(n_cells)
-    active = np.ones(n_cells, dtype=bool)
-    excess = np.clip(others - rho[:, None], 0, None)
-    for _ in range(64):
-        rows = np.flatnonzero(active)
-        if rows.size == 0:
-            break
-        total = np.exp(-excess[rows] / sigma[rows, None]).sum(axis=1)
-        converged = np.abs(total - target) < _SMOOTH_K_TOLERANCE
-        active[rows[converged]] = False
-        rows, total = rows[~converged], total[~converged]
-        too_wide = total > target
-        high[rows[too_wide]] = sigma[rows[too_wide]]
-        low[rows[~too_wide]] = sigma[rows[~too_wide]]
-        bounded = np.isfinite(high[rows])
-        sigma[rows] = np.where(bounded, (low[rows] + high[rows]) / 2, sigma[rows] * 2)
-    floor = np.where(rho > 0, distances.mean(axis=1), distances.mean()) * _MIN_K_DIST_SCALE
-    return rho, np.maximum(sigma, floor)
+    overall_mean = distances.astype(np.float64).mean()
+    weights = np.empty((n_cells, k - 1))
+    excess = np.empty(k - 1)
+    for i in range(n_cells):
+        rho = np.inf
+        row_mean = 0.0
+        for j in range(k):
+            row_mean += distances[i, j] / k
+            if j > 0 and 0 < distances[i, j] < rho:
+                rho = distances[i, j]
+        if not np.isfinite(rho):
+            rho = 0.0
+        for j in range(1, k):
+            excess[j - 1] = max(distances[i, j] - rho, 0.0)
+        low, high, sigma = 0.0, np.inf, 1.0
+        for _ in range(64):
+            total, slope = 0.0, 0.0
+            for j in range(k - 1):
+                term = np.exp(-excess[j] / sigma)
+                total += term
+                slope += term * excess[j] / (sigma * sigma)
+            if abs(total - target) < _SMOOTH_K_TOLERANCE:
+                break
+            if total > target:
+                high = sigma
+            else:
+                low = sigma
+            step = sigma - (total - target) / slope if slope > 0 else -1.0
+            if low < step < high:
+                sigma = step
+            elif np.isfinite(high):
+                sigma = (low + high) / 2
+            else:
+                sigma *= 2
+        sigma = max(sigma, (row_mean if rho > 0 else overall_mean) * _MIN_K_DIST_SCALE)
+        for j in range(k - 1):
+            weights[i, j] = np.exp(-excess[j] / sigma)
+    return weights
+
+
+@numba.njit(cache=True, nogil=True)
+def _fuzzy_union(indices: np.ndarray, weights: np.ndarray):
+    """CSR arrays of ``a + b - ab`` over the directed kNN weights and their transpose.
+
+    Row ``i`` of the result merges the cells ``i`` points to and the cells pointing to
+    ``i``; columns come out sorted, zero weights are dropped.
+    """
+    n_cells, n_out = indices.shape
+    incoming_start = np.zeros(n_cells + 1, dtype=np.int64)  # transpose by counting sort
+    for i in range(n_cells):
+        for j in range(n_out):
+            incoming_start[indices[i, j] + 1] += 1
+    for i in range(n_cells):
+        incoming_start[i + 1] += incoming_start[i]
+    incoming_from = np.empty(n_cells * n_out, dtype=np.int64)
+    incoming_weight = np.empty(n_cells * n_out)
+    filled = incoming_start[:-1].copy()
+    for i in range(n_cells):
+        for j in range(n_out):
+            target = indices[i, j]
+            incoming_from[filled[target]] = i
+            incoming_weight[filled[target]] = weights[i, j]
+            filled[target] += 1
+
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    columns = np.empty(2 * n_cells * n_out, dtype=np.int32)
+    values = np.empty(2 * n_cells * n_out, dtype=np.float32)
+    complement = np.ones(n_cells)  # (1 - a)(1 - b), accumulated per neighbour
+    seen = np.zeros(n_cells, dtype=np.bool_)
+    max_incoming = 0
+    for i in range(n_cells):
+        max_incoming = max(max_incoming, incoming_start[i + 1] - incoming_start[i])
+    row = np.empty(n_out + max_incoming, dtype=np.int64)  # hubs are the neighbours of many cells
+    nnz = 0
+    for i in range(n_cells):
+        n_row = 0
+        for j in range(n_out):
+            other = indices[i, j]
+            if not seen[other]:
+                seen[other] = True
+                row[n_row] = other
+                n_row += 1
+            complement[other] *= 1.0 - weights[i, j]
+        for e in range(incoming_start[i], incoming_start[i + 1]):
+            other = incoming_from[e]
+            if not seen[other]:
+                seen[other] = True
+                row[n_row] = other
+                n_row += 1
+            complement[other] *= 1.0 - incoming_weight[e]
+        row[:n_row].sort()
+        for t in range(n_row):
+            other = row[t]
+            union = 1.0 - complement[other]
+            if union > 0:
+                columns[nnz] = other
+                values[nnz] = union
+                nnz += 1
+            complement[other] = 1.0
+            seen[other] = False
+        indptr[i + 1] = nnz
+    return indptr, columns[:nnz].copy(), values[:nnz].copy()
 
 
 def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
@@ -150,27 +314,18 @@ def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray) -> sp.csr_m
     n_cells, k = indices.shape
     if k < 2:
         return sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
-    rho, sigma = _smooth_knn_sigmas(distances)
-    excess = distances[:, 1:] - rho[:, None]
-    weights = np.where(excess <= 0, 1.0, np.exp(-np.clip(excess, 0, None) / sigma[:, None]))
-    rows = np.repeat(np.arange(n_cells), k - 1)
-    directed = sp.csr_matrix(
-        (weights.ravel().astype(np.float32), (rows, indices[:, 1:].ravel())), shape=(n_cells, n_cells)
-    )
-    transposed = directed.T.tocsr()
-    connectivities = directed + transposed - directed.multiply(transposed)
-    connectivities = sp.csr_matrix(connectivities, dtype=np.float32)
-    connectivities.eliminate_zeros()
-    connectivities.sort_indices()
-    return connectivities
+    weights = _membership_strengths(np.ascontiguousarray(distances, dtype=np.float32))
+    indptr, columns, values = _fuzzy_union(np.ascontiguousarray(indices[:, 1:], dtype=np.int64), weights)
+    return sp.csr_matrix((values, columns, indptr), shape=(n_cells, n_cells))
 
 
 def knn_distances(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
     """kNN distances as a CSR matrix without the self column (scanpy's ``obsp['distances']``)."""
     n_cells, k = indices.shape
-    rows = np.repeat(np.arange(n_cells), k - 1)
+    indptr = np.arange(0, n_cells * (k - 1) + 1, k - 1, dtype=np.int64)
     matrix = sp.csr_matrix(
-        (distances[:, 1:].ravel(), (rows, indices[:, 1:].ravel())), shape=(n_cells, n_cells)
+        (np.ascontiguousarray(distances[:, 1:]).ravel(), np.ascontiguousarray(indices[:, 1:]).ravel(), indptr),
+        shape=(n_cells, n_cells),
     )
     matrix.sort_indices()
     return matrix

@@ -19,7 +19,15 @@ import numpy as np
 import parmap
 import scipy.sparse as sp
 
-from .graph import adjacency_from_pairs, radius_pairs, slide_cells
+from .graph import (
+    MESSAGE_PASSING_BYTES_PER_CELL,
+    MESSAGE_PASSING_BYTES_PER_FEATURE,
+    MESSAGE_PASSING_BYTES_PER_PAIR,
+    adjacency_from_pairs,
+    check_graph_fits,
+    radius_pairs,
+    slide_cells,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ def pass_messages(
     parallel: bool = True,
     processes: int | None = None,
     progress: bool = False,
+    bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR,
 ):
     """Aggregate ``features`` over each slide's radius graph.
 
@@ -75,7 +84,13 @@ def pass_messages(
         Float32 matrix in the input's cell order (dense if ``features`` is dense).
     pairs
         Global ``(i, j)``, ``i < j`` pairs of cells within ``max_dist`` on the same slide.
+
+    Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
+    not fit in memory (``bytes_per_pair``: what the caller will hold per pair, by default
+    what message passing itself needs).
     """
+    bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * np.shape(features)[1]
+    check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
     n_workers = min(len(slides), processes or os.cpu_count() or 1)

@@ -12,9 +12,9 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
-from ._progress import tqdm
-from .clustering import Neighbourhood, cluster, relabel_by_size, soft_assignments
+from .clustering import Neighbourhood, cluster_many, relabel_by_size, soft_assignments
 from .embedding import (
+    EXACT_NEIGHBORS_MAX_CELLS,
     distinct_profile_neighbors,
     fuzzy_connectivities,
     knn_distances,
@@ -22,7 +22,7 @@ from .embedding import (
     pca,
 )
 from .evaluation import evaluate_performance  # noqa: F401  (original import path)
-from .graph import store_spatial_graph
+from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .transfer import build_model
 from .tuning import recommended_resolutions, resolution_for_n_domains, resolution_sweep
@@ -60,6 +60,7 @@ def utag(
     processes: int | None = None,
     *,
     n_neighbors: int = 15,
+    knn_method: str = "auto",
     kmeans_kwargs: dict | None = None,
     n_domains: int | None = None,
     random_state: int = 0,
@@ -121,6 +122,10 @@ def utag(
         one per slide). Results are identical to ``parallel=False``.
     n_neighbors
         Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
+    knn_method
+        ``"exact"`` (KD-tree), ``"approximate"`` (HNSW, ~98% of the exact neighbours) or
+        ``"auto"`` (default: exact up to 200,000 cells, approximate above, where the exact
+        search grows to minutes); see :func:`utag.embedding.nearest_neighbors`.
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``.
     n_domains
@@ -171,6 +176,8 @@ def utag(
         resolutions = check.resolution_list(resolutions)
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
+    if knn_method not in ("auto", "exact", "approximate"):
+        raise ValueError(f"`knn_method` must be 'auto', 'exact' or 'approximate', got {knn_method!r}.")
     processes = None if processes is None else check.as_int("processes", processes)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
@@ -180,8 +187,10 @@ def utag(
 
     watch = Stopwatch()
     with watch("graph and message passing"):
+        # storing the spatial graph costs more per pair than message passing alone
+        bytes_per_pair = SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity else MESSAGE_PASSING_BYTES_PER_PAIR
         aggregated, pairs = pass_messages(
-            coords, features, codes, max_dist, normalization_mode, parallel, processes, progress
+            coords, features, codes, max_dist, normalization_mode, parallel, processes, progress, bytes_per_pair
         )
     logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), len(pairs))
     result = _new_result(adata, aggregated, var)
@@ -190,7 +199,7 @@ def utag(
     del pairs
 
     if apply_clustering or apply_umap:
-        neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, random_state, watch)
+        neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, watch)
     if apply_umap:
         import scanpy as sc
 
@@ -203,11 +212,10 @@ def utag(
     }
     runs = _plan_runs(result, neighbourhood, methods, resolutions, auto, n_domains, backend_kwargs, random_state,
                       processes, progress, watch) if methods else []
-    for method, resolution, kwargs, labels in tqdm(runs, desc="clustering", disable=not progress or not runs):
+    if runs:
+        runs = _cluster_runs(runs, neighbourhood, random_state, processes, progress, watch)
+    for method, resolution, _, labels in runs:
         key = label_key(save_key, method, resolution)
-        if labels is None:
-            with watch(f"{method} {resolution}"):
-                labels = cluster(method, neighbourhood, resolution, random_state, **kwargs)
         result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
         with watch("probabilities"):
             result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
@@ -239,9 +247,6 @@ def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutio
     ``auto``: the resolution comes from a stability sweep (k-means then takes as many
     domains as Leiden finds there); ``n_domains``: runs that give exactly that many.
     """
-    if "leiden" in methods or auto or n_domains is not None:
-        with watch("Leiden graph"):
-            neighbourhood.graph
     if auto:
         with watch("resolution sweep"):
             sweep = resolution_sweep(result, n_runs=5, random_state=random_state,
@@ -256,6 +261,21 @@ def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutio
         with watch(f"resolution for {n_domains} domains"):
             runs += _runs_for_n_domains(neighbourhood, n_domains, methods, backend_kwargs, random_state)
     return runs
+
+
+def _cluster_runs(runs: list[tuple], neighbourhood: Neighbourhood, random_state: int, processes, progress: bool,
+                  watch: Stopwatch) -> list[tuple]:
+    """``runs`` with their labels: every run of one method at once (Leiden resolutions in parallel)."""
+    done = list(runs)
+    for method in dict.fromkeys(method for method, _, _, labels in runs if labels is None):
+        todo = [i for i, (name, _, _, labels) in enumerate(runs) if name == method and labels is None]
+        resolutions = ", ".join(str(runs[i][1]) for i in todo)
+        with watch(f"{method} {resolutions}"):
+            labels = cluster_many(neighbourhood, [(method, runs[i][1], random_state, runs[i][2]) for i in todo],
+                                  n_jobs=processes, progress=progress)
+        for i, run_labels in zip(todo, labels):
+            done[i] = (*runs[i][:3], run_labels)
+    return done
 
 
 def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
@@ -302,7 +322,7 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     )
 
 
-def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, random_state: int,
+def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, knn_method: str, random_state: int,
            watch: Stopwatch) -> Neighbourhood:
     """PCA and kNN graph of ``result.X``, written where scanpy writes them."""
     n_cells, n_features = result.shape
@@ -325,13 +345,15 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, ra
 
     with watch("kNN graph"):
         k = min(n_neighbors, n_cells)
-        indices, distances = nearest_neighbors(embedding, k)
+        exact = knn_method == "exact" or (knn_method == "auto" and n_cells <= EXACT_NEIGHBORS_MAX_CELLS)
+        knn_used = "exact" if exact else "approximate"
+        indices, distances = nearest_neighbors(embedding, k, knn_method, random_state)
         tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
         if tied:
             logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
                            "building the kNN graph over distinct profiles so that they do not form "
                            "disconnected cliques", tied, k - 1)
-            indices, distances = distinct_profile_neighbors(embedding, k)
+            indices, distances = distinct_profile_neighbors(embedding, k, knn_method, random_state)
         connectivities = fuzzy_connectivities(indices, distances)
         result.obsp["connectivities"] = connectivities
         result.obsp["distances"] = knn_distances(indices, distances)
@@ -339,7 +361,7 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, ra
         "connectivities_key": "connectivities",
         "distances_key": "distances",
         "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": "X_pca",
-                   "random_state": random_state, "distinct_profiles": bool(tied)},
+                   "random_state": random_state, "distinct_profiles": bool(tied), "knn": knn_used},
     }
     return Neighbourhood(embedding, connectivities)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 from itertools import combinations
 
 import numpy as np
@@ -25,18 +24,12 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
-from ._progress import tqdm
-from .clustering import Neighbourhood, cluster
+from .clustering import Neighbourhood, cluster, cluster_many
 
 logger = logging.getLogger(__name__)
 
 #: Default grid of :func:`resolution_sweep`: 12 resolutions from 0.02 to 2, evenly on a log scale.
 DEFAULT_RESOLUTIONS = tuple(float(r) for r in np.round(np.geomspace(0.02, 2.0, 12), 4))
-
-# Leiden runs of a sweep read the graph from here: worker processes forked after it is set
-# inherit it instead of receiving a pickled copy of a graph with millions of edges.
-_SHARED: dict = {}
-
 
 def neighbourhood_of(result: AnnData) -> Neighbourhood:
     """The embedding and kNN graph ``utag()`` stored in ``result``."""
@@ -49,25 +42,11 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
                          sp.csr_matrix(result.obsp["connectivities"]))
 
 
-def _leiden_run(task) -> np.ndarray:
-    resolution, seed, kwargs = task
-    return cluster("leiden", _SHARED["neighbourhood"], resolution, seed, **kwargs).astype(np.int32)
-
-
 def _run_all(neighbourhood: Neighbourhood, tasks: list, processes: int | None, progress: bool) -> list:
-    """Leiden for every (resolution, seed, kwargs) task, in forked workers when it pays."""
-    _SHARED["neighbourhood"] = neighbourhood
-    neighbourhood.graph  # build once, before forking
-    n_workers = min(processes or multiprocessing.cpu_count(), len(tasks))
-    worth_it = n_workers > 1 and neighbourhood.connectivities.shape[0] >= 100_000
-    try:
-        if worth_it and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
-                return list(tqdm(pool.imap(_leiden_run, tasks), total=len(tasks), desc="Leiden runs",
-                                 disable=not progress))
-        return [_leiden_run(task) for task in tqdm(tasks, desc="Leiden runs", disable=not progress)]
-    finally:
-        _SHARED.clear()
+    """Leiden labels (int32) for every (resolution, seed, kwargs) task."""
+    runs = cluster_many(neighbourhood, [("leiden", resolution, seed, kwargs) for resolution, seed, kwargs in tasks],
+                        n_jobs=processes, progress=progress)
+    return [labels.astype(np.int32) for labels in runs]
 
 
 def resolution_sweep(
@@ -327,7 +306,7 @@ def max_dist_report(
     """
     from scipy.spatial import cKDTree
 
-    from .graph import slide_cells
+    from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
     from .message_passing import as_float32, slide_messages
 
     coords = check.spatial_coordinates(adata)
@@ -338,8 +317,10 @@ def max_dist_report(
     if max_dists is None:
         nearest = np.concatenate([cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1])
         max_dists = np.round(np.median(nearest) * np.array([1, 1.5, 2, 3, 5, 8, 12]), 2)
+    max_dists = [check.check_positive("max_dists", d) for d in max_dists]
+    check_graph_fits(coords, codes, max(max_dists), MESSAGE_PASSING_BYTES_PER_PAIR)
     rows = []
-    for max_dist in [check.check_positive("max_dists", d) for d in max_dists]:
+    for max_dist in max_dists:
         degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
         for slide, cells in zip(names, slides):
             pairs, aggregated = slide_messages((coords[cells], features[cells]), max_dist)

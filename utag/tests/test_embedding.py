@@ -68,3 +68,38 @@ def test_knn_distances_drop_the_self_column(points):
     assert matrix.nnz == 3 * len(points)
     assert matrix.diagonal().max() == 0
     np.testing.assert_allclose(matrix[0, indices[0, 1]], distances[0, 1])
+
+
+@pytest.fixture(scope="module")
+def tissue_embedding():
+    from utag import utag
+    from utag.datasets import synthetic_tissue
+
+    adata = synthetic_tissue(n_cells=20_000, n_slides=3, random_state=2)
+    result = utag(adata, slide_key="roi", apply_clustering=False, progress=False)
+    return pca(result.X, 10)["embedding"]
+
+
+def test_approximate_neighbours_find_the_exact_ones(tissue_embedding):
+    exact, exact_distances = nearest_neighbors(tissue_embedding, 15, method="exact")
+    approximate, distances = nearest_neighbors(tissue_embedding, 15, method="approximate")
+    np.testing.assert_array_equal(approximate[:, 0], np.arange(len(tissue_embedding)))
+    assert (np.diff(distances, axis=1) >= 0).all()
+    found = (approximate[:, 1:, None] == exact[:, None, 1:]).any(axis=2).mean()
+    assert found > 0.97
+    # distances are the real ones, never shorter than the exact k-th neighbour
+    recomputed = np.linalg.norm(tissue_embedding[approximate] - tissue_embedding[:, None], axis=2)
+    np.testing.assert_allclose(distances, recomputed, rtol=1e-4, atol=1e-4)
+    assert (distances[:, -1] >= exact_distances[:, -1] - 1e-4).all()
+
+
+def test_approximate_neighbours_are_deterministic(tissue_embedding):
+    from utag.embedding import approximate_neighbors
+
+    first = approximate_neighbors(tissue_embedding, 10, random_state=0, n_jobs=2)[0]
+    np.testing.assert_array_equal(first, approximate_neighbors(tissue_embedding, 10, random_state=0, n_jobs=1)[0])
+
+
+def test_unknown_knn_method_is_rejected(points):
+    with pytest.raises(ValueError, match="method"):
+        nearest_neighbors(points, 5, method="ball_tree")

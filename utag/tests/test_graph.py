@@ -1,10 +1,19 @@
+import time
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
 
+from utag import graph, utag
+from utag.datasets import synthetic_tissue
 from utag.graph import (
+    GraphTooLargeError,
     adjacency_from_pairs,
+    available_memory,
+    cgroup_headroom,
+    check_graph_fits,
+    estimate_pairs,
     radius_pairs,
     slide_pairs,
     spatial_neighbors,
@@ -88,3 +97,146 @@ def test_spatial_neighbors_does_not_touch_input_with_copy(tissue):
 def test_spatial_neighbors_rejects_bad_max_dist(tissue, bad):
     with pytest.raises(ValueError, match="max_dist"):
         spatial_neighbors(tissue, max_dist=bad, slide_key="roi", copy=True)
+
+
+# --- memory safety ----------------------------------------------------------------------
+
+def _coords_codes(adata, slide_key="roi"):
+    return adata.obsm["spatial"], adata.obs[slide_key].cat.codes.to_numpy().astype(np.int64)
+
+
+@pytest.mark.parametrize("max_dist", [20, 60])
+@pytest.mark.parametrize("n_slides", [1, 3])
+def test_estimate_pairs_within_ten_percent_of_exact_count(max_dist, n_slides):
+    adata = synthetic_tissue(n_cells=30_000, n_slides=n_slides, n_markers=2, random_state=2)
+    coords, codes = _coords_codes(adata)
+    exact = len(slide_pairs(coords, codes, max_dist))
+    for seed in range(3):
+        assert estimate_pairs(coords, codes, max_dist, random_state=seed) == pytest.approx(exact, rel=0.10)
+
+
+def test_estimate_pairs_counts_every_pair_when_max_dist_spans_the_slide():
+    coords = np.random.default_rng(0).uniform(0, 1_000, size=(150_000, 2))
+    codes = np.zeros(len(coords), dtype=np.int64)
+    n = len(coords)
+    assert estimate_pairs(coords, codes, 1e9) == pytest.approx(n * (n - 1) / 2, rel=1e-9)
+    # 3 slides sharing one frame: no pair crosses slides
+    codes = np.arange(n) % 3
+    assert estimate_pairs(coords, codes, 1e9) == pytest.approx(3 * (n / 3) * (n / 3 - 1) / 2, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def one_big_slide():
+    """200,000 cells on one ~5.5 mm slide: a slide-sized max_dist means ~2e10 pairs."""
+    return synthetic_tissue(n_cells=200_000, n_slides=1, n_markers=3, random_state=0)
+
+
+def _snapshot(adata):
+    return (adata.X.copy(), adata.obs.copy(), adata.obsm["spatial"].copy(), set(adata.obsp.keys()),
+            set(adata.uns.keys()), set(adata.obsm.keys()))
+
+
+def _assert_unchanged(adata, snapshot):
+    X, obs, spatial, obsp, uns, obsm = snapshot
+    np.testing.assert_array_equal(adata.X, X)
+    assert adata.obs.equals(obs)
+    np.testing.assert_array_equal(adata.obsm["spatial"], spatial)
+    assert (set(adata.obsp.keys()), set(adata.uns.keys()), set(adata.obsm.keys())) == (obsp, uns, obsm)
+
+
+@pytest.mark.parametrize("build", ["utag", "spatial_neighbors"])
+def test_slide_sized_max_dist_raises_before_building_the_graph(one_big_slide, build):
+    if available_memory() is None:
+        pytest.skip("this platform does not report its memory, so nothing is checked")
+    adata = one_big_slide
+    before = _snapshot(adata)
+    diagonal = float(np.linalg.norm(np.ptp(adata.obsm["spatial"], axis=0)))
+    max_dist = 2 * diagonal
+    start = time.perf_counter()
+    with pytest.raises(GraphTooLargeError) as raised:
+        if build == "utag":
+            utag(adata, slide_key=None, max_dist=max_dist, clustering_method="kmeans", resolutions=[0.3],
+                 progress=False)
+        else:
+            spatial_neighbors(adata, max_dist=max_dist, slide_key=None)
+    assert time.perf_counter() - start < 5  # no graph of 2e10 pairs was built
+    error = raised.value
+    assert isinstance(error, MemoryError) and isinstance(error, ValueError)
+    n = adata.n_obs
+    assert error.n_pairs == pytest.approx(n * (n - 1) / 2, rel=1e-6)
+    message = str(error)
+    assert f"max_dist={max_dist:g}" in message
+    assert "2.0e10 spatial edges" in message
+    assert error.suggested_max_dist is not None and 0 < error.suggested_max_dist < diagonal
+    assert f"max_dist={error.suggested_max_dist:g}" in message
+    _assert_unchanged(adata, before)
+
+
+def test_suggested_max_dist_fits_and_runs(tissue, monkeypatch):
+    monkeypatch.setattr(graph, "available_memory", lambda: 40_000_000)
+    coords, codes = _coords_codes(tissue)
+    with pytest.raises(GraphTooLargeError) as raised:
+        utag(tissue, slide_key="roi", max_dist=150, clustering_method="kmeans", resolutions=[0.3], progress=False)
+    suggested = raised.value.suggested_max_dist
+    assert suggested < 150
+    bytes_per_cell = (graph.MESSAGE_PASSING_BYTES_PER_CELL
+                      + graph.MESSAGE_PASSING_BYTES_PER_FEATURE * tissue.n_vars)
+    max_pairs = (graph.MEMORY_FRACTION * 40_000_000 - bytes_per_cell * tissue.n_obs) / \
+        graph.MESSAGE_PASSING_BYTES_PER_PAIR
+    assert estimate_pairs(coords, codes, suggested) <= max_pairs
+    assert estimate_pairs(coords, codes, 2 * suggested) > max_pairs  # not needlessly small
+    result = utag(tissue, slide_key="roi", max_dist=suggested, clustering_method="kmeans", resolutions=[0.3],
+                  progress=False)
+    n_pairs = len(graph.slide_pairs(coords, codes, suggested))
+    assert 0 < n_pairs <= 1.1 * max_pairs
+    assert result.obs["UTAG Label_kmeans_0.3"].notna().all()
+
+
+def test_analysis_checks_the_graph_it_builds(tissue, monkeypatch):
+    from utag.analysis import domain_connectivity
+
+    monkeypatch.setattr(graph, "available_memory", lambda: 10_000_000)
+    adata = tissue.copy()
+    with pytest.raises(GraphTooLargeError, match="max_dist=500"):
+        domain_connectivity(adata, "domain", slide_key="roi", max_dist=500)
+    assert "domain_connectivity" not in adata.uns
+
+
+def test_no_check_when_memory_is_unknown(tissue, monkeypatch):
+    monkeypatch.setattr(graph, "available_memory", lambda: None)
+    coords, codes = _coords_codes(tissue)
+    assert check_graph_fits(coords, codes, 1e6) is None
+
+
+def test_no_max_dist_fits_when_the_cells_alone_do_not(tissue, monkeypatch):
+    monkeypatch.setattr(graph, "available_memory", lambda: 1_000)
+    coords, codes = _coords_codes(tissue)
+    with pytest.raises(GraphTooLargeError, match="No max_dist fits") as raised:
+        check_graph_fits(coords, codes, 20, bytes_per_cell=100)
+    assert raised.value.suggested_max_dist is None
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_headroom_v2_counts_reclaimable_cache(tmp_path):
+    _write(tmp_path / "cgroup", "0::/job\n")
+    _write(tmp_path / "fs" / "job" / "memory.max", "1000000000\n")
+    _write(tmp_path / "fs" / "job" / "memory.current", "400000000\n")
+    _write(tmp_path / "fs" / "job" / "memory.stat", "anon 300000000\ninactive_file 100000000\n")
+    _write(tmp_path / "fs" / "memory.max", "max\n")  # the root: no limit
+    _write(tmp_path / "fs" / "memory.current", "5\n")
+    assert cgroup_headroom(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == 700_000_000
+
+
+def test_cgroup_headroom_v1_takes_the_tightest_ancestor(tmp_path):
+    _write(tmp_path / "cgroup", "4:memory:/slurm/job_1/step_0\n3:cpu:/\n")
+    memory = tmp_path / "fs" / "memory"
+    _write(memory / "slurm" / "job_1" / "memory.limit_in_bytes", "2000000000\n")
+    _write(memory / "slurm" / "job_1" / "memory.usage_in_bytes", "1500000000\n")
+    _write(memory / "slurm" / "job_1" / "step_0" / "memory.limit_in_bytes", str(2**63 - 4096))  # unlimited
+    _write(memory / "slurm" / "job_1" / "step_0" / "memory.usage_in_bytes", "1000000000\n")
+    assert cgroup_headroom(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == 500_000_000
+    assert cgroup_headroom(str(tmp_path / "missing"), str(tmp_path / "fs")) is None

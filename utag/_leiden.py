@@ -1,0 +1,404 @@
+"""The Leiden algorithm (Traag, Waltman & van Eck, Sci Rep 2019) compiled with numba.
+
+Why a third implementation next to igraph's and leidenalg's: on the kNN graph of a
+million cells (1M nodes, ~10M edges) igraph's C ``community_leiden`` takes ~22 s per
+resolution with 2 iterations, Louvain in igraph ~60 s, leidenalg longer still; the same
+algorithm written as tight array loops takes a few seconds, and releases the GIL, so
+several resolutions run side by side in threads on one shared graph.
+
+What is implemented, step by step as in the paper (Algorithm A.2):
+
+1. *Fast local moving*: nodes are visited from a queue (all nodes in random order
+   first); a node moves to the neighbouring community (or an empty one) with the
+   largest quality gain, and its neighbours outside the new community are queued again.
+2. *Refinement*: within each community of step 1, starting from singletons, every
+   well-connected node that is still alone joins a well-connected sub-community of the
+   same community, chosen at random with probability ``exp(gain / theta)`` among the
+   non-negative gains (``theta = 0.01``, igraph's ``beta``).
+3. *Aggregation*: the refined sub-communities become the nodes of the next level,
+   starting in the community of step 1 that holds them.
+
+Steps repeat until every community is one node; ``n_iterations`` runs of the whole
+algorithm start from the previous result (negative: until nothing changes).
+
+The quality function is the Constant Potts Model with node weights,
+``sum_ij (A_ij - resolution * w_i * w_j) [c_i == c_j]``, which is modularity at
+resolution ``gamma`` when ``w_i`` is the weighted degree and ``resolution =
+gamma / (2 m)`` (igraph does the same conversion). Self-loops never change a gain and
+are dropped. Random numbers come from a seeded splitmix64 generator held in an array,
+so a run depends only on its seed, whichever thread runs it.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_THETA = 0.01
+_BLOCK = 1024
+_UINT64 = numba.uint64
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_random(state):
+    """Uniform float in [0, 1) from the splitmix64 generator whose state is ``state[0]``."""
+    state[0] += _UINT64(0x9E3779B97F4A7C15)
+    z = state[0]
+    z = (z ^ (z >> _UINT64(30))) * _UINT64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _UINT64(27))) * _UINT64(0x94D049BB133111EB)
+    z = z ^ (z >> _UINT64(31))
+    return (z >> _UINT64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _random_order(n, state):
+    """Nodes ``0..n-1`` in random order, by blocks of :data:`_BLOCK` consecutive nodes.
+
+    Node ids are laid out so that graph neighbours are near each other in memory (see
+    :func:`locality_order`); visiting a block's nodes one after the other keeps their
+    neighbourhoods in the CPU caches, which makes a pass over a million nodes ~3x faster
+    than a fully random order, while the blocks themselves come in random order.
+    """
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    blocks = np.arange(n_blocks)
+    for i in range(n_blocks - 1, 0, -1):  # Fisher-Yates
+        j = int(_next_random(state) * (i + 1))
+        blocks[i], blocks[j] = blocks[j], blocks[i]
+    order = np.empty(n, dtype=np.int64)
+    k = 0
+    for block in blocks:
+        for v in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
+            order[k] = v
+            k += 1
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _consecutive(labels):
+    """Relabel to ``0..k-1`` in order of first appearance; returns (labels, k)."""
+    mapping = np.full(labels.max() + 1, -1, dtype=np.int64)
+    relabelled = np.empty(len(labels), dtype=np.int64)
+    k = 0
+    for i in range(len(labels)):
+        label = labels[i]
+        if mapping[label] < 0:
+            mapping[label] = k
+            k += 1
+        relabelled[i] = mapping[label]
+    return relabelled, k
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_nodes_fast(indptr, indices, weights, node_weights, community, resolution, state):
+    """Step 1, in place on ``community`` (labels ``0..n-1`` allowed). Returns whether any node moved."""
+    n = len(node_weights)
+    community_weight = np.zeros(n)
+    community_size = np.zeros(n, dtype=np.int64)
+    for v in range(n):
+        community_weight[community[v]] += node_weights[v]
+        community_size[community[v]] += 1
+    empty = np.empty(n, dtype=np.int64)
+    n_empty = 0
+    for c in range(n):
+        if community_size[c] == 0:
+            empty[n_empty] = c
+            n_empty += 1
+
+    queue = _random_order(n, state)
+    queued = np.ones(n, dtype=np.bool_)
+    head, n_queued = 0, n
+    link = np.zeros(n)  # weight from the current node to each community
+    seen = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    moved = False
+    while n_queued > 0:
+        v = queue[head]
+        head = (head + 1) % n
+        n_queued -= 1
+        queued[v] = False
+        current = community[v]
+        n_touched = 0
+        for e in range(indptr[v], indptr[v + 1]):
+            u = indices[e]
+            if u == v:
+                continue
+            c = community[u]
+            if not seen[c]:
+                seen[c] = True
+                touched[n_touched] = c
+                n_touched += 1
+            link[c] += weights[e]
+
+        weight_v = node_weights[v]
+        community_weight[current] -= weight_v
+        community_size[current] -= 1
+        best = current
+        best_gain = link[current] - resolution * weight_v * community_weight[current]
+        for t in range(n_touched):
+            c = touched[t]
+            gain = link[c] - resolution * weight_v * community_weight[c]
+            if gain > best_gain:
+                best, best_gain = c, gain
+        if best_gain < 0.0 and community_size[current] > 0:  # alone is better: an empty community
+            n_empty -= 1
+            best = empty[n_empty]
+        for t in range(n_touched):
+            link[touched[t]] = 0.0
+            seen[touched[t]] = False
+
+        community_weight[best] += weight_v
+        community_size[best] += 1
+        community[v] = best
+        if best != current:
+            moved = True
+            if community_size[current] == 0:
+                empty[n_empty] = current
+                n_empty += 1
+            for e in range(indptr[v], indptr[v + 1]):
+                u = indices[e]
+                if not queued[u] and community[u] != best:
+                    queue[(head + n_queued) % n] = u
+                    queued[u] = True
+                    n_queued += 1
+    return moved
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine(indptr, indices, weights, node_weights, community, resolution, state):
+    """Step 2: sub-communities of ``community`` (labels ``0..k-1``), labels ``0..n-1``."""
+    n = len(node_weights)
+    total = np.zeros(n)  # weight of each community of step 1
+    for v in range(n):
+        total[community[v]] += node_weights[v]
+    refined = np.arange(n)
+    refined_weight = node_weights.copy()
+    refined_size = np.ones(n, dtype=np.int64)
+    inside = np.zeros(n)  # weight from each sub-community to the rest of its community
+    for v in range(n):
+        for e in range(indptr[v], indptr[v + 1]):
+            u = indices[e]
+            if u != v and community[u] == community[v]:
+                inside[v] += weights[e]
+
+    link = np.zeros(n)
+    seen = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    gains = np.empty(n)
+    for v in _random_order(n, state):
+        own = refined[v]
+        if refined_size[own] != 1:
+            continue
+        group_weight = total[community[v]]
+        weight_v = node_weights[v]
+        if inside[own] < resolution * weight_v * (group_weight - weight_v):
+            continue  # not well connected to its community
+        n_touched = 0
+        for e in range(indptr[v], indptr[v + 1]):
+            u = indices[e]
+            if u == v or community[u] != community[v]:
+                continue
+            c = refined[u]
+            if not seen[c]:
+                seen[c] = True
+                touched[n_touched] = c
+                n_touched += 1
+            link[c] += weights[e]
+        # candidates: staying alone (gain 0) and every well-connected neighbouring sub-community
+        best_gain = 0.0
+        for t in range(n_touched):
+            c = touched[t]
+            gains[t] = -1.0
+            if inside[c] >= resolution * refined_weight[c] * (group_weight - refined_weight[c]):
+                gains[t] = link[c] - resolution * weight_v * refined_weight[c]
+                best_gain = max(best_gain, gains[t])
+        cumulative = np.exp((0.0 - best_gain) / _THETA)
+        for t in range(n_touched):
+            if gains[t] >= 0.0:
+                cumulative += np.exp((gains[t] - best_gain) / _THETA)
+        draw = _next_random(state) * cumulative
+        chosen = own
+        running = np.exp((0.0 - best_gain) / _THETA)
+        if draw >= running:
+            for t in range(n_touched):
+                if gains[t] >= 0.0:
+                    running += np.exp((gains[t] - best_gain) / _THETA)
+                    chosen = touched[t]
+                    if draw < running:
+                        break
+        if chosen != own:
+            refined[v] = chosen
+            refined_weight[chosen] += weight_v
+            refined_size[chosen] += 1
+            refined_size[own] = 0
+            inside[chosen] += inside[own] - 2.0 * link[chosen]
+        for t in range(n_touched):
+            link[touched[t]] = 0.0
+            seen[touched[t]] = False
+    return refined
+
+
+@numba.njit(cache=True, nogil=True)
+def _aggregate(indptr, indices, weights, labels, k):
+    """CSR graph of ``k`` nodes whose edge weights sum the edges between label groups
+    (edges inside a group dropped)."""
+    n = len(labels)
+    starts = np.zeros(k + 1, dtype=np.int64)
+    for v in range(n):
+        starts[labels[v] + 1] += 1
+    for a in range(k):
+        starts[a + 1] += starts[a]
+    members = np.empty(n, dtype=np.int64)
+    filled = starts[:-1].copy()
+    for v in range(n):
+        members[filled[labels[v]]] = v
+        filled[labels[v]] += 1
+
+    new_indptr = np.zeros(k + 1, dtype=np.int64)
+    new_indices = np.empty(len(indices), dtype=np.int32)
+    new_weights = np.empty(len(indices))
+    link = np.zeros(k)
+    seen = np.zeros(k, dtype=np.bool_)
+    touched = np.empty(k, dtype=np.int64)
+    nnz = 0
+    for a in range(k):
+        n_touched = 0
+        for m in range(starts[a], starts[a + 1]):
+            v = members[m]
+            for e in range(indptr[v], indptr[v + 1]):
+                b = labels[indices[e]]
+                if b == a:
+                    continue
+                if not seen[b]:
+                    seen[b] = True
+                    touched[n_touched] = b
+                    n_touched += 1
+                link[b] += weights[e]
+        for t in range(n_touched):
+            b = touched[t]
+            new_indices[nnz] = b
+            new_weights[nnz] = link[b]
+            nnz += 1
+            link[b] = 0.0
+            seen[b] = False
+        new_indptr[a + 1] = nnz
+    return new_indptr, new_indices[:nnz].copy(), new_weights[:nnz].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_iteration(indptr, indices, weights, node_weights, membership, resolution, state):
+    """One run of the Leiden algorithm from ``membership``; returns (membership, changed)."""
+    level_of_node = np.arange(len(node_weights))
+    community, _ = _consecutive(membership)
+    level_weights = node_weights
+    changed = False
+    while True:
+        changed |= _move_nodes_fast(indptr, indices, weights, level_weights, community, resolution, state)
+        community, n_communities = _consecutive(community)
+        n_level = len(level_weights)
+        if n_communities == n_level:
+            break
+        refined = _refine(indptr, indices, weights, level_weights, community, resolution, state)
+        refined, n_refined = _consecutive(refined)
+        if n_refined == n_level:
+            break
+        aggregated_community = np.empty(n_refined, dtype=np.int64)
+        aggregated_weights = np.zeros(n_refined)
+        for v in range(n_level):
+            aggregated_community[refined[v]] = community[v]
+            aggregated_weights[refined[v]] += level_weights[v]
+        indptr, indices, weights = _aggregate(indptr, indices, weights, refined, n_refined)
+        level_of_node = refined[level_of_node]
+        community = aggregated_community
+        level_weights = aggregated_weights
+    result = community[level_of_node]
+    return result, changed
+
+
+@numba.njit(cache=True, nogil=True)
+def _leiden(indptr, indices, weights, node_weights, membership, resolution, n_iterations, seed):
+    state = np.array([seed], dtype=np.uint64)
+    iteration = 0
+    while n_iterations < 0 or iteration < n_iterations:
+        membership, changed = _one_iteration(indptr, indices, weights, node_weights, membership, resolution,
+                                             state)
+        iteration += 1
+        if not changed:
+            break
+    return _consecutive(membership)[0]
+
+
+def leiden(adjacency, resolution: float = 1.0, n_iterations: int = 2, random_state: int = 0,
+           initial_membership: np.ndarray | None = None) -> np.ndarray:
+    """Leiden communities maximising modularity at ``resolution`` on a symmetric weighted graph.
+
+    Parameters
+    ----------
+    adjacency
+        Symmetric ``scipy.sparse`` matrix of non-negative edge weights (the diagonal is ignored).
+    resolution
+        Modularity resolution ``gamma`` (higher: more, smaller communities).
+    n_iterations
+        Runs of the whole algorithm, each starting from the previous result; negative:
+        until a run changes nothing. Default 2, as ``scanpy.tl.leiden(flavor="igraph")``.
+    random_state
+        Seed of the node orders and of the random choices of the refinement.
+    initial_membership
+        Starting communities (default: every node alone).
+
+    Returns
+    -------
+    Community labels ``0..k-1`` (int64), in order of first appearance.
+    """
+    return run(_as_graph(adjacency), resolution, n_iterations, random_state, initial_membership)
+
+
+def locality_order(embedding: np.ndarray, n_dims: int = 3, bits: int = 10) -> np.ndarray:
+    """Cells sorted along a Z-order (Morton) curve through the first ``n_dims`` columns of
+    ``embedding``: cells near each other in the embedding, hence in its kNN graph, get
+    nearby positions."""
+    columns = np.asarray(embedding[:, :n_dims], dtype=np.float64)
+    span = np.ptp(columns, axis=0)
+    span[span == 0] = 1.0
+    grid = ((columns - columns.min(axis=0)) / span * (2**bits - 1)).astype(np.uint64)
+    code = np.zeros(len(columns), dtype=np.uint64)
+    for bit in range(bits):
+        for dim in range(grid.shape[1]):
+            code |= ((grid[:, dim] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * grid.shape[1] + dim)
+    return np.argsort(code, kind="stable")
+
+
+def _as_graph(adjacency, order: np.ndarray | None = None):
+    """``(indptr, indices, weights, node_weights, two_m, order)`` of a symmetric sparse
+    matrix in the dtypes the kernels are compiled for, its nodes renumbered by ``order``
+    (node ``i`` of the graph is node ``order[i]`` of the matrix)."""
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(adjacency)
+    if order is not None:
+        matrix = matrix[order][:, order]
+    matrix.sort_indices()
+    indptr = matrix.indptr.astype(np.int64)
+    indices = matrix.indices.astype(np.int32)
+    weights = matrix.data.astype(np.float64)
+    node_weights = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+    return indptr, indices, weights, node_weights, float(node_weights.sum()), order
+
+
+def run(graph, resolution: float, n_iterations: int, random_state: int,
+        initial_membership: np.ndarray | None = None) -> np.ndarray:
+    """Leiden on a graph prepared by :func:`_as_graph` (shared read-only between threads);
+    labels in the order of the original matrix."""
+    indptr, indices, weights, node_weights, two_m, order = graph
+    n = len(node_weights)
+    if initial_membership is None:
+        membership = np.arange(n, dtype=np.int64)
+    else:
+        membership = np.asarray(initial_membership, dtype=np.int64)
+        membership = membership if order is None else membership[order]
+    scaled = resolution / two_m if two_m > 0 else 0.0
+    seed = np.uint64(np.random.SeedSequence(random_state).generate_state(1, dtype=np.uint64)[0])
+    labels = _leiden(indptr, indices, weights, node_weights, membership, scaled, int(n_iterations), seed)
+    if order is None:
+        return labels
+    original = np.empty_like(labels)
+    original[order] = labels
+    return original

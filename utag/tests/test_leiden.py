@@ -1,0 +1,158 @@
+"""The compiled Leiden (utag._leiden) against its definition and against igraph's."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from utag import _leiden
+from utag.clustering import Neighbourhood, cluster_many
+from utag.datasets import synthetic_tissue
+from utag.embedding import fuzzy_connectivities, nearest_neighbors
+
+
+def _modularity(adjacency, labels, resolution):
+    """Newman modularity with a resolution, from its definition."""
+    adjacency = sp.csr_matrix(adjacency)
+    adjacency.setdiag(0)
+    strength = np.asarray(adjacency.sum(axis=1)).ravel()
+    two_m = strength.sum()
+    membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)))
+    inside = (membership.T @ adjacency @ membership).diagonal().sum()
+    totals = np.bincount(labels, weights=strength)
+    return (inside - resolution * (totals**2).sum() / two_m) / two_m
+
+
+def _within(adjacency, labels):
+    """The edges of ``adjacency`` that join two nodes of the same community."""
+    edges = sp.coo_matrix(adjacency)
+    keep = labels[edges.row] == labels[edges.col]
+    return sp.csr_matrix((edges.data[keep], (edges.row[keep], edges.col[keep])), shape=edges.shape)
+
+
+def _best_move_gain(adjacency, labels, resolution):
+    """Largest modularity gain (x 2m) any single node could still get by changing community."""
+    adjacency = sp.csr_matrix(adjacency, dtype=np.float64)
+    adjacency.setdiag(0)
+    adjacency.eliminate_zeros()
+    strength = np.asarray(adjacency.sum(axis=1)).ravel()
+    scale = resolution / strength.sum()
+    n_communities = labels.max() + 1
+    membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
+                               shape=(len(labels), n_communities))
+    links = (adjacency @ membership).tocoo()  # weight from each node to each neighbouring community
+    totals = np.bincount(labels, weights=strength, minlength=n_communities)
+    own_total = totals[labels] - strength  # the node's community without it
+    own_link = np.asarray(_within(adjacency, labels).sum(axis=1)).ravel()
+    stay = np.zeros(len(labels))
+    own = links.col == labels[links.row]
+    stay[links.row[own]] = links.data[own]
+    stay -= scale * strength * own_total
+    np.testing.assert_allclose(stay + scale * strength * own_total, own_link)
+    other = ~own
+    gain = links.data[other] - scale * strength[links.row[other]] * totals[links.col[other]] - stay[links.row[other]]
+    alone = -stay  # an empty community of its own
+    return max(gain.max(initial=-np.inf), alone.max())
+
+
+@pytest.fixture(scope="module")
+def tissue_graph():
+    adata = synthetic_tissue(n_cells=4_000, n_slides=2, random_state=1)
+    from utag import utag
+
+    result = utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[0.3], progress=False)
+    return result.obsp["connectivities"]
+
+
+def _blob_graph(n_per_blob=300, n_blobs=4, seed=0):
+    rng = np.random.default_rng(seed)
+    points = np.vstack([rng.normal(8 * b, 1.0, size=(n_per_blob, 4)) for b in range(n_blobs)]).astype(np.float32)
+    indices, distances = nearest_neighbors(points, 15)
+    return fuzzy_connectivities(indices, distances), np.repeat(np.arange(n_blobs), n_per_blob)
+
+
+@pytest.mark.parametrize("resolution", [0.05, 0.3, 1.0, 3.0])
+def test_converged_partition_leaves_no_node_a_better_community(tissue_graph, resolution):
+    labels = _leiden.leiden(tissue_graph, resolution, n_iterations=-1, random_state=0)
+    assert _best_move_gain(tissue_graph, labels, resolution) <= 1e-9
+
+
+@pytest.mark.parametrize("resolution", [0.1, 0.5, 2.0])
+def test_every_community_is_connected(tissue_graph, resolution):
+    labels = _leiden.leiden(tissue_graph, resolution, random_state=0)
+    n_pieces = connected_components(_within(tissue_graph, labels), directed=False)[0]
+    assert n_pieces == labels.max() + 1
+
+
+@pytest.mark.parametrize("resolution", [0.1, 0.3, 1.0])
+def test_modularity_matches_igraph(tissue_graph, resolution):
+    import random
+
+    import igraph as ig
+
+    upper = sp.triu(tissue_graph, k=1).tocoo()
+    graph = ig.Graph(n=tissue_graph.shape[0], edges=np.column_stack([upper.row, upper.col]))
+    graph.es["weight"] = upper.data.astype(float)
+    ig.set_random_number_generator(random.Random(0))
+    theirs = np.array(graph.community_leiden(objective_function="modularity", weights="weight",
+                                             resolution=resolution, n_iterations=2).membership)
+    ig.set_random_number_generator(random)
+    ours = _leiden.leiden(tissue_graph, resolution, n_iterations=2, random_state=0)
+    ours_q, theirs_q = _modularity(tissue_graph, ours, resolution), _modularity(tissue_graph, theirs, resolution)
+    np.testing.assert_allclose(graph.modularity(ours, weights="weight", resolution=resolution), ours_q, atol=1e-9)
+    assert ours_q >= theirs_q - 0.01 * abs(theirs_q)
+
+
+def test_blobs_are_recovered():
+    adjacency, truth = _blob_graph()
+    labels = _leiden.leiden(adjacency, 0.5, random_state=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_same_seed_same_labels_other_seed_other_order(tissue_graph):
+    first = _leiden.leiden(tissue_graph, 1.0, random_state=4)
+    np.testing.assert_array_equal(first, _leiden.leiden(tissue_graph, 1.0, random_state=4))
+    assert not np.array_equal(first, _leiden.leiden(tissue_graph, 1.0, random_state=5))
+
+
+def test_threads_do_not_change_labels(tissue_graph):
+    neighbourhood = Neighbourhood(np.zeros((tissue_graph.shape[0], 2), dtype=np.float32), tissue_graph)
+    tasks = [("leiden", resolution, 0, {}) for resolution in (0.1, 0.3, 1.0, 2.0)]
+    threaded = cluster_many(neighbourhood, tasks, n_jobs=2)
+    serial = cluster_many(neighbourhood, tasks, n_jobs=1)
+    for a, b in zip(threaded, serial):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_initial_membership_is_a_starting_point(tissue_graph):
+    converged = _leiden.leiden(tissue_graph, 0.3, n_iterations=-1, random_state=0)
+    again = _leiden.leiden(tissue_graph, 0.3, n_iterations=1, random_state=9, initial_membership=converged)
+    from sklearn.metrics import adjusted_rand_score
+
+    # no node can move any more, so only refined groups of nodes may; quality never drops
+    assert adjusted_rand_score(converged, again) > 0.99
+    assert _modularity(tissue_graph, again, 0.3) >= _modularity(tissue_graph, converged, 0.3) - 1e-12
+
+
+def test_graph_without_edges_keeps_every_node_alone():
+    labels = _leiden.leiden(sp.csr_matrix((5, 5)), 1.0)
+    np.testing.assert_array_equal(labels, np.arange(5))
+
+
+def test_unweighted_option_ignores_weights():
+    adjacency, truth = _blob_graph(n_per_blob=100, n_blobs=3)
+    neighbourhood = Neighbourhood(np.zeros((len(truth), 2), dtype=np.float32), adjacency)
+    binary = adjacency.copy()
+    binary.data[:] = 1.0
+    unweighted = cluster_many(neighbourhood, [("leiden", 0.7, 0, {"use_weights": False})])[0]
+    expected = cluster_many(Neighbourhood(neighbourhood.embedding, binary), [("leiden", 0.7, 0, {})])[0]
+    np.testing.assert_array_equal(unweighted, expected)
+
+
+def test_unknown_fast_option_is_rejected(tissue_graph):
+    from utag.clustering import cluster
+
+    neighbourhood = Neighbourhood(np.zeros((tissue_graph.shape[0], 2), dtype=np.float32), tissue_graph)
+    with pytest.raises(ValueError, match="partition_type"):
+        cluster("leiden", neighbourhood, 1.0, partition_type=object)
