@@ -167,7 +167,8 @@ def summary_rows(dataset: Dataset, ours: Route, theirs: Route) -> tuple[list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthetic tissues, one per seed")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="synthetic tissues, one per seed (none: `--seeds` alone)")
     parser.add_argument("--cells", type=float, default=30_000, help="cells per synthetic tissue")
     parser.add_argument("--slides", type=int, default=5, help="slides per synthetic tissue")
     parser.add_argument("--spleen", type=Path, default=SPLEEN, help=f"the full CODEX spleen .h5ad (default {SPLEEN})")

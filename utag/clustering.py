@@ -218,7 +218,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     Every run is seeded on its own, so the labels do not depend on ``n_jobs``.
     """
     n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
-    bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks, delay=2)
+    bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks)
 
     def run(task):
         labels = cluster(task[0], neighbourhood, task[1], task[2], **task[3])

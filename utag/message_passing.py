@@ -19,6 +19,7 @@ import numpy as np
 import parmap
 import scipy.sparse as sp
 
+from ._progress import bar_options
 from .graph import (
     MESSAGE_PASSING_BYTES_PER_CELL,
     MESSAGE_PASSING_BYTES_PER_FEATURE,
@@ -104,7 +105,7 @@ def pass_messages(
         normalization_mode,
         pm_parallel=use_pool,
         pm_processes=n_workers if use_pool else None,
-        pm_pbar={"desc": "slides", "disable": not progress, "total": len(slides)},
+        pm_pbar=bar_options("slides", len(slides), progress),
     )
     pairs = np.concatenate([cells[local] for cells, (local, _) in zip(slides, results)])
     blocks = [block for _, block in results]

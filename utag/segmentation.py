@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
+from ._progress import tqdm
 from .clustering import Neighbourhood, cluster_many, relabel_by_size, soft_assignments
 from .embedding import (
     EXACT_NEIGHBORS_MAX_CELLS,
@@ -185,57 +186,60 @@ def utag(
     codes, slide_names = check.slide_codes(adata, slide_key)
     features, var = _select_features(adata, channels_to_use, filter_by_variance)
 
-    watch = Stopwatch()
-    with watch("graph and message passing"):
-        # storing the spatial graph costs more per pair than message passing alone
-        bytes_per_pair = SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity else MESSAGE_PASSING_BYTES_PER_PAIR
-        aggregated, pairs = pass_messages(
-            coords, features, codes, max_dist, normalization_mode, parallel, processes, progress, bytes_per_pair
-        )
-    logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), len(pairs))
-    result = _new_result(adata, aggregated, var)
-    if keep_spatial_connectivity:
-        store_spatial_graph(result, pairs, coords, max_dist)
-    del pairs
+    # storing the spatial graph costs more per pair than message passing alone
+    bytes_per_pair = SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity else MESSAGE_PASSING_BYTES_PER_PAIR
+    watch = Stopwatch(progress)
+    try:
+        with watch("graph and message passing"):
+            aggregated, pairs = pass_messages(
+                coords, features, codes, max_dist, normalization_mode, parallel, processes, progress, bytes_per_pair
+            )
+        logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), len(pairs))
+        result = _new_result(adata, aggregated, var)
+        if keep_spatial_connectivity:
+            store_spatial_graph(result, pairs, coords, max_dist)
+        del pairs
 
-    if apply_clustering or apply_umap:
-        neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, watch)
-    if apply_umap:
-        import scanpy as sc
+        if apply_clustering or apply_umap:
+            neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, watch)
+        if apply_umap:
+            import scanpy as sc
 
-        with watch("UMAP"):
-            sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-    backend_kwargs = {
-        "leiden": dict(leiden_kwargs or {}),
-        "parc": dict(parc_kwargs or {}),
-        "kmeans": dict(kmeans_kwargs or {}),
-    }
-    runs = _plan_runs(result, neighbourhood, methods, resolutions, auto, n_domains, backend_kwargs, random_state,
-                      processes, progress, watch) if methods else []
-    if runs:
-        runs = _cluster_runs(runs, neighbourhood, random_state, processes, progress, watch)
-    for method, resolution, _, labels in runs:
-        key = label_key(save_key, method, resolution)
-        result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
-        with watch("probabilities"):
-            result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
-        logger.info("%s: %d domains", key, labels.max() + 1)
+            with watch("UMAP"):
+                sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
+        backend_kwargs = {
+            "leiden": dict(leiden_kwargs or {}),
+            "parc": dict(parc_kwargs or {}),
+            "kmeans": dict(kmeans_kwargs or {}),
+        }
+        runs = _plan_runs(result, neighbourhood, methods, resolutions, auto, n_domains, backend_kwargs, random_state,
+                          processes, progress, watch) if methods else []
+        if runs:
+            runs = _cluster_runs(runs, neighbourhood, random_state, processes, progress, watch)
+        for method, resolution, _, labels in runs:
+            key = label_key(save_key, method, resolution)
+            result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
+            with watch("probabilities"):
+                result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
+            logger.info("%s: %d domains", key, labels.max() + 1)
 
-    result.uns["utag"] = {
-        "slide_key": slide_key if slide_key is not None else "None",
-        "max_dist": max_dist,
-        "normalization_mode": normalization_mode,
-        "n_comps": int(result.obsm["X_pca"].shape[1]) if "X_pca" in result.obsm else 0,
-        "n_neighbors": n_neighbors,
-        "clustering_method": list(methods),
-        "resolutions": sorted({r for _, r, _, _ in runs}),
-        "n_domains": n_domains if n_domains is not None else 0,
-        "random_state": random_state,
-        "label_keys": [label_key(save_key, m, r) for m, r, _, _ in runs],
-        "timings": watch.seconds,
-    }
-    if runs:
-        result.uns["utag"]["model"] = build_model(result, result.uns["utag"]["label_keys"])
+        result.uns["utag"] = {
+            "slide_key": slide_key if slide_key is not None else "None",
+            "max_dist": max_dist,
+            "normalization_mode": normalization_mode,
+            "n_comps": int(result.obsm["X_pca"].shape[1]) if "X_pca" in result.obsm else 0,
+            "n_neighbors": n_neighbors,
+            "clustering_method": list(methods),
+            "resolutions": sorted({r for _, r, _, _ in runs}),
+            "n_domains": n_domains if n_domains is not None else 0,
+            "random_state": random_state,
+            "label_keys": [label_key(save_key, m, r) for m, r, _, _ in runs],
+            "timings": watch.seconds,
+        }
+        if runs:
+            result.uns["utag"]["model"] = build_model(result, result.uns["utag"]["label_keys"])
+    finally:
+        watch.close()
     return result
 
 
@@ -367,15 +371,21 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, kn
 
 
 class Stopwatch:
-    """Seconds spent per stage (summed over repeated stages), logged as they end."""
+    """Seconds spent per stage (summed over repeated stages), logged as they end; with
+    ``progress``, a bar names the running stage (drawn once the run passes a few seconds)."""
 
-    def __init__(self):
+    def __init__(self, progress: bool = False):
         self.seconds: dict[str, float] = {}
+        self._bar = tqdm(desc="utag", bar_format="{desc} [{elapsed}]", disable=not progress, leave=False)
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
+        self._bar.set_description_str(f"utag: {stage}")
         started = time.perf_counter()
         yield
         elapsed = time.perf_counter() - started
         self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
         logger.info("%s: %.2f s", stage, elapsed)
+
+    def close(self):
+        self._bar.close()

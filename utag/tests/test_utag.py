@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from utag import evaluate_performance, utag
+from utag.datasets import synthetic_tissue
 from utag.graph import spatial_neighbors
 
 FAST = dict(clustering_method=["kmeans"], resolutions=[0.3], progress=False, parallel=False)
@@ -295,3 +296,18 @@ def test_full_spleen_matches_expert_compartments(spleen_full):
     # measured: ARI 0.60, NMI 0.60 at resolution 0.05 (4 domains); cell types alone reach 0.12
     assert pooled["adjusted_rand"].max() >= 0.53
     assert pooled["nmi"].max() >= 0.52
+
+
+def test_progress_bars_name_the_stages_and_can_be_switched_off(capsys, monkeypatch):
+    from utag import _progress
+
+    adata = synthetic_tissue(n_cells=3_000, n_slides=3, random_state=0)
+    monkeypatch.setattr(_progress, "DELAY", 0.0)  # draw at once instead of after a few seconds
+    utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.1, 0.3], parallel=False,
+         progress=True)
+    shown = capsys.readouterr().err
+    for text in ("utag: kNN graph", "slides", "clustering", "2/2"):
+        assert text in shown
+    utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.1, 0.3], parallel=False,
+         progress=False)
+    assert capsys.readouterr().err == ""
