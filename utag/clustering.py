@@ -152,10 +152,28 @@ def _parc_small_pop_fix(small_pop: int):
 
 
 def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0, **kwargs) -> np.ndarray:
-    """PARC clusters of the embedding, reusing the kNN graph (``kwargs`` go to ``parc.PARC``)."""
+    """PARC clusters of the embedding, reusing the kNN graph.
+
+    ``kwargs``: ``flavor`` (``"fast"`` default: PARC's steps on array kernels,
+    :mod:`utag._parc`, minutes faster at a million cells; ``"parc"``: the ``parc`` package);
+    ``too_big_factor`` (0.4), ``small_pop`` (10), ``n_iter_leiden`` (5); with
+    ``flavor="parc"`` any other keyword of ``parc.PARC``.
+    """
+    kwargs = dict(kwargs)
+    flavor = kwargs.pop("flavor", "fast")
+    if flavor == "fast":
+        from . import _parc
+
+        options = {"too_big_factor": kwargs.pop("too_big_factor", 0.4), "small_pop": kwargs.pop("small_pop", 10),
+                   "n_iterations": kwargs.pop("n_iter_leiden", 5)}
+        if kwargs:
+            raise ValueError(f"`parc_kwargs` {sorted(kwargs)} are not options of the 'fast' PARC flavour (it takes "
+                             "too_big_factor, small_pop, n_iter_leiden); pass flavor='parc' to use them.")
+        return _parc.parc(neighbourhood.connectivities, neighbourhood.embedding, resolution, random_state, **options)
+    if flavor != "parc":
+        raise ValueError(f"`parc_kwargs['flavor']` must be 'fast' or 'parc', got {flavor!r}.")
     from parc import PARC
 
-    kwargs = dict(kwargs)
     kwargs.setdefault("random_seed", random_state)
     kwargs.setdefault("resolution_parameter", resolution)
     kwargs.setdefault("neighbor_graph", neighbourhood.connectivities)
@@ -211,10 +229,11 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
                  progress: bool = False) -> list[np.ndarray]:
     """:func:`cluster` for every ``(method, resolution, random_state, kwargs)`` task, in order.
 
-    The compiled Leiden (``flavor="fast"``, the default) releases the GIL, so its runs
-    share one graph in ``n_jobs`` threads (default: one per core). Other Leiden flavours
-    run in forked worker processes when the graph is large enough (100,000 cells) for that
-    to pay; PARC and k-means run one after the other (scikit-learn uses the cores itself).
+    The compiled Leiden and PARC (``flavor="fast"``, the default) release the GIL, so their
+    runs share one graph in ``n_jobs`` threads (default: one per core). Other Leiden
+    flavours run in forked worker processes when the graph is large enough (100,000 cells)
+    for that to pay; the parc package and k-means run one after the other (scikit-learn
+    uses the cores itself).
     Every run is seeded on its own, so the labels do not depend on ``n_jobs``.
     """
     n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
@@ -226,7 +245,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
         return labels
 
     def fast(task):
-        return task[0] == "leiden" and task[3].get("flavor", "fast") == "fast"
+        return task[0] in ("leiden", "parc") and task[3].get("flavor", "fast") == "fast"
 
     results: list = [None] * len(tasks)
     threaded = [i for i, task in enumerate(tasks) if fast(task)]
@@ -234,7 +253,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     large = neighbourhood.connectivities.shape[0] >= 100_000
     try:
         if threaded and n_jobs > 1:
-            for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded}:
+            for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded if tasks[i][0] == "leiden"}:
                 neighbourhood.leiden_arrays(bool(use_weights))  # once, before the threads share it
             with ThreadPoolExecutor(n_jobs) as pool:
                 for i, labels in zip(threaded, pool.map(run, [tasks[i] for i in threaded])):

@@ -29,8 +29,10 @@ def blobs():
 
 @pytest.mark.parametrize("method, kwargs", [
     ("leiden", {}),
+    ("leiden", {"flavor": "igraph"}),
     ("leiden", {"flavor": "leidenalg"}),
     ("parc", {}),
+    ("parc", {"flavor": "parc"}),
     ("kmeans", {}),
 ])
 def test_every_backend_separates_blobs(blobs, method, kwargs):
@@ -101,7 +103,7 @@ def test_parc_backend_survives_a_dominant_cluster(parc_trigger, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PARC, "run_toobig_subPARC", spy)
-    labels = cluster("parc", neighbourhood, 0.1, random_state=0)
+    labels = cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc")
     assert calls and calls[0] > 0.4 * len(truth)  # the buggy code path really ran
     assert labels.shape == truth.shape and labels.max() >= 2
     import parc._parc
