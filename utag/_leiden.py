@@ -88,6 +88,25 @@ def _consecutive(labels):
 
 
 @numba.njit(cache=True, nogil=True)
+def _gather_links(v, indptr, indices, weights, labels, group, same_group_only, link, seen, touched):
+    """Add the weight from node ``v`` to each label among its neighbours into ``link``
+    (optionally only neighbours of ``v``'s own ``group``); the labels met are listed in
+    ``touched`` and flagged in ``seen``. Returns how many were met."""
+    n_touched = 0
+    for e in range(indptr[v], indptr[v + 1]):
+        u = indices[e]
+        if u == v or (same_group_only and group[u] != group[v]):
+            continue
+        c = labels[u]
+        if not seen[c]:
+            seen[c] = True
+            touched[n_touched] = c
+            n_touched += 1
+        link[c] += weights[e]
+    return n_touched
+
+
+@numba.njit(cache=True, nogil=True)
 def _move_nodes_fast(indptr, indices, weights, node_weights, community, resolution, state):
     """Step 1, in place on ``community`` (labels ``0..n-1`` allowed). Returns whether any node moved."""
     n = len(node_weights)
@@ -116,17 +135,7 @@ def _move_nodes_fast(indptr, indices, weights, node_weights, community, resoluti
         n_queued -= 1
         queued[v] = False
         current = community[v]
-        n_touched = 0
-        for e in range(indptr[v], indptr[v + 1]):
-            u = indices[e]
-            if u == v:
-                continue
-            c = community[u]
-            if not seen[c]:
-                seen[c] = True
-                touched[n_touched] = c
-                n_touched += 1
-            link[c] += weights[e]
+        n_touched = _gather_links(v, indptr, indices, weights, community, community, False, link, seen, touched)
 
         weight_v = node_weights[v]
         community_weight[current] -= weight_v
@@ -191,17 +200,7 @@ def _refine(indptr, indices, weights, node_weights, community, resolution, state
         weight_v = node_weights[v]
         if inside[own] < resolution * weight_v * (group_weight - weight_v):
             continue  # not well connected to its community
-        n_touched = 0
-        for e in range(indptr[v], indptr[v + 1]):
-            u = indices[e]
-            if u == v or community[u] != community[v]:
-                continue
-            c = refined[u]
-            if not seen[c]:
-                seen[c] = True
-                touched[n_touched] = c
-                n_touched += 1
-            link[c] += weights[e]
+        n_touched = _gather_links(v, indptr, indices, weights, refined, community, True, link, seen, touched)
         # candidates: staying alone (gain 0) and every well-connected neighbouring sub-community
         best_gain = 0.0
         for t in range(n_touched):

@@ -113,14 +113,18 @@ def utag(
         resolutions x 5 seeded Leiden runs) picks the resolution, and its table is kept
         in ``uns['utag_resolution_sweep']``.
     leiden_kwargs
-        Passed to the Leiden backend, e.g. ``{"flavor": "leidenalg"}`` for the original
-        (slower) implementation, or ``{"n_iterations": -1}``; see
-        :func:`utag.clustering.leiden`.
+        Passed to the Leiden backend. Default: utag's compiled Leiden, resolutions run in
+        parallel threads; ``{"flavor": "igraph"}`` for igraph's, ``{"flavor": "leidenalg"}``
+        for the original (much slower) implementation, ``{"n_iterations": -1}`` to iterate
+        to convergence; see :func:`utag.clustering.leiden`.
     parc_kwargs
-        Passed to ``parc.PARC`` (e.g. ``{"small_pop": 50}``).
+        Passed to the PARC backend (e.g. ``{"small_pop": 50}``); ``{"flavor": "parc"}``
+        runs the ``parc`` package instead of utag's array implementation of its steps; see
+        :func:`utag.clustering.parc`.
     parallel, processes
         Process slides in ``processes`` worker processes (default: one per core, at most
-        one per slide). Results are identical to ``parallel=False``.
+        one per slide), and run clustering resolutions in as many threads. Results are
+        identical to ``parallel=False``.
     n_neighbors
         Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
     knn_method
@@ -215,7 +219,7 @@ def utag(
         runs = _plan_runs(result, neighbourhood, methods, resolutions, auto, n_domains, backend_kwargs, random_state,
                           processes, progress, watch) if methods else []
         if runs:
-            runs = _cluster_runs(runs, neighbourhood, random_state, processes, progress, watch)
+            runs = _cluster_runs(runs, neighbourhood, random_state, processes if parallel else 1, progress, watch)
         for method, resolution, _, labels in runs:
             key = label_key(save_key, method, resolution)
             result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
