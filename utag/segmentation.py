@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from . import _progress
 from . import _validation as check
 from ._progress import tqdm
 from .clustering import Neighbourhood, cluster_many, relabel_by_size, soft_assignments
@@ -381,10 +382,13 @@ class Stopwatch:
     def __init__(self, progress: bool = False):
         self.seconds: dict[str, float] = {}
         self._bar = tqdm(desc="utag", bar_format="{desc} [{elapsed}]", disable=not progress, leave=False)
+        self._created = time.perf_counter()
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
-        self._bar.set_description_str(f"utag: {stage}")
+        # redrawing shows the bar at once, so only do it once the run has lasted a while
+        late = time.perf_counter() - self._created >= _progress.DELAY
+        self._bar.set_description_str(f"utag: {stage}", refresh=late)
         started = time.perf_counter()
         yield
         elapsed = time.perf_counter() - started
