@@ -70,14 +70,21 @@ def _pruned(adjacency: sp.csr_matrix) -> sp.csr_matrix:
     return pruned
 
 
+def prepare(adjacency: sp.csr_matrix, embedding: np.ndarray) -> tuple:
+    """The pruned graph in :mod:`utag._leiden`'s layout: the same for every resolution."""
+    return _leiden._as_graph(_pruned(adjacency), _leiden.locality_order(embedding))
+
+
 def _communities(adjacency: sp.csr_matrix, order: np.ndarray | None, resolution: float, n_iterations: int,
-                 random_state: int) -> np.ndarray:
-    graph = _leiden._as_graph(_pruned(adjacency), order)
+                 random_state: int, prepared: tuple | None = None) -> np.ndarray:
+    """Leiden on the pruned ``adjacency`` (or on its ``prepared`` form)."""
+    graph = prepared if prepared is not None else _leiden._as_graph(_pruned(adjacency), order)
     return _leiden.run(graph, resolution, n_iterations, random_state)
 
 
 def _reassign_small(adjacency: sp.csr_matrix, labels: np.ndarray, small_pop: int, rounds: int) -> np.ndarray:
-    """Cells of clusters smaller than ``small_pop`` join their neighbours' most common cluster."""
+    """Cells of clusters smaller than ``small_pop`` join their neighbours' most common cluster
+    (first among clusters that are not small, then among all)."""
     binary = sp.csr_matrix((np.ones(adjacency.nnz), adjacency.indices, adjacency.indptr), shape=adjacency.shape)
     for attempt in range(rounds + 1):
         sizes = np.bincount(labels)
@@ -87,35 +94,31 @@ def _reassign_small(adjacency: sp.csr_matrix, labels: np.ndarray, small_pop: int
         cells = np.flatnonzero(small)
         membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
                                    shape=(len(labels), len(sizes)))
-        votes = (binary[cells] @ membership).toarray() if len(sizes) * len(cells) < 5e7 else None
-        if votes is None:  # many clusters: count votes sparsely
-            votes_sparse = (binary[cells] @ membership).tocsr()
-            if attempt == 0:
-                votes_sparse = votes_sparse.multiply(sizes[None, :] >= small_pop).tocsr()
-            has_vote = np.diff(votes_sparse.indptr) > 0
-            best = np.asarray(votes_sparse.argmax(axis=1)).ravel()
-        else:
-            if attempt == 0:
-                votes[:, sizes < small_pop] = 0  # first round: only clusters that are not small
-            has_vote = votes.max(axis=1) > 0
-            best = votes.argmax(axis=1)
+        votes = (binary[cells] @ membership).tocsr()
+        if attempt == 0:
+            votes = votes.multiply(sizes[None, :] >= small_pop).tocsr()
+        votes.eliminate_zeros()
+        votes.sort_indices()  # ties go to the lowest label
+        has_vote = np.diff(votes.indptr) > 0
+        best = np.asarray(votes.argmax(axis=1)).ravel()
         labels = labels.copy()
         labels[cells[has_vote]] = best[has_vote]
     return labels
 
 
 def parc(adjacency: sp.csr_matrix, embedding: np.ndarray, resolution: float = 1.0, random_state: int = 0,
-         too_big_factor: float = 0.4, small_pop: int = 10, n_iterations: int = 5, small_pop_rounds: int = 5
-         ) -> np.ndarray:
+         too_big_factor: float = 0.4, small_pop: int = 10, n_iterations: int = 5, small_pop_rounds: int = 5,
+         prepared: tuple | None = None) -> np.ndarray:
     """PARC clusters of the cells of a kNN graph (see the module docstring).
 
     ``adjacency``: symmetric kNN connectivities; ``embedding``: the cells' coordinates,
-    used only to lay nodes out for speed (:func:`utag._leiden.locality_order`).
+    used only to lay nodes out for speed (:func:`utag._leiden.locality_order`);
+    ``prepared``: :func:`prepare` of the two, when several resolutions share it.
     """
     adjacency = sp.csr_matrix(adjacency)
     n_cells = adjacency.shape[0]
-    order = _leiden.locality_order(embedding)
-    labels = _communities(adjacency, order, resolution, n_iterations, random_state)
+    labels = _communities(adjacency, None, resolution, n_iterations, random_state,
+                          prepared if prepared is not None else prepare(adjacency, embedding))
     expanded: set[int] = set()
     while True:
         sizes = np.bincount(labels)

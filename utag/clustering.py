@@ -10,8 +10,10 @@ integer labels`` registered in :data:`BACKENDS`; the pipeline only knows their n
   igraph graph built once; ``"leidenalg"``: ``leidenalg.find_partition`` with
   ``RBConfigurationVertexPartition`` until convergence, as the original UTAG did through
   ``scanpy.tl.leiden``.
-* ``parc``: PARC 0.40 on the PCA embedding and the same kNN graph, with a work-around for
-  its ``small_pop`` ``NameError`` (see :func:`_parc_small_pop_fix`).
+* ``parc``: PARC's steps on the same kNN graph (default flavour ``"fast"``: array kernels,
+  :mod:`utag._parc`, the pruned graph built once for every resolution); ``flavor="parc"``
+  runs the PARC 0.40 package, with a work-around for its ``small_pop`` ``NameError`` (see
+  :func:`_parc_small_pop_fix`).
 * ``kmeans``: scikit-learn k-means on the PCA embedding with ``k = ceil(10 * resolution)``.
 
 Labels are renumbered by decreasing cluster size (``"0"`` is the largest domain), and
@@ -50,13 +52,23 @@ class Neighbourhood:
 
     def leiden_arrays(self, use_weights: bool = True) -> tuple:
         """The connectivities in the layout :mod:`utag._leiden` works on (built on first use)."""
-        if use_weights not in self._arrays:
+        key = ("leiden", use_weights)
+        if key not in self._arrays:
             matrix = self.connectivities
             if not use_weights:
                 matrix = matrix.copy()
                 matrix.data[:] = 1.0
-            self._arrays[use_weights] = _leiden._as_graph(matrix, _leiden.locality_order(self.embedding))
-        return self._arrays[use_weights]
+            self._arrays[key] = _leiden._as_graph(matrix, _leiden.locality_order(self.embedding))
+        return self._arrays[key]
+
+    def parc_arrays(self) -> tuple:
+        """The Jaccard-pruned connectivities PARC clusters, in :mod:`utag._leiden`'s layout
+        (built on first use, shared by every resolution)."""
+        if "parc" not in self._arrays:
+            from . import _parc
+
+            self._arrays["parc"] = _parc.prepare(self.connectivities, self.embedding)
+        return self._arrays["parc"]
 
     @property
     def graph(self):
@@ -169,7 +181,8 @@ def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
         if kwargs:
             raise ValueError(f"`parc_kwargs` {sorted(kwargs)} are not options of the 'fast' PARC flavour (it takes "
                              "too_big_factor, small_pop, n_iter_leiden); pass flavor='parc' to use them.")
-        return _parc.parc(neighbourhood.connectivities, neighbourhood.embedding, resolution, random_state, **options)
+        return _parc.parc(neighbourhood.connectivities, neighbourhood.embedding, resolution, random_state, **options,
+                          prepared=neighbourhood.parc_arrays())
     if flavor != "parc":
         raise ValueError(f"`parc_kwargs['flavor']` must be 'fast' or 'parc', got {flavor!r}.")
     from parc import PARC
@@ -253,8 +266,11 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     large = neighbourhood.connectivities.shape[0] >= 100_000
     try:
         if threaded and n_jobs > 1:
+            # built once, before the threads share them
             for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded if tasks[i][0] == "leiden"}:
-                neighbourhood.leiden_arrays(bool(use_weights))  # once, before the threads share it
+                neighbourhood.leiden_arrays(bool(use_weights))
+            if any(tasks[i][0] == "parc" for i in threaded):
+                neighbourhood.parc_arrays()
             with ThreadPoolExecutor(n_jobs) as pool:
                 for i, labels in zip(threaded, pool.map(run, [tasks[i] for i in threaded])):
                     results[i] = labels

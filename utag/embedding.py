@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 #: KD-tree search in 10 dimensions grows faster than n log n (3 s at 100,000 cells,
 #: 120 s at 1,000,000 on 2 cores); HNSW takes ~25 s at 1,000,000.
 EXACT_NEIGHBORS_MAX_CELLS = 200_000
+KNN_METHODS = ("auto", "exact", "approximate")
 
 #: HNSW settings: links per node, candidate list while building, candidate list while
 #: searching. With the index split in two (see :func:`approximate_neighbors`) they
@@ -108,16 +109,21 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     >>> indices.tolist(), distances.tolist()
     ([[0, 1], [1, 0], [2, 1]], [[0.0, 1.0], [0.0, 1.0], [0.0, 4.0]])
     """
-    if method not in ("auto", "exact", "approximate"):
-        raise ValueError(f"kNN `method` must be 'auto', 'exact' or 'approximate', got {method!r}.")
-    exact = method == "exact" or (method == "auto" and len(embedding) <= EXACT_NEIGHBORS_MAX_CELLS)
-    if exact or n_neighbors >= len(embedding):
+    if exact_search(len(embedding), n_neighbors, method):
         distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=-1)
         distances = distances.reshape(len(embedding), -1)
         indices = indices.reshape(len(embedding), -1)
     else:
         indices, distances = approximate_neighbors(embedding, n_neighbors, random_state)
     return _self_first(indices.astype(np.int64), distances.astype(np.float32))
+
+
+def exact_search(n_cells: int, n_neighbors: int, method: str = "auto") -> bool:
+    """Whether :func:`nearest_neighbors` searches exactly for these sizes and ``method``
+    (raises ``ValueError`` for an unknown ``method``)."""
+    if method not in KNN_METHODS:
+        raise ValueError(f"kNN method (`knn_method`) must be 'auto', 'exact' or 'approximate', got {method!r}.")
+    return method == "exact" or n_neighbors >= n_cells or (method == "auto" and n_cells <= EXACT_NEIGHBORS_MAX_CELLS)
 
 
 def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state: int = 0,

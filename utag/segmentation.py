@@ -16,8 +16,8 @@ from . import _validation as check
 from ._progress import tqdm
 from .clustering import Neighbourhood, cluster_many, relabel_by_size, soft_assignments
 from .embedding import (
-    EXACT_NEIGHBORS_MAX_CELLS,
     distinct_profile_neighbors,
+    exact_search,
     fuzzy_connectivities,
     knn_distances,
     nearest_neighbors,
@@ -182,8 +182,7 @@ def utag(
         resolutions = check.resolution_list(resolutions)
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
-    if knn_method not in ("auto", "exact", "approximate"):
-        raise ValueError(f"`knn_method` must be 'auto', 'exact' or 'approximate', got {knn_method!r}.")
+    exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method before any work
     processes = None if processes is None else check.as_int("processes", processes)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
@@ -354,8 +353,7 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, kn
 
     with watch("kNN graph"):
         k = min(n_neighbors, n_cells)
-        exact = knn_method == "exact" or (knn_method == "auto" and n_cells <= EXACT_NEIGHBORS_MAX_CELLS)
-        knn_used = "exact" if exact else "approximate"
+        knn_used = "exact" if exact_search(n_cells, k, knn_method) else "approximate"
         indices, distances = nearest_neighbors(embedding, k, knn_method, random_state)
         tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
         if tied:
