@@ -16,16 +16,19 @@ What is implemented, step by step as in the paper (Algorithm A.2):
    same community, chosen at random with probability ``exp(gain / theta)`` among the
    non-negative gains (``theta = 0.01``, igraph's ``beta``).
 3. *Aggregation*: the refined sub-communities become the nodes of the next level,
-   starting in the community of step 1 that holds them.
+   starting in the community of step 1 that holds them. When the refinement merges
+   nothing, the communities of step 1 themselves are aggregated (as in igraph and
+   leidenalg), so the algorithm goes on at the coarser level instead of stopping.
 
 Steps repeat until every community is one node; ``n_iterations`` runs of the whole
-algorithm start from the previous result (negative: until nothing changes).
+algorithm start from the previous result (negative: until nothing changes). Nodes are
+visited in random order at every level (see :func:`_random_order`).
 
 The quality function is the Constant Potts Model with node weights,
 ``sum_ij (A_ij - resolution * w_i * w_j) [c_i == c_j]``, which is modularity at
 resolution ``gamma`` when ``w_i`` is the weighted degree and ``resolution =
-gamma / (2 m)`` (igraph does the same conversion). Self-loops never change a gain and
-are dropped. Random numbers come from a seeded splitmix64 generator held in an array,
+gamma / (2 m)`` (igraph does the same conversion). The diagonal of the input matrix is
+ignored: it neither links a node to a community nor counts in its weight. Random numbers come from a seeded splitmix64 generator held in an array,
 so a run depends only on its seed, whichever thread runs it.
 """
 from __future__ import annotations
@@ -50,25 +53,36 @@ def _next_random(state):
 
 
 @numba.njit(cache=True, nogil=True)
+def _shuffle(values, start, stop, state):
+    """Fisher-Yates shuffle of ``values[start:stop]`` in place."""
+    for i in range(stop - 1, start, -1):
+        j = start + int(_next_random(state) * (i - start + 1))
+        values[i], values[j] = values[j], values[i]
+
+
+@numba.njit(cache=True, nogil=True)
 def _random_order(n, state):
-    """Nodes ``0..n-1`` in random order, by blocks of :data:`_BLOCK` consecutive nodes.
+    """Nodes ``0..n-1`` in random order: blocks of :data:`_BLOCK` consecutive nodes in
+    random order, and the nodes of each block in random order.
 
     Node ids are laid out so that graph neighbours are near each other in memory (see
     :func:`locality_order`); visiting a block's nodes one after the other keeps their
     neighbourhoods in the CPU caches, which makes a pass over a million nodes ~3x faster
-    than a fully random order, while the blocks themselves come in random order.
+    than an order drawn over all nodes at once. Every order is still possible within a
+    block, so a graph (or an aggregated level) of up to :data:`_BLOCK` nodes is visited
+    in a fully random order, as in igraph and leidenalg.
     """
     n_blocks = (n + _BLOCK - 1) // _BLOCK
     blocks = np.arange(n_blocks)
-    for i in range(n_blocks - 1, 0, -1):  # Fisher-Yates
-        j = int(_next_random(state) * (i + 1))
-        blocks[i], blocks[j] = blocks[j], blocks[i]
+    _shuffle(blocks, 0, n_blocks, state)
     order = np.empty(n, dtype=np.int64)
     k = 0
     for block in blocks:
+        start = k
         for v in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
             order[k] = v
             k += 1
+        _shuffle(order, start, k, state)
     return order
 
 
@@ -298,7 +312,9 @@ def _one_iteration(indptr, indices, weights, node_weights, membership, resolutio
         refined = _refine(indptr, indices, weights, level_weights, community, resolution, state)
         refined, n_refined = _consecutive(refined)
         if n_refined == n_level:
-            break
+            # refinement merged nothing: aggregate on the communities of step 1 instead,
+            # as igraph and leidenalg do, and go on moving the aggregated nodes
+            refined, n_refined = community.copy(), n_communities
         aggregated_community = np.empty(n_refined, dtype=np.int64)
         aggregated_weights = np.zeros(n_refined)
         for v in range(n_level):
@@ -347,7 +363,16 @@ def leiden(adjacency, resolution: float = 1.0, n_iterations: int = 2, random_sta
     -------
     Community labels ``0..k-1`` (int64), in order of first appearance.
     """
-    return run(_as_graph(adjacency), resolution, n_iterations, random_state, initial_membership)
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(adjacency)
+    if matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"`adjacency` must be square, got shape {matrix.shape}.")
+    asymmetry = abs(matrix - matrix.T)
+    if asymmetry.nnz and asymmetry.max() > 1e-6 * max(abs(matrix).max(), 1.0):
+        raise ValueError("`adjacency` must be symmetric (an undirected graph); symmetrise it first, "
+                         "e.g. `(adjacency + adjacency.T) / 2`.")
+    return run(_as_graph(matrix), resolution, n_iterations, random_state, initial_membership)
 
 
 def locality_order(embedding: np.ndarray, n_dims: int = 3, bits: int = 10) -> np.ndarray:
@@ -372,6 +397,11 @@ def _as_graph(adjacency, order: np.ndarray | None = None):
     import scipy.sparse as sp
 
     matrix = sp.csr_matrix(adjacency)
+    if matrix.nnz and not (np.isfinite(matrix.data).all() and matrix.data.min() >= 0):
+        raise ValueError("The graph's edge weights must be finite and non-negative.")
+    if matrix.diagonal().any():  # ignored, as documented: drop it before it enters the node weights
+        matrix = matrix - sp.diags(matrix.diagonal())
+        matrix.eliminate_zeros()
     if order is not None:
         matrix = matrix[order][:, order]
     matrix.sort_indices()
@@ -391,7 +421,7 @@ def run(graph, resolution: float, n_iterations: int, random_state: int,
     if initial_membership is None:
         membership = np.arange(n, dtype=np.int64)
     else:
-        membership = np.asarray(initial_membership, dtype=np.int64)
+        membership = _membership(initial_membership, n)
         membership = membership if order is None else membership[order]
     scaled = resolution / two_m if two_m > 0 else 0.0
     seed = np.uint64(np.random.SeedSequence(random_state).generate_state(1, dtype=np.uint64)[0])
@@ -401,3 +431,13 @@ def run(graph, resolution: float, n_iterations: int, random_state: int,
     original = np.empty_like(labels)
     original[order] = labels
     return original
+
+
+def _membership(initial_membership, n_nodes: int) -> np.ndarray:
+    """``initial_membership`` checked (one integer label per node) and numbered ``0..k-1``."""
+    labels = np.asarray(initial_membership)
+    if labels.shape != (n_nodes,):
+        raise ValueError(f"`initial_membership` must hold one label per node ({n_nodes}), got shape {labels.shape}.")
+    if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+        raise ValueError("`initial_membership` must hold integer community labels.")
+    return np.unique(labels, return_inverse=True)[1].ravel().astype(np.int64)

@@ -222,10 +222,14 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
 
 
 def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
-            **kwargs) -> np.ndarray:
-    """Integer labels (0 = largest cluster) from the backend named ``method``."""
+            min_cells: int = 0, **kwargs) -> np.ndarray:
+    """Integer labels (0 = largest cluster) from the backend named ``method``, domains of
+    fewer than ``min_cells`` cells merged into their neighbours (:func:`merge_small_domains`)."""
     labels = BACKENDS[method](neighbourhood, resolution, random_state=random_state, **kwargs)
-    return relabel_by_size(np.asarray(labels).ravel())
+    labels = np.asarray(labels).ravel()
+    if min_cells > 1:
+        return merge_small_domains(labels, neighbourhood.connectivities, neighbourhood.embedding, min_cells)
+    return relabel_by_size(labels)
 
 
 # Runs in forked workers read the neighbourhood from here instead of receiving a pickled
@@ -235,12 +239,13 @@ _SHARED: dict = {}
 
 def _shared_run(task) -> np.ndarray:
     method, resolution, seed, kwargs = task
-    return cluster(method, _SHARED["neighbourhood"], resolution, seed, **kwargs)
+    return cluster(method, _SHARED["neighbourhood"], resolution, seed, _SHARED["min_cells"], **kwargs)
 
 
 def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None = None,
-                 progress: bool = False) -> list[np.ndarray]:
-    """:func:`cluster` for every ``(method, resolution, random_state, kwargs)`` task, in order.
+                 progress: bool = False, min_cells: int = 0) -> list[np.ndarray]:
+    """:func:`cluster` for every ``(method, resolution, random_state, kwargs)`` task, in order
+    (domains under ``min_cells`` cells merged).
 
     The compiled Leiden and PARC (``flavor="fast"``, the default) release the GIL, so their
     runs share one graph in ``n_jobs`` threads (default: one per core). Other Leiden
@@ -253,7 +258,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks)
 
     def run(task):
-        labels = cluster(task[0], neighbourhood, task[1], task[2], **task[3])
+        labels = cluster(task[0], neighbourhood, task[1], task[2], min_cells, **task[3])
         bar.update()
         return labels
 
@@ -276,7 +281,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
                     results[i] = labels
         if forked and n_jobs > 1 and large and "fork" in multiprocessing.get_all_start_methods():
             neighbourhood.graph  # build once, before forking
-            _SHARED["neighbourhood"] = neighbourhood
+            _SHARED.update(neighbourhood=neighbourhood, min_cells=min_cells)
             with multiprocessing.get_context("fork").Pool(min(n_jobs, len(forked))) as pool:
                 for i, labels in zip(forked, pool.imap(_shared_run, [tasks[i] for i in forked])):
                     results[i] = labels
@@ -327,3 +332,80 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
     similarity = np.asarray(features @ scaled.astype(np.float32), dtype=np.float64)
     similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)
     return softmax(similarity, axis=1).astype(np.float32)
+
+
+#: Default smallest domain, as a fraction of the cells (see :func:`merge_small_domains`).
+MIN_DOMAIN_SIZE = 0.002
+#: ... but never fewer cells than this (PARC's ``small_pop``).
+MIN_DOMAIN_CELLS = 10
+
+
+def min_domain_cells(min_domain_size: float | int | None, n_cells: int) -> int:
+    """``min_domain_size`` in cells: a fraction of ``n_cells`` if below 1, else a count;
+    ``None``: the default (:data:`MIN_DOMAIN_SIZE` of the cells, at least :data:`MIN_DOMAIN_CELLS`)."""
+    if min_domain_size is None:
+        return min(n_cells, max(MIN_DOMAIN_CELLS, math.ceil(MIN_DOMAIN_SIZE * n_cells)))
+    if isinstance(min_domain_size, bool) or not isinstance(min_domain_size, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(min_domain_size) or min_domain_size < 0:
+        raise ValueError("`min_domain_size` must be a fraction of the cells in [0, 1) or a number of cells >= 1 "
+                         f"(0 keeps every domain), got {min_domain_size!r}.")
+    if min_domain_size < 1:
+        return math.ceil(float(min_domain_size) * n_cells)
+    return int(min_domain_size)
+
+
+def _links_between(connectivities: sp.csr_matrix, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """Total edge weight between every pair of labels (dense ``n_labels x n_labels``; the
+    number of domains is small), the diagonal holding each label's internal weight."""
+    membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
+                               shape=(len(labels), n_labels))
+    return (membership.T @ connectivities.astype(np.float64) @ membership).toarray()
+
+
+def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embedding: np.ndarray,
+                        min_cells: int) -> np.ndarray:
+    """Merge every domain of fewer than ``min_cells`` cells into the domain it links to most.
+
+    Small domains are merged one at a time, smallest first: each joins the domain with
+    which its cells share the most kNN edge weight (a domain that is not small if it
+    touches one); a domain with no edge to any other (a connected component of the kNN
+    graph of its own) joins the domain whose centroid in ``embedding`` is nearest. Links,
+    sizes and centroids are updated after each merge. Returns labels ``0..k-1`` by
+    decreasing size.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> edges = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=float))
+    >>> merge_small_domains(np.array([0, 0, 1]), edges, np.zeros((3, 2)), min_cells=2).tolist()
+    [0, 0, 0]
+    """
+    labels = relabel_by_size(np.asarray(labels))
+    n_labels = int(labels.max()) + 1 if len(labels) else 0
+    sizes = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    if n_labels <= 1 or sizes.min() >= min_cells:
+        return labels
+    links = _links_between(connectivities, labels, n_labels)
+    np.fill_diagonal(links, 0.0)
+    centroids = cluster_means(np.asarray(embedding, dtype=np.float64), labels)
+    alive = np.ones(n_labels, dtype=bool)
+    mapping = np.arange(n_labels)
+    for label in np.argsort(sizes, kind="stable"):  # smallest first (ties: larger label first)
+        if sizes[label] >= min_cells or alive.sum() == 1:
+            continue
+        alive[label] = False
+        row = np.where(alive, links[label], 0.0)
+        large = alive & (sizes >= min_cells)
+        if row.max() > 0:
+            target = int(np.argmax(np.where(large, row, 0.0))) if row[large].max(initial=0) > 0 else int(row.argmax())
+        else:
+            candidates = np.flatnonzero(large if large.any() else alive)
+            target = int(candidates[((centroids[candidates] - centroids[label]) ** 2).sum(axis=1).argmin()])
+        weight = sizes[label] / (sizes[label] + sizes[target])
+        centroids[target] = (1 - weight) * centroids[target] + weight * centroids[label]
+        sizes[target] += sizes[label]
+        links[target] += links[label]
+        links[:, target] += links[:, label]
+        links[target, target] = 0.0
+        mapping[mapping == label] = target
+    return relabel_by_size(mapping[labels])

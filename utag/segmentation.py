@@ -14,7 +14,7 @@ from anndata import AnnData
 from . import _progress
 from . import _validation as check
 from ._progress import tqdm
-from .clustering import Neighbourhood, cluster_many, relabel_by_size, soft_assignments
+from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_by_size, soft_assignments
 from .embedding import (
     distinct_profile_neighbors,
     exact_search,
@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: Above this many features PCA is left to ``scanpy.pp.pca`` (randomised/ARPACK solvers)
 #: instead of the exact covariance route.
 MAX_COVARIANCE_FEATURES = 3000
+#: ``sc.pp.neighbors`` with its default ``use_rep`` uses ``X`` itself up to this many
+#: features (scanpy's ``settings.N_PCS``), the PCA above.
+MAX_FEATURES_FOR_X = 50
 
 
 def label_key(save_key: str, method: str, resolution: float) -> str:
@@ -65,6 +68,8 @@ def utag(
     knn_method: str = "auto",
     kmeans_kwargs: dict | None = None,
     n_domains: int | None = None,
+    use_rep: str | None = None,
+    min_domain_size: float | None = None,
     random_state: int = 0,
     progress: bool = True,
 ) -> AnnData:
@@ -205,7 +210,9 @@ def utag(
         del pairs
 
         if apply_clustering or apply_umap:
-            neighbourhood = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, watch)
+            neighbourhoods = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, use_rep,
+                                    methods, watch)
+        min_cells = min_domain_cells(min_domain_size, adata.n_obs)
         if apply_umap:
             import scanpy as sc
 
@@ -216,10 +223,11 @@ def utag(
             "parc": dict(parc_kwargs or {}),
             "kmeans": dict(kmeans_kwargs or {}),
         }
-        runs = _plan_runs(result, neighbourhood, methods, resolutions, auto, n_domains, backend_kwargs, random_state,
-                          processes, progress, watch) if methods else []
+        runs = _plan_runs(result, neighbourhoods, methods, resolutions, auto, n_domains, backend_kwargs,
+                          random_state, min_cells, processes, progress, watch) if methods else []
         if runs:
-            runs = _cluster_runs(runs, neighbourhood, random_state, processes if parallel else 1, progress, watch)
+            runs = _cluster_runs(runs, neighbourhoods, random_state, min_cells, processes if parallel else 1,
+                                 progress, watch)
         for method, resolution, _, labels in runs:
             key = label_key(save_key, method, resolution)
             result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
@@ -233,6 +241,8 @@ def utag(
             "normalization_mode": normalization_mode,
             "n_comps": int(result.obsm["X_pca"].shape[1]) if "X_pca" in result.obsm else 0,
             "n_neighbors": n_neighbors,
+            "use_rep": result.uns.get("neighbors", {}).get("params", {}).get("use_rep", "None"),
+            "min_domain_cells": min_cells,
             "clustering_method": list(methods),
             "resolutions": sorted({r for _, r, _, _ in runs}),
             "n_domains": n_domains if n_domains is not None else 0,
@@ -247,9 +257,9 @@ def utag(
     return result
 
 
-def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutions: list, auto: bool,
-               n_domains: int | None, backend_kwargs: dict, random_state: int, processes, progress: bool,
-               watch: Stopwatch) -> list[tuple]:
+def _plan_runs(result: AnnData, neighbourhoods: dict, methods, resolutions: list, auto: bool,
+               n_domains: int | None, backend_kwargs: dict, random_state: int, min_cells: int, processes,
+               progress: bool, watch: Stopwatch) -> list[tuple]:
     """The clustering runs to do: ``(method, resolution, backend kwargs, labels or None)``.
 
     ``auto``: the resolution comes from a stability sweep (k-means then takes as many
@@ -258,7 +268,8 @@ def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutio
     if auto:
         with watch("resolution sweep"):
             sweep = resolution_sweep(result, n_runs=5, random_state=random_state,
-                                     leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress)
+                                     leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress,
+                                     min_domain_size=min_cells)
         resolutions = recommended_resolutions(sweep)
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
@@ -267,32 +278,35 @@ def _plan_runs(result: AnnData, neighbourhood: Neighbourhood, methods, resolutio
             for resolution in resolutions for method in methods]
     if n_domains is not None:
         with watch(f"resolution for {n_domains} domains"):
-            runs += _runs_for_n_domains(neighbourhood, n_domains, methods, backend_kwargs, random_state)
+            runs += _runs_for_n_domains(neighbourhoods["leiden"], n_domains, methods, backend_kwargs, random_state,
+                                        min_cells)
     return runs
 
 
-def _cluster_runs(runs: list[tuple], neighbourhood: Neighbourhood, random_state: int, processes, progress: bool,
-                  watch: Stopwatch) -> list[tuple]:
+def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, min_cells: int, processes,
+                  progress: bool, watch: Stopwatch) -> list[tuple]:
     """``runs`` with their labels: every run of one method at once (Leiden resolutions in parallel)."""
     done = list(runs)
     for method in dict.fromkeys(method for method, _, _, labels in runs if labels is None):
         todo = [i for i, (name, _, _, labels) in enumerate(runs) if name == method and labels is None]
         resolutions = ", ".join(str(runs[i][1]) for i in todo)
         with watch(f"{method} {resolutions}"):
-            labels = cluster_many(neighbourhood, [(method, runs[i][1], random_state, runs[i][2]) for i in todo],
-                                  n_jobs=processes, progress=progress)
+            labels = cluster_many(neighbourhoods[method],
+                                  [(method, runs[i][1], random_state, runs[i][2]) for i in todo],
+                                  n_jobs=processes, progress=progress, min_cells=min_cells)
         for i, run_labels in zip(todo, labels):
             done[i] = (*runs[i][:3], run_labels)
     return done
 
 
 def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
-                        random_state: int) -> list[tuple]:
-    """Clustering runs that give ``n_domains`` domains: Leiden by bisection, k-means directly."""
+                        random_state: int, min_cells: int) -> list[tuple]:
+    """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging,
+    see :func:`utag.tuning.resolution_for_n_domains`), k-means directly."""
     runs = []
     if "leiden" in methods:
         resolution, labels = resolution_for_n_domains(neighbourhood, n_domains, random_state,
-                                                      backend_kwargs["leiden"])
+                                                      backend_kwargs["leiden"], min_domain_size=min_cells)
         runs.append(("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels)))
     if "kmeans" in methods:
         runs.append(("kmeans", n_domains / 10, {**backend_kwargs["kmeans"], "n_clusters": n_domains}, None))
@@ -330,9 +344,42 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     )
 
 
+def representation(use_rep: str | None, n_features: int) -> str:
+    """The representation the kNN graph of the Leiden runs is built on.
+
+    ``None`` chooses as ``scanpy.pp.neighbors`` does with its default ``use_rep`` (and as
+    the original UTAG therefore did): the message-passed features ``"X"`` when there are
+    at most :data:`MAX_FEATURES_FOR_X` of them, the PCA embedding ``"X_pca"`` otherwise.
+    """
+    if use_rep is None:
+        return "X" if n_features <= MAX_FEATURES_FOR_X else "X_pca"
+    if use_rep not in ("X", "X_pca"):
+        raise ValueError(f"`use_rep` must be None (scanpy's choice), 'X' or 'X_pca', got {use_rep!r}.")
+    return use_rep
+
+
+def _knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str, random_state: int):
+    """``(connectivities, distances, tied)``: the UMAP-weighted kNN graph of ``points``,
+    built over distinct profiles when many cells share one (``tied``)."""
+    k = min(n_neighbors, len(points))
+    indices, distances = nearest_neighbors(points, k, knn_method, random_state)
+    tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
+    if tied:
+        logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
+                       "building the kNN graph over distinct profiles so that they do not form "
+                       "disconnected cliques", tied, k - 1)
+        indices, distances = distinct_profile_neighbors(points, k, knn_method, random_state)
+    return fuzzy_connectivities(indices, distances), knn_distances(indices, distances), tied
+
+
 def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, knn_method: str, random_state: int,
-           watch: Stopwatch) -> Neighbourhood:
-    """PCA and kNN graph of ``result.X``, written where scanpy writes them."""
+           use_rep: str | None, methods, watch: Stopwatch) -> dict[str, Neighbourhood]:
+    """PCA and kNN graph of ``result.X``, written where scanpy writes them.
+
+    Returns what each clustering method clusters: Leiden the kNN graph on ``use_rep``
+    (:func:`representation`), PARC and k-means the PCA embedding and its kNN graph, as in
+    the original UTAG (one graph when both representations are the PCA).
+    """
     n_cells, n_features = result.shape
     capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
     if capped < n_comps:
@@ -351,26 +398,29 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, kn
                                  "params": {"zero_center": True, "method": "covariance"}}
         embedding = np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32)
 
+    rep = representation(use_rep, n_features)
+    points = embedding
+    if rep == "X":
+        points = result.X.toarray() if sp.issparse(result.X) else result.X
+        points = np.ascontiguousarray(points, dtype=np.float32)
+    k = min(n_neighbors, n_cells)
     with watch("kNN graph"):
-        k = min(n_neighbors, n_cells)
-        knn_used = "exact" if exact_search(n_cells, k, knn_method) else "approximate"
-        indices, distances = nearest_neighbors(embedding, k, knn_method, random_state)
-        tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
-        if tied:
-            logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
-                           "building the kNN graph over distinct profiles so that they do not form "
-                           "disconnected cliques", tied, k - 1)
-            indices, distances = distinct_profile_neighbors(embedding, k, knn_method, random_state)
-        connectivities = fuzzy_connectivities(indices, distances)
+        connectivities, distances, tied = _knn_graph(points, k, knn_method, random_state)
         result.obsp["connectivities"] = connectivities
-        result.obsp["distances"] = knn_distances(indices, distances)
+        result.obsp["distances"] = distances
     result.uns["neighbors"] = {
         "connectivities_key": "connectivities",
         "distances_key": "distances",
-        "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": "X_pca",
-                   "random_state": random_state, "distinct_profiles": bool(tied), "knn": knn_used},
+        "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": rep,
+                   "random_state": random_state, "distinct_profiles": bool(tied),
+                   "knn": "exact" if exact_search(n_cells, k, knn_method) else "approximate"},
     }
-    return Neighbourhood(embedding, connectivities)
+    on_rep = Neighbourhood(embedding, connectivities)
+    on_pca = on_rep
+    if rep != "X_pca" and "parc" in methods:
+        with watch("kNN graph of the PCA (PARC)"):
+            on_pca = Neighbourhood(embedding, _knn_graph(embedding, k, knn_method, random_state)[0])
+    return {"leiden": on_rep, "parc": on_pca, "kmeans": on_pca}
 
 
 class Stopwatch:

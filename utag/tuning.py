@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
-from .clustering import Neighbourhood, cluster, cluster_many
+from .clustering import Neighbourhood, cluster, cluster_many, min_domain_cells, relabel_by_size
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
                          sp.csr_matrix(result.obsp["connectivities"]))
 
 
-def _run_all(neighbourhood: Neighbourhood, tasks: list, processes: int | None, progress: bool) -> list:
+def _run_all(neighbourhood: Neighbourhood, tasks: list, processes: int | None, progress: bool,
+             min_cells: int = 0) -> list:
     """Leiden labels (int32) for every (resolution, seed, kwargs) task."""
     runs = cluster_many(neighbourhood, [("leiden", resolution, seed, kwargs) for resolution, seed, kwargs in tasks],
-                        n_jobs=processes, progress=progress)
+                        n_jobs=processes, progress=progress, min_cells=min_cells)
     return [labels.astype(np.int32) for labels in runs]
 
 
@@ -58,12 +59,13 @@ def resolution_sweep(
     processes: int | None = None,
     progress: bool = True,
     key_added: str = "utag_resolution_sweep",
+    min_domain_size: float | None = None,
 ) -> pd.DataFrame:
     """Stability of Leiden domains across seeds and resolutions.
 
     For every resolution, ``n_runs`` Leiden runs with seeds ``random_state, ...,
-    random_state + n_runs - 1`` on the kNN graph of ``result``. Reported per
-    resolution:
+    random_state + n_runs - 1`` on the kNN graph of ``result``, domains smaller than
+    ``min_domain_size`` merged as in ``utag()``. Reported per resolution:
 
     * ``n_domains``: median number of domains over the runs;
     * ``stability``: mean adjusted Rand index (ARI) between all pairs of runs;
@@ -92,7 +94,9 @@ def resolution_sweep(
     kwargs = dict(leiden_kwargs or {})
     neighbourhood = neighbourhood_of(result)
     tasks = [(r, random_state + run, kwargs) for r in resolutions for run in range(n_runs)]
-    runs = np.array(_run_all(neighbourhood, tasks, processes, progress)).reshape(len(resolutions), n_runs, -1)
+    min_cells = min_domain_cells(min_domain_size, neighbourhood.connectivities.shape[0])
+    runs = np.array(_run_all(neighbourhood, tasks, processes, progress, min_cells))
+    runs = runs.reshape(len(resolutions), n_runs, -1)
 
     rows, typical = [], []
     for resolution, labellings in zip(resolutions, runs):
@@ -146,17 +150,26 @@ def resolution_for_n_domains(
     low: float = 1e-4,
     high: float = 20.0,
     max_steps: int = 40,
+    min_domain_size: float | None = None,
 ) -> tuple[float, np.ndarray]:
-    """The Leiden resolution giving exactly ``n_domains`` domains, by bisection.
+    """Leiden domains, exactly ``n_domains`` of them, and the resolution they come from.
 
-    Bisects ``log(resolution)`` between ``low`` and ``high`` with a fixed seed, so the
-    answer is deterministic. If no resolution gives exactly ``n_domains`` within
-    ``max_steps`` runs (the count can jump past it), the closest labelling is returned
-    and a warning logged.
+    1. Bisects ``log(resolution)`` between ``low`` and ``high`` with a fixed seed (so the
+       answer is deterministic), counting domains after small ones are merged
+       (``min_domain_size``, as in ``utag()``; see
+       :func:`utag.clustering.merge_small_domains`), until a resolution gives exactly
+       ``n_domains``.
+    2. When the count jumps past ``n_domains`` (at low resolutions Leiden often keeps
+       one giant domain, then splits it in several at once), the labelling with the
+       fewest domains above ``n_domains`` is coarsened: the two domains whose merge raises modularity most (or lowers it
+       least) are merged, again and again, until ``n_domains`` are left
+       (:func:`merge_to_n_domains`).
 
     Returns
     -------
-    ``(resolution, labels)``.
+    ``(resolution, labels)``: labels ``0..n_domains-1`` by decreasing size (fewer only
+    if the graph cannot be split that far), and the resolution of the Leiden run they
+    come from.
 
     Examples
     --------
@@ -170,24 +183,71 @@ def resolution_for_n_domains(
     """
     n_domains = check.as_int("n_domains", n_domains)
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
+    n_cells = neighbourhood.connectivities.shape[0]
+    if n_domains > n_cells:
+        raise ValueError(f"`n_domains` ({n_domains}) is larger than the number of cells ({n_cells}).")
+    min_cells = min_domain_cells(min_domain_size, n_cells)
     kwargs = dict(leiden_kwargs or {})
 
     def count(resolution):
-        labels = cluster("leiden", neighbourhood, resolution, random_state, **kwargs)
+        labels = cluster("leiden", neighbourhood, resolution, random_state, min_cells, **kwargs)
         return labels.max() + 1, labels
 
-    best = None
+    finer = None  # the labelling with the fewest domains above n_domains
     for _ in range(max_steps):
         middle = math.sqrt(low * high)
         found, labels = count(middle)
-        if best is None or abs(found - n_domains) < abs(best[2] - n_domains):
-            best = (middle, labels, found)
         if found == n_domains:
             return middle, labels
+        if found > n_domains and (finer is None or found < finer[2]):
+            finer = (middle, labels, found)
         low, high = (middle, high) if found < n_domains else (low, middle)
-    logger.warning("no resolution gave exactly %d domains; closest: %d at resolution %.4g",
-                   n_domains, best[2], best[0])
-    return best[0], best[1]
+    if finer is None:
+        found, labels = count(high)
+        finer = (high, labels, found)
+        if found < n_domains:
+            logger.warning("even resolution %.4g gives only %d domains (asked for %d)", high, found, n_domains)
+            return high, labels
+    logger.info("no resolution gives exactly %d domains; merging the %d domains of resolution %.4g by modularity",
+                n_domains, finer[2], finer[0])
+    return finer[0], merge_to_n_domains(finer[1], neighbourhood.connectivities, n_domains)
+
+
+def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domains: int) -> np.ndarray:
+    """Coarsen ``labels`` to ``n_domains`` by merging, again and again, the two domains
+    whose merge gives the largest modularity gain on the kNN graph ``connectivities``
+    (greedy agglomeration as in Clauset, Newman & Moore 2004, started from ``labels``).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> ring = sp.csr_matrix(np.array([[0, 5, 1, 0], [5, 0, 0, 0], [1, 0, 0, 5], [0, 0, 5, 0]], dtype=float))
+    >>> merge_to_n_domains(np.array([0, 1, 2, 3]), ring, 2).tolist()
+    [0, 0, 1, 1]
+    """
+    labels = relabel_by_size(np.asarray(labels))
+    n_labels = int(labels.max()) + 1
+    membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
+                               shape=(len(labels), n_labels))
+    links = (membership.T @ sp.csr_matrix(connectivities, dtype=np.float64) @ membership).toarray()
+    degree = links.sum(axis=1)
+    two_m = max(degree.sum(), np.finfo(float).tiny)
+    alive = np.ones(n_labels, dtype=bool)
+    mapping = np.arange(n_labels)
+    for _ in range(n_labels - n_domains):
+        # gain (x 2m) of merging a and b: 2 * (links_ab - degree_a * degree_b / 2m)
+        gain = links - np.outer(degree, degree) / two_m
+        np.fill_diagonal(gain, -np.inf)
+        gain[~alive] = -np.inf
+        gain[:, ~alive] = -np.inf
+        a, b = np.unravel_index(np.argmax(gain), gain.shape)
+        a, b = min(a, b), max(a, b)
+        links[a] += links[b]
+        links[:, a] += links[:, b]
+        degree[a] += degree[b]
+        alive[b] = False
+        mapping[mapping == b] = a
+    return relabel_by_size(mapping[labels])
 
 
 def align_labels(reference: np.ndarray, labels: np.ndarray) -> np.ndarray:

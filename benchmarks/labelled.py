@@ -1,0 +1,73 @@
+"""Every labelled dataset the benchmarks score against, in one place.
+
+``labelled_datasets(...)`` yields ``Dataset`` records: a name, the AnnData (features in
+``X``, centroids in ``obsm['spatial']``, truth in ``obs['domain']``), its slide column and
+a ``max_dist`` in its units. The real sections come from the project's ``shared/`` folder
+when it is there (``--shared``), and are skipped with a message when it is not.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata
+import numpy as np
+
+from utag.datasets import codex_mouse_spleen, synthetic_tissue
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SPLEEN = SHARED / "codex_mouse_spleen" / "codex_mouse_spleen.h5ad"
+MERFISH = SHARED / "merfish_hypothalamus" / "merfish_hypothalamus.h5ad"
+
+
+@dataclass
+class Dataset:
+    name: str
+    adata: anndata.AnnData
+    slide_key: str
+    max_dist: float
+    truth_key: str = "domain"
+
+    def truth(self) -> np.ndarray:
+        return self.adata.obs[self.truth_key].astype(str).to_numpy()
+
+
+def labelled_datasets(kinds=("subset", "spleen", "merfish", "synthetic"), synthetic_seeds=(0, 1),
+                      synthetic_domains=(5,), synthetic_cells=20_000, spleen_max_dist=150.0,
+                      merfish_max_dist=75.0):
+    """The datasets, lazily (one in memory at a time)."""
+    if "subset" in kinds:
+        yield Dataset("spleen subset (bundled)", codex_mouse_spleen(), "slide", 200.0)
+    if "spleen" in kinds:
+        if SPLEEN.exists():
+            full = codex_mouse_spleen(SPLEEN)
+            for section in full.obs["slide"].cat.categories:
+                yield Dataset(f"spleen {section}", full[full.obs["slide"] == section].copy(), "slide",
+                              spleen_max_dist)
+        else:
+            print(f"# skipped the full spleen sections: {SPLEEN} not found", file=sys.stderr)
+    if "merfish" in kinds:
+        if MERFISH.exists():
+            merfish = anndata.read_h5ad(MERFISH)
+            for slide in merfish.obs["slide"].astype("category").cat.categories:
+                yield Dataset(f"MERFISH {slide.replace('Animal1_', '')}",
+                              merfish[merfish.obs["slide"] == slide].copy(), "slide", merfish_max_dist)
+        else:
+            print(f"# skipped the MERFISH slides: {MERFISH} not found", file=sys.stderr)
+    if "synthetic" in kinds:
+        for n_domains in synthetic_domains:
+            for seed in synthetic_seeds:
+                yield Dataset(f"synthetic K={n_domains} seed={seed}",
+                              synthetic_tissue(n_cells=synthetic_cells, n_slides=2, n_domains=n_domains,
+                                               random_state=seed), "roi", 20.0)
+
+
+def markdown(rows: list[dict], digits: int = 3) -> str:
+    """A markdown table of ``rows`` (dicts with the same keys)."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+                                       for v in row.values()) + " |")
+    return "\n".join(lines)

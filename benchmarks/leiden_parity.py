@@ -1,0 +1,109 @@
+"""Does utag's compiled Leiden find the same quality of domains as igraph's?
+
+Usage (from the repository root, with utag installed)::
+
+    python benchmarks/leiden_parity.py                      # every labelled dataset, 10 seeds
+    python benchmarks/leiden_parity.py --out docs/leiden_parity.md
+
+For every labelled dataset (the bundled spleen subset, the full spleen sections and the
+MERFISH slides from ``shared/``, synthetic tissues), ``utag()`` builds the kNN graph once
+(default settings: ``use_rep`` as scanpy chooses it); then both Leiden flavours run on that
+same graph with 10 seeds at each resolution, 2 iterations each (the default of both),
+without merging small domains. Per dataset, resolution and flavour it prints the mean and
+standard deviation over seeds of the ARI against the truth and of the modularity (at that
+resolution), the mean ARI between all pairs of seeds (seed-to-seed agreement), the mean
+number of domains and the seconds per run.
+
+Criterion (issue 14): the compiled Leiden's mean ARI is not below igraph's by more than
+the seed-to-seed spread (the larger standard deviation of the two), and its
+seed-to-seed agreement is not above igraph's (+0.02 for noise).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+from itertools import combinations
+
+import numpy as np
+from labelled import labelled_datasets, markdown
+from sklearn.metrics import adjusted_rand_score
+
+from utag import utag
+from utag.clustering import leiden
+from utag.tuning import neighbourhood_of
+
+FLAVORS = ("fast", "igraph")
+
+
+def modularity(connectivities, labels: np.ndarray, resolution: float) -> float:
+    """Newman modularity at ``resolution`` of ``labels`` on a symmetric weighted graph."""
+    import scipy.sparse as sp
+
+    adjacency = sp.csr_matrix(connectivities, dtype=np.float64)
+    strength = np.asarray(adjacency.sum(axis=1)).ravel()
+    two_m = strength.sum()
+    edges = adjacency.tocoo()
+    inside = edges.data[labels[edges.row] == labels[edges.col]].sum()
+    totals = np.bincount(labels, weights=strength)
+    return float((inside - resolution * (totals**2).sum() / two_m) / two_m)
+
+
+def parity(dataset, resolutions, seeds) -> list[dict]:
+    result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=dataset.max_dist, clustering_method="kmeans",
+                  resolutions=[0.1], progress=False)
+    neighbourhood = neighbourhood_of(result)
+    truth = dataset.truth()
+    scored = truth != "NoAnnotation"
+    rows = []
+    for resolution in resolutions:
+        for flavor in FLAVORS:
+            started = time.perf_counter()
+            runs = [leiden(neighbourhood, resolution, random_state=seed, flavor=flavor) for seed in seeds]
+            seconds = (time.perf_counter() - started) / len(seeds)
+            aris = [adjusted_rand_score(truth[scored], labels[scored]) for labels in runs]
+            quality = [modularity(neighbourhood.connectivities, labels, resolution) for labels in runs]
+            agreement = [adjusted_rand_score(a, b) for a, b in combinations(runs, 2)]
+            rows.append({"dataset": dataset.name, "cells": f"{dataset.adata.n_obs:,}", "use_rep":
+                         result.uns["neighbors"]["params"]["use_rep"], "resolution": f"{resolution:g}",
+                         "flavor": flavor, "domains": f"{np.mean([r.max() + 1 for r in runs]):.1f}",
+                         "ARI mean": float(np.mean(aris)), "ARI sd": float(np.std(aris)),
+                         "modularity mean": float(np.mean(quality)), "modularity sd": float(np.std(quality)),
+                         "seed-to-seed ARI": float(np.mean(agreement)), "s/run": f"{seconds:.2f}"})
+        fast, reference = rows[-2], rows[-1]
+        spread = max(fast["ARI sd"], reference["ARI sd"])
+        ok_ari = fast["ARI mean"] >= reference["ARI mean"] - spread
+        ok_seeds = fast["seed-to-seed ARI"] <= reference["seed-to-seed ARI"] + 0.02
+        fast["verdict"] = "ok" if ok_ari and ok_seeds else ("ARI low" if not ok_ari else "too alike")
+        reference["verdict"] = ""
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--resolutions", type=float, nargs="+", default=[0.05, 0.1, 0.3])
+    parser.add_argument("--kinds", nargs="+", default=["subset", "spleen", "merfish", "synthetic"])
+    parser.add_argument("--out", help="write the table (markdown, with machine and date) to this file")
+    args = parser.parse_args()
+
+    rows = []
+    for dataset in labelled_datasets(args.kinds):
+        rows += parity(dataset, args.resolutions, range(args.seeds))
+        print(markdown(rows[-2 * len(args.resolutions):]), flush=True)
+    failed = [r for r in rows if r["verdict"] not in ("", "ok")]
+    summary = (f"{len(rows) // 2 - len(failed)} of {len(rows) // 2} dataset x resolution cases meet the criterion"
+               + (": misses " + "; ".join(f"{r['dataset']} at {r['resolution']} ({r['verdict']})" for r in failed)
+                  if failed else ""))
+    table = markdown(rows)
+    print("\n" + table + "\n\n" + summary)
+    if args.out:
+        header = (f"<!-- written by benchmarks/leiden_parity.py on {datetime.date.today()}, "
+                  f"{platform.machine()} with {__import__('os').cpu_count()} cores; do not edit by hand -->\n")
+        with open(args.out, "w") as handle:
+            handle.write(header + f"{args.seeds} seeds per cell of the table.\n\n" + table + "\n\n" + summary + "\n")
+
+
+if __name__ == "__main__":
+    main()
