@@ -38,6 +38,7 @@ import numpy as np
 
 _THETA = 0.01
 _BLOCK = 1024
+_FULLY_RANDOM_MAX_NODES = 200_000
 _UINT64 = numba.uint64
 
 
@@ -62,16 +63,21 @@ def _shuffle(values, start, stop, state):
 
 @numba.njit(cache=True, nogil=True)
 def _random_order(n, state):
-    """Nodes ``0..n-1`` in random order: blocks of :data:`_BLOCK` consecutive nodes in
-    random order, and the nodes of each block in random order.
+    """Nodes ``0..n-1`` in random order.
 
-    Node ids are laid out so that graph neighbours are near each other in memory (see
-    :func:`locality_order`); visiting a block's nodes one after the other keeps their
-    neighbourhoods in the CPU caches, which makes a pass over a million nodes ~3x faster
-    than an order drawn over all nodes at once. Every order is still possible within a
-    block, so a graph (or an aggregated level) of up to :data:`_BLOCK` nodes is visited
-    in a fully random order, as in igraph and leidenalg.
+    Up to :data:`_FULLY_RANDOM_MAX_NODES` nodes (and at every aggregated level of that
+    size) the order is drawn over all nodes, as in igraph and leidenalg. Above, blocks of
+    :data:`_BLOCK` consecutive nodes come in random order, and the nodes of each block in
+    random order: node ids are laid out so that graph neighbours are near each other in
+    memory (see :func:`locality_order`), and visiting a block's nodes one after the other
+    keeps their neighbourhoods in the CPU caches, which makes a pass over a million nodes
+    ~3x faster. On smaller graphs that gain is small, and the blocks made runs with
+    different seeds more alike than igraph's (``benchmarks/leiden_parity.py``).
     """
+    if n <= _FULLY_RANDOM_MAX_NODES:
+        order = np.arange(n)
+        _shuffle(order, 0, n, state)
+        return order
     n_blocks = (n + _BLOCK - 1) // _BLOCK
     blocks = np.arange(n_blocks)
     _shuffle(blocks, 0, n_blocks, state)
@@ -396,15 +402,17 @@ def _as_graph(adjacency, order: np.ndarray | None = None):
     (node ``i`` of the graph is node ``order[i]`` of the matrix)."""
     import scipy.sparse as sp
 
-    matrix = sp.csr_matrix(adjacency)
+    matrix = sp.csr_matrix(adjacency, dtype=np.float64)  # node weights summed in float64
     if matrix.nnz and not (np.isfinite(matrix.data).all() and matrix.data.min() >= 0):
         raise ValueError("The graph's edge weights must be finite and non-negative.")
     if matrix.diagonal().any():  # ignored, as documented: drop it before it enters the node weights
-        matrix = matrix - sp.diags(matrix.diagonal())
-        matrix.eliminate_zeros()
+        entries = matrix.tocoo()
+        off = entries.row != entries.col
+        matrix = sp.csr_matrix((entries.data[off], (entries.row[off], entries.col[off])), shape=matrix.shape)
     if order is not None:
         matrix = matrix[order][:, order]
-    matrix.sort_indices()
+    if not matrix.has_sorted_indices:  # sorted on a copy: never reorder the caller's matrix
+        matrix = matrix.sorted_indices()
     indptr = matrix.indptr.astype(np.int64)
     indices = matrix.indices.astype(np.int32)
     weights = matrix.data.astype(np.float64)

@@ -141,3 +141,59 @@ def test_soft_assignments_favour_the_assigned_cluster(blobs):
     neighbourhood, truth = blobs
     probabilities = soft_assignments(neighbourhood.embedding, truth)
     assert (probabilities.argmax(axis=1) == truth).mean() > 0.95
+
+
+def _brute_force_links(adjacency, labels):
+    """Edge weight between every pair of labels, pair by pair."""
+    dense = sp.csr_matrix(adjacency).toarray()
+    k = labels.max() + 1
+    return np.array([[dense[np.ix_(labels == a, labels == b)].sum() for b in range(k)] for a in range(k)])
+
+
+def test_small_domains_join_the_domain_they_link_to_most(blobs):
+    from utag.clustering import merge_small_domains
+
+    neighbourhood, truth = blobs
+    rng = np.random.default_rng(3)
+    labels = truth.copy()
+    # carve 6 fragments of 5-20 cells out of the blobs
+    for fragment, size in enumerate(rng.integers(5, 21, size=6)):
+        cells = rng.choice(np.flatnonzero(labels < 3), size=size, replace=False)
+        labels[cells] = 3 + fragment
+    links = _brute_force_links(neighbourhood.connectivities, labels)
+    merged = merge_small_domains(labels, neighbourhood.connectivities, neighbourhood.embedding, min_cells=50)
+    assert merged.max() + 1 == 3
+    assert np.bincount(merged).min() >= 50
+    for fragment in range(3, 9):
+        cells = labels == fragment
+        # every cell of the fragment went to the large domain it shares most edge weight with
+        best = np.argmax(links[fragment, :3])
+        assert len(np.unique(merged[cells])) == 1
+        assert np.all(merged[cells] == merged[labels == best][0])
+
+
+def test_a_component_of_its_own_joins_the_nearest_domain():
+    from utag.clustering import merge_small_domains
+
+    points, truth = _blobs([200, 200, 6], seed=1, spread=30.0)
+    neighbourhood = _neighbourhood(points[:400])
+    # the 6 far-away cells: a component of their own (no edge to the rest)
+    adjacency = sp.block_diag([neighbourhood.connectivities, sp.csr_matrix(np.ones((6, 6)) - np.eye(6))]).tocsr()
+    merged = merge_small_domains(truth, adjacency, points, min_cells=10)
+    centroids = np.array([points[truth == d].mean(axis=0) for d in range(3)])
+    nearest = np.argmin(((centroids[:2] - centroids[2]) ** 2).sum(axis=1))
+    assert merged.max() + 1 == 2
+    assert np.all(merged[truth == 2] == merged[truth == nearest][0])
+
+
+def test_min_domain_size_as_fraction_or_cells():
+    from utag.clustering import min_domain_cells
+
+    assert min_domain_cells(0.01, 5_000) == 50
+    assert min_domain_cells(25, 5_000) == 25
+    assert min_domain_cells(0, 5_000) == 0
+    assert min_domain_cells(None, 1_000) == 10  # PARC's small_pop at least
+    assert min_domain_cells(None, 100_000) == 200
+    for bad in (-1, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="min_domain_size"):
+            min_domain_cells(bad, 100)

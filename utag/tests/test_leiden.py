@@ -12,7 +12,7 @@ from utag.embedding import fuzzy_connectivities, nearest_neighbors
 
 def _modularity(adjacency, labels, resolution):
     """Newman modularity with a resolution, from its definition."""
-    adjacency = sp.csr_matrix(adjacency)
+    adjacency = sp.csr_matrix(adjacency, copy=True)
     adjacency.setdiag(0)
     strength = np.asarray(adjacency.sum(axis=1)).ravel()
     two_m = strength.sum()
@@ -31,7 +31,7 @@ def _within(adjacency, labels):
 
 def _best_move_gain(adjacency, labels, resolution):
     """Largest modularity gain (x 2m) any single node could still get by changing community."""
-    adjacency = sp.csr_matrix(adjacency, dtype=np.float64)
+    adjacency = sp.csr_matrix(adjacency, dtype=np.float64, copy=True)
     adjacency.setdiag(0)
     adjacency.eliminate_zeros()
     strength = np.asarray(adjacency.sum(axis=1)).ravel()
@@ -156,3 +156,80 @@ def test_unknown_fast_option_is_rejected(tissue_graph):
     neighbourhood = Neighbourhood(np.zeros((tissue_graph.shape[0], 2), dtype=np.float32), tissue_graph)
     with pytest.raises(ValueError, match="partition_type"):
         cluster("leiden", neighbourhood, 1.0, partition_type=object)
+
+
+def _small_tissue_graph(n_cells=300, seed=2):
+    """The kNN graph of a few hundred cells of a synthetic tissue (under one block of nodes)."""
+    from utag import utag
+
+    adata = synthetic_tissue(n_cells=n_cells, n_slides=1, random_state=seed)
+    result = utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[0.3], progress=False)
+    return result.obsp["connectivities"]
+
+
+@pytest.mark.parametrize("resolution", [0.3, 1.0])
+def test_seeds_give_different_partitions_of_a_small_graph(resolution):
+    # below 1,024 nodes every node used to be visited in the same order for every seed:
+    # 10 seeds gave one partition here
+    graph = _small_tissue_graph()
+    partitions = {tuple(_leiden.leiden(graph, resolution, random_state=seed)) for seed in range(10)}
+    assert len(partitions) >= 3
+
+
+@pytest.mark.parametrize("n_nodes", [300, _leiden._FULLY_RANDOM_MAX_NODES + 5_000])
+def test_node_order_is_random(n_nodes):
+    state = np.array([7], dtype=np.uint64)
+    orders = [_leiden._random_order(n_nodes, state) for _ in range(3)]
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n_nodes))
+    assert len({tuple(order[:_leiden._BLOCK]) for order in orders}) == 3
+    # the first visited nodes do not come in id order, even inside a block
+    assert not any(np.all(np.diff(order[:_leiden._BLOCK]) > 0) for order in orders)
+
+
+def test_every_level_is_aggregated_until_no_node_moves():
+    # a ring of cliques: Leiden must join cliques at the coarser levels too, and its
+    # result must be as good as igraph's (which aggregates the unrefined partition)
+    n_cliques, size = 30, 6
+    blocks = sp.block_diag([np.ones((size, size)) - np.eye(size)] * n_cliques, format="lil")
+    for c in range(n_cliques):
+        a, b = c * size, ((c + 1) % n_cliques) * size + 1
+        blocks[a, b] = blocks[b, a] = 1.0
+    graph = sp.csr_matrix(blocks)
+    labels = _leiden.leiden(graph, 0.05, n_iterations=-1, random_state=0)
+    assert labels.max() + 1 < n_cliques  # cliques were merged at a coarser level
+    assert _best_move_gain(graph, labels, 0.05) <= 1e-9
+    n_pieces = connected_components(_within(graph, labels), directed=False)[0]
+    assert n_pieces == labels.max() + 1
+
+
+def test_diagonal_is_ignored(tissue_graph):
+    with_loops = tissue_graph + sp.diags(np.full(tissue_graph.shape[0], 5.0))
+    np.testing.assert_array_equal(_leiden.leiden(with_loops, 0.5, random_state=3),
+                                  _leiden.leiden(tissue_graph, 0.5, random_state=3))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda g: g[:, :-1], "square"),
+    (lambda g: sp.triu(g).tocsr(), "symmetric"),
+    (lambda g: -g, "non-negative"),
+])
+def test_bad_graphs_are_refused(tissue_graph, bad, message):
+    with pytest.raises(ValueError, match=message):
+        _leiden.leiden(bad(tissue_graph), 1.0)
+
+
+@pytest.mark.parametrize("membership, message", [
+    (lambda n: np.zeros(n - 1, dtype=int), "one label per node"),
+    (lambda n: np.full(n, 0.5), "integer"),
+])
+def test_bad_initial_membership_is_refused(tissue_graph, membership, message):
+    with pytest.raises(ValueError, match=message):
+        _leiden.leiden(tissue_graph, 1.0, initial_membership=membership(tissue_graph.shape[0]))
+
+
+def test_initial_membership_may_use_any_integer_labels(tissue_graph):
+    start = _leiden.leiden(tissue_graph, 0.3, random_state=0)
+    shifted = _leiden.leiden(tissue_graph, 0.3, random_state=1, initial_membership=start * 1000 + 7)
+    plain = _leiden.leiden(tissue_graph, 0.3, random_state=1, initial_membership=start)
+    np.testing.assert_array_equal(shifted, plain)

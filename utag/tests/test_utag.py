@@ -311,3 +311,47 @@ def test_progress_bars_name_the_stages_and_can_be_switched_off(capsys, monkeypat
     utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.1, 0.3], parallel=False,
          progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_knn_graph_on_features_up_to_50_as_scanpy_chooses(tissue):
+    from utag.embedding import fuzzy_connectivities, nearest_neighbors
+
+    result = _run(tissue, clustering_method=["leiden"], resolutions=[0.1])  # 12 features
+    assert result.uns["neighbors"]["params"]["use_rep"] == "X"
+    indices, distances = nearest_neighbors(np.asarray(result.X), 15)
+    expected = fuzzy_connectivities(indices, distances)
+    assert abs(result.obsp["connectivities"] - expected).max() < 1e-6
+    on_pca = _run(tissue, clustering_method=["leiden"], resolutions=[0.1], use_rep="X_pca")
+    assert on_pca.uns["neighbors"]["params"]["use_rep"] == "X_pca"
+    indices, distances = nearest_neighbors(on_pca.obsm["X_pca"], 15)
+    assert abs(on_pca.obsp["connectivities"] - fuzzy_connectivities(indices, distances)).max() < 1e-6
+
+    wide = synthetic_tissue(n_cells=1_500, n_slides=1, n_markers=60, random_state=2)
+    assert _run(wide, clustering_method=["leiden"], resolutions=[0.1]).uns["neighbors"]["params"]["use_rep"] == "X_pca"
+    with pytest.raises(ValueError, match="use_rep"):
+        _run(tissue, use_rep="X_umap")
+
+
+def test_parc_and_kmeans_cluster_the_pca_whatever_use_rep(tissue):
+    kwargs = dict(clustering_method=["parc", "kmeans"], resolutions=[0.3])
+    default = _run(tissue, **kwargs)
+    on_pca = _run(tissue, use_rep="X_pca", **kwargs)
+    for key in default.uns["utag"]["label_keys"]:
+        np.testing.assert_array_equal(default.obs[key].to_numpy(), on_pca.obs[key].to_numpy())
+
+
+def test_no_domain_below_min_domain_size(tissue):
+    for min_size, min_cells in [(None, 10), (0.05, 150), (40, 40)]:
+        result = _run(tissue, clustering_method=["leiden", "parc", "kmeans"], resolutions=[1.0],
+                      min_domain_size=min_size)
+        assert result.uns["utag"]["min_domain_cells"] == min_cells
+        for key in result.uns["utag"]["label_keys"]:
+            sizes = result.obs[key].value_counts()
+            assert sizes.min() >= min_cells, key
+            # numbered after merging: 0..k-1 by decreasing size, probabilities one column each
+            assert list(sizes.index) == [str(i) for i in range(len(sizes))]
+            assert result.obsm[f"{key}_probabilities"].shape[1] == len(sizes)
+    kept = _run(tissue, clustering_method=["leiden"], resolutions=[3.0], min_domain_size=0)
+    merged = _run(tissue, clustering_method=["leiden"], resolutions=[3.0], min_domain_size=50)
+    assert kept.obs["UTAG Label_leiden_3.0"].value_counts().min() < 50  # 0 keeps every domain
+    assert merged.obs["UTAG Label_leiden_3.0"].nunique() < kept.obs["UTAG Label_leiden_3.0"].nunique()
