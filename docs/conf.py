@@ -20,7 +20,7 @@ release = utag.__version__
 
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "figures/*.py", "make_figures.py", "**/.ipynb_checkpoints"]
+exclude_patterns = ["_build", "generated/*", "figures/*.py", "make_figures.py", "**/.ipynb_checkpoints"]
 myst_heading_anchors = 3
 
 nb_execution_mode = "force"

@@ -224,7 +224,7 @@ def utag(
             "kmeans": dict(kmeans_kwargs or {}),
         }
         runs = _plan_runs(result, neighbourhoods, methods, resolutions, auto, n_domains, backend_kwargs,
-                          random_state, min_cells, processes, progress, watch) if methods else []
+                          random_state, min_cells, slide_key, processes, progress, watch) if methods else []
         if runs:
             runs = _cluster_runs(runs, neighbourhoods, random_state, min_cells, processes if parallel else 1,
                                  progress, watch)
@@ -258,8 +258,8 @@ def utag(
 
 
 def _plan_runs(result: AnnData, neighbourhoods: dict, methods, resolutions: list, auto: bool,
-               n_domains: int | None, backend_kwargs: dict, random_state: int, min_cells: int, processes,
-               progress: bool, watch: Stopwatch) -> list[tuple]:
+               n_domains: int | None, backend_kwargs: dict, random_state: int, min_cells: int, slide_key,
+               processes, progress: bool, watch: Stopwatch) -> list[tuple]:
     """The clustering runs to do: ``(method, resolution, backend kwargs, labels or None)``.
 
     ``auto``: the resolution comes from a stability sweep (k-means then takes as many
@@ -269,7 +269,7 @@ def _plan_runs(result: AnnData, neighbourhoods: dict, methods, resolutions: list
         with watch("resolution sweep"):
             sweep = resolution_sweep(result, n_runs=5, random_state=random_state,
                                      leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress,
-                                     min_domain_size=min_cells)
+                                     min_domain_size=min_cells, slide_key=slide_key)
         resolutions = recommended_resolutions(sweep)
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
