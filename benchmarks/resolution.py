@@ -15,7 +15,9 @@ typical labelling at that resolution, and the gap to the best resolution in hind
 
 Criteria: ``stability x agreement`` (utag before issue 14), ``spatial coherence``
 alone, ``stability x agreement x spatial coherence`` (the default since), each taking
-the best local maximum among labellings with at least 2 domains.
+the best local maximum among labellings with at least 2 domains. With the true number of
+domains K given: ``n_domains=K`` (Leiden by bisection, then merging) against k-means
+with ``k = K`` on the same PCA, and the smallest domain's share of the cells.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ import time
 
 import numpy as np
 from labelled import Dataset, labelled_datasets, markdown
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
-from utag.tuning import resolution_sweep
+from utag.tuning import resolution_for_n_domains, resolution_sweep
 
 CRITERIA = {
     "stability x agreement": lambda t: t["stability"] * t["agreement"].fillna(1.0),
@@ -78,6 +81,14 @@ def score(dataset) -> dict:
         chosen = _pick(table, criterion(table))
         row[name] = f"{ari[chosen]:.3f} ({table['resolution'][chosen]:g}, {table['n_domains'][chosen]})"
         row[f"gap: {name}"] = float(ari[best] - ari[chosen])
+    # the number of domains given: Leiden through n_domains against k-means with that k
+    n_true = len(set(truth[scored]))
+    _, given = resolution_for_n_domains(result, n_true)
+    kmeans = KMeans(n_true, random_state=0, n_init="auto").fit_predict(result.obsm["X_pca"])
+    shares = np.bincount(given) / len(given)
+    row["n_domains=K: ARI (smallest share)"] = (f"{adjusted_rand_score(truth[scored], given[scored]):.3f} "
+                                                f"({shares.min():.1%})")
+    row["k-means, k=K"] = f"{adjusted_rand_score(truth[scored], kmeans[scored]):.3f}"
     row["sweep s"] = f"{seconds:.1f}"
     return row
 

@@ -28,8 +28,9 @@ The quality function is the Constant Potts Model with node weights,
 ``sum_ij (A_ij - resolution * w_i * w_j) [c_i == c_j]``, which is modularity at
 resolution ``gamma`` when ``w_i`` is the weighted degree and ``resolution =
 gamma / (2 m)`` (igraph does the same conversion). The diagonal of the input matrix is
-ignored: it neither links a node to a community nor counts in its weight. Random numbers come from a seeded splitmix64 generator held in an array,
-so a run depends only on its seed, whichever thread runs it.
+ignored: it neither links a node to a community nor counts in its weight. Random numbers
+come from a seeded splitmix64 generator held in an array, so a run depends only on its
+seed, whichever thread runs it.
 """
 from __future__ import annotations
 

@@ -394,7 +394,7 @@ def plot_colocalization(
 
 
 def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
-    """Stability, agreement and score of a :func:`utag.tuning.resolution_sweep` against the
+    """Stability, agreement, spatial coherence and score of a :func:`utag.tuning.resolution_sweep` against the
     resolution (log scale), with the number of domains on a second axis and the
     recommended resolutions marked (rank 1 labelled).
 
@@ -407,8 +407,11 @@ def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
     2
     """
     fig, ax = (plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax))
-    for column, style in [("stability", "o-"), ("agreement", "s--"), ("score", "D-")]:
-        ax.plot(table["resolution"], table[column], style, label=column, linewidth=2 if column == "score" else 1)
+    columns = [("stability", "o-"), ("agreement", "s--"), ("spatial_coherence", "^:"), ("score", "D-")]
+    for column, style in columns:
+        if column in table:  # tables from before spatial coherence have no such column
+            ax.plot(table["resolution"], table[column], style, label=column.replace("_", " "),
+                    linewidth=2 if column == "score" else 1)
     ax.set_xscale("log")
     ax.set_xlabel("resolution")
     ax.set_ylabel("ARI")
