@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--method", nargs="+", default=["leiden"], choices=["leiden", "parc", "kmeans"])
     parser.add_argument("--resolutions", nargs="+", type=float, default=[0.05, 0.1, 0.3])
     parser.add_argument("--processes", type=int, default=None)
+    parser.add_argument("--use-rep", choices=["X", "X_pca"], help="kNN graph on X or X_pca (default: utag's choice)")
     parser.add_argument("--downstream", action="store_true", help="also time the analysis functions")
     parser.add_argument("--permutations", type=int, default=100, help="for the colocalisation test")
     parser.add_argument("--compare", action="store_true",
@@ -87,8 +88,9 @@ def main() -> None:
         start_gb = psutil.Process().memory_info().rss / 1e9
         reset_peak_memory()
         started = time.perf_counter()
+        extra = {"use_rep": args.use_rep} if args.use_rep else {}
         result = run_utag(adata, slide_key="roi", max_dist=args.max_dist, clustering_method=args.method,
-                          resolutions=args.resolutions, processes=args.processes, progress=False)
+                          resolutions=args.resolutions, processes=args.processes, progress=False, **extra)
         ended = time.perf_counter()
         merged: dict[str, list] = {}
         for stage, start, end in RecordingStopwatch.intervals:
