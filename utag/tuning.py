@@ -221,10 +221,11 @@ def resolution_for_n_domains(
     """Leiden domains, exactly ``n_domains`` of them, and the resolution they come from.
 
     1. Bisects ``log(resolution)`` between ``low`` and ``high`` with a fixed seed (so the
-       answer is deterministic), counting domains after small ones are merged
-       (``min_domain_size``, as in ``utag()``; see
-       :func:`utag.clustering.merge_small_domains`), until a resolution gives exactly
-       ``n_domains``.
+       answer is deterministic), counting domains after small ones are merged (below
+       ``min_domain_size``, as in ``utag()``, and below a tenth of an equal share,
+       ``n_cells / (10 * n_domains)``, so that every domain holds a real share of the
+       tissue; see :func:`utag.clustering.merge_small_domains`), until a resolution gives
+       exactly ``n_domains``.
     2. When the count jumps past ``n_domains`` (at low resolutions Leiden often keeps
        one giant domain, then splits it in several at once), the labelling with the
        fewest domains above ``n_domains`` is coarsened: the two domains whose merge raises modularity most (or lowers it
@@ -252,7 +253,8 @@ def resolution_for_n_domains(
     n_cells = neighbourhood.connectivities.shape[0]
     if n_domains > n_cells:
         raise ValueError(f"`n_domains` ({n_domains}) is larger than the number of cells ({n_cells}).")
-    min_cells = min_domain_cells(min_domain_size, n_cells)
+    # each of K domains should hold a real share of the tissue: at least a tenth of 1/K
+    min_cells = max(min_domain_cells(min_domain_size, n_cells), math.ceil(n_cells / (10 * n_domains)))
     kwargs = dict(leiden_kwargs or {})
 
     def count(resolution):
