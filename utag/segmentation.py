@@ -27,7 +27,13 @@ from .evaluation import evaluate_performance  # noqa: F401  (original import pat
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .transfer import build_model
-from .tuning import recommended_resolutions, resolution_for_n_domains, resolution_sweep
+from .tuning import (
+    DOMAIN_RADIUS_FACTOR,
+    recommended_resolutions,
+    resolution_for_n_domains,
+    resolution_sweep,
+    suggest_max_dist,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +103,10 @@ def utag(
         Keep only features whose standard deviation is above the median.
     max_dist
         Neighbourhood radius in the units of ``obsm['spatial']`` (inclusive). Default 20,
-        i.e. 20 um for IMC (1 px = 1 um); see the README for other modalities.
+        i.e. 20 um for IMC (1 px = 1 um); see the README for other modalities. ``"auto"``:
+        6 times the median distance from a cell to its nearest cell
+        (:func:`utag.tuning.suggest_max_dist`), the scale that gave the best domains on
+        the labelled datasets of ``benchmarks/radius.py``.
     normalization_mode
         ``"l1_norm"`` (default): neighbourhood mean. Anything else: neighbourhood sum.
     keep_spatial_connectivity
@@ -143,6 +152,18 @@ def utag(
         Also (or, with ``resolutions=None``, only) find exactly this many domains: Leiden
         at the resolution found by bisection (:func:`utag.tuning.resolution_for_n_domains`),
         k-means with ``k = n_domains``; written under the usual key with that resolution.
+        Every domain then holds at least a tenth of an equal share of the cells.
+    use_rep
+        What the kNN graph that Leiden clusters is built on: ``None`` (default) chooses as
+        ``scanpy.pp.neighbors`` with its default ``use_rep``, as the original UTAG did: the
+        message-passed features ``"X"`` when there are at most 50 of them, ``"X_pca"``
+        otherwise. PARC and k-means always cluster ``X_pca`` (and its kNN graph), as in
+        the original.
+    min_domain_size
+        Domains smaller than this are merged into the domain their cells link to most in
+        the kNN graph, for every method (:func:`utag.clustering.merge_small_domains`);
+        below 1 a fraction of the cells, from 1 a number of cells, ``0`` keeps every
+        domain. Default (``None``): 0.2% of the cells, at least 10 (PARC's ``small_pop``).
     random_state
         Seed for every random step (Leiden, PARC, k-means, UMAP). Default 0.
     progress
@@ -185,6 +206,10 @@ def utag(
         resolutions = []
     else:
         resolutions = check.resolution_list(resolutions)
+    if isinstance(max_dist, str) and max_dist == "auto":
+        max_dist = suggest_max_dist(adata, slide_key)
+        logger.info("max_dist='auto': %g (%g times the median distance to the nearest cell)", max_dist,
+                    DOMAIN_RADIUS_FACTOR)
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
     exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method before any work

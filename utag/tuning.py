@@ -1,5 +1,6 @@
 """Choosing UTAG's parameters for the user, and keeping domain names stable.
 
+* :func:`suggest_max_dist`: the radius domains need (``utag(..., max_dist="auto")``).
 * :func:`max_dist_report`: neighbours per cell, isolated cells and identical
   neighbourhoods for candidate ``max_dist`` values, per slide, with a suggestion.
 * :func:`resolution_sweep`: several seeded Leiden runs per resolution on the kNN graph
@@ -402,6 +403,45 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: The radius :func:`suggest_max_dist` suggests, in median nearest-cell distances: on every
+#: labelled dataset of ``benchmarks/radius.py`` (CODEX spleen, MERFISH, synthetic IMC-like
+#: tissues) 6 was the best multiple or close to it, while the neighbour counts at the best
+#: radius ranged from ~25 to ~200.
+DOMAIN_RADIUS_FACTOR = 6.0
+
+
+def _nearest_cell_distances(coords: np.ndarray, slides: list[np.ndarray]) -> np.ndarray:
+    """Distance from every cell to its nearest other cell of the same slide."""
+    from scipy.spatial import cKDTree
+
+    return np.concatenate([cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1])
+
+
+def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
+    """A ``max_dist`` for domains: :data:`DOMAIN_RADIUS_FACTOR` times the median distance
+    from a cell to its nearest cell (same slide), rounded to 2 significant digits.
+
+    What ``utag(..., max_dist="auto")`` uses, and what :func:`max_dist_report` suggests.
+    ``benchmarks/radius.py`` shows how its domains compare with the best radius in
+    hindsight on every labelled dataset (``docs/choosing.md``).
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> suggest_max_dist(synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0), slide_key="roi")
+    35.0
+    """
+    from .graph import slide_cells
+
+    coords = check.spatial_coordinates(adata)
+    codes, _ = check.slide_codes(adata, slide_key)
+    nearest = _nearest_cell_distances(coords, slide_cells(codes))
+    if len(nearest) == 0 or np.median(nearest) <= 0:
+        raise ValueError("`max_dist='auto'` needs slides of at least 2 cells at distinct positions; "
+                         "pass `max_dist` as a number.")
+    return float(f"{DOMAIN_RADIUS_FACTOR * np.median(nearest):.2g}")
+
+
 def max_dist_report(
     adata: AnnData,
     max_dists=None,
@@ -419,21 +459,20 @@ def max_dist_report(
     wrong: ``isolated`` (> 10% of cells alone), ``few neighbours`` (median < 3),
     ``most of slide`` (median neighbourhood > 25% of the slide), ``identical profiles``
     (> 5% of cells). The row ``slide == "all"`` pools the slides, and ``suggested`` marks
-    the smallest candidate whose pooled row has no flag.
+    the candidate without a flag nearest (on a log scale) to :func:`suggest_max_dist`,
+    the radius domains need.
 
-    ``max_dists`` default: 1, 1.5, 2, 3, 5, 8 and 12 times the median distance from a
+    ``max_dists`` default: 1, 1.5, 2, 3, 4, 6, 8 and 12 times the median distance from a
     cell to its nearest neighbour.
 
     Examples
     --------
     >>> from utag.datasets import synthetic_tissue
     >>> adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
-    >>> report = max_dist_report(adata, max_dists=[5, 20, 60], slide_key="roi")
+    >>> report = max_dist_report(adata, max_dists=[5, 20, 35, 60], slide_key="roi")
     >>> report.loc[report["slide"] == "all", ["max_dist", "suggested"]].values.tolist()
-    [[5.0, False], [20.0, True], [60.0, False]]
+    [[5.0, False], [20.0, False], [35.0, True], [60.0, False]]
     """
-    from scipy.spatial import cKDTree
-
     from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
     from .message_passing import as_float32, slide_messages
 
@@ -442,9 +481,9 @@ def max_dist_report(
     columns = check.channel_indices(adata, channels_to_use)
     features = as_float32(adata.X if columns is None else adata.X[:, columns])
     slides = slide_cells(codes)
+    nearest = np.median(_nearest_cell_distances(coords, slides))
     if max_dists is None:
-        nearest = np.concatenate([cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1])
-        max_dists = np.round(np.median(nearest) * np.array([1, 1.5, 2, 3, 5, 8, 12]), 2)
+        max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
     max_dists = [check.check_positive("max_dists", d) for d in max_dists]
     check_graph_fits(coords, codes, max(max_dists), MESSAGE_PASSING_BYTES_PER_PAIR)
     rows = []
@@ -463,8 +502,9 @@ def max_dist_report(
     pooled = report[report["slide"] == ("all" if len(slides) > 1 else str(names[0]))]
     report["suggested"] = False
     clean = pooled[pooled["flags"] == ""]
-    if len(clean):
-        report.loc[clean.index[0], "suggested"] = True
+    if len(clean) and nearest > 0:
+        target = DOMAIN_RADIUS_FACTOR * nearest
+        report.loc[(np.log(clean["max_dist"] / target)).abs().idxmin(), "suggested"] = True
     return report
 
 

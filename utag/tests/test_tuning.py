@@ -16,6 +16,7 @@ from utag.tuning import (
     recommended_resolutions,
     resolution_for_n_domains,
     resolution_sweep,
+    suggest_max_dist,
 )
 
 
@@ -135,14 +136,34 @@ def test_transfer_to_a_new_slide(four_domains):
 
 def test_max_dist_report_flags_and_suggests():
     adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
-    report = max_dist_report(adata, max_dists=[3, 20, 400], slide_key="roi")
+    report = max_dist_report(adata, max_dists=[3, 20, 30, 400], slide_key="roi")
     pooled = report[report["slide"] == "all"].set_index("max_dist")
     assert "isolated" in pooled.loc[3.0, "flags"]
     assert "most of slide" in pooled.loc[400.0, "flags"]
-    assert pooled.loc[20.0, "flags"] == "" and pooled.loc[20.0, "suggested"]
+    # the flag-free candidate nearest to 6 median nearest-cell distances
+    assert pooled.loc[30.0, "flags"] == "" and pooled.loc[30.0, "suggested"] and pooled["suggested"].sum() == 1
     assert set(report["slide"]) == {"roi_0", "roi_1", "all"}
     default = max_dist_report(adata, slide_key="roi")
-    assert default["max_dist"].nunique() == 7
+    assert default["max_dist"].nunique() == 8
+
+
+def test_suggested_max_dist_is_six_nearest_cell_distances():
+    adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=4)
+    coords = adata.obsm["spatial"]
+    nearest = []
+    for slide in adata.obs["roi"].unique():  # brute force, slide by slide
+        points = coords[(adata.obs["roi"] == slide).to_numpy()]
+        distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+        np.fill_diagonal(distances, np.inf)
+        nearest.append(distances.min(axis=1))
+    expected = 6 * np.median(np.concatenate(nearest))
+    suggested = suggest_max_dist(adata, slide_key="roi")
+    assert abs(suggested - expected) <= 0.01 * expected
+    result = utag(adata, slide_key="roi", max_dist="auto", clustering_method="kmeans", resolutions=[0.3],
+                  progress=False)
+    assert result.uns["utag"]["max_dist"] == suggested
+    with pytest.raises(ValueError, match="max_dist"):
+        utag(adata, slide_key="roi", max_dist="big", progress=False)
 
 
 def test_identical_profiles_do_not_fragment_the_domains(spleen_subset):
