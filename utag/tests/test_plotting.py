@@ -106,7 +106,8 @@ def test_resolution_sweep_and_hierarchy_plots(tmp_path):
     result = utag(tissue, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 0.2, 0.6], progress=False)
     table = resolution_sweep(result, resolutions=[0.05, 0.1, 0.3, 1.0], n_runs=3, progress=False)
     fig = plot_resolution_sweep(table)
-    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3 + int(table["recommended"].sum())
+    # stability, agreement, spatial coherence, score, and a marker per recommended resolution
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4 + int(table["recommended"].sum())
     assert any("chosen" in text.get_text() for text in fig.axes[0].texts)
     assert _ink(fig, tmp_path) > 0.05
     keys = consistent_labels(result)
