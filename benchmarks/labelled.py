@@ -7,6 +7,10 @@ when it is there (``--shared``), and are skipped with a message when it is not.
 """
 from __future__ import annotations
 
+import argparse
+import datetime
+import os
+import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,3 +75,22 @@ def markdown(rows: list[dict], digits: int = 3) -> str:
         lines.append("| " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v)
                                        for v in row.values()) + " |")
     return "\n".join(lines)
+
+
+def write_generated(path: str | None, script: str, text: str) -> None:
+    """Write ``text`` for the docs to ``path`` (if given), headed by the script, date and machine."""
+    if not path:
+        return
+    header = (f"<!-- written by benchmarks/{script} on {datetime.date.today()}, {platform.machine()} with "
+              f"{os.cpu_count()} cores; do not edit by hand -->\n")
+    with open(path, "w") as handle:
+        handle.write(header + text + "\n")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Command-line options every accuracy benchmark takes: ``--kinds`` and ``--out``."""
+    options = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_argument("--kinds", nargs="+", default=["subset", "spleen", "merfish", "synthetic"],
+                         help="which labelled datasets (subset, spleen, merfish, synthetic)")
+    options.add_argument("--out", help="also write the tables (markdown, with machine and date) to this file")
+    return options

@@ -23,14 +23,12 @@ in ARI and in seed-to-seed agreement is given with its 95% interval.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
 import time
 from itertools import combinations
 
+import labelled
 import numpy as np
-from labelled import labelled_datasets, markdown
+from labelled import labelled_datasets, markdown, write_generated
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -86,11 +84,9 @@ def parity(dataset, resolutions, seeds) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = labelled.parser(__doc__)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--resolutions", type=float, nargs="+", default=[0.05, 0.1, 0.3])
-    parser.add_argument("--kinds", nargs="+", default=["subset", "spleen", "merfish", "synthetic"])
-    parser.add_argument("--out", help="write the table (markdown, with machine and date) to this file")
     args = parser.parse_args()
 
     rows = []
@@ -109,12 +105,7 @@ def main() -> None:
                     f"compiled higher in {(differences > 0).sum()} of {len(differences)})")
     table = markdown(rows)
     print("\n" + table + "\n\n" + summary)
-    if args.out:
-        header = (f"<!-- written by benchmarks/leiden_parity.py on {datetime.date.today()}, "
-                  f"{platform.machine()} with {__import__('os').cpu_count()} cores; do not edit by hand -->\n")
-        with open(args.out, "w") as handle:
-            handle.write(header + f"{args.seeds} seeds per cell of the table.\n\n" + table + "\n\n" + summary + "\n")
-
+    write_generated(args.out, "leiden_parity.py", f"{args.seeds} seeds per cell of the table.\n\n{table}\n\n{summary}")
 
 if __name__ == "__main__":
     main()

@@ -15,13 +15,9 @@ distances) with ``resolutions="auto"`` and at its best resolution; the same at t
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
-
+import labelled
 import numpy as np
-from labelled import labelled_datasets, markdown
+from labelled import labelled_datasets, markdown, write_generated
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -67,9 +63,7 @@ def score(dataset) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kinds", nargs="+", default=["subset", "spleen", "merfish", "synthetic"])
-    parser.add_argument("--out", help="write the table (markdown, with machine and date) to this file")
+    parser = labelled.parser(__doc__)
     args = parser.parse_args()
     rows = []
     for dataset in labelled_datasets(args.kinds, synthetic_seeds=(0,), synthetic_domains=(3, 5, 8)):
@@ -79,11 +73,7 @@ def main() -> None:
     text = (markdown(rows) + f"\n\nSuggested radius + `resolutions=\"auto\"` within 0.1 ARI of the best pair: "
             f"{(gaps <= 0.1).sum()} of {len(gaps)} datasets; mean gap {gaps.mean():.3f}.")
     print("\n" + text)
-    if args.out:
-        header = (f"<!-- written by benchmarks/radius.py on {datetime.date.today()}, {platform.machine()} with "
-                  f"{os.cpu_count()} cores; do not edit by hand -->\n")
-        with open(args.out, "w") as handle:
-            handle.write(header + text + "\n")
+    write_generated(args.out, "radius.py", text)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,16 @@ with ``k = K`` on the same PCA, and the smallest domain's share of the cells.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import time
 
+import labelled
 import numpy as np
-from labelled import Dataset, labelled_datasets, markdown
+from labelled import Dataset, labelled_datasets, markdown, write_generated
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
+from utag.datasets import codex_mouse_spleen
 from utag.tuning import resolution_for_n_domains, resolution_sweep
 
 CRITERIA = {
@@ -56,11 +54,7 @@ def datasets(kinds):
     for dataset in labelled_datasets(kinds, synthetic_seeds=(0, 1, 2), synthetic_domains=(3, 5, 8)):
         yield dataset
         if dataset.name == "spleen BALBc-2":  # both sections pooled, after each alone
-            from labelled import SPLEEN
-
-            from utag.datasets import codex_mouse_spleen
-
-            yield Dataset("spleen, both sections", codex_mouse_spleen(SPLEEN), "slide", dataset.max_dist)
+            yield Dataset("spleen, both sections", codex_mouse_spleen(labelled.SPLEEN), "slide", dataset.max_dist)
 
 
 def score(dataset) -> dict:
@@ -94,9 +88,7 @@ def score(dataset) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kinds", nargs="+", default=["subset", "spleen", "merfish", "synthetic"])
-    parser.add_argument("--out", help="write the tables (markdown, with machine and date) to this file")
+    parser = labelled.parser(__doc__)
     parser.add_argument("--timing-cells", type=float, help="only time a 12 resolutions x 5 runs sweep at this size")
     args = parser.parse_args()
 
@@ -127,11 +119,7 @@ def main() -> None:
     text = (markdown(shown) + "\n\nARI of the resolution each criterion picks (resolution, domains); gaps to the "
             "best resolution in hindsight:\n\n" + markdown(summary))
     print("\n" + text)
-    if args.out:
-        header = (f"<!-- written by benchmarks/resolution.py on {datetime.date.today()}, {platform.machine()} with "
-                  f"{os.cpu_count()} cores; do not edit by hand -->\n")
-        with open(args.out, "w") as handle:
-            handle.write(header + text + "\n")
+    write_generated(args.out, "resolution.py", text)
 
 
 if __name__ == "__main__":
