@@ -354,7 +354,7 @@ def min_domain_cells(min_domain_size: float | int | None, n_cells: int) -> int:
     return int(min_domain_size)
 
 
-def _links_between(connectivities: sp.csr_matrix, labels: np.ndarray, n_labels: int) -> np.ndarray:
+def domain_links(connectivities: sp.csr_matrix, labels: np.ndarray, n_labels: int) -> np.ndarray:
     """Total edge weight between every pair of labels (dense ``n_labels x n_labels``; the
     number of domains is small), the diagonal holding each label's internal weight."""
     membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
@@ -385,7 +385,7 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
     sizes = np.bincount(labels, minlength=n_labels).astype(np.float64)
     if n_labels <= 1 or sizes.min() >= min_cells:
         return labels
-    links = _links_between(connectivities, labels, n_labels)
+    links = domain_links(connectivities, labels, n_labels)
     np.fill_diagonal(links, 0.0)
     centroids = cluster_means(np.asarray(embedding, dtype=np.float64), labels)
     alive = np.ones(n_labels, dtype=bool)

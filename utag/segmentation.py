@@ -219,6 +219,8 @@ def utag(
     coords = check.spatial_coordinates(adata)
     codes, slide_names = check.slide_codes(adata, slide_key)
     features, var = _select_features(adata, channels_to_use, filter_by_variance)
+    rep = representation(use_rep, len(var))
+    min_cells = min_domain_cells(min_domain_size, adata.n_obs)
 
     # storing the spatial graph costs more per pair than message passing alone
     bytes_per_pair = SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity else MESSAGE_PASSING_BYTES_PER_PAIR
@@ -235,9 +237,8 @@ def utag(
         del pairs
 
         if apply_clustering or apply_umap:
-            neighbourhoods = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, use_rep,
+            neighbourhoods = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, rep,
                                     methods, watch)
-        min_cells = min_domain_cells(min_domain_size, adata.n_obs)
         if apply_umap:
             import scanpy as sc
 
@@ -398,12 +399,12 @@ def _knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str, random_sta
 
 
 def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, knn_method: str, random_state: int,
-           use_rep: str | None, methods, watch: Stopwatch) -> dict[str, Neighbourhood]:
+           rep: str, methods, watch: Stopwatch) -> dict[str, Neighbourhood]:
     """PCA and kNN graph of ``result.X``, written where scanpy writes them.
 
-    Returns what each clustering method clusters: Leiden the kNN graph on ``use_rep``
-    (:func:`representation`), PARC and k-means the PCA embedding and its kNN graph, as in
-    the original UTAG (one graph when both representations are the PCA).
+    Returns what each clustering method clusters: Leiden the kNN graph on ``rep`` (``"X"``
+    or ``"X_pca"``, see :func:`representation`), PARC and k-means the PCA embedding and its
+    kNN graph, as in the original UTAG (one graph when both representations are the PCA).
     """
     n_cells, n_features = result.shape
     capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
@@ -423,7 +424,6 @@ def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, kn
                                  "params": {"zero_center": True, "method": "covariance"}}
         embedding = np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32)
 
-    rep = representation(use_rep, n_features)
     points = embedding
     if rep == "X":
         points = result.X.toarray() if sp.issparse(result.X) else result.X

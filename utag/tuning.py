@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
-from .clustering import Neighbourhood, cluster, cluster_many, min_domain_cells, relabel_by_size
+from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
 
 logger = logging.getLogger(__name__)
 
@@ -229,9 +229,9 @@ def resolution_for_n_domains(
        exactly ``n_domains``.
     2. When the count jumps past ``n_domains`` (at low resolutions Leiden often keeps
        one giant domain, then splits it in several at once), the labelling with the
-       fewest domains above ``n_domains`` is coarsened: the two domains whose merge raises modularity most (or lowers it
-       least) are merged, again and again, until ``n_domains`` are left
-       (:func:`merge_to_n_domains`).
+       fewest domains above ``n_domains`` is coarsened: the two domains whose merge
+       raises modularity most (or lowers it least) are merged, again and again, until
+       ``n_domains`` are left (:func:`merge_to_n_domains`).
 
     Returns
     -------
@@ -296,9 +296,7 @@ def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domain
     """
     labels = relabel_by_size(np.asarray(labels))
     n_labels = int(labels.max()) + 1
-    membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
-                               shape=(len(labels), n_labels))
-    links = (membership.T @ sp.csr_matrix(connectivities, dtype=np.float64) @ membership).toarray()
+    links = domain_links(sp.csr_matrix(connectivities), labels, n_labels)
     degree = links.sum(axis=1)
     two_m = max(degree.sum(), np.finfo(float).tiny)
     alive = np.ones(n_labels, dtype=bool)
@@ -410,11 +408,18 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
 DOMAIN_RADIUS_FACTOR = 6.0
 
 
-def _nearest_cell_distances(coords: np.ndarray, slides: list[np.ndarray]) -> np.ndarray:
-    """Distance from every cell to its nearest other cell of the same slide."""
+def _median_nearest_distance(coords: np.ndarray, slides: list[np.ndarray]) -> float:
+    """Median distance from a cell to its nearest other cell of the same slide (0 if no
+    slide has two cells)."""
     from scipy.spatial import cKDTree
 
-    return np.concatenate([cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1])
+    nearest = [cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1]
+    return float(np.median(np.concatenate(nearest))) if nearest else 0.0
+
+
+def _domain_radius(median_nearest: float) -> float:
+    """:data:`DOMAIN_RADIUS_FACTOR` median nearest-cell distances, to 2 significant digits."""
+    return float(f"{DOMAIN_RADIUS_FACTOR * median_nearest:.2g}")
 
 
 def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
@@ -435,11 +440,11 @@ def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
 
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)
-    nearest = _nearest_cell_distances(coords, slide_cells(codes))
-    if len(nearest) == 0 or np.median(nearest) <= 0:
+    nearest = _median_nearest_distance(coords, slide_cells(codes))
+    if nearest <= 0:
         raise ValueError("`max_dist='auto'` needs slides of at least 2 cells at distinct positions; "
                          "pass `max_dist` as a number.")
-    return float(f"{DOMAIN_RADIUS_FACTOR * np.median(nearest):.2g}")
+    return _domain_radius(nearest)
 
 
 def max_dist_report(
@@ -481,7 +486,7 @@ def max_dist_report(
     columns = check.channel_indices(adata, channels_to_use)
     features = as_float32(adata.X if columns is None else adata.X[:, columns])
     slides = slide_cells(codes)
-    nearest = np.median(_nearest_cell_distances(coords, slides))
+    nearest = _median_nearest_distance(coords, slides)
     if max_dists is None:
         max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
     max_dists = [check.check_positive("max_dists", d) for d in max_dists]
@@ -503,8 +508,7 @@ def max_dist_report(
     report["suggested"] = False
     clean = pooled[pooled["flags"] == ""]
     if len(clean) and nearest > 0:
-        target = DOMAIN_RADIUS_FACTOR * nearest
-        report.loc[(np.log(clean["max_dist"] / target)).abs().idxmin(), "suggested"] = True
+        report.loc[(np.log(clean["max_dist"] / _domain_radius(nearest))).abs().idxmin(), "suggested"] = True
     return report
 
 
