@@ -31,7 +31,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
 from utag.datasets import codex_mouse_spleen
-from utag.tuning import resolution_for_n_domains, resolution_sweep
+from utag.tuning import _peaks, resolution_for_n_domains, resolution_sweep
 
 CRITERIA = {
     "stability x agreement": lambda t: t["stability"] * t["agreement"].fillna(1.0),
@@ -41,13 +41,10 @@ CRITERIA = {
 
 
 def _pick(table, values) -> int:
-    """The best local maximum of ``values`` among rows with at least 2 domains."""
-    n_domains = table["n_domains"].to_numpy()
+    """The best local maximum of ``values`` among rows with at least 2 domains, found as
+    ``resolutions="auto"`` finds it."""
     values = np.asarray(values, dtype=float)
-    candidates = [i for i in range(len(values)) if n_domains[i] >= 2]
-    peaks = [i for i in candidates if (i == 0 or values[i] >= values[i - 1] or n_domains[i - 1] < 2)
-             and (i == len(values) - 1 or values[i] >= values[i + 1])] or candidates
-    return max(peaks, key=lambda i: values[i])
+    return max(_peaks(table, values), key=lambda i: values[i])
 
 
 def datasets(kinds):

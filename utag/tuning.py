@@ -191,10 +191,11 @@ def spatial_coherence(labellings: np.ndarray, coords: np.ndarray, slide_codes: n
     return np.array(coherence)
 
 
-def _peaks(table: pd.DataFrame) -> list[int]:
-    """Row positions of local maxima of ``score`` among rows with at least 2 domains."""
+def _peaks(table: pd.DataFrame, scores=None) -> list[int]:
+    """Row positions of local maxima of ``scores`` (default: the ``score`` column) among
+    rows with at least 2 domains."""
     candidates = [i for i in range(len(table)) if table.loc[i, "n_domains"] >= 2]
-    scores = table["score"].to_numpy()
+    scores = table["score"].to_numpy() if scores is None else np.asarray(scores, dtype=float)
     peaks = [i for i in candidates
              if (i == 0 or scores[i] >= scores[i - 1] or table.loc[i - 1, "n_domains"] < 2)
              and (i == len(table) - 1 or scores[i] >= scores[i + 1])]
