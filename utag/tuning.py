@@ -168,13 +168,15 @@ def spatial_coherence(labellings: np.ndarray, coords: np.ndarray, slide_codes: n
     """
     from scipy.spatial import cKDTree
 
+    from .graph import slide_cells
+
     rng = np.random.default_rng(random_state)
     n_total = len(coords)
-    anchors = np.sort(rng.choice(n_total, size=min(n_cells, n_total), replace=False))
+    sampled = np.zeros(n_total, dtype=bool)
+    sampled[rng.choice(n_total, size=min(n_cells, n_total), replace=False)] = True
     firsts, seconds = [], []
-    for slide in np.unique(slide_codes):
-        cells = np.flatnonzero(slide_codes == slide)
-        mine = anchors[slide_codes[anchors] == slide]
+    for cells in slide_cells(np.asarray(slide_codes)):
+        mine = cells[sampled[cells]]
         k = min(n_neighbors + 1, len(cells))
         if k < 2 or len(mine) == 0:
             continue
