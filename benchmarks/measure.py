@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import resource
+import subprocess
 import threading
 import time
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,3 +162,25 @@ def stage_table(rows: list[tuple[str, float, float]], n_cells: int) -> str:
     lines = ["| stage | cells | seconds | peak memory (GB) |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {stage} | {n_cells:,} | {seconds:.2f} | {peak:.2f} |" for stage, seconds, peak in rows]
     return "\n".join(lines)
+
+
+def provenance() -> str:
+    """Where and when a table was measured: cores, memory, CPU, Python, the utag commit
+    (``+changes`` when its files differ from it), squidpy's version and today's date."""
+    import utag
+
+    return (f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}; "
+            f"utag {utag.__version__} at {_revision(Path(utag.__file__).resolve().parent)}, "
+            f"squidpy {version('squidpy')}; {date.today().isoformat()}")
+
+
+def _revision(where: Path) -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=where, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return commit + ("+changes" if dirty else "")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import time
 from importlib.metadata import version
 
@@ -34,14 +33,16 @@ from measure import (
     ari_by_resolution,
     ari_table,
     peak_memory,
+    provenance,
     reset_peak_memory,
     stage_table,
     utag_labellings,
 )
 from reference import TOTAL, run_reference
 
+import utag
 import utag.segmentation
-from utag import analysis
+from utag import analysis, evaluation
 from utag import utag as run_utag
 from utag.datasets import synthetic_tissue
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--no-warmup", action="store_true",
                         help="with --compare: count numba's one-off compilation in the squidpy route")
     parser.add_argument("--out", help="also write the table(s) to this markdown file")
+    parser.add_argument("--label", help="a title for the run in the output (e.g. the version measured)")
     args = parser.parse_args()
     n_cells = int(args.cells)
 
@@ -111,7 +113,7 @@ def main() -> None:
                 f"colocalization ({args.permutations} permutations)":
                     lambda: analysis.measure_per_domain_cell_type_colocalization(
                         result, key, "cell_type", n_permutations=args.permutations, **common),
-                "evaluate_clustering": lambda: analysis.evaluate_clustering(result, key, "cell_type", **common),
+                "evaluate_clustering": lambda: evaluation.evaluate_clustering(result, key, "cell_type", **common),
                 "evaluate_performance": lambda: analysis_scores(result, key),
             }
             for name, call in calls.items():
@@ -120,10 +122,10 @@ def main() -> None:
                 ended = time.perf_counter()
                 rows.append((name, ended - started, memory.peak(started, ended)))
 
-    header = (f"{n_cells:,} cells, {args.slides} slides, {args.markers} markers, max_dist {args.max_dist:g}, "
+    header = ((f"**{args.label}**: " if args.label else "")
+              + f"{n_cells:,} cells, {args.slides} slides, {args.markers} markers, max_dist {args.max_dist:g}, "
               f"methods {', '.join(args.method)}, resolutions {', '.join(map(str, args.resolutions))}; "
-              f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-              f"Python {platform.python_version()}")
+              f"{provenance()}")
     sections = [header + "\n\n" + stage_table(rows, n_cells)]
     print(sections[0], flush=True)
     if args.compare:

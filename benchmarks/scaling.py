@@ -18,7 +18,7 @@ import multiprocessing
 import time
 
 import numpy as np
-from measure import peak_memory, reset_peak_memory
+from measure import peak_memory, provenance, reset_peak_memory
 
 
 def _one_size(n_cells: int, queue) -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     over = ", ".join(f"{n:,}" for n in sizes)
     lines += ["", f"Fitted exponent over {over} cells: time {exponent(sizes, seconds):.2f}, "
               f"peak memory {exponent(sizes, memory):.2f} (n log n: {n_log_n:.2f})."]
-    table = "\n".join(lines)
+    table = provenance() + "\n\n" + "\n".join(lines)
     print(table)
     if args.out:
         with open(args.out, "a") as handle:

@@ -4,6 +4,10 @@
 Bars appear only once their work has taken :data:`DELAY` seconds, so quick runs stay
 silent; every function that shows bars has a ``progress`` switch to turn them off.
 """
+import contextlib
+import logging
+import time
+
 try:
     import ipywidgets  # noqa: F401
     from tqdm.auto import tqdm as _tqdm
@@ -25,4 +29,29 @@ def bar_options(desc: str, total: int, progress: bool) -> dict:
     return {"desc": desc, "total": total, "disable": not progress, "delay": DELAY}
 
 
-__all__ = ["DELAY", "bar_options", "tqdm"]
+class Stopwatch:
+    """Seconds spent per stage (summed over repeated stages), logged as they end; with
+    ``progress``, a bar names the running stage (drawn once the run passes :data:`DELAY`)."""
+
+    def __init__(self, progress: bool = False, logger: logging.Logger | None = None):
+        self.seconds: dict[str, float] = {}
+        self._logger = logger or logging.getLogger("utag")
+        self._bar = tqdm(desc="utag", bar_format="{desc} [{elapsed}]", disable=not progress, leave=False)
+        self._created = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        # redrawing shows the bar at once, so only do it once the run has lasted a while
+        late = time.perf_counter() - self._created >= DELAY
+        self._bar.set_description_str(f"utag: {stage}", refresh=late)
+        started = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - started
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+        self._logger.info("%s: %.2f s", stage, elapsed)
+
+    def close(self):
+        self._bar.close()
+
+
+__all__ = ["DELAY", "Stopwatch", "bar_options", "tqdm"]

@@ -141,11 +141,6 @@ def clustering_methods(clustering_method) -> tuple[str, ...]:
     return methods
 
 
-def label_columns(adata: AnnData) -> list[str]:
-    """The ``obs`` columns ``utag()`` writes labels to (default prefix ``"UTAG Label_"``)."""
-    return [c for c in adata.obs.columns if str(c).startswith("UTAG Label_")]
-
-
 def resolution_list(resolutions) -> list[float]:
     if isinstance(resolutions, numbers.Real):
         resolutions = [resolutions]

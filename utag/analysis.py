@@ -3,8 +3,8 @@
 Which domains touch which (:func:`domain_connectivity`, :func:`slide_connectivity`), which
 cell types make up each domain (:func:`domain_composition`), which cell types touch
 within a domain (:func:`celltype_connectivity`) and more than chance says
-(:func:`measure_per_domain_cell_type_colocalization`), and how good a labelling is
-(:func:`evaluate_clustering`).
+(:func:`measure_per_domain_cell_type_colocalization`). How good a labelling is:
+:mod:`utag.evaluation`.
 
 Every function works on the spatial graph's edge list: the graph already in
 ``obsp['spatial_connectivities']`` (as ``utag(..., keep_spatial_connectivity=True)`` or
@@ -30,6 +30,17 @@ from anndata import AnnData
 from . import _validation as check
 from ._progress import tqdm
 from .graph import slide_pairs
+
+__all__ = [
+    "Edges",
+    "spatial_edges",
+    "pair_counts",
+    "domain_connectivity",
+    "slide_connectivity",
+    "celltype_connectivity",
+    "measure_per_domain_cell_type_colocalization",
+    "domain_composition",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -405,70 +416,3 @@ def domain_composition(
             {"slide": slide_names.astype(str), "domain": domain_names, "cell_type": type_names},
         )
     return result
-
-
-def evaluate_clustering(
-    adata: AnnData,
-    domain_keys: str | list[str] | None = None,
-    celltype_key: str | None = None,
-    slide_key: str | None = None,
-    max_dist: float | None = None,
-    graph_key: str = "spatial_connectivities",
-    use_rep: str = "X_pca",
-    n_silhouette: int = 10_000,
-    random_state: int = 0,
-) -> pd.DataFrame:
-    """Label-free quality measures of one or more domain labellings.
-
-    Returns a tidy DataFrame with one row per labelling:
-
-    * ``n_domains``;
-    * ``celltype_entropy``: mean over cells of the entropy (bits) of the cell-type mix of
-      their domain (needs ``celltype_key``; low: domains are made of few cell types);
-    * ``silhouette``: silhouette score in ``obsm[use_rep]`` on a seeded subsample of
-      ``n_silhouette`` cells;
-    * ``spatial_coherence``: share of spatial edges whose two cells share a domain (needs
-      a spatial graph, see :func:`domain_connectivity`).
-
-    Examples
-    --------
-    >>> from utag import utag
-    >>> from utag.datasets import synthetic_tissue
-    >>> adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0)
-    >>> result = utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[0.3, 0.5],
-    ...               keep_spatial_connectivity=True, progress=False)
-    >>> evaluate_clustering(result, celltype_key="cell_type", slide_key="roi")["n_domains"].tolist()
-    [3, 5]
-    """
-    from sklearn.metrics import silhouette_score
-
-    if domain_keys is None:
-        domain_keys = check.label_columns(adata)
-    elif isinstance(domain_keys, str):
-        domain_keys = [domain_keys]
-    if not domain_keys:
-        raise ValueError("No labellings to evaluate: pass `domain_keys` or run `utag()` first.")
-    has_graph = max_dist is not None or graph_key in adata.obsp
-    edges = spatial_edges(adata, slide_key, max_dist, graph_key) if has_graph else None
-    embedding = adata.obsm[use_rep] if use_rep in adata.obsm else None
-    sample = np.random.default_rng(random_state).permutation(adata.n_obs)[:n_silhouette]
-    rows = []
-    for key in domain_keys:
-        labels, names = _labels(adata, key)
-        row = {"domain_key": key, "n_domains": len(names)}
-        if celltype_key is not None:
-            composition = domain_composition(adata, key, celltype_key)["proportions"].to_numpy()
-            with np.errstate(divide="ignore", invalid="ignore"):
-                entropy = -np.nansum(np.where(composition > 0, composition * np.log2(composition), 0), axis=1)
-            sizes = np.bincount(labels[labels >= 0], minlength=len(names))
-            row["celltype_entropy"] = float((entropy * sizes).sum() / max(sizes.sum(), 1))
-        if embedding is not None:
-            sampled = labels[sample]
-            valid = np.unique(sampled[sampled >= 0]).size
-            row["silhouette"] = (float(silhouette_score(np.asarray(embedding)[sample], sampled))
-                                 if 1 < valid < len(sample) else np.nan)
-        if edges is not None:
-            same = labels[edges.source] == labels[edges.target]
-            row["spatial_coherence"] = float(same.mean()) if len(same) else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from .io import TABLE_SUFFIXES, labels_table, read_cell_table
 
+__all__ = ["main", "build_parser"]
+
 EXAMPLES = """examples:
   utag demo                                   run on the bundled CODEX spleen subset, print scores
   utag demo --out spleen_utag.h5ad            ... and save the result
   utag run cells.csv --out domains.h5ad --x-column X_centroid --y-column Y_centroid \\
       --slide-column image --max-dist 20 --resolutions 0.05 0.1 0.3 --labels-csv domains.csv
-  utag run cells.h5ad --out domains.h5ad --slide-column roi --method leiden kmeans
+  utag run cells.h5ad --out domains.h5ad --slide-key roi --method leiden kmeans
 """
 
 class UsageError(Exception):
@@ -55,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--markers {missing} are not in {source.name}'s var_names {list(adata.var_names)}.")
     elif suffix in TABLE_SUFFIXES:
         adata = read_cell_table(source, x_column=args.x_column, y_column=args.y_column,
-                                slide_column=args.slide_column, marker_columns=args.markers,
+                                slide_column=args.slide_key, marker_columns=args.markers,
                                 exclude_columns=args.exclude, id_column=args.id_column)
     else:
         raise UsageError(f"{source.name}: unknown input type {suffix!r}; use .h5ad, .csv, .tsv or .parquet.")
@@ -63,10 +65,10 @@ def _run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".h5ad":
         raise UsageError(f"--out must end in .h5ad, got {out}.")
     _say(args, f"{source.name}: {adata.n_obs:,} cells, {adata.n_vars} markers"
-               + (f", slides in '{args.slide_column}'" if args.slide_column else ", one slide"))
+               + (f", slides in '{args.slide_key}'" if args.slide_key else ", one slide"))
     started = time.perf_counter()
     result = utag(adata, channels_to_use=args.markers if suffix == ".h5ad" else None,
-                  slide_key=args.slide_column, max_dist=args.max_dist, clustering_method=args.method,
+                  slide_key=args.slide_key, max_dist=args.max_dist, clustering_method=args.method,
                   resolutions=args.resolutions, processes=args.processes, random_state=args.random_state,
                   progress=not args.quiet)
     keys = result.uns["utag"]["label_keys"]
@@ -140,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels-csv", help="also write the domain labels of every cell to this CSV")
     run.add_argument("--x-column", default="x", help="table column of the x centroid (default x)")
     run.add_argument("--y-column", default="y", help="table column of the y centroid (default y)")
-    run.add_argument("--slide-column", help="column naming each cell's image/slide (default: one image)")
+    run.add_argument("--slide-key", "--slide-column", dest="slide_key", metavar="COLUMN",
+                     help="column naming each cell's image/slide: of obs for .h5ad input (as utag()'s slide_key), "
+                          "of the table for tables (default: one image)")
     run.add_argument("--id-column", help="table column of cell identifiers (default: row number)")
     run.add_argument("--markers", nargs="+", help="marker columns (default: every numeric column not used above)")
     run.add_argument("--exclude", nargs="+", help="numeric table columns that are not markers (e.g. area)")

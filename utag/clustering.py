@@ -38,6 +38,23 @@ from scipy.special import softmax
 from . import _leiden
 from ._progress import tqdm
 
+__all__ = [
+    "Neighbourhood",
+    "leiden",
+    "parc",
+    "kmeans",
+    "relabel_by_size",
+    "cluster",
+    "cluster_many",
+    "cluster_means",
+    "soft_assignments",
+    "min_domain_cells",
+    "domain_links",
+    "merge_small_domains",
+    "MIN_DOMAIN_SIZE",
+    "MIN_DOMAIN_CELLS",
+]
+
 logger = logging.getLogger(__name__)
 
 

@@ -12,6 +12,8 @@ from scipy.spatial import cKDTree
 
 from ._validation import as_int, check_positive
 
+__all__ = ["synthetic_tissue", "codex_mouse_spleen"]
+
 _SPLEEN_SUBSET = "codex_mouse_spleen_subset.h5ad"
 
 

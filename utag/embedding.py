@@ -1,4 +1,4 @@
-"""Step 3a of UTAG: one joint embedding of all slides and its kNN graph.
+"""Step 3a of UTAG: one joint embedding of all slides and its kNN graph (:func:`embed`).
 
 * PCA of the message-passed features, computed from the feature covariance matrix
   (exact, deterministic, and cheap when there are tens to a few thousand features).
@@ -15,11 +15,28 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
+
+from ._progress import Stopwatch
+
+__all__ = [
+    "Embedding",
+    "embed",
+    "pca",
+    "nearest_neighbors",
+    "exact_search",
+    "approximate_neighbors",
+    "distinct_profile_neighbors",
+    "fuzzy_connectivities",
+    "knn_distances",
+    "knn_graph",
+    "representation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -335,3 +352,99 @@ def knn_distances(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
     )
     matrix.sort_indices()
     return matrix
+
+
+#: Above this many features PCA is left to ``scanpy.pp.pca`` (randomised/ARPACK solvers)
+#: instead of the exact covariance route.
+MAX_COVARIANCE_FEATURES = 3000
+#: ``sc.pp.neighbors`` with its default ``use_rep`` uses ``X`` itself up to this many
+#: features (scanpy's ``settings.N_PCS``), the PCA above.
+MAX_FEATURES_FOR_X = 50
+
+
+def representation(use_rep: str | None, n_features: int) -> str:
+    """The representation the kNN graph of the Leiden runs is built on.
+
+    ``None`` chooses as ``scanpy.pp.neighbors`` does with its default ``use_rep`` (and as
+    the original UTAG therefore did): the message-passed features ``"X"`` when there are
+    at most :data:`MAX_FEATURES_FOR_X` of them, the PCA embedding ``"X_pca"`` otherwise.
+    """
+    if use_rep is None:
+        return "X" if n_features <= MAX_FEATURES_FOR_X else "X_pca"
+    if use_rep not in ("X", "X_pca"):
+        raise ValueError(f"`use_rep` must be None (scanpy's choice), 'X' or 'X_pca', got {use_rep!r}.")
+    return use_rep
+
+
+def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0):
+    """``(connectivities, distances, tied)``: the UMAP-weighted kNN graph of ``points``,
+    built over distinct profiles when many cells share one (``tied`` cells)."""
+    k = min(n_neighbors, len(points))
+    indices, distances = nearest_neighbors(points, k, knn_method, random_state)
+    tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
+    if tied:
+        logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
+                       "building the kNN graph over distinct profiles so that they do not form "
+                       "disconnected cliques", tied, k - 1)
+        indices, distances = distinct_profile_neighbors(points, k, knn_method, random_state)
+    return fuzzy_connectivities(indices, distances), knn_distances(indices, distances), tied
+
+
+@dataclass
+class Embedding:
+    """What :func:`embed` computes; ``utag()`` stores it where scanpy would."""
+
+    pca: dict  # "embedding", "components", "variance", "variance_ratio", "params"
+    connectivities: sp.csr_matrix  # kNN graph on the representation ``params["use_rep"]``
+    distances: sp.csr_matrix
+    params: dict  # uns['neighbors']['params']
+    pca_connectivities: sp.csr_matrix  # kNN graph on the PCA (the same object when use_rep is "X_pca")
+
+
+def _scanpy_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dict:
+    import scanpy as sc
+    from anndata import AnnData
+
+    holder = AnnData(features)
+    sc.pp.pca(holder, **{"n_comps": n_comps, "random_state": random_state, **pca_kwargs})
+    return {"embedding": holder.obsm["X_pca"], "components": holder.varm["PCs"], **holder.uns["pca"]}
+
+
+def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
+          knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", pca_graph: bool = False,
+          watch=None) -> Embedding:
+    """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
+
+    ``n_comps`` is capped below the numbers of features and cells; any ``pca_kwargs``
+    (or more than :data:`MAX_COVARIANCE_FEATURES` features) send the PCA through
+    ``scanpy.pp.pca``. The kNN graph is built on ``use_rep`` (``"X"``: the features,
+    ``"X_pca"``: the PCA); ``pca_graph`` also builds one on the PCA when ``use_rep`` is
+    ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
+    """
+    watch = watch or Stopwatch()
+    n_cells, n_features = features.shape
+    capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
+    if capped < n_comps:
+        logger.warning("pca_kwargs['n_comps']=%d capped to %d (%d features, %d cells)",
+                       n_comps, capped, n_features, n_cells)
+    with watch("PCA"):
+        if pca_kwargs or n_features > MAX_COVARIANCE_FEATURES:
+            fitted = _scanpy_pca(features, capped, random_state, dict(pca_kwargs or {}))
+        else:
+            fitted = {**pca(features, capped), "params": {"zero_center": True, "method": "covariance"}}
+        fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
+
+    points = fitted["embedding"]
+    if use_rep == "X":
+        points = np.ascontiguousarray(features.toarray() if sp.issparse(features) else features, dtype=np.float32)
+    k = min(n_neighbors, n_cells)
+    with watch("kNN graph"):
+        connectivities, distances, tied = knn_graph(points, k, knn_method, random_state)
+    params = {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": use_rep,
+              "random_state": random_state, "distinct_profiles": bool(tied),
+              "knn": "exact" if exact_search(n_cells, k, knn_method) else "approximate"}
+    on_pca = connectivities
+    if use_rep != "X_pca" and pca_graph:
+        with watch("kNN graph of the PCA (PARC)"):
+            on_pca = knn_graph(fitted["embedding"], k, knn_method, random_state)[0]
+    return Embedding(fitted, connectivities, distances, params, on_pca)

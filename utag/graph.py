@@ -2,10 +2,10 @@
 
 Cells of one slide are connected when their centroids lie within ``max_dist`` of each
 other (inclusive), every cell is connected to itself, and slides are combined
-block-diagonally so that no edge crosses slides. The result is the same graph as
-``squidpy.gr.spatial_neighbors(radius=max_dist, coord_type="generic", set_diag=True,
-library_key=slide_key)`` (``utag/tests/test_graph.py`` checks it), built with one
-KD-tree radius query per slide.
+block-diagonally so that no edge crosses slides. squidpy builds each slide's graph
+(:class:`squidpy.gr.neighbors.RadiusBuilder` with ``set_diag=True``, what
+``squidpy.gr.spatial_neighbors_radius(adata, radius=max_dist, set_diag=True,
+library_key=slide_key)`` runs per slide), so what utag stores is what squidpy stores.
 
 Before any graph is built its number of edges is estimated from a sample of cells
 (:func:`estimate_pairs`, a fraction of a second at a million cells), and
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,39 +23,53 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from . import _validation as check
+from ._memory import available_memory
+
+__all__ = [
+    "GraphTooLargeError",
+    "check_graph_fits",
+    "combine_slides",
+    "estimate_pairs",
+    "radius_graph",
+    "slide_cells",
+    "slide_pairs",
+    "spatial_neighbors",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def radius_pairs(coords: np.ndarray, max_dist: float) -> np.ndarray:
-    """Pairs ``(i, j)``, ``i < j``, of points at distance ``<= max_dist``; shape (n_pairs, 2)."""
-    if len(coords) < 2:
-        return np.empty((0, 2), dtype=np.int64)
-    return cKDTree(coords).query_pairs(max_dist, output_type="ndarray").astype(np.int64, copy=False)
+def _builder(max_dist: float):
+    from squidpy.gr.neighbors import RadiusBuilder
+
+    return RadiusBuilder(radius=float(max_dist), set_diag=True)
 
 
-def adjacency_from_pairs(pairs: np.ndarray, n_cells: int) -> sp.csr_matrix:
-    """Symmetric 0/1 float32 CSR adjacency with self-loops from ``i < j`` pairs."""
-    diagonal = np.arange(n_cells, dtype=np.int64)
-    rows = np.concatenate([pairs[:, 0], pairs[:, 1], diagonal])
-    cols = np.concatenate([pairs[:, 1], pairs[:, 0], diagonal])
-    ones = np.ones(len(rows), dtype=np.float32)
-    adjacency = sp.csr_matrix((ones, (rows, cols)), shape=(n_cells, n_cells))
-    adjacency.sort_indices()
-    return adjacency
+def radius_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """One slide's radius graph, built by squidpy: ``(connectivities, distances)``.
+
+    ``connectivities``: float32 0/1 CSR, symmetric, with self-loops; ``distances``:
+    float64 CSR of the Euclidean lengths of the same edges (zero on the diagonal).
+    """
+    return _builder(max_dist).build(np.ascontiguousarray(coords, dtype=np.float64))
 
 
-def distances_from_pairs(pairs: np.ndarray, coords: np.ndarray) -> sp.csr_matrix:
-    """Symmetric float64 CSR of Euclidean distances; no diagonal, zero distances dropped."""
-    n_cells = len(coords)
-    distances = np.linalg.norm(coords[pairs[:, 0]] - coords[pairs[:, 1]], axis=1)
-    keep = distances > 0  # squidpy stores no explicit zeros (duplicated coordinates)
-    pairs, distances = pairs[keep], distances[keep]
-    rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
-    cols = np.concatenate([pairs[:, 1], pairs[:, 0]])
-    matrix = sp.csr_matrix((np.concatenate([distances, distances]), (rows, cols)), shape=(n_cells, n_cells))
-    matrix.sort_indices()
-    return matrix
+def graph_params(max_dist: float) -> dict:
+    """The parameters squidpy records in ``uns['spatial_neighbors']['params']``."""
+    return _builder(max_dist).uns_params()
+
+
+def combine_slides(graphs: list[tuple[sp.csr_matrix, sp.csr_matrix]], slides: list[np.ndarray],
+                   max_dist: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The slides' graphs as one block-diagonal graph in the input's cell order, as squidpy
+    combines libraries (``slides``: each slide's cell indices, as :func:`slide_cells` gives)."""
+    return _builder(max_dist).combine(graphs, np.concatenate(slides))
+
+
+def upper_pairs(connectivities: sp.csr_matrix) -> np.ndarray:
+    """Edges ``(i, j)``, ``i < j``, of a symmetric graph (self-loops left out); shape (n_edges, 2)."""
+    upper = sp.triu(connectivities, k=1, format="coo")
+    return np.column_stack([upper.row, upper.col]).astype(np.int64, copy=False)
 
 
 def slide_cells(codes: np.ndarray) -> list[np.ndarray]:
@@ -174,107 +187,6 @@ def _slides_side_by_side(points: np.ndarray, codes: np.ndarray, max_dist: float)
     return shifted, min(max_dist, diagonal * (1 + 1e-6))
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the process can still take, or ``None`` when unknown.
-
-    ``MemAvailable`` of ``/proc/meminfo`` on Linux, else psutil's figure if psutil is
-    installed, else the free (or, on macOS, total) physical pages that ``os.sysconf``
-    reports; capped by the room left under a cgroup memory limit (containers, SLURM
-    jobs), which kills the process as surely as running out of RAM.
-    """
-    available = _meminfo_available()
-    if available is None:
-        available = _psutil_available()
-    if available is None:
-        available = _sysconf_memory()
-    headroom = cgroup_headroom()
-    if headroom is not None:
-        available = headroom if available is None else min(available, headroom)
-    return available
-
-
-def _meminfo_available(path: str = "/proc/meminfo") -> int | None:
-    try:
-        with open(path) as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _psutil_available() -> int | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
-def _sysconf_memory() -> int | None:
-    """Free physical memory, or the total where only that is known (macOS)."""
-    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
-        try:
-            return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-            continue
-    return None
-
-
-def cgroup_headroom(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes left under the tightest memory limit of this process's cgroups, or ``None``.
-
-    Reads cgroup v2 (``memory.max``, ``memory.current``) and v1
-    (``memory.limit_in_bytes``, ``memory.usage_in_bytes``) for the process's cgroup and
-    its ancestors; reclaimable page cache (``inactive_file``) counts as room.
-    """
-    try:
-        with open(proc_cgroup) as file:
-            lines = file.read().splitlines()
-    except OSError:
-        return None
-    headroom = None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            hierarchy, names = root, ("memory.max", "memory.current", "inactive_file")
-        elif "memory" in controllers.split(","):
-            hierarchy = os.path.join(root, "memory")
-            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-        else:
-            continue
-        parts = [part for part in path.split("/") if part]
-        for depth in range(len(parts), -1, -1):  # a limit set on an ancestor applies too
-            folder = os.path.join(hierarchy, *parts[:depth])
-            limit, usage = _read_number(os.path.join(folder, names[0])), _read_number(os.path.join(folder, names[1]))
-            if limit is None or usage is None or limit >= 2**60:  # "max", or v1's "no limit"
-                continue
-            room = limit - usage + _memory_stat(os.path.join(folder, "memory.stat"), names[2])
-            headroom = room if headroom is None else min(headroom, room)
-    return headroom
-
-
-def _read_number(path: str) -> int | None:
-    try:
-        with open(path) as file:
-            return int(file.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _memory_stat(path: str, key: str) -> int:
-    try:
-        with open(path) as file:
-            for line in file:
-                name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
                      bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR, bytes_per_cell: float = 0.0,
                      fraction: float | None = None) -> float | None:
@@ -364,13 +276,14 @@ def _format_bytes(n_bytes: float) -> str:
 
 def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,
                 bytes_per_pair: float = EDGE_LIST_BYTES_PER_PAIR) -> np.ndarray:
-    """Radius pairs of every slide, as global cell indices (no cross-slide pairs).
+    """Radius pairs ``(i, j)``, ``i < j``, of every slide, as global cell indices (no
+    cross-slide pairs).
 
     Raises :class:`GraphTooLargeError` first if the pairs, at ``bytes_per_pair`` bytes
     each for what the caller does with them, would not fit in memory.
     """
     check_graph_fits(coords, codes, max_dist, bytes_per_pair)
-    blocks = [cells[radius_pairs(coords[cells], max_dist)] for cells in slide_cells(codes)]
+    blocks = [cells[upper_pairs(radius_graph(coords[cells], max_dist)[0])] for cells in slide_cells(codes)]
     return np.concatenate(blocks)
 
 
@@ -381,7 +294,11 @@ def spatial_neighbors(
     key_added: str = "spatial",
     copy: bool = False,
 ) -> AnnData | None:
-    """Build UTAG's spatial graph and store it the way squidpy does.
+    """Build UTAG's spatial graph with squidpy, one slide at a time, after the memory check.
+
+    Stores what ``squidpy.gr.spatial_neighbors_radius(adata, radius=max_dist,
+    set_diag=True, library_key=slide_key)`` stores, without its requirements that the
+    slide column be categorical and the cell names unique.
 
     Parameters
     ----------
@@ -416,21 +333,22 @@ def spatial_neighbors(
     max_dist = check.check_positive("max_dist", max_dist)
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)
-    pairs = slide_pairs(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR)
+    check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR)
+    slides = slide_cells(codes)
+    graph = combine_slides([radius_graph(coords[cells], max_dist) for cells in slides], slides, max_dist)
     target = adata.copy() if copy else adata
-    store_spatial_graph(target, pairs, coords, max_dist, key_added)
+    store_spatial_graph(target, graph, max_dist, key_added)
     return target if copy else None
 
 
-def store_spatial_graph(adata: AnnData, pairs: np.ndarray, coords: np.ndarray, max_dist: float,
+def store_spatial_graph(adata: AnnData, graph: tuple[sp.csr_matrix, sp.csr_matrix], max_dist: float,
                         key_added: str = "spatial") -> None:
-    """Write the graph given by global ``pairs`` into ``adata`` under squidpy's keys."""
+    """Write ``graph = (connectivities, distances)`` into ``adata`` under squidpy's keys."""
     connectivities_key = f"{key_added}_connectivities"
     distances_key = f"{key_added}_distances"
-    adata.obsp[connectivities_key] = adjacency_from_pairs(pairs, adata.n_obs)
-    adata.obsp[distances_key] = distances_from_pairs(pairs, coords)
+    adata.obsp[connectivities_key], adata.obsp[distances_key] = graph
     adata.uns[f"{key_added}_neighbors"] = {
         "connectivities_key": connectivities_key,
         "distances_key": distances_key,
-        "params": {"radius": float(max_dist), "coord_type": "generic", "transform": None, "set_diag": True},
+        "params": graph_params(max_dist),
     }

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
+__all__ = ["rgb_image", "add_spatial_image"]
+
 
 def rgb_image(
     image,

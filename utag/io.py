@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._validation import label_columns
+from ._keys import label_columns
+
+__all__ = ["read_cell_table", "labels_table"]
 
 #: Table file types and their column separators (parquet needs pyarrow).
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}

@@ -5,10 +5,10 @@ row sums: each cell's features become the mean over its neighbourhood
 (``normalization_mode="l1_norm"``, the published method). Any other mode gives the plain
 sum ``A X``.
 
-The graph is block-diagonal over slides, so the work is done one slide at a time: a
-slide's KD-tree query, its adjacency and its product with the slide's features. The same
-function runs serially or in a process pool (``parmap``), which makes the two routes give
-bit-identical results.
+The graph is block-diagonal over slides, so the work is done one slide at a time: the
+slide's graph (built by squidpy, see :mod:`utag.graph`) and its product with the slide's
+features. The same function runs serially or in a process pool (``parmap``), which makes
+the two routes give bit-identical results.
 """
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ from .graph import (
     MESSAGE_PASSING_BYTES_PER_CELL,
     MESSAGE_PASSING_BYTES_PER_FEATURE,
     MESSAGE_PASSING_BYTES_PER_PAIR,
-    adjacency_from_pairs,
     check_graph_fits,
-    radius_pairs,
+    combine_slides,
+    radius_graph,
     slide_cells,
 )
+
+__all__ = ["aggregate", "as_float32", "pass_messages", "slide_messages"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +52,17 @@ def aggregate(adjacency: sp.csr_matrix, features, normalization_mode: str = "l1_
     return aggregated
 
 
-def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm"):
-    """Graph and message passing of one slide ``(coords, features)``; returns its local
-    radius pairs and the aggregated features."""
+def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm", keep_graph: bool = False):
+    """Graph and message passing of one slide ``(coords, features)``.
+
+    Returns the aggregated features, the slide's number of edges (self-loops left out)
+    and, with ``keep_graph``, its graph ``(connectivities, distances)`` (else ``None``).
+    """
     coords, features = slide
-    pairs = radius_pairs(coords, max_dist)
-    adjacency = adjacency_from_pairs(pairs, len(coords))
-    return pairs, aggregate(adjacency, features, normalization_mode)
+    connectivities, distances = radius_graph(coords, max_dist)
+    n_edges = (connectivities.nnz - len(coords)) // 2
+    aggregated = aggregate(connectivities, features, normalization_mode)
+    return aggregated, n_edges, ((connectivities, distances) if keep_graph else None)
 
 
 def as_float32(features):
@@ -76,6 +82,7 @@ def pass_messages(
     processes: int | None = None,
     progress: bool = False,
     bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR,
+    keep_graph: bool = False,
 ):
     """Aggregate ``features`` over each slide's radius graph.
 
@@ -83,8 +90,11 @@ def pass_messages(
     -------
     aggregated
         Float32 matrix in the input's cell order (dense if ``features`` is dense).
-    pairs
-        Global ``(i, j)``, ``i < j`` pairs of cells within ``max_dist`` on the same slide.
+    n_edges
+        Number of spatial edges (pairs of cells within ``max_dist`` on the same slide).
+    graph
+        With ``keep_graph``: ``(connectivities, distances)`` of all slides, block-diagonal
+        in the input's cell order, as squidpy stores them; else ``None``.
 
     Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
     not fit in memory (``bytes_per_pair``: what the caller will hold per pair, by default
@@ -94,6 +104,7 @@ def pass_messages(
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
+    radius_graph(coords[:1], max_dist)  # imports squidpy here, once, rather than in every worker
     n_workers = min(len(slides), processes or os.cpu_count() or 1)
     use_pool = bool(parallel) and n_workers > 1
     logger.info("message passing over %d slide(s)%s", len(slides),
@@ -103,16 +114,17 @@ def pass_messages(
         [(coords[cells], features[cells]) for cells in slides],
         max_dist,
         normalization_mode,
+        keep_graph,
         pm_parallel=use_pool,
         pm_processes=n_workers if use_pool else None,
         pm_pbar=bar_options("slides", len(slides), progress),
     )
-    pairs = np.concatenate([cells[local] for cells, (local, _) in zip(slides, results)])
-    blocks = [block for _, block in results]
+    blocks, edge_counts, graphs = zip(*results)
     order = np.concatenate(slides)
     if sp.issparse(features):
         aggregated = sp.vstack(blocks, format="csr")[np.argsort(order)]
     else:
         aggregated = np.empty(features.shape, dtype=np.float32)
         aggregated[order] = np.concatenate(blocks)
-    return aggregated, pairs
+    graph = combine_slides(list(graphs), slides, max_dist) if keep_graph else None
+    return aggregated, int(sum(edge_counts)), graph

@@ -22,6 +22,17 @@ from matplotlib.path import Path
 from . import _validation as check
 from .analysis import _labels, domain_composition, domain_connectivity
 
+__all__ = [
+    "domain_colors",
+    "plot_domains",
+    "plot_domain_network",
+    "plot_chord",
+    "plot_composition",
+    "plot_colocalization",
+    "plot_resolution_sweep",
+    "plot_domain_hierarchy",
+]
+
 
 def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     """Colour of each category of ``obs[key]``, stored in ``uns[f"{key}_colors"]``.

@@ -1,60 +1,43 @@
-"""The UTAG pipeline: spatial graph, message passing, joint embedding, clustering."""
+"""UTAG, the method: ``utag()`` runs its steps in order.
+
+Each step is an array function in the module named after it: :mod:`utag.graph` and
+:mod:`utag.message_passing` (steps 1-2), :mod:`utag.embedding` (PCA and the kNN graph),
+:mod:`utag.clustering` (Leiden, PARC, k-means, soft assignments). ``utag()`` checks its
+parameters once, reads the AnnData at the start, runs the steps on arrays and writes
+one new AnnData at the end.
+"""
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from . import _progress
 from . import _validation as check
-from ._progress import tqdm
+from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
+from ._progress import Stopwatch
 from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_by_size, soft_assignments
-from .embedding import (
-    distinct_profile_neighbors,
-    exact_search,
-    fuzzy_connectivities,
-    knn_distances,
-    nearest_neighbors,
-    pca,
-)
-from .evaluation import evaluate_performance  # noqa: F401  (original import path)
+from .embedding import Embedding, embed, exact_search, representation
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .transfer import build_model
-from .tuning import (
-    DOMAIN_RADIUS_FACTOR,
-    recommended_resolutions,
-    resolution_for_n_domains,
-    resolution_sweep,
-    suggest_max_dist,
-)
+from .tuning import DOMAIN_RADIUS_FACTOR, recommended_resolutions, resolution_for_n_domains, suggest_max_dist, sweep
+from .utils import evaluate_performance  # noqa: F401  (the original's utag.segmentation.evaluate_performance)
+
+__all__ = ["utag", "evaluate_performance", "label_key"]
 
 logger = logging.getLogger(__name__)
-
-#: Above this many features PCA is left to ``scanpy.pp.pca`` (randomised/ARPACK solvers)
-#: instead of the exact covariance route.
-MAX_COVARIANCE_FEATURES = 3000
-#: ``sc.pp.neighbors`` with its default ``use_rep`` uses ``X`` itself up to this many
-#: features (scanpy's ``settings.N_PCS``), the PCA above.
-MAX_FEATURES_FOR_X = 50
-
-
-def label_key(save_key: str, method: str, resolution: float) -> str:
-    """``obs`` column of one labelling, e.g. ``'UTAG Label_leiden_0.1'``."""
-    return f"{save_key}_{method}_{resolution}"
 
 
 def utag(
     adata: AnnData,
     channels_to_use=None,
     slide_key: str | None = "Slide",
-    save_key: str = "UTAG Label",
+    save_key: str = DEFAULT_SAVE_KEY,
     filter_by_variance: bool = False,
     max_dist: float = 20.0,
     normalization_mode: str = "l1_norm",
@@ -195,8 +178,109 @@ def utag(
     3
     """
     check.check_n_cells(adata)
+    coords = check.spatial_coordinates(adata)
+    codes, slide_names = check.slide_codes(adata, slide_key)
+    features, var = _select_features(adata, channels_to_use, filter_by_variance)
+    p = _check_parameters(
+        adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
+        clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
+        parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
+        knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
+    )
+    watch = Stopwatch(progress, logger)
+    try:
+        with watch("graph and message passing"):
+            # storing the spatial graph costs more per pair than message passing alone
+            bytes_per_pair = (SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity
+                              else MESSAGE_PASSING_BYTES_PER_PAIR)
+            aggregated, n_edges, graph = pass_messages(
+                coords, features, codes, p.max_dist, normalization_mode, parallel, processes, progress,
+                bytes_per_pair, keep_graph=keep_spatial_connectivity,
+            )
+        logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
+
+        embedded = None
+        if apply_clustering or apply_umap:
+            embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, p.knn_method, random_state,
+                             p.use_rep, pca_graph="parc" in p.methods, watch=watch)
+        runs, swept = [], None
+        if p.methods:
+            neighbourhoods = _neighbourhoods(embedded)
+            runs, swept = _plan_runs(p, neighbourhoods, coords, codes, random_state, processes, progress, watch)
+            runs = _cluster_runs(runs, neighbourhoods, random_state, p.min_cells, processes if parallel else 1,
+                                 progress, watch)
+        labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
+        probabilities = {}
+        for key, codes_ in labels.items():
+            with watch("probabilities"):
+                probabilities[key] = soft_assignments(aggregated, codes_)
+            logger.info("%s: %d domains", key, codes_.max() + 1)
+
+        result = _new_result(adata, aggregated, var)
+        if graph is not None:
+            store_spatial_graph(result, graph, p.max_dist)
+        if embedded is not None:
+            _store_embedding(result, embedded)
+        for key, codes_ in labels.items():
+            result.obs[key] = pd.Categorical.from_codes(codes_, categories=[str(i) for i in range(codes_.max() + 1)])
+            result.obsm[probabilities_key(key)] = probabilities[key]
+        if swept is not None:
+            table, typical = swept
+            result.uns["utag_resolution_sweep"] = {"table": table, "labels": typical,
+                                                   "resolutions": table["resolution"].to_numpy()}
+        if apply_umap:
+            import scanpy as sc
+
+            with watch("UMAP"):
+                sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
+        result.uns["utag"] = {
+            "slide_key": slide_key if slide_key is not None else "None",
+            "max_dist": p.max_dist,
+            "normalization_mode": normalization_mode,
+            "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
+            "n_neighbors": p.n_neighbors,
+            "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
+            "min_domain_cells": p.min_cells,
+            "clustering_method": list(p.methods),
+            "resolutions": sorted({r for _, r, _, _ in runs}),
+            "n_domains": p.n_domains if p.n_domains is not None else 0,
+            "random_state": random_state,
+            "label_keys": list(labels),
+            "timings": watch.seconds,
+        }
+        if labels:
+            result.uns["utag"]["model"] = build_model(aggregated, var.index, embedded.pca["embedding"],
+                                                      embedded.pca["components"], labels, p.max_dist,
+                                                      normalization_mode)
+    finally:
+        watch.close()
+    return result
+
+
+@dataclass(frozen=True)
+class _Parameters:
+    """``utag()``'s parameters, checked once, in the form the steps take them."""
+
+    methods: tuple[str, ...]
+    resolutions: list[float]
+    auto: bool  # resolutions="auto"
+    n_domains: int | None
+    max_dist: float
+    n_neighbors: int
+    knn_method: str
+    n_comps: int
+    pca_kwargs: dict  # without n_comps
+    use_rep: str
+    min_cells: int
+    backend_kwargs: dict  # per method
+
+
+def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
+                      clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs, processes,
+                      n_neighbors, knn_method, n_domains, use_rep, min_domain_size) -> _Parameters:
+    """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
-    auto = apply_clustering and isinstance(resolutions, str) and resolutions == "auto"
+    auto = bool(apply_clustering) and isinstance(resolutions, str) and resolutions == "auto"
     if n_domains is not None:
         n_domains = check.as_int("n_domains", n_domains, minimum=1)
         if "parc" in methods:
@@ -212,101 +296,53 @@ def utag(
                     DOMAIN_RADIUS_FACTOR)
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
-    exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method before any work
-    processes = None if processes is None else check.as_int("processes", processes)
+    exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method
+    if processes is not None:
+        check.as_int("processes", processes)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
-    coords = check.spatial_coordinates(adata)
-    codes, slide_names = check.slide_codes(adata, slide_key)
-    features, var = _select_features(adata, channels_to_use, filter_by_variance)
-    rep = representation(use_rep, len(var))
-    min_cells = min_domain_cells(min_domain_size, adata.n_obs)
-
-    # storing the spatial graph costs more per pair than message passing alone
-    bytes_per_pair = SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity else MESSAGE_PASSING_BYTES_PER_PAIR
-    watch = Stopwatch(progress)
-    try:
-        with watch("graph and message passing"):
-            aggregated, pairs = pass_messages(
-                coords, features, codes, max_dist, normalization_mode, parallel, processes, progress, bytes_per_pair
-            )
-        logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), len(pairs))
-        result = _new_result(adata, aggregated, var)
-        if keep_spatial_connectivity:
-            store_spatial_graph(result, pairs, coords, max_dist)
-        del pairs
-
-        if apply_clustering or apply_umap:
-            neighbourhoods = _embed(result, n_comps, pca_kwargs, n_neighbors, knn_method, random_state, rep,
-                                    methods, watch)
-        if apply_umap:
-            import scanpy as sc
-
-            with watch("UMAP"):
-                sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-        backend_kwargs = {
-            "leiden": dict(leiden_kwargs or {}),
-            "parc": dict(parc_kwargs or {}),
-            "kmeans": dict(kmeans_kwargs or {}),
-        }
-        runs = _plan_runs(result, neighbourhoods, methods, resolutions, auto, n_domains, backend_kwargs,
-                          random_state, min_cells, slide_key, processes, progress, watch) if methods else []
-        if runs:
-            runs = _cluster_runs(runs, neighbourhoods, random_state, min_cells, processes if parallel else 1,
-                                 progress, watch)
-        for method, resolution, _, labels in runs:
-            key = label_key(save_key, method, resolution)
-            result.obs[key] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(labels.max() + 1)])
-            with watch("probabilities"):
-                result.obsm[f"{key}_probabilities"] = soft_assignments(result.X, labels)
-            logger.info("%s: %d domains", key, labels.max() + 1)
-
-        result.uns["utag"] = {
-            "slide_key": slide_key if slide_key is not None else "None",
-            "max_dist": max_dist,
-            "normalization_mode": normalization_mode,
-            "n_comps": int(result.obsm["X_pca"].shape[1]) if "X_pca" in result.obsm else 0,
-            "n_neighbors": n_neighbors,
-            "use_rep": result.uns.get("neighbors", {}).get("params", {}).get("use_rep", "None"),
-            "min_domain_cells": min_cells,
-            "clustering_method": list(methods),
-            "resolutions": sorted({r for _, r, _, _ in runs}),
-            "n_domains": n_domains if n_domains is not None else 0,
-            "random_state": random_state,
-            "label_keys": [label_key(save_key, m, r) for m, r, _, _ in runs],
-            "timings": watch.seconds,
-        }
-        if runs:
-            result.uns["utag"]["model"] = build_model(result, result.uns["utag"]["label_keys"])
-    finally:
-        watch.close()
-    return result
+    return _Parameters(
+        methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains, max_dist=max_dist,
+        n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps, pca_kwargs=pca_kwargs,
+        use_rep=representation(use_rep, n_features), min_cells=min_domain_cells(min_domain_size, adata.n_obs),
+        backend_kwargs={"leiden": dict(leiden_kwargs or {}), "parc": dict(parc_kwargs or {}),
+                        "kmeans": dict(kmeans_kwargs or {})},
+    )
 
 
-def _plan_runs(result: AnnData, neighbourhoods: dict, methods, resolutions: list, auto: bool,
-               n_domains: int | None, backend_kwargs: dict, random_state: int, min_cells: int, slide_key,
-               processes, progress: bool, watch: Stopwatch) -> list[tuple]:
-    """The clustering runs to do: ``(method, resolution, backend kwargs, labels or None)``.
+def _neighbourhoods(embedded: Embedding) -> dict[str, Neighbourhood]:
+    """What each method clusters: Leiden the kNN graph on ``use_rep``, PARC and k-means
+    the PCA and its kNN graph, as in the original UTAG."""
+    on_rep = Neighbourhood(embedded.pca["embedding"], embedded.connectivities)
+    on_pca = Neighbourhood(embedded.pca["embedding"], embedded.pca_connectivities)
+    return {"leiden": on_rep, "parc": on_pca, "kmeans": on_pca}
+
+
+def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: np.ndarray, random_state: int,
+               processes, progress: bool, watch: Stopwatch) -> tuple[list[tuple], tuple | None]:
+    """The clustering runs to do, ``(method, resolution, backend kwargs, labels or None)``,
+    and the resolution sweep's ``(table, labels)`` when ``resolutions="auto"``.
 
     ``auto``: the resolution comes from a stability sweep (k-means then takes as many
     domains as Leiden finds there); ``n_domains``: runs that give exactly that many.
     """
-    if auto:
+    backend_kwargs, resolutions, swept = p.backend_kwargs, p.resolutions, None
+    if p.auto:
         with watch("resolution sweep"):
-            sweep = resolution_sweep(result, n_runs=5, random_state=random_state,
-                                     leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress,
-                                     min_domain_size=min_cells, slide_key=slide_key)
-        resolutions = recommended_resolutions(sweep)
+            swept = sweep(neighbourhoods["leiden"], coords, codes, n_runs=5, random_state=random_state,
+                          leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress,
+                          min_cells=p.min_cells)
+        resolutions = recommended_resolutions(swept[0])
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
-        chosen = int(sweep.loc[sweep["resolution"] == resolutions[0], "n_domains"].iloc[0])
+        chosen = int(swept[0].loc[swept[0]["resolution"] == resolutions[0], "n_domains"].iloc[0])
         backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
-    runs = [(method, chosen / 10 if auto and method == "kmeans" else resolution, backend_kwargs[method], None)
-            for resolution in resolutions for method in methods]
-    if n_domains is not None:
-        with watch(f"resolution for {n_domains} domains"):
-            runs += _runs_for_n_domains(neighbourhoods["leiden"], n_domains, methods, backend_kwargs, random_state,
-                                        min_cells)
-    return runs
+    runs = [(method, chosen / 10 if p.auto and method == "kmeans" else resolution, backend_kwargs[method], None)
+            for resolution in resolutions for method in p.methods]
+    if p.n_domains is not None:
+        with watch(f"resolution for {p.n_domains} domains"):
+            runs += _runs_for_n_domains(neighbourhoods["leiden"], p.n_domains, p.methods, backend_kwargs,
+                                        random_state, p.min_cells)
+    return runs, swept
 
 
 def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, min_cells: int, processes,
@@ -370,103 +406,12 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     )
 
 
-def representation(use_rep: str | None, n_features: int) -> str:
-    """The representation the kNN graph of the Leiden runs is built on.
-
-    ``None`` chooses as ``scanpy.pp.neighbors`` does with its default ``use_rep`` (and as
-    the original UTAG therefore did): the message-passed features ``"X"`` when there are
-    at most :data:`MAX_FEATURES_FOR_X` of them, the PCA embedding ``"X_pca"`` otherwise.
-    """
-    if use_rep is None:
-        return "X" if n_features <= MAX_FEATURES_FOR_X else "X_pca"
-    if use_rep not in ("X", "X_pca"):
-        raise ValueError(f"`use_rep` must be None (scanpy's choice), 'X' or 'X_pca', got {use_rep!r}.")
-    return use_rep
-
-
-def _knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str, random_state: int):
-    """``(connectivities, distances, tied)``: the UMAP-weighted kNN graph of ``points``,
-    built over distinct profiles when many cells share one (``tied``)."""
-    k = min(n_neighbors, len(points))
-    indices, distances = nearest_neighbors(points, k, knn_method, random_state)
-    tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
-    if tied:
-        logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
-                       "building the kNN graph over distinct profiles so that they do not form "
-                       "disconnected cliques", tied, k - 1)
-        indices, distances = distinct_profile_neighbors(points, k, knn_method, random_state)
-    return fuzzy_connectivities(indices, distances), knn_distances(indices, distances), tied
-
-
-def _embed(result: AnnData, n_comps: int, pca_kwargs: dict, n_neighbors: int, knn_method: str, random_state: int,
-           rep: str, methods, watch: Stopwatch) -> dict[str, Neighbourhood]:
-    """PCA and kNN graph of ``result.X``, written where scanpy writes them.
-
-    Returns what each clustering method clusters: Leiden the kNN graph on ``rep`` (``"X"``
-    or ``"X_pca"``, see :func:`representation`), PARC and k-means the PCA embedding and its
-    kNN graph, as in the original UTAG (one graph when both representations are the PCA).
-    """
-    n_cells, n_features = result.shape
-    capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
-    if capped < n_comps:
-        logger.warning("pca_kwargs['n_comps']=%d capped to %d (%d features, %d cells)",
-                       n_comps, capped, n_features, n_cells)
-    with watch("PCA"):
-        if pca_kwargs or n_features > MAX_COVARIANCE_FEATURES:
-            import scanpy as sc
-
-            sc.pp.pca(result, **{"n_comps": capped, "random_state": random_state, **pca_kwargs})
-        else:
-            fitted = pca(result.X, capped)
-            result.obsm["X_pca"] = fitted["embedding"]
-            result.varm["PCs"] = fitted["components"]
-            result.uns["pca"] = {"variance": fitted["variance"], "variance_ratio": fitted["variance_ratio"],
-                                 "params": {"zero_center": True, "method": "covariance"}}
-        embedding = np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32)
-
-    points = embedding
-    if rep == "X":
-        points = result.X.toarray() if sp.issparse(result.X) else result.X
-        points = np.ascontiguousarray(points, dtype=np.float32)
-    k = min(n_neighbors, n_cells)
-    with watch("kNN graph"):
-        connectivities, distances, tied = _knn_graph(points, k, knn_method, random_state)
-        result.obsp["connectivities"] = connectivities
-        result.obsp["distances"] = distances
-    result.uns["neighbors"] = {
-        "connectivities_key": "connectivities",
-        "distances_key": "distances",
-        "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": rep,
-                   "random_state": random_state, "distinct_profiles": bool(tied),
-                   "knn": "exact" if exact_search(n_cells, k, knn_method) else "approximate"},
-    }
-    on_rep = Neighbourhood(embedding, connectivities)
-    on_pca = on_rep
-    if rep != "X_pca" and "parc" in methods:
-        with watch("kNN graph of the PCA (PARC)"):
-            on_pca = Neighbourhood(embedding, _knn_graph(embedding, k, knn_method, random_state)[0])
-    return {"leiden": on_rep, "parc": on_pca, "kmeans": on_pca}
-
-
-class Stopwatch:
-    """Seconds spent per stage (summed over repeated stages), logged as they end; with
-    ``progress``, a bar names the running stage (drawn once the run passes a few seconds)."""
-
-    def __init__(self, progress: bool = False):
-        self.seconds: dict[str, float] = {}
-        self._bar = tqdm(desc="utag", bar_format="{desc} [{elapsed}]", disable=not progress, leave=False)
-        self._created = time.perf_counter()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        # redrawing shows the bar at once, so only do it once the run has lasted a while
-        late = time.perf_counter() - self._created >= _progress.DELAY
-        self._bar.set_description_str(f"utag: {stage}", refresh=late)
-        started = time.perf_counter()
-        yield
-        elapsed = time.perf_counter() - started
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
-        logger.info("%s: %.2f s", stage, elapsed)
-
-    def close(self):
-        self._bar.close()
+def _store_embedding(result: AnnData, embedded: Embedding) -> None:
+    """Write the PCA and kNN graph where ``scanpy.pp.pca`` and ``scanpy.pp.neighbors`` do."""
+    result.obsm["X_pca"] = embedded.pca["embedding"]
+    result.varm["PCs"] = embedded.pca["components"]
+    result.uns["pca"] = {key: value for key, value in embedded.pca.items() if key not in ("embedding", "components")}
+    result.obsp["connectivities"] = embedded.connectivities
+    result.obsp["distances"] = embedded.distances
+    result.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
+                               "params": embedded.params}

@@ -19,22 +19,29 @@ from scipy.spatial import cKDTree
 from scipy.special import softmax
 
 from . import _validation as check
+from ._keys import probabilities_key
 from .clustering import cluster_means
 from .message_passing import pass_messages
 
+__all__ = ["build_model", "transfer_labels"]
 
-def build_model(result: AnnData, keys: list[str]) -> dict:
-    """The transfer model of ``result`` (what ``utag()`` stores in ``uns['utag']['model']``)."""
-    embedding = np.asarray(result.obsm["X_pca"], dtype=np.float64)
-    centroids = {key: cluster_means(embedding, result.obs[key].cat.codes.to_numpy()) for key in keys}
-    params = result.uns.get("utag", {})
+
+def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
+                labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm") -> dict:
+    """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
+
+    ``features``: the message-passed features the PCA was fitted on, named
+    ``feature_names``; ``embedding``: their PCA; ``components``: features x components;
+    ``labels``: label codes per ``obs`` key.
+    """
+    embedding = np.asarray(embedding, dtype=np.float64)
     return {
-        "features": np.asarray(result.var_names, dtype=str),
-        "mean": np.asarray(result.X.mean(axis=0), dtype=np.float64).ravel(),
-        "components": np.asarray(result.varm["PCs"], dtype=np.float64),
-        "max_dist": float(params.get("max_dist", np.nan)),
-        "normalization_mode": str(params.get("normalization_mode", "l1_norm")),
-        "centroids": centroids,
+        "features": np.asarray(feature_names, dtype=str),
+        "mean": np.asarray(features.mean(axis=0), dtype=np.float64).ravel(),
+        "components": np.asarray(components, dtype=np.float64),
+        "max_dist": float(max_dist),
+        "normalization_mode": str(normalization_mode),
+        "centroids": {key: cluster_means(embedding, codes) for key, codes in labels.items()},
     }
 
 
@@ -102,7 +109,7 @@ def transfer_labels(
     codes, _ = check.slide_codes(adata, slide_key)
     matrix = adata.X[:, columns]
     check.check_features(matrix)
-    aggregated, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
+    aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
                                   parallel, processes, progress)
     embedding = np.asarray(aggregated @ model["components"]) - model["mean"] @ model["components"]
 
@@ -127,5 +134,5 @@ def transfer_labels(
         labels = probabilities.argmax(axis=1)
         categories = [str(i) for i in range(len(centroids))]
         transferred.obs[key] = pd.Categorical.from_codes(labels, categories=categories)
-        transferred.obsm[f"{key}_probabilities"] = probabilities.astype(np.float32)
+        transferred.obsm[probabilities_key(key)] = probabilities.astype(np.float32)
     return transferred

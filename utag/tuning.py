@@ -25,7 +25,23 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
+from ._keys import method_and_resolution, probabilities_key
 from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
+
+__all__ = [
+    "resolution_sweep",
+    "sweep",
+    "recommended_resolutions",
+    "spatial_coherence",
+    "resolution_for_n_domains",
+    "merge_to_n_domains",
+    "align_labels",
+    "consistent_labels",
+    "domain_hierarchy",
+    "suggest_max_dist",
+    "max_dist_report",
+    "neighbourhood_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +116,26 @@ def resolution_sweep(
     >>> list(table.columns[:4])
     ['resolution', 'n_domains', 'stability', 'agreement']
     """
+    neighbourhood = neighbourhood_of(result)
+    if slide_key is None:
+        slide_key = result.uns.get("utag", {}).get("slide_key")
+        slide_key = None if slide_key == "None" else slide_key
+    min_cells = min_domain_cells(min_domain_size, result.n_obs)
+    table, typical = sweep(neighbourhood, check.spatial_coordinates(result), check.slide_codes(result, slide_key)[0],
+                           resolutions, n_runs, random_state, leiden_kwargs, processes, progress, min_cells)
+    result.uns[key_added] = {"table": table, "labels": typical, "resolutions": table["resolution"].to_numpy()}
+    return table
+
+
+def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndarray,
+          resolutions=DEFAULT_RESOLUTIONS, n_runs: int = 5, random_state: int = 0, leiden_kwargs: dict | None = None,
+          processes: int | None = None, progress: bool = False, min_cells: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`resolution_sweep` on arrays: the table and the most typical labelling of
+    every resolution (resolutions x cells)."""
     resolutions = sorted(check.resolution_list(list(resolutions)))
     n_runs = check.as_int("n_runs", n_runs, minimum=2)
     kwargs = dict(leiden_kwargs or {})
-    neighbourhood = neighbourhood_of(result)
     tasks = [(r, random_state + run, kwargs) for r in resolutions for run in range(n_runs)]
-    min_cells = min_domain_cells(min_domain_size, neighbourhood.connectivities.shape[0])
     runs = np.array(_run_all(neighbourhood, tasks, processes, progress, min_cells))
     runs = runs.reshape(len(resolutions), n_runs, -1)
 
@@ -121,11 +151,7 @@ def resolution_sweep(
                      "n_domains": int(np.median([labels.max() + 1 for labels in labellings])),
                      "stability": float(stability)})
     between = [adjusted_rand_score(a, b) for a, b in zip(typical[:-1], typical[1:])]
-    if slide_key is None:
-        slide_key = result.uns.get("utag", {}).get("slide_key")
-        slide_key = None if slide_key == "None" else slide_key
-    coherence = spatial_coherence(np.stack(typical), check.spatial_coordinates(result),
-                                  check.slide_codes(result, slide_key)[0], random_state=random_state)
+    coherence = spatial_coherence(np.stack(typical), coords, slide_codes, random_state=random_state)
     for i, row in enumerate(rows):
         neighbours = ([between[i - 1]] if i > 0 else []) + ([between[i]] if i < len(between) else [])
         row["agreement"] = float(np.mean(neighbours)) if neighbours else np.nan
@@ -137,8 +163,7 @@ def resolution_sweep(
     peaks = _peaks(table)
     table.loc[peaks, "recommended"] = True
     table.loc[peaks, "rank"] = np.argsort(np.argsort(-table.loc[peaks, "score"].to_numpy())) + 1
-    result.uns[key_added] = {"table": table, "labels": np.stack(typical), "resolutions": np.array(resolutions)}
-    return table
+    return table, np.stack(typical)
 
 
 #: Spatial neighbours per cell in :func:`spatial_coherence`: a scale of tissue larger than
@@ -351,11 +376,13 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     ``keys`` (default: the labellings ``utag()`` wrote, ordered by method then
     resolution) are aligned one after the other, each to the previous one; the
     probability columns in ``obsm`` are permuted to match. Returns the keys in the
-    order they were aligned.
+    order they were aligned. The centroids of the transfer model
+    (``uns['utag']['model']``) are renumbered too, so :func:`utag.transfer.transfer_labels`
+    gives the new numbers afterwards.
     """
     if keys is None:
         keys = list(result.uns.get("utag", {}).get("label_keys", []))
-        keys.sort(key=lambda k: (k.rsplit("_", 2)[-2], float(k.rsplit("_", 1)[-1])))
+        keys.sort(key=method_and_resolution)
     if not keys:
         raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
     previous = None
@@ -364,10 +391,13 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
         names = list(result.obs[key].cat.categories)
         if previous is not None:
             aligned = align_labels(previous, codes)
-            probabilities = result.obsm.get(f"{key}_probabilities")
+            source = _source_labels(codes, aligned)  # new label j was old label source[j]
+            probabilities = result.obsm.get(probabilities_key(key))
             if probabilities is not None and probabilities.shape[1] == len(names):
-                # new column j holds the probabilities of the old label that became j
-                result.obsm[f"{key}_probabilities"] = np.asarray(probabilities)[:, _source_labels(codes, aligned)]
+                result.obsm[probabilities_key(key)] = np.asarray(probabilities)[:, source]
+            centroids = result.uns.get("utag", {}).get("model", {}).get("centroids", {})
+            if key in centroids:
+                centroids[key] = np.asarray(centroids[key])[source]
             codes = aligned
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
         previous = codes
@@ -498,8 +528,9 @@ def max_dist_report(
     for max_dist in max_dists:
         degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
         for slide, cells in zip(names, slides):
-            pairs, aggregated = slide_messages((coords[cells], features[cells]), max_dist)
-            degrees[cells] = np.bincount(pairs.ravel(), minlength=len(cells))
+            aggregated, _, (connectivities, _) = slide_messages((coords[cells], features[cells]), max_dist,
+                                                                keep_graph=True)
+            degrees[cells] = np.diff(connectivities.indptr) - 1  # self-loops are not neighbours
             aggregated = aggregated.toarray() if sp.issparse(aggregated) else aggregated
             _, inverse, counts = np.unique(aggregated, axis=0, return_inverse=True, return_counts=True)
             tied[cells] = counts[inverse.ravel()] > n_neighbors

@@ -12,11 +12,11 @@ from utag.analysis import (
     celltype_connectivity,
     domain_composition,
     domain_connectivity,
-    evaluate_clustering,
     measure_per_domain_cell_type_colocalization,
     slide_connectivity,
     spatial_edges,
 )
+from utag.evaluation import evaluate_clustering
 
 
 def _random_tissue(n=240, seed=0, n_domains=3, n_types=4):

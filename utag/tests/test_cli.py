@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from utag import utag
 from utag.cli import main
 from utag.datasets import synthetic_tissue
 
@@ -55,6 +56,20 @@ def test_run_on_h5ad_with_markers_and_tsv(cell_table, tmp_path):
                  "--method", "kmeans", "--resolutions", "0.2"]) == 0
     result = anndata.read_h5ad(second)
     assert list(result.var_names) == ["CD0", "CD1"] and result.obs["UTAG Label_kmeans_0.2"].nunique() == 2
+
+
+def test_run_takes_slide_key_for_h5ad_like_the_python_call(tmp_path):
+    adata = synthetic_tissue(n_cells=1_200, n_slides=2, n_markers=4, random_state=1)
+    # the two slides share one frame: treated as one slide they would be wired together
+    adata.obsm["spatial"] = adata.obsm["spatial"] - adata.obsm["spatial"].min(axis=0)
+    source, out = tmp_path / "cells.h5ad", tmp_path / "domains.h5ad"
+    adata.write_h5ad(source)
+    assert main(["run", str(source), "--out", str(out), "--slide-key", "roi", "--quiet",
+                 "--method", "kmeans", "--resolutions", "0.3"]) == 0
+    expected = utag(adata, slide_key="roi", max_dist=20, clustering_method="kmeans", resolutions=0.3, progress=False)
+    written = anndata.read_h5ad(out)
+    assert written.uns["utag"]["slide_key"] == "roi"
+    np.testing.assert_array_equal(written.X, expected.X)
 
 
 @pytest.mark.parametrize("extra, message", [

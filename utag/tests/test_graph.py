@@ -6,17 +6,16 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from utag import graph, utag
+from utag._memory import available_memory, cgroup_headroom
 from utag.datasets import synthetic_tissue
 from utag.graph import (
     GraphTooLargeError,
-    adjacency_from_pairs,
-    available_memory,
-    cgroup_headroom,
     check_graph_fits,
     estimate_pairs,
-    radius_pairs,
+    radius_graph,
     slide_pairs,
     spatial_neighbors,
+    upper_pairs,
 )
 
 
@@ -24,8 +23,7 @@ def _squidpy_graph(adata, radius, library_key):
     import squidpy as sq
 
     reference = adata.copy()
-    sq.gr.spatial_neighbors(reference, radius=radius, coord_type="generic", set_diag=True,
-                            library_key=library_key)
+    sq.gr.spatial_neighbors_radius(reference, radius=radius, set_diag=True, library_key=library_key)
     return reference.obsp["spatial_connectivities"], reference.obsp["spatial_distances"]
 
 
@@ -63,11 +61,20 @@ def test_graph_equals_squidpy_on_grid_with_duplicates_and_boundary_distances():
     assert ours.obsp["spatial_connectivities"][interior].nnz == 13
 
 
-def test_radius_pairs_match_brute_force():
+def test_radius_graph_matches_brute_force():
     coords = np.random.default_rng(0).uniform(0, 50, size=(300, 2))
     dist = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
     expected = {(i, j) for i, j in zip(*np.nonzero(dist <= 7.5)) if i < j}
-    assert {tuple(p) for p in radius_pairs(coords, 7.5)} == expected
+    connectivities, distances = radius_graph(coords, 7.5)
+    assert {tuple(p) for p in upper_pairs(connectivities)} == expected
+    pairs = upper_pairs(connectivities)
+    np.testing.assert_allclose(np.asarray(distances[pairs[:, 0], pairs[:, 1]]).ravel(),
+                               dist[pairs[:, 0], pairs[:, 1]], rtol=1e-12)
+
+
+def test_radius_graph_of_one_cell_is_its_self_loop():
+    connectivities, distances = radius_graph(np.zeros((1, 2)), 5.0)
+    assert connectivities.toarray().tolist() == [[1.0]] and distances.nnz <= 1
 
 
 def test_no_edge_crosses_slides():
@@ -80,11 +87,11 @@ def test_no_edge_crosses_slides():
 
 
 def test_adjacency_is_symmetric_with_self_loops():
-    adjacency = adjacency_from_pairs(np.array([[0, 1], [1, 3]]), 5)
-    dense = adjacency.toarray()
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [2.0, 0.0], [9.0, 9.0]])
+    dense = radius_graph(coords, 1.0)[0].toarray()
     np.testing.assert_array_equal(dense, dense.T)
     np.testing.assert_array_equal(np.diag(dense), np.ones(5))
-    assert dense.sum() == 5 + 4
+    assert dense.sum() == 5 + 4  # edges 0-1 and 1-3, both ways
 
 
 def test_spatial_neighbors_does_not_touch_input_with_copy(tissue):

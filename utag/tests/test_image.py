@@ -17,7 +17,7 @@ def test_rgb_from_a_tiff_file(stack, tmp_path):
     import tifffile
 
     path = tmp_path / "roi.tiff"
-    tifffile.imwrite(path, stack)
+    tifffile.imwrite(path, stack, photometric="minisblack")  # channels as pages, as IMC/CODEX stacks
     rgb = rgb_image(path, channels=["CD3", None, "CD20"], channel_names=["DNA", "CD45", "CD3", "CD20"])
     assert rgb.shape == (40, 60, 3) and rgb.dtype == np.float32
     assert rgb[..., 1].max() == 0
@@ -51,6 +51,11 @@ def test_bad_arguments(stack, kwargs, message):
         rgb_image(stack, **kwargs)
 
 
+# scanpy 1.11 deprecates sc.pl.spatial in favour of squidpy.pl.spatial_scatter (both read the
+# layout add_spatial_image writes), and calls matplotlib's Colormap.set_bad, which matplotlib
+# will deprecate: third-party warnings about scanpy's own code
+@pytest.mark.filterwarnings("ignore:Use `squidpy.pl.spatial_scatter` instead:FutureWarning")
+@pytest.mark.filterwarnings("ignore:The set_bad function will be deprecated:PendingDeprecationWarning")
 def test_scanpy_draws_domains_over_the_attached_image(stack):
     import scanpy as sc
 

@@ -112,6 +112,25 @@ def test_consistent_labels_across_resolutions_and_hierarchy(four_domains):
     assert hierarchy.groupby("fine_key")["n_cells"].sum().eq(adata.n_obs).all()
 
 
+def test_transfer_after_consistent_labels_gives_the_new_numbers(four_domains):
+    adata, _ = four_domains
+    result = utag(adata, slide_key="roi", clustering_method=["leiden"], resolutions=[0.05, 0.3, 0.6],
+                  progress=False)
+    keys = list(result.uns["utag"]["label_keys"])
+    before = {key: result.obs[key].to_numpy().copy() for key in keys}
+    moved_before = {method: transfer_labels(result, adata, slide_key="roi", method=method)
+                    for method in ("knn", "centroid")}
+    consistent_labels(result)
+    renamed = [key for key in keys if (before[key] != result.obs[key].to_numpy()).any()]
+    assert renamed, "the case must renumber something for this test to mean anything"
+    for method in ("knn", "centroid"):
+        moved = transfer_labels(result, adata, slide_key="roi", method=method)
+        for key in renamed:  # the same cells get the same domains, under their new numbers
+            renumbering = dict(zip(before[key], result.obs[key].to_numpy()))
+            expected = [renumbering[label] for label in moved_before[method].obs[key].to_numpy()]
+            assert moved.obs[key].tolist() == expected, (method, key)
+
+
 def test_transfer_to_a_new_slide(four_domains):
     adata, _ = four_domains
     reference = adata[adata.obs["roi"] == "roi_0"].copy()

@@ -1,0 +1,36 @@
+"""Where utag writes its labels: the naming conventions of ``obs`` and ``obsm`` keys, in
+one place.
+
+``utag()`` writes each labelling to ``obs[f"{save_key}_{method}_{resolution}"]`` (e.g.
+``"UTAG Label_leiden_0.1"``, as the original package did) and its soft assignments to
+``obsm[f"{label_key}_probabilities"]``.
+"""
+from __future__ import annotations
+
+from anndata import AnnData
+
+__all__ = ["DEFAULT_SAVE_KEY", "label_columns", "label_key", "method_and_resolution", "probabilities_key"]
+
+#: Prefix of the label columns (``utag(save_key=...)``).
+DEFAULT_SAVE_KEY = "UTAG Label"
+
+
+def label_key(save_key: str, method: str, resolution: float) -> str:
+    """``obs`` column of one labelling, e.g. ``'UTAG Label_leiden_0.1'``."""
+    return f"{save_key}_{method}_{resolution}"
+
+
+def probabilities_key(key: str) -> str:
+    """``obsm`` key of the soft assignments of the labelling in ``obs[key]``."""
+    return f"{key}_probabilities"
+
+
+def method_and_resolution(key: str) -> tuple[str, float]:
+    """``('leiden', 0.1)`` for ``'UTAG Label_leiden_0.1'``."""
+    _, method, resolution = key.rsplit("_", 2)
+    return method, float(resolution)
+
+
+def label_columns(adata: AnnData, save_key: str = DEFAULT_SAVE_KEY) -> list[str]:
+    """The ``obs`` columns that hold labellings written with ``save_key``."""
+    return [c for c in adata.obs.columns if str(c).startswith(f"{save_key}_")]
