@@ -86,24 +86,23 @@ def slide_cells(codes: np.ndarray) -> list[np.ndarray]:
 # raising MemoryError. Every function that builds a radius graph therefore estimates its
 # pairs first (check_graph_fits) and raises GraphTooLargeError if they would not fit.
 #
-# Peak memory beyond what the process held before the call, per pair (i < j), measured
-# as /proc/self/status VmHWM (reset through /proc/self/clear_refs) minus VmRSS in a fresh
-# process per run, on one slide of 100,000 or 300,000 uniform cells (150 um^2 per cell)
-# at max_dist 20, 60 and 120 (0.4 to 15 million pairs); least squares on pairs and cells,
-# residuals within 3%:
-# * pass_messages: 88 bytes per pair (KD-tree pair list, int64 pairs, COO and CSR
-#   adjacency with self-loops, its product) and 16 + 7 * n_features bytes per cell
-#   (the slide's float32 features and the result; 10 and 40 features measured). Two
-#   slides in a 2-process pool peaked at 84 bytes per pair across processes;
-# * spatial_neighbors: 145 bytes per pair (pairs, connectivities and float64 distances);
-# * slide_pairs and then utag.analysis.domain_connectivity: 66 bytes per pair (the
-#   colocalisation test 33, the bare edge list 32).
-# The graph routes' ~45 bytes per cell (KD-tree) are left out: only pairs can explode.
-MESSAGE_PASSING_BYTES_PER_PAIR = 90
-MESSAGE_PASSING_BYTES_PER_CELL = 16
+# Peak memory beyond what the process held before the call, per pair (i < j) and per
+# cell: benchmarks/graph_memory.py measures it (VmHWM minus VmRSS in a fresh process per
+# run, one uniform slide of 100,000 or 300,000 cells at max_dist 20, 40, 80) and fits both;
+# docs/generated/performance_graph-memory.md has its table. squidpy's radius graph
+# dominates every route: scikit-learn's per-cell neighbour arrays (index and distance),
+# their concatenation, and the COO-to-CSR connectivities and distances, about 180 bytes
+# per pair and 470 per cell; message passing adds the slide's float32 features and its
+# result. The constants below are at or above what was measured.
+MESSAGE_PASSING_BYTES_PER_PAIR = 200
+MESSAGE_PASSING_BYTES_PER_CELL = 320
 MESSAGE_PASSING_BYTES_PER_FEATURE = 8  # per cell and feature
-SPATIAL_GRAPH_BYTES_PER_PAIR = 150
-EDGE_LIST_BYTES_PER_PAIR = 70
+SPATIAL_GRAPH_BYTES_PER_PAIR = 200
+#: what utag(keep_spatial_connectivity=True) adds: the stored graph (float32 connectivities
+#: and float64 distances, both directions) and the copy made when slides are combined
+STORED_GRAPH_BYTES_PER_PAIR = 80
+EDGE_LIST_BYTES_PER_PAIR = 200
+GRAPH_BYTES_PER_CELL = 500
 # Share of the available memory a graph may take: the rest is left to the other stages
 # and to other processes. Read at each check, so it can be changed at run time.
 MEMORY_FRACTION = 0.8
@@ -282,7 +281,7 @@ def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,
     Raises :class:`GraphTooLargeError` first if the pairs, at ``bytes_per_pair`` bytes
     each for what the caller does with them, would not fit in memory.
     """
-    check_graph_fits(coords, codes, max_dist, bytes_per_pair)
+    check_graph_fits(coords, codes, max_dist, bytes_per_pair, GRAPH_BYTES_PER_CELL)
     blocks = [cells[upper_pairs(radius_graph(coords[cells], max_dist)[0])] for cells in slide_cells(codes)]
     return np.concatenate(blocks)
 
@@ -333,7 +332,7 @@ def spatial_neighbors(
     max_dist = check.check_positive("max_dist", max_dist)
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)
-    check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR)
+    check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
     graph = combine_slides([radius_graph(coords[cells], max_dist) for cells in slides], slides, max_dist)
     target = adata.copy() if copy else adata

@@ -22,7 +22,7 @@ from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
 from ._progress import Stopwatch
 from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_by_size, soft_assignments
 from .embedding import Embedding, embed, exact_search, representation
-from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPH_BYTES_PER_PAIR, store_spatial_graph
+from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .transfer import build_model
 from .tuning import DOMAIN_RADIUS_FACTOR, recommended_resolutions, resolution_for_n_domains, suggest_max_dist, sweep
@@ -191,8 +191,8 @@ def utag(
     try:
         with watch("graph and message passing"):
             # storing the spatial graph costs more per pair than message passing alone
-            bytes_per_pair = (SPATIAL_GRAPH_BYTES_PER_PAIR if keep_spatial_connectivity
-                              else MESSAGE_PASSING_BYTES_PER_PAIR)
+            bytes_per_pair = MESSAGE_PASSING_BYTES_PER_PAIR + (STORED_GRAPH_BYTES_PER_PAIR
+                                                               if keep_spatial_connectivity else 0)
             aggregated, n_edges, graph = pass_messages(
                 coords, features, codes, p.max_dist, normalization_mode, parallel, processes, progress,
                 bytes_per_pair, keep_graph=keep_spatial_connectivity,
@@ -206,9 +206,9 @@ def utag(
         runs, swept = [], None
         if p.methods:
             neighbourhoods = _neighbourhoods(embedded)
-            runs, swept = _plan_runs(p, neighbourhoods, coords, codes, random_state, processes, progress, watch)
-            runs = _cluster_runs(runs, neighbourhoods, random_state, p.min_cells, processes if parallel else 1,
-                                 progress, watch)
+            n_jobs = processes if parallel else 1
+            runs, swept = _plan_runs(p, neighbourhoods, coords, codes, random_state, n_jobs, progress, watch)
+            runs = _cluster_runs(runs, neighbourhoods, random_state, p.min_cells, n_jobs, progress, watch)
         labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         probabilities = {}
         for key, codes_ in labels.items():
@@ -319,7 +319,7 @@ def _neighbourhoods(embedded: Embedding) -> dict[str, Neighbourhood]:
 
 
 def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: np.ndarray, random_state: int,
-               processes, progress: bool, watch: Stopwatch) -> tuple[list[tuple], tuple | None]:
+               n_jobs, progress: bool, watch: Stopwatch) -> tuple[list[tuple], tuple | None]:
     """The clustering runs to do, ``(method, resolution, backend kwargs, labels or None)``,
     and the resolution sweep's ``(table, labels)`` when ``resolutions="auto"``.
 
@@ -330,7 +330,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
     if p.auto:
         with watch("resolution sweep"):
             swept = sweep(neighbourhoods["leiden"], coords, codes, n_runs=5, random_state=random_state,
-                          leiden_kwargs=backend_kwargs["leiden"], processes=processes, progress=progress,
+                          leiden_kwargs=backend_kwargs["leiden"], n_jobs=n_jobs, progress=progress,
                           min_cells=p.min_cells)
         resolutions = recommended_resolutions(swept[0])
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
@@ -345,7 +345,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
     return runs, swept
 
 
-def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, min_cells: int, processes,
+def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, min_cells: int, n_jobs,
                   progress: bool, watch: Stopwatch) -> list[tuple]:
     """``runs`` with their labels: every run of one method at once (Leiden resolutions in parallel)."""
     done = list(runs)
@@ -355,7 +355,7 @@ def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, mi
         with watch(f"{method} {resolutions}"):
             labels = cluster_many(neighbourhoods[method],
                                   [(method, runs[i][1], random_state, runs[i][2]) for i in todo],
-                                  n_jobs=processes, progress=progress, min_cells=min_cells)
+                                  n_jobs=n_jobs, progress=progress, min_cells=min_cells)
         for i, run_labels in zip(todo, labels):
             done[i] = (*runs[i][:3], run_labels)
     return done

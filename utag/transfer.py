@@ -52,8 +52,7 @@ def transfer_labels(
     slide_key: str | None = None,
     method: str = "knn",
     n_neighbors: int = 15,
-    parallel: bool = True,
-    processes: int | None = None,
+    n_jobs: int | None = None,
     progress: bool = False,
 ) -> AnnData:
     """Assign the domains of ``result`` to the cells of new slides in ``adata``.
@@ -73,6 +72,11 @@ def transfer_labels(
         in PCA space, probabilities the vote shares; ``"centroid"``: nearest domain
         centroid in PCA space (needs only the model), probabilities the softmax of
         ``-distance^2 / 2``.
+    n_jobs
+        Worker processes for the slides' message passing (default: one per core; ``1``:
+        none). Results do not depend on it.
+    progress
+        Show a progress bar over the slides.
 
     Returns
     -------
@@ -110,7 +114,7 @@ def transfer_labels(
     matrix = adata.X[:, columns]
     check.check_features(matrix)
     aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
-                                  parallel, processes, progress)
+                                  n_jobs != 1, n_jobs, progress)
     embedding = np.asarray(aggregated @ model["components"]) - model["mean"] @ model["components"]
 
     transferred = AnnData(X=aggregated, obs=adata.obs.copy(), var=pd.DataFrame(index=features),

@@ -59,11 +59,11 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
                          sp.csr_matrix(result.obsp["connectivities"]))
 
 
-def _run_all(neighbourhood: Neighbourhood, tasks: list, processes: int | None, progress: bool,
+def _run_all(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None, progress: bool,
              min_cells: int = 0) -> list:
     """Leiden labels (int32) for every (resolution, seed, kwargs) task."""
     runs = cluster_many(neighbourhood, [("leiden", resolution, seed, kwargs) for resolution, seed, kwargs in tasks],
-                        n_jobs=processes, progress=progress, min_cells=min_cells)
+                        n_jobs=n_jobs, progress=progress, min_cells=min_cells)
     return [labels.astype(np.int32) for labels in runs]
 
 
@@ -73,7 +73,7 @@ def resolution_sweep(
     n_runs: int = 5,
     random_state: int = 0,
     leiden_kwargs: dict | None = None,
-    processes: int | None = None,
+    n_jobs: int | None = None,
     progress: bool = True,
     key_added: str = "utag_resolution_sweep",
     min_domain_size: float | None = None,
@@ -101,7 +101,8 @@ def resolution_sweep(
       domains, ``rank`` 1 the best.
 
     The most typical run of every resolution is kept in ``result.uns[key_added]`` with
-    the table (``result`` is changed only there). ``slide_key``: the slides of
+    the table (``result`` is changed only there). ``n_jobs``: threads for the Leiden runs
+    (default: one per core; results do not depend on it). ``slide_key``: the slides of
     ``result.obsm['spatial']`` (default: the one ``utag()`` recorded). Why this score:
     ``benchmarks/resolution.py`` compares it with other criteria on every labelled
     dataset (``docs/choosing.md``).
@@ -122,21 +123,21 @@ def resolution_sweep(
         slide_key = None if slide_key == "None" else slide_key
     min_cells = min_domain_cells(min_domain_size, result.n_obs)
     table, typical = sweep(neighbourhood, check.spatial_coordinates(result), check.slide_codes(result, slide_key)[0],
-                           resolutions, n_runs, random_state, leiden_kwargs, processes, progress, min_cells)
+                           resolutions, n_runs, random_state, leiden_kwargs, n_jobs, progress, min_cells)
     result.uns[key_added] = {"table": table, "labels": typical, "resolutions": table["resolution"].to_numpy()}
     return table
 
 
 def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndarray,
           resolutions=DEFAULT_RESOLUTIONS, n_runs: int = 5, random_state: int = 0, leiden_kwargs: dict | None = None,
-          processes: int | None = None, progress: bool = False, min_cells: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+          n_jobs: int | None = None, progress: bool = False, min_cells: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`resolution_sweep` on arrays: the table and the most typical labelling of
     every resolution (resolutions x cells)."""
     resolutions = sorted(check.resolution_list(list(resolutions)))
     n_runs = check.as_int("n_runs", n_runs, minimum=2)
     kwargs = dict(leiden_kwargs or {})
     tasks = [(r, random_state + run, kwargs) for r in resolutions for run in range(n_runs)]
-    runs = np.array(_run_all(neighbourhood, tasks, processes, progress, min_cells))
+    runs = np.array(_run_all(neighbourhood, tasks, n_jobs, progress, min_cells))
     runs = runs.reshape(len(resolutions), n_runs, -1)
 
     rows, typical = [], []
