@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
-from measure import ari_by_resolution, ari_table, utag_labellings
+from measure import ari_by_resolution, ari_table, provenance, utag_labellings
 from reference import run_reference
 
 from utag import utag
@@ -211,7 +211,7 @@ def main() -> None:
 
     header = (f"Best-resolution ARI against the truth, utag ({args.n_comps or 'default'} PCs) vs squidpy's "
               f"`calculate_niche(flavor='utag')`, resolutions {', '.join(f'{r:g}' for r in resolutions)}; "
-              f"PASS if utag - reference >= -{TOLERANCE}")
+              f"PASS if utag - reference >= -{TOLERANCE}; {provenance()}")
     table = "\n".join([header, "", "| dataset | cells | route | best resolution | best ARI | domains at best | "
                        "seconds | note | utag - reference | verdict |",
                        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |", *summary])

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import numpy as np
+import parmap
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
@@ -30,6 +32,7 @@ __all__ = [
     "check_graph_fits",
     "combine_slides",
     "estimate_pairs",
+    "per_slide",
     "radius_graph",
     "slide_cells",
     "slide_pairs",
@@ -273,17 +276,31 @@ def _format_bytes(n_bytes: float) -> str:
     return f"{n_bytes:.0f} bytes"
 
 
+def per_slide(function, coords: np.ndarray, slides: list[np.ndarray], *args, processes: int | None = None) -> list:
+    """``function(coords[cells], *args)`` for every slide, in a ``parmap`` process pool of
+    ``processes`` workers (default: one per core, at most one per slide; 1: no pool)."""
+    radius_graph(coords[:1], 1.0)  # imports squidpy here, once, rather than in every worker
+    n_workers = min(len(slides), processes or os.cpu_count() or 1)
+    return parmap.map(function, [coords[cells] for cells in slides], *args, pm_parallel=n_workers > 1,
+                      pm_processes=n_workers if n_workers > 1 else None)
+
+
+def _upper_pairs_of_slide(coords: np.ndarray, max_dist: float) -> np.ndarray:
+    return upper_pairs(radius_graph(coords, max_dist)[0])
+
+
 def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,
-                bytes_per_pair: float = EDGE_LIST_BYTES_PER_PAIR) -> np.ndarray:
+                bytes_per_pair: float = EDGE_LIST_BYTES_PER_PAIR, processes: int | None = None) -> np.ndarray:
     """Radius pairs ``(i, j)``, ``i < j``, of every slide, as global cell indices (no
-    cross-slide pairs).
+    cross-slide pairs); the slides' graphs are built in ``processes`` worker processes.
 
     Raises :class:`GraphTooLargeError` first if the pairs, at ``bytes_per_pair`` bytes
     each for what the caller does with them, would not fit in memory.
     """
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, GRAPH_BYTES_PER_CELL)
-    blocks = [cells[upper_pairs(radius_graph(coords[cells], max_dist)[0])] for cells in slide_cells(codes)]
-    return np.concatenate(blocks)
+    slides = slide_cells(codes)
+    local = per_slide(_upper_pairs_of_slide, coords, slides, max_dist, processes=processes)
+    return np.concatenate([cells[pairs] for cells, pairs in zip(slides, local)])
 
 
 def spatial_neighbors(
@@ -334,7 +351,7 @@ def spatial_neighbors(
     codes, _ = check.slide_codes(adata, slide_key)
     check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    graph = combine_slides([radius_graph(coords[cells], max_dist) for cells in slides], slides, max_dist)
+    graph = combine_slides(per_slide(radius_graph, coords, slides, max_dist), slides, max_dist)
     target = adata.copy() if copy else adata
     store_spatial_graph(target, graph, max_dist, key_added)
     return target if copy else None
