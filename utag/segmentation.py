@@ -216,18 +216,7 @@ def utag(
                 probabilities[key] = soft_assignments(aggregated, codes_)
             logger.info("%s: %d domains", key, codes_.max() + 1)
 
-        result = _new_result(adata, aggregated, var)
-        if graph is not None:
-            store_spatial_graph(result, graph, p.max_dist)
-        if embedded is not None:
-            _store_embedding(result, embedded)
-        for key, codes_ in labels.items():
-            result.obs[key] = pd.Categorical.from_codes(codes_, categories=[str(i) for i in range(codes_.max() + 1)])
-            result.obsm[probabilities_key(key)] = probabilities[key]
-        if swept is not None:
-            table, typical = swept
-            result.uns["utag_resolution_sweep"] = {"table": table, "labels": typical,
-                                                   "resolutions": table["resolution"].to_numpy()}
+        result = _write_result(adata, aggregated, var, graph, embedded, labels, probabilities, swept, p.max_dist)
         if apply_umap:
             import scanpy as sc
 
@@ -404,6 +393,26 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
         obsm={key: value.copy() for key, value in adata.obsm.items()},
         uns=copy.deepcopy(dict(adata.uns)),
     )
+
+
+def _write_result(adata: AnnData, aggregated, var: pd.DataFrame, graph, embedded: Embedding | None,
+                  labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept,
+                  max_dist: float) -> AnnData:
+    """The new AnnData: the input's annotations, the message-passed features, and every
+    result under the keys scanpy, squidpy and the original UTAG use."""
+    result = _new_result(adata, aggregated, var)
+    if graph is not None:
+        store_spatial_graph(result, graph, max_dist)
+    if embedded is not None:
+        _store_embedding(result, embedded)
+    for key, codes in labels.items():
+        result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
+        result.obsm[probabilities_key(key)] = probabilities[key]
+    if swept is not None:
+        table, typical = swept
+        result.uns["utag_resolution_sweep"] = {"table": table, "labels": typical,
+                                               "resolutions": table["resolution"].to_numpy()}
+    return result
 
 
 def _store_embedding(result: AnnData, embedded: Embedding) -> None:
