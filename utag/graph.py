@@ -26,6 +26,7 @@ from scipy.spatial import cKDTree
 
 from . import _validation as check
 from ._memory import available_memory
+from ._progress import bar_options
 
 __all__ = [
     "GraphTooLargeError",
@@ -276,13 +277,16 @@ def _format_bytes(n_bytes: float) -> str:
     return f"{n_bytes:.0f} bytes"
 
 
-def per_slide(function, coords: np.ndarray, slides: list[np.ndarray], *args, processes: int | None = None) -> list:
-    """``function(coords[cells], *args)`` for every slide, in a ``parmap`` process pool of
-    ``processes`` workers (default: one per core, at most one per slide; 1: no pool)."""
-    radius_graph(coords[:1], 1.0)  # imports squidpy here, once, rather than in every worker
-    n_workers = min(len(slides), processes or os.cpu_count() or 1)
-    return parmap.map(function, [coords[cells] for cells in slides], *args, pm_parallel=n_workers > 1,
-                      pm_processes=n_workers if n_workers > 1 else None)
+def per_slide(function, items: list, *args, processes: int | None = None, progress: bool = False) -> list:
+    """``function(item, *args)`` for every slide's ``item``, in a ``parmap`` process pool of
+    ``processes`` workers (default: one per core, at most one per slide; 1: no pool);
+    ``progress`` shows a bar over the slides."""
+    _builder(1.0)  # imports squidpy here, once, rather than in every worker
+    n_workers = min(len(items), processes or os.cpu_count() or 1)
+    logger.info("%d slide(s)%s", len(items), f" in {n_workers} processes" if n_workers > 1 else "")
+    return parmap.map(function, items, *args, pm_parallel=n_workers > 1,
+                      pm_processes=n_workers if n_workers > 1 else None,
+                      pm_pbar=bar_options("slides", len(items), progress))
 
 
 def _upper_pairs_of_slide(coords: np.ndarray, max_dist: float) -> np.ndarray:
@@ -299,7 +303,7 @@ def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,
     """
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    local = per_slide(_upper_pairs_of_slide, coords, slides, max_dist, processes=processes)
+    local = per_slide(_upper_pairs_of_slide, [coords[cells] for cells in slides], max_dist, processes=processes)
     return np.concatenate([cells[pairs] for cells, pairs in zip(slides, local)])
 
 
@@ -351,7 +355,8 @@ def spatial_neighbors(
     codes, _ = check.slide_codes(adata, slide_key)
     check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    graph = combine_slides(per_slide(radius_graph, coords, slides, max_dist), slides, max_dist)
+    graph = combine_slides(per_slide(radius_graph, [coords[cells] for cells in slides], max_dist), slides,
+                           max_dist)
     target = adata.copy() if copy else adata
     store_spatial_graph(target, graph, max_dist, key_added)
     return target if copy else None

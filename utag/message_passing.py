@@ -13,19 +13,17 @@ the two routes give bit-identical results.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
-import parmap
 import scipy.sparse as sp
 
-from ._progress import bar_options
 from .graph import (
     MESSAGE_PASSING_BYTES_PER_CELL,
     MESSAGE_PASSING_BYTES_PER_FEATURE,
     MESSAGE_PASSING_BYTES_PER_PAIR,
     check_graph_fits,
     combine_slides,
+    per_slide,
     radius_graph,
     slide_cells,
 )
@@ -104,21 +102,8 @@ def pass_messages(
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
-    radius_graph(coords[:1], max_dist)  # imports squidpy here, once, rather than in every worker
-    n_workers = min(len(slides), processes or os.cpu_count() or 1)
-    use_pool = bool(parallel) and n_workers > 1
-    logger.info("message passing over %d slide(s)%s", len(slides),
-                f" with {n_workers} processes" if use_pool else "")
-    results = parmap.map(
-        slide_messages,
-        [(coords[cells], features[cells]) for cells in slides],
-        max_dist,
-        normalization_mode,
-        keep_graph,
-        pm_parallel=use_pool,
-        pm_processes=n_workers if use_pool else None,
-        pm_pbar=bar_options("slides", len(slides), progress),
-    )
+    results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,
+                        normalization_mode, keep_graph, processes=processes if parallel else 1, progress=progress)
     blocks, edge_counts, graphs = zip(*results)
     order = np.concatenate(slides)
     if sp.issparse(features):
