@@ -37,13 +37,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._numba import jit
+
 _THETA = 0.01
 _BLOCK = 1024
 _FULLY_RANDOM_MAX_NODES = 200_000
 _UINT64 = numba.uint64
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _next_random(state):
     """Uniform float in [0, 1) from the splitmix64 generator whose state is ``state[0]``."""
     state[0] += _UINT64(0x9E3779B97F4A7C15)
@@ -54,7 +56,7 @@ def _next_random(state):
     return (z >> _UINT64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _shuffle(values, start, stop, state):
     """Fisher-Yates shuffle of ``values[start:stop]`` in place."""
     for i in range(stop - 1, start, -1):
@@ -62,7 +64,7 @@ def _shuffle(values, start, stop, state):
         values[i], values[j] = values[j], values[i]
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _random_order(n, state):
     """Nodes ``0..n-1`` in random order.
 
@@ -93,7 +95,7 @@ def _random_order(n, state):
     return order
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _consecutive(labels):
     """Relabel to ``0..k-1`` in order of first appearance; returns (labels, k)."""
     mapping = np.full(labels.max() + 1, -1, dtype=np.int64)
@@ -108,7 +110,7 @@ def _consecutive(labels):
     return relabelled, k
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _gather_links(v, indptr, indices, weights, labels, group, same_group_only, link, seen, touched):
     """Add the weight from node ``v`` to each label among its neighbours into ``link``
     (optionally only neighbours of ``v``'s own ``group``); the labels met are listed in
@@ -127,7 +129,7 @@ def _gather_links(v, indptr, indices, weights, labels, group, same_group_only, l
     return n_touched
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _move_nodes_fast(indptr, indices, weights, node_weights, community, resolution, state):
     """Step 1, in place on ``community`` (labels ``0..n-1`` allowed). Returns whether any node moved."""
     n = len(node_weights)
@@ -192,7 +194,7 @@ def _move_nodes_fast(indptr, indices, weights, node_weights, community, resoluti
     return moved
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _refine(indptr, indices, weights, node_weights, community, resolution, state):
     """Step 2: sub-communities of ``community`` (labels ``0..k-1``), labels ``0..n-1``."""
     n = len(node_weights)
@@ -256,7 +258,7 @@ def _refine(indptr, indices, weights, node_weights, community, resolution, state
     return refined
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _aggregate(indptr, indices, weights, labels, k):
     """CSR graph of ``k`` nodes whose edge weights sum the edges between label groups
     (edges inside a group dropped)."""
@@ -303,7 +305,7 @@ def _aggregate(indptr, indices, weights, labels, k):
     return new_indptr, new_indices[:nnz].copy(), new_weights[:nnz].copy()
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _one_iteration(indptr, indices, weights, node_weights, membership, resolution, state):
     """One run of the Leiden algorithm from ``membership``; returns (membership, changed)."""
     level_of_node = np.arange(len(node_weights))
@@ -335,7 +337,7 @@ def _one_iteration(indptr, indices, weights, node_weights, membership, resolutio
     return result, changed
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _leiden(indptr, indices, weights, node_weights, membership, resolution, n_iterations, seed):
     state = np.array([seed], dtype=np.uint64)
     iteration = 0

@@ -6,7 +6,7 @@ was found and how to fix the call.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,29 @@ def as_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def seed(value, name: str = "random_state") -> int:
+    """A seed from an integer, an integral float (R sends ``1`` as ``1.0``) or ``None``
+    (a fresh seed, which the caller records so that the run can be repeated)."""
+    if value is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value != int(value) or not 0 <= int(value) < 2**32:
+        raise ValueError(f"`{name}` must be a whole number from 0 to 2**32 - 1 (or None for a fresh seed), "
+                         f"got {value!r}.")
+    return int(value)
+
+
+def as_float(value) -> float:
+    """``float(value)``, with single-precision numbers as they print: ``np.float32(0.3)``
+    (also after pandas or NumPy widened it to 0.30000001192092896) gives 0.3, so keys made
+    from it read as the user typed them."""
+    if isinstance(value, np.floating):
+        return float(str(value))
+    value = float(value)
+    single = np.float32(value)
+    return float(str(single)) if np.isfinite(single) and float(single) == value else value
+
+
 def check_positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
@@ -33,7 +56,23 @@ def check_positive(name: str, value) -> float:
             f"`{name}` must be > 0, got {value!r}. It is a distance in the units of "
             "`obsm['spatial']` (e.g. pixels); for IMC (1 px = 1 um) 10-40 is typical."
         )
-    return float(value)
+    return as_float(value)
+
+
+#: ``normalization_mode`` names: the neighbourhood mean (the published method) and the
+#: plain sum (what the original does for any other value).
+NORMALIZATION_MODES = {"l1_norm": "l1_norm", "mean": "l1_norm", "sum": "sum", "none": "sum"}
+
+
+def normalization_mode(value) -> str:
+    """``"l1_norm"`` (mean) or ``"sum"``; ``None`` is the sum too (no normalisation)."""
+    if value is None:
+        return "sum"
+    if isinstance(value, str) and value.lower() in NORMALIZATION_MODES:
+        return NORMALIZATION_MODES[value.lower()]
+    raise ValueError(f"`normalization_mode` must be one of {list(NORMALIZATION_MODES)} (or None), got {value!r}: "
+                     "'l1_norm' (or 'mean') averages over the neighbourhood, as published; 'sum' (or 'none', "
+                     "None) adds the neighbours up, which is what the original code did for any other value.")
 
 
 def check_n_cells(adata: AnnData) -> None:
@@ -103,6 +142,9 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
     channels = list(channels_to_use)
     if not channels:
         raise ValueError("`channels_to_use` is empty; pass None to use every feature.")
+    repeated = sorted({c for c in channels if channels.count(c) > 1}, key=channels.index)
+    if repeated:
+        raise ValueError(f"`channels_to_use` names {repeated} more than once; name each channel once.")
     missing = [c for c in channels if c not in adata.var_names]
     if missing:
         raise ValueError(
@@ -121,6 +163,17 @@ def check_features(features) -> None:
             "`adata.X` contains NaN or infinite values. Impute or drop them (e.g. "
             "`adata.X = np.nan_to_num(adata.X)`) before running UTAG."
         )
+    if values.size and np.abs(values).max() > FLOAT32_LIMIT:
+        raise ValueError(
+            f"`adata.X` holds values up to {np.abs(values).max():.3g}, beyond what float32 features "
+            f"(and sums of a neighbourhood's values) can hold (|x| <= {FLOAT32_LIMIT:.0e}). Rescale the "
+            "features first, e.g. `adata.X = np.log1p(adata.X)` or divide them by a constant."
+        )
+
+
+#: Largest feature magnitude accepted: float32's range (3.4e38) with room for the sum of
+#: a million neighbours.
+FLOAT32_LIMIT = 1e32
 
 
 def clustering_methods(clustering_method) -> tuple[str, ...]:
@@ -142,10 +195,12 @@ def clustering_methods(clustering_method) -> tuple[str, ...]:
 
 
 def resolution_list(resolutions) -> list[float]:
+    """Any number or iterable of numbers (list, array, pandas Series, R vector) as floats."""
     if isinstance(resolutions, numbers.Real):
         resolutions = [resolutions]
-    if isinstance(resolutions, str) or not isinstance(resolutions, (Sequence, np.ndarray, pd.Index)):
+    if isinstance(resolutions, (str, bytes, dict)) or not isinstance(resolutions, Iterable):
         raise ValueError(f"`resolutions` must be a number, a list of numbers or 'auto', got {resolutions!r}.")
+    resolutions = list(resolutions)
     values = [check_positive("resolutions", r) for r in resolutions]
     if not values:
         raise ValueError("`resolutions` is empty; pass e.g. `resolutions=[0.05, 0.1, 0.3]`.")

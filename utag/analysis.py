@@ -322,6 +322,7 @@ def measure_per_domain_cell_type_colocalization(
     >>> len(table)  # 2 domains x 6 unordered pairs of 3 cell types
     12
     """
+    random_state = check.seed(random_state)
     n_permutations = check.as_int("n_permutations", n_permutations)
     within = _within_domain(adata, domain_key, celltype_key, slide_key, max_dist, graph_key)
     cell_types, domains = within.cell_types, within.domains

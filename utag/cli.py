@@ -10,6 +10,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from .io import TABLE_SUFFIXES, labels_table, read_cell_table
 
 __all__ = ["main", "build_parser"]
@@ -26,18 +29,68 @@ class UsageError(Exception):
     """A problem with the command line's inputs, reported without a traceback."""
 
 
+#: Options that name files a command writes, by their attribute in the parsed arguments.
+OUTPUT_OPTIONS = {"out": "--out", "labels_csv": "--labels-csv"}
+
+
+def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """The command's output files by option, checked before any work: each can be written."""
+    given = {option: getattr(args, name, None) for name, option in OUTPUT_OPTIONS.items()}
+    outputs = {option: Path(value) for option, value in given.items() if value}
+    if "--out" in outputs and outputs["--out"].suffix.lower() != ".h5ad":
+        raise UsageError(f"--out must end in .h5ad, got {outputs['--out']}.")
+    for option, path in outputs.items():
+        if path.is_dir():
+            raise UsageError(f"{option} {path} is a directory; give a file name in it.")
+        if not path.parent.is_dir():
+            raise UsageError(f"{option} {path}: the directory {path.parent} does not exist; create it first.")
+        try:  # creating a file, not os.access, which says yes to root whatever the permissions
+            with tempfile.NamedTemporaryFile(prefix=".utag-check-", dir=path.parent):
+                pass
+        except OSError as error:
+            raise UsageError(f"{option} {path}: cannot write to the directory {path.parent} ({error.strerror}); "
+                             "choose another one or make it writable.") from None
+    if len({path.resolve() for path in outputs.values()}) < len(outputs):
+        raise UsageError(f"{' and '.join(outputs)} name the same file; give each its own.")
+    return outputs
+
+
 @contextmanager
-def atomic_output(path: Path):
-    """Yield a temporary path next to ``path``; move it into place only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(handle)
+def atomic_outputs(paths: list[Path]):
+    """Yield temporary paths next to ``paths``; move them all into place only if every one was written.
+
+    The files get the mode a plain ``open()`` gives (``0o666`` less the umask), not the
+    ``0o600`` of temporary files.
+    """
+    temporaries = []
     try:
-        yield Path(temporary)
-        os.replace(temporary, path)
+        for path in paths:
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp",
+                                                 dir=path.parent)
+            os.close(handle)
+            temporaries.append(Path(temporary))
+        yield temporaries
+        mode = 0o666 & ~_umask()
+        moved = []
+        try:
+            for temporary, path in zip(temporaries, paths):
+                os.chmod(temporary, mode)
+                os.replace(temporary, path)
+                moved.append(path)
+        except BaseException:
+            for path in moved:  # all outputs or none
+                path.unlink(missing_ok=True)
+            raise
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask; reading it means setting it, so it is set straight back."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from . import utag
 
+    outputs = _output_paths(args)
     source = Path(args.input)
     if not source.is_file():
         raise UsageError(f"input file {source} does not exist.")
@@ -58,12 +112,11 @@ def _run(args: argparse.Namespace) -> int:
     elif suffix in TABLE_SUFFIXES:
         adata = read_cell_table(source, x_column=args.x_column, y_column=args.y_column,
                                 slide_column=args.slide_key, marker_columns=args.markers,
-                                exclude_columns=args.exclude, id_column=args.id_column)
+                                exclude_columns=args.exclude, id_column=args.id_column,
+                                non_numeric=args.non_numeric)
+        _check_no_missing_markers(adata, source.name)
     else:
         raise UsageError(f"{source.name}: unknown input type {suffix!r}; use .h5ad, .csv, .tsv or .parquet.")
-    out = Path(args.out)
-    if out.suffix.lower() != ".h5ad":
-        raise UsageError(f"--out must end in .h5ad, got {out}.")
     _say(args, f"{source.name}: {adata.n_obs:,} cells, {adata.n_vars} markers"
                + (f", slides in '{args.slide_key}'" if args.slide_key else ", one slide"))
     started = time.perf_counter()
@@ -74,14 +127,22 @@ def _run(args: argparse.Namespace) -> int:
     keys = result.uns["utag"]["label_keys"]
     _say(args, f"UTAG took {time.perf_counter() - started:.1f} s; domains per labelling: "
                + ", ".join(f"{k}: {result.obs[k].nunique()}" for k in keys))
-    with atomic_output(out) as temporary:
-        result.write_h5ad(temporary)
-    _say(args, f"wrote {out}")
-    if args.labels_csv:
-        with atomic_output(Path(args.labels_csv)) as temporary:
-            labels_table(result, keys).to_csv(temporary, index_label="cell")
-        _say(args, f"wrote {args.labels_csv}")
+    with atomic_outputs(list(outputs.values())) as temporaries:
+        written = dict(zip(outputs, temporaries))
+        result.write_h5ad(written["--out"])
+        if "--labels-csv" in written:
+            labels_table(result, keys).to_csv(written["--labels-csv"], index_label="cell")
+    _say(args, "wrote " + " and ".join(str(path) for path in outputs.values()))
     return 0
+
+
+def _check_no_missing_markers(adata, name: str) -> None:
+    """utag() rejects missing marker values; say so in the command line's terms before it runs."""
+    missing = pd.Series(np.isnan(adata.X).sum(axis=0), index=adata.var_names)
+    if missing.any():
+        raise UsageError(f"{name}: {missing.sum()} marker values are missing (per column: "
+                         f"{missing[missing > 0].to_dict()}); UTAG needs every marker of every cell. "
+                         "Fill them in the table or remove those rows.")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -89,6 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .datasets import codex_mouse_spleen
     from .evaluation import evaluate_performance
 
+    outputs = _output_paths(args)
     adata = codex_mouse_spleen()
     print(f"Bundled CODEX mouse spleen subset: {adata.n_obs:,} cells, {adata.n_vars} features, "
           f"slides {', '.join(adata.obs['slide'].cat.categories)}")
@@ -100,8 +162,8 @@ def _demo(args: argparse.Namespace) -> int:
     table = scores[["pred_key", "n_domains", "adjusted_rand", "nmi"]].round(3)
     print(f"\nUTAG (max_dist={args.max_dist:g} px) took {elapsed:.1f} s. Agreement with the expert compartments:")
     print(table.to_string(index=False))
-    if args.out:
-        with atomic_output(Path(args.out)) as temporary:
+    if outputs:
+        with atomic_outputs([outputs["--out"]]) as (temporary,):
             result.write_h5ad(temporary)
         print(f"\nSaved the result to {args.out}")
     return 0
@@ -138,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Find domains in INPUT and write them to an .h5ad file.",
                               epilog=EXAMPLES, formatter_class=formatter)
     run.add_argument("input", help=".h5ad (centroids in obsm['spatial']) or a table with one row per cell")
-    run.add_argument("--out", required=True, help="output .h5ad file (written atomically)")
+    run.add_argument("--out", required=True, help="output .h5ad file (written, with --labels-csv, all or nothing)")
     run.add_argument("--labels-csv", help="also write the domain labels of every cell to this CSV")
     run.add_argument("--x-column", default="x", help="table column of the x centroid (default x)")
     run.add_argument("--y-column", default="y", help="table column of the y centroid (default y)")
@@ -148,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--id-column", help="table column of cell identifiers (default: row number)")
     run.add_argument("--markers", nargs="+", help="marker columns (default: every numeric column not used above)")
     run.add_argument("--exclude", nargs="+", help="numeric table columns that are not markers (e.g. area)")
+    run.add_argument("--non-numeric", choices=["error", "missing"], default="error",
+                     help="marker entries of a table that are not numbers (e.g. '<LOD', '1,5'): error (default) "
+                          "names them and stops; missing reads them as missing values and counts them")
     run.add_argument("--processes", type=int, help="worker processes for slides (default: one per core)")
     _add_common(run, max_dist=20.0)
     run.set_defaults(handler=_run)
@@ -166,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (UsageError, ValueError, ImportError) as error:
+    except (UsageError, ValueError, ImportError, OSError) as error:
         parser.exit(2, f"utag {args.command}: error: {error}\n")
 
 

@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import os
 import random
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ import scipy.sparse as sp
 from scipy.special import softmax
 
 from . import _leiden
+from . import _validation as check
+from ._parallel import map_processes
 from ._progress import tqdm
 
 __all__ = [
@@ -123,6 +126,7 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     ``igraph.Graph.community_leiden`` or ``leidenalg.find_partition`` (e.g.
     ``partition_type``).
     """
+    random_state = check.seed(random_state)
     kwargs = dict(kwargs)
     flavor = kwargs.pop("flavor", "fast")
     use_weights = kwargs.pop("use_weights", True)
@@ -188,6 +192,7 @@ def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
     ``too_big_factor`` (0.4), ``small_pop`` (10), ``n_iter_leiden`` (5); with
     ``flavor="parc"`` any other keyword of ``parc.PARC``.
     """
+    random_state = check.seed(random_state)
     kwargs = dict(kwargs)
     flavor = kwargs.pop("flavor", "fast")
     if flavor == "fast":
@@ -219,11 +224,20 @@ def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     """k-means of the embedding with ``k = ceil(10 * resolution)`` (or ``n_clusters`` from ``kwargs``;
     the other ``kwargs`` go to ``KMeans``)."""
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
+    random_state = check.seed(random_state)
     n_clusters = min(kwargs.pop("n_clusters", math.ceil(10 * resolution)), len(neighbourhood.embedding))
     kwargs.setdefault("n_init", "auto")
     model = KMeans(n_clusters=n_clusters, random_state=random_state, **kwargs)
-    return model.fit_predict(neighbourhood.embedding)
+    with warnings.catch_warnings():  # fewer distinct points than k: said below, in words
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = model.fit_predict(neighbourhood.embedding)
+    found = len(np.unique(labels))
+    if found < n_clusters:
+        logger.warning("k-means found %d clusters for k = %d: the embedding has only %d distinct points",
+                       found, n_clusters, found)
+    return labels
 
 
 BACKENDS = {"leiden": leiden, "parc": parc, "kmeans": kmeans}
@@ -242,6 +256,7 @@ def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random
             min_cells: int = 0, **kwargs) -> np.ndarray:
     """Integer labels (0 = largest cluster) from the backend named ``method``, domains of
     fewer than ``min_cells`` cells merged into their neighbours (:func:`merge_small_domains`)."""
+    random_state = check.seed(random_state)
     labels = BACKENDS[method](neighbourhood, resolution, random_state=random_state, **kwargs)
     labels = np.asarray(labels).ravel()
     if min_cells > 1:
@@ -252,6 +267,10 @@ def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random
 # Runs in forked workers read the neighbourhood from here instead of receiving a pickled
 # copy of a graph with millions of edges.
 _SHARED: dict = {}
+
+
+#: Leiden flavours other than the compiled one run in forked processes from this many cells.
+FORK_MIN_CELLS = 100_000
 
 
 def _shared_run(task) -> np.ndarray:
@@ -285,7 +304,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     results: list = [None] * len(tasks)
     threaded = [i for i, task in enumerate(tasks) if fast(task)]
     forked = [i for i, task in enumerate(tasks) if task[0] == "leiden" and not fast(task)]
-    large = neighbourhood.connectivities.shape[0] >= 100_000
+    large = neighbourhood.connectivities.shape[0] >= FORK_MIN_CELLS
     try:
         if threaded and n_jobs > 1:
             # built once, before the threads share them
@@ -293,16 +312,22 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
                 neighbourhood.leiden_arrays(bool(use_weights))
             if any(tasks[i][0] == "parc" for i in threaded):
                 neighbourhood.parc_arrays()
-            with ThreadPoolExecutor(n_jobs) as pool:
+            pool = ThreadPoolExecutor(n_jobs)
+            try:
                 for i, labels in zip(threaded, pool.map(run, [tasks[i] for i in threaded])):
                     results[i] = labels
+            finally:  # on Ctrl-C, return at once: running compiled runs end on their own in seconds
+                pool.shutdown(wait=False, cancel_futures=True)
         if forked and n_jobs > 1 and large and "fork" in multiprocessing.get_all_start_methods():
             neighbourhood.graph  # build once, before forking
             _SHARED.update(neighbourhood=neighbourhood, min_cells=min_cells)
-            with multiprocessing.get_context("fork").Pool(min(n_jobs, len(forked))) as pool:
-                for i, labels in zip(forked, pool.imap(_shared_run, [tasks[i] for i in forked])):
-                    results[i] = labels
-                    bar.update()
+            runs = map_processes(_shared_run, [tasks[i] for i in forked], n_workers=n_jobs,
+                                 names=[f"{tasks[i][0]} at resolution {tasks[i][1]}" for i in forked],
+                                 what="run", hint="pass fewer n_jobs (or parallel=False) or cluster fewer cells",
+                                 start="fork")  # the workers share the graph; igraph runs no OpenMP
+            for i, labels in zip(forked, runs):
+                results[i] = labels
+                bar.update()
         for i, task in enumerate(tasks):
             if results[i] is None:
                 results[i] = run(task)
@@ -333,22 +358,36 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
     probabilities are the softmax of those similarities (the posterior of equal-weight,
     unit-variance Gaussians at the centroids), so the most probable cluster is the
     nearest centroid. The original UTAG used the bare dot product ``x @ c``, which
-    favours centroids with large norms over near ones. Computed without densifying
-    sparse features: the softmax only needs ``z @ c - ||c||^2 / 2`` and
-    ``z @ c = x @ (c / sd) - (mean / sd) @ c``.
+    favours centroids with large norms over near ones.
+
+    Computed in float64 on centred features (a background offset in float32 features
+    would otherwise cancel away the differences between cells), a block of rows at a
+    time; sparse features stay sparse: ``z @ c = x @ (c / sd) - (mean / sd) @ c``.
+    Stored as float32.
     """
-    mean = np.asarray(features.mean(axis=0), dtype=np.float64).ravel()
     if sp.issparse(features):
-        mean_sq = np.asarray(features.multiply(features).mean(axis=0), dtype=np.float64).ravel()
+        features = sp.csr_matrix(features, dtype=np.float64)
+    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
+    if sp.issparse(features):
+        mean_sq = np.asarray(features.multiply(features).mean(axis=0)).ravel()
+        sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
     else:
-        mean_sq = np.einsum("ij,ij->j", features, features, dtype=np.float64) / features.shape[0]
-    sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
+        sd = np.sqrt(sum(((block - mean) ** 2).sum(axis=0) for block in _row_blocks(features)) / len(features))
     sd[sd == 0] = 1.0
     centroids = (cluster_means(features, labels) - mean) / sd
-    scaled = (centroids / sd).T
-    similarity = np.asarray(features @ scaled.astype(np.float32), dtype=np.float64)
-    similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)
-    return softmax(similarity, axis=1).astype(np.float32)
+    half_norms = 0.5 * (centroids**2).sum(axis=1)
+    if sp.issparse(features):
+        similarity = np.asarray(features @ (centroids / sd).T, dtype=np.float64)
+        similarity -= (mean / sd) @ centroids.T + half_norms
+        return softmax(similarity, axis=1).astype(np.float32)
+    return np.concatenate([softmax(((block - mean) / sd) @ centroids.T - half_norms, axis=1).astype(np.float32)
+                           for block in _row_blocks(features)])
+
+
+def _row_blocks(values: np.ndarray, size: int = 65_536):
+    """``values`` in float64 blocks of ``size`` rows."""
+    for start in range(0, max(len(values), 1), size):
+        yield np.asarray(values[start:start + size], dtype=np.float64)
 
 
 #: Default smallest domain, as a fraction of the cells (see :func:`merge_small_domains`).

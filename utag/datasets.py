@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from . import _validation as check
 from ._validation import as_int, check_positive
 
 __all__ = ["synthetic_tissue", "codex_mouse_spleen"]
@@ -53,6 +54,7 @@ def synthetic_tissue(
     >>> adata.shape, sorted(adata.obs["roi"].unique())
     ((1000, 40), ['roi_0', 'roi_1'])
     """
+    random_state = check.seed(random_state)
     n_cells = as_int("n_cells", n_cells)
     n_slides = as_int("n_slides", n_slides)
     n_markers = as_int("n_markers", n_markers)

@@ -17,11 +17,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from ._numba import jit
 from ._progress import Stopwatch
 
 __all__ = [
@@ -57,6 +57,7 @@ _HNSW_PARTS = 2
 _CHUNK_ROWS = 1 << 16
 _SMOOTH_K_TOLERANCE = 1e-5
 _MIN_K_DIST_SCALE = 1e-3
+_MAX_BANDWIDTH_STEPS = 64
 
 
 def _chunks(n_rows: int):
@@ -206,25 +207,41 @@ def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int, method: 
     returns hundreds of fragments. Here the kNN search runs over the distinct rows of
     ``embedding``; every cell gets, besides itself, one representative cell (the first)
     of each of the ``n_neighbors - 1`` nearest other profiles, so cells that share a
-    profile share their neighbours and the graph stays connected.
+    profile share their neighbours and the graph stays connected. When every cell has the
+    same profile there is no other profile to link to; each cell then links to the first
+    cell (:func:`_one_profile_neighbors`).
+
+    Returns ``(indices, distances)`` as :func:`nearest_neighbors` does, with
+    ``min(n_neighbors, number of distinct profiles)`` columns (2 for a single profile).
     """
     profiles, first, inverse = np.unique(embedding, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
+    if len(profiles) == 1 and min(n_neighbors, len(embedding)) > 1:
+        return _one_profile_neighbors(len(embedding))
     indices, distances = nearest_neighbors(profiles, min(n_neighbors, len(profiles)), method, random_state)
     indices, distances = first[indices][inverse], distances[inverse]
     indices[:, 0] = np.arange(len(embedding))
     return indices, distances
 
 
-@numba.njit(cache=True, nogil=True)
+def _one_profile_neighbors(n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbours of ``n_cells`` (2 or more) cells that all share one profile: the first
+    cell for every cell, the second for the first. Identical cells are at distance 0,
+    which UMAP weighs 1, so they form one connected star rather than isolated cells."""
+    cells = np.arange(n_cells)
+    return np.column_stack([cells, np.where(cells == 0, 1, 0)]), np.zeros((n_cells, 2), dtype=np.float32)
+
+
+@jit
 def _membership_strengths(distances: np.ndarray) -> np.ndarray:
     """UMAP's directed kNN weights ``exp(-(d_ij - rho_i) / sigma_i)`` (1 up to ``rho_i``)
     for the neighbours after the first (the cell itself), float64 (n_cells x k-1).
 
     ``rho_i`` is the nearest non-zero distance and ``sigma_i`` solves
-    ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)`` to within UMAP's tolerance, found by
-    Newton steps kept inside a bisection bracket (UMAP bisects; the root is the same, in a
-    handful of steps instead of ~30), and floored at 1e-3 times the mean distance.
+    ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)`` to within UMAP's tolerance
+    (:func:`_bandwidth`), floored at 1e-3 times the mean distance. When more than
+    ``log2(k)`` neighbours sit at ``rho_i`` no ``sigma_i`` solves it; UMAP's search then
+    shrinks ``sigma_i`` to the floor, and so does this.
     """
     n_cells, k = distances.shape
     target = np.log2(k)
@@ -240,35 +257,47 @@ def _membership_strengths(distances: np.ndarray) -> np.ndarray:
                 rho = distances[i, j]
         if not np.isfinite(rho):
             rho = 0.0
+        n_at_rho = 0
         for j in range(1, k):
             excess[j - 1] = max(distances[i, j] - rho, 0.0)
-        low, high, sigma = 0.0, np.inf, 1.0
-        for _ in range(64):
-            total, slope = 0.0, 0.0
-            for j in range(k - 1):
-                term = np.exp(-excess[j] / sigma)
-                total += term
-                slope += term * excess[j] / (sigma * sigma)
-            if abs(total - target) < _SMOOTH_K_TOLERANCE:
-                break
-            if total > target:
-                high = sigma
-            else:
-                low = sigma
-            step = sigma - (total - target) / slope if slope > 0 else -1.0
-            if low < step < high:
-                sigma = step
-            elif np.isfinite(high):
-                sigma = (low + high) / 2
-            else:
-                sigma *= 2
+            n_at_rho += excess[j - 1] == 0
+        sigma = 0.0 if n_at_rho > target else _bandwidth(excess, target)
         sigma = max(sigma, (row_mean if rho > 0 else overall_mean) * _MIN_K_DIST_SCALE)
         for j in range(k - 1):
-            weights[i, j] = np.exp(-excess[j] / sigma)
+            weights[i, j] = np.exp(-excess[j] / sigma) if excess[j] > 0 else 1.0
     return weights
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
+def _bandwidth(excess: np.ndarray, target: float) -> float:
+    """``sigma`` with ``sum_j exp(-excess_j / sigma)`` within UMAP's tolerance above
+    ``target`` (0 when no ``sigma`` gets there, ``inf`` when every term must stay 1).
+
+    Newton's method on ``beta = 1 / sigma`` from ``beta = 0``, where every term is 1. The
+    sum is convex and decreasing in ``beta``, so no Newton step passes the root: the
+    iterates climb to it without a bracket (at most ~17 steps for neighbours spread over 16
+    decades, 5-9 on tissue embeddings), and scaling ``excess`` by ``c`` scales every iterate by
+    ``1 / c``, so the weights are the same at any scale of the distances. A search that
+    starts at ``sigma = 1`` is not: where ``exp(-excess / 1)`` underflows (distances in the
+    hundreds) its Newton step overshoots to ``sigma ~ 1e20``, and halving back down
+    exhausts the 64 steps.
+    """
+    beta = 0.0
+    for _ in range(_MAX_BANDWIDTH_STEPS):
+        total, slope = 0.0, 0.0
+        for value in excess:
+            term = np.exp(-beta * value)
+            total += term
+            slope += value * term
+        if total - target < _SMOOTH_K_TOLERANCE:
+            break
+        if slope == 0:
+            return 0.0
+        beta += (total - target) / slope
+    return 1.0 / beta if beta > 0 else np.inf
+
+
+@jit
 def _fuzzy_union(indices: np.ndarray, weights: np.ndarray):
     """CSR arrays of ``a + b - ab`` over the directed kNN weights and their transpose.
 
@@ -345,7 +374,7 @@ def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray) -> sp.csr_m
 def knn_distances(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
     """kNN distances as a CSR matrix without the self column (scanpy's ``obsp['distances']``)."""
     n_cells, k = indices.shape
-    indptr = np.arange(0, n_cells * (k - 1) + 1, k - 1, dtype=np.int64)
+    indptr = np.arange(n_cells + 1, dtype=np.int64) * (k - 1)  # all zero when k = 1: no neighbours
     matrix = sp.csr_matrix(
         (np.ascontiguousarray(distances[:, 1:]).ravel(), np.ascontiguousarray(indices[:, 1:]).ravel(), indptr),
         shape=(n_cells, n_cells),
@@ -410,14 +439,44 @@ def _scanpy_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> 
     return {"embedding": holder.obsm["X_pca"], "components": holder.varm["PCs"], **holder.uns["pca"]}
 
 
+def _fit_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dict:
+    """The PCA :func:`embed` describes. When no feature varies (one cell, or every cell
+    with the same profile) there are no principal directions and scanpy's solvers fail:
+    the embedding is all zeros, with the first unit vectors as components. A single
+    feature, which scanpy's solvers also refuse, goes through :func:`pca`."""
+    n_cells, n_features = features.shape
+    if _no_feature_varies(features):
+        logger.warning("No feature varies across the %d cells (every cell has the same profile): "
+                       "the PCA embedding is all zeros", n_cells)
+        return {
+            "embedding": np.zeros((n_cells, n_comps), dtype=np.float32),
+            "components": np.eye(n_features, n_comps, dtype=np.float32),
+            "variance": np.zeros(n_comps),
+            "variance_ratio": np.zeros(n_comps),
+            "params": {"zero_center": True, "method": "none (no feature varies)"},
+        }
+    if (pca_kwargs or n_features > MAX_COVARIANCE_FEATURES) and n_features > 1:
+        return _scanpy_pca(features, n_comps, random_state, pca_kwargs)
+    return {**pca(features, n_comps), "params": {"zero_center": True, "method": "covariance"}}
+
+
+def _no_feature_varies(features) -> bool:
+    """Whether every row of ``features`` (dense or sparse) is the same."""
+    highest, lowest = features.max(axis=0), features.min(axis=0)
+    if sp.issparse(highest):
+        highest, lowest = highest.toarray(), lowest.toarray()
+    return bool(np.all(np.asarray(highest) == np.asarray(lowest)))
+
+
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
           knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", pca_graph: bool = False,
           watch=None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
-    ``n_comps`` is capped below the numbers of features and cells; any ``pca_kwargs``
-    (or more than :data:`MAX_COVARIANCE_FEATURES` features) send the PCA through
-    ``scanpy.pp.pca``. The kNN graph is built on ``use_rep`` (``"X"``: the features,
+    ``n_comps`` is capped below the numbers of features and cells (but at least 1); any
+    ``pca_kwargs`` (or more than :data:`MAX_COVARIANCE_FEATURES` features) send the PCA
+    through ``scanpy.pp.pca``, unless there is one feature or none varies
+    (:func:`_fit_pca`). The kNN graph is built on ``use_rep`` (``"X"``: the features,
     ``"X_pca"``: the PCA); ``pca_graph`` also builds one on the PCA when ``use_rep`` is
     ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
     """
@@ -428,10 +487,7 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
         logger.warning("pca_kwargs['n_comps']=%d capped to %d (%d features, %d cells)",
                        n_comps, capped, n_features, n_cells)
     with watch("PCA"):
-        if pca_kwargs or n_features > MAX_COVARIANCE_FEATURES:
-            fitted = _scanpy_pca(features, capped, random_state, dict(pca_kwargs or {}))
-        else:
-            fitted = {**pca(features, capped), "params": {"zero_center": True, "method": "covariance"}}
+        fitted = _fit_pca(features, capped, random_state, dict(pca_kwargs or {}))
         fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
 
     points = fitted["embedding"]

@@ -7,6 +7,7 @@ import pandas as pd
 from anndata import AnnData
 from sklearn import metrics
 
+from . import _validation as check
 from ._keys import label_columns
 from .analysis import _labels, domain_composition, spatial_edges
 
@@ -43,7 +44,8 @@ def evaluate_performance(
     batch_key
         ``obs`` column of the slide; adds one row per slide besides the pooled row.
     ignore_labels
-        Reference labels whose cells are left out of the scores (unannotated cells).
+        Reference label (a string) or labels whose cells are left out of the scores
+        (unannotated cells); cells without a reference label (NaN/None) always are.
 
     Returns
     -------
@@ -69,8 +71,13 @@ def evaluate_performance(
         raise ValueError(f"`adata.obs` has no column(s) {missing}; columns: {list(adata.obs.columns)}.")
     if not pred_keys:
         raise ValueError("No predicted labels: pass `pred_keys` or run `utag()` first.")
+    if ignore_labels is None or isinstance(ignore_labels, str):
+        ignore_labels = [] if ignore_labels is None else [ignore_labels]
     truth = adata.obs[truth_key].astype(str).to_numpy()
-    scored = ~np.isin(truth, list(ignore_labels))
+    scored = adata.obs[truth_key].notna().to_numpy() & ~np.isin(truth, [str(label) for label in ignore_labels])
+    if not scored.any():
+        raise ValueError(f"No cell has a reference label in `adata.obs[{truth_key!r}]` outside `ignore_labels` "
+                         f"{list(ignore_labels)}.")
     slides = adata.obs[batch_key].astype(str).to_numpy() if batch_key else np.full(adata.n_obs, "all")
     groups = [("all", scored)]
     if batch_key:
@@ -122,6 +129,7 @@ def evaluate_clustering(
     """
     from sklearn.metrics import silhouette_score
 
+    random_state = check.seed(random_state)
     if domain_keys is None:
         domain_keys = label_columns(adata)
     elif isinstance(domain_keys, str):

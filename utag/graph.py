@@ -19,20 +19,20 @@ import math
 import os
 
 import numpy as np
-import parmap
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from . import _validation as check
 from ._memory import available_memory
-from ._progress import bar_options
+from ._parallel import map_processes
 
 __all__ = [
     "GraphTooLargeError",
     "check_graph_fits",
     "combine_slides",
     "estimate_pairs",
+    "LOST_WORKER_HINT",
     "per_slide",
     "radius_graph",
     "slide_cells",
@@ -107,6 +107,9 @@ SPATIAL_GRAPH_BYTES_PER_PAIR = 200
 STORED_GRAPH_BYTES_PER_PAIR = 80
 EDGE_LIST_BYTES_PER_PAIR = 200
 GRAPH_BYTES_PER_CELL = 500
+#: What to change when a slide's worker process dies (most likely out of memory).
+LOST_WORKER_HINT = ("pass fewer `processes` (processes=1 runs one slide at a time) or a smaller `max_dist`, "
+                    "or split the slide")
 # Share of the available memory a graph may take: the rest is left to the other stages
 # and to other processes. Read at each check, so it can be changed at run time.
 MEMORY_FRACTION = 0.8
@@ -157,6 +160,7 @@ def estimate_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float, sampl
     >>> bool(abs(estimate / exact - 1) < 0.05)
     True
     """
+    random_state = check.seed(random_state)
     n_cells = len(codes)
     if n_cells < 2 or not max_dist >= 0:  # NaN: no pairs, as in radius_pairs
         return 0.0
@@ -277,16 +281,20 @@ def _format_bytes(n_bytes: float) -> str:
     return f"{n_bytes:.0f} bytes"
 
 
-def per_slide(function, items: list, *args, processes: int | None = None, progress: bool = False) -> list:
-    """``function(item, *args)`` for every slide's ``item``, in a ``parmap`` process pool of
-    ``processes`` workers (default: one per core, at most one per slide; 1: no pool);
-    ``progress`` shows a bar over the slides."""
-    _builder(1.0)  # imports squidpy here, once, rather than in every worker
+def per_slide(function, items: list, *args, processes: int | None = None, progress: bool = False,
+              names: list | None = None) -> list:
+    """``function(item, *args)`` for every slide's ``item``, in a pool of ``processes``
+    worker processes (default: one per core, at most one per slide; 1: no pool);
+    ``progress`` shows a bar over the slides.
+
+    A worker that dies (the out-of-memory killer's way) raises
+    :class:`utag._parallel.WorkerLostError` naming its slide (``names``, default the
+    slide's position) within seconds, and Ctrl-C stops every worker.
+    """
     n_workers = min(len(items), processes or os.cpu_count() or 1)
     logger.info("%d slide(s)%s", len(items), f" in {n_workers} processes" if n_workers > 1 else "")
-    return parmap.map(function, items, *args, pm_parallel=n_workers > 1,
-                      pm_processes=n_workers if n_workers > 1 else None,
-                      pm_pbar=bar_options("slides", len(items), progress))
+    return map_processes(function, items, *args, n_workers=n_workers, names=names, what="slide",
+                         hint=LOST_WORKER_HINT, desc="slides", progress=progress)
 
 
 def _upper_pairs_of_slide(coords: np.ndarray, max_dist: float) -> np.ndarray:
@@ -303,7 +311,8 @@ def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,
     """
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    local = per_slide(_upper_pairs_of_slide, [coords[cells] for cells in slides], max_dist, processes=processes)
+    local = per_slide(_upper_pairs_of_slide, [coords[cells] for cells in slides], max_dist, processes=processes,
+                      names=[int(codes[cells[0]]) for cells in slides])
     return np.concatenate([cells[pairs] for cells, pairs in zip(slides, local)])
 
 
@@ -352,11 +361,11 @@ def spatial_neighbors(
     check.check_n_cells(adata)
     max_dist = check.check_positive("max_dist", max_dist)
     coords = check.spatial_coordinates(adata)
-    codes, _ = check.slide_codes(adata, slide_key)
+    codes, names = check.slide_codes(adata, slide_key)
     check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    graph = combine_slides(per_slide(radius_graph, [coords[cells] for cells in slides], max_dist), slides,
-                           max_dist)
+    graph = combine_slides(per_slide(radius_graph, [coords[cells] for cells in slides], max_dist,
+                                     names=[names[codes[cells[0]]] for cells in slides]), slides, max_dist)
     target = adata.copy() if copy else adata
     store_spatial_graph(target, graph, max_dist, key_added)
     return target if copy else None

@@ -1,6 +1,7 @@
 """Reading cell tables exported by imaging software into the AnnData layout utag uses."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from anndata import AnnData
 from ._keys import label_columns
 
 __all__ = ["read_cell_table", "labels_table"]
+
+logger = logging.getLogger(__name__)
 
 #: Table file types and their column separators (parquet needs pyarrow).
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
@@ -23,6 +26,7 @@ def read_cell_table(
     marker_columns: list[str] | None = None,
     exclude_columns: list[str] | None = None,
     id_column: str | None = None,
+    non_numeric: str = "error",
 ) -> AnnData:
     """An AnnData from a table with one row per cell.
 
@@ -38,12 +42,19 @@ def read_cell_table(
         Column naming each cell's image/slide (kept in ``obs``; pass it to ``utag`` as
         ``slide_key``).
     marker_columns
-        Columns of marker intensities, in that order, for ``X``. Default: every numeric
-        column other than the ones named here and ``exclude_columns``.
+        Columns of marker intensities, in that order, for ``X``. Default: every column
+        other than the ones named here and ``exclude_columns`` whose entries are numbers,
+        or at least half of whose filled entries are (a few like ``"<LOD"`` or ``"1,5"``
+        do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``.
     exclude_columns
         Numeric columns that are not markers (cell area, eccentricity, ...); kept in ``obs``.
     id_column
         Column of cell identifiers for ``obs_names`` (default: the row number).
+    non_numeric
+        What to do with marker entries that are not numbers: ``"error"`` (default) raises a
+        ValueError naming the column, rows and values; ``"missing"`` reads them as NaN and
+        logs how many there were per column. ``utag()`` does not accept NaN, so impute
+        those entries or drop their cells before running it.
 
     Returns
     -------
@@ -58,6 +69,8 @@ def read_cell_table(
     >>> list(adata.var_names), list(adata.obs.columns), adata.obsm["spatial"].tolist()
     (['CD3', 'CD20'], ['cell', 'x', 'y', 'image', 'area'], [[0.0, 1.0], [5.0, 2.0]])
     """
+    if non_numeric not in ("error", "missing"):
+        raise ValueError(f"`non_numeric` must be 'error' or 'missing', got {non_numeric!r}.")
     table, name = (path, "the table") if isinstance(path, pd.DataFrame) else (_read(Path(path)), Path(path).name)
     exclude_columns = list(exclude_columns or [])
     columns = list(table.columns)
@@ -68,20 +81,81 @@ def read_cell_table(
                          "(x_column/y_column/slide_column/marker_columns; --x-column etc. on the command line).")
     if marker_columns is None:
         used = set(needed) | set(exclude_columns)
-        marker_columns = [c for c in columns if c not in used and pd.api.types.is_numeric_dtype(table[c])]
+        marker_columns = [c for c in columns if c not in used and _looks_numeric(table[c])]
+    marker_columns = list(marker_columns)
     if not marker_columns:
         raise ValueError(f"{name} has no numeric marker columns besides {needed}; name them with marker_columns.")
-    non_numeric = [c for c in marker_columns if not pd.api.types.is_numeric_dtype(table[c])]
-    if non_numeric:
-        raise ValueError(f"marker columns must be numeric; these are not: {non_numeric}.")
-    obs = table.drop(columns=list(marker_columns))
-    obs.index = (table[id_column] if id_column else pd.RangeIndex(len(table))).astype(str)
+    cells = (table[id_column] if id_column else pd.RangeIndex(len(table))).astype(str)
+    markers = _marker_values(table[marker_columns], pd.Index(cells), id_column or "row", non_numeric, name)
+    obs = table.drop(columns=marker_columns)
+    obs.index = cells
     return AnnData(
-        X=table[list(marker_columns)].to_numpy(dtype=np.float32),
+        X=markers,
         obs=obs,
         var=pd.DataFrame(index=[str(c) for c in marker_columns]),
         obsm={"spatial": table[[x_column, y_column]].to_numpy(dtype=np.float64)},
     )
+
+
+def _parse_numbers(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The column's entries as numbers (NaN where they are not), and a mask of its filled entries that are not."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    filled = column.notna() & column.astype(str).str.strip().ne("")
+    return numbers, filled & numbers.isna()
+
+
+def _looks_numeric(column: pd.Series) -> bool:
+    """Whether a column is a marker: numbers, or text at least half of whose filled entries are numbers.
+
+    Decimal commas count as numbers here, so a table exported with them is reported, not
+    read without its markers.
+    """
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return True
+    if not pd.api.types.is_string_dtype(column.dtype):
+        return False
+    numbers, text = _parse_numbers(column)
+    commas = pd.to_numeric(column[text].astype(str).str.replace(",", ".", regex=False), errors="coerce").notna()
+    n_numbers = numbers.notna().sum() + commas.sum()
+    return bool(n_numbers > 0 and n_numbers >= text.sum() - commas.sum())
+
+
+def _marker_values(markers: pd.DataFrame, cells: pd.Index, row_name: str, non_numeric: str, name: str) -> np.ndarray:
+    """The markers as a float32 array; entries that are not numbers raise or, if ``non_numeric="missing"``, are NaN.
+
+    Columns with more text than numbers raise either way: reading them as missing would lose the marker.
+    """
+    values, problems, n_missing, fixable = [], [], {}, False
+    for position, column in enumerate(markers.columns):
+        entries = markers.iloc[:, position]
+        numbers, text = (entries, None) if pd.api.types.is_numeric_dtype(entries.dtype) else _parse_numbers(entries)
+        values.append(numbers.to_numpy(dtype=np.float32, na_value=np.nan))
+        if text is None or not text.any():
+            continue
+        n_numbers = numbers.notna().sum()
+        mostly_numbers = 0 < n_numbers >= text.sum()
+        if non_numeric == "missing" and mostly_numbers:
+            n_missing[column] = int(text.sum())
+            continue
+        fixable |= mostly_numbers
+        rows = np.flatnonzero(text.to_numpy())
+        examples = ", ".join(f"{row_name} {cells[r]}: {entries.iloc[r]!r}" for r in rows[:5])
+        problems.append(f"  {column!r}: {rows.size} of {len(markers)} entries, e.g. {examples}")
+    if problems:
+        fixes = ["fix those entries in the table (numbers with a decimal point, empty where a value is missing)",
+                 "take columns that are not markers out (exclude_columns/--exclude, or leave them out of "
+                 "marker_columns/--markers)"]
+        if fixable:
+            fixes.append("pass non_numeric='missing' (--non-numeric missing) to read the few entries that are not "
+                         "numbers in mostly numeric columns as missing values")
+        raise ValueError(f"{name}: marker columns must be numeric, but these have entries that are not numbers:\n"
+                         + "\n".join(problems) + "\nTo go on: " + "; or ".join(fixes) + ".")
+    if n_missing:
+        logger.warning("%s: read %d marker entries that are not numbers as missing values (per column: %s). "
+                       "utag() does not accept missing values: impute them or drop those cells first, "
+                       "e.g. adata = adata[~np.isnan(adata.X).any(axis=1)].copy()",
+                       name, sum(n_missing.values()), n_missing)
+    return np.column_stack(values)
 
 
 def _read(path: Path) -> pd.DataFrame:

@@ -7,7 +7,7 @@ sum ``A X``.
 
 The graph is block-diagonal over slides, so the work is done one slide at a time: the
 slide's graph (built by squidpy, see :mod:`utag.graph`) and its product with the slide's
-features. The same function runs serially or in a process pool (``parmap``), which makes
+features. The same function runs serially or in a process pool (:func:`utag.graph.per_slide`), which makes
 the two routes give bit-identical results.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from ._validation import normalization_mode as normalization_mode_name
 from .graph import (
     MESSAGE_PASSING_BYTES_PER_CELL,
     MESSAGE_PASSING_BYTES_PER_FEATURE,
@@ -34,13 +35,15 @@ logger = logging.getLogger(__name__)
 
 
 def aggregate(adjacency: sp.csr_matrix, features, normalization_mode: str = "l1_norm"):
-    """Neighbourhood mean (``"l1_norm"``) or sum (anything else) of ``features``.
+    """Neighbourhood mean (``"l1_norm"``, also ``"mean"``) or sum (``"sum"``, ``"none"``,
+    ``None``) of ``features``; other modes raise a ``ValueError`` naming the valid ones.
 
     ``features`` is a dense array or a sparse matrix with one row per row of
     ``adjacency``; the result has the same kind, float32.
     """
+    mode = normalization_mode_name(normalization_mode)
     aggregated = adjacency @ features
-    if normalization_mode != "l1_norm":
+    if mode != "l1_norm":
         return aggregated
     row_sums = np.asarray(abs(adjacency).sum(axis=1), dtype=np.float32).ravel()
     scale = np.divide(1.0, row_sums, out=np.zeros_like(row_sums), where=row_sums > 0)
@@ -81,6 +84,7 @@ def pass_messages(
     progress: bool = False,
     bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR,
     keep_graph: bool = False,
+    slide_names=None,
 ):
     """Aggregate ``features`` over each slide's radius graph.
 
@@ -94,16 +98,19 @@ def pass_messages(
         With ``keep_graph``: ``(connectivities, distances)`` of all slides, block-diagonal
         in the input's cell order, as squidpy stores them; else ``None``.
 
-    Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
+    ``slide_names`` (indexed by code) name the slide in the error raised when its worker
+    process dies. Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
     not fit in memory (``bytes_per_pair``: what the caller will hold per pair, by default
     what message passing itself needs).
     """
     bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * np.shape(features)[1]
+    normalization_mode = normalization_mode_name(normalization_mode)
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
     results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,
-                        normalization_mode, keep_graph, processes=processes if parallel else 1, progress=progress)
+                        normalization_mode, keep_graph, processes=processes if parallel else 1, progress=progress,
+                        names=None if slide_names is None else [slide_names[codes[cells[0]]] for cells in slides])
     blocks, edge_counts, graphs = zip(*results)
     order = np.concatenate(slides)
     if sp.issparse(features):

@@ -193,6 +193,7 @@ def plot_domain_network(
     """
     import networkx as nx
 
+    random_state = check.seed(random_state)
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
     weights = tables[weight]
     labels, names = _labels(adata, domain_key)

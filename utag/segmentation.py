@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -19,13 +19,21 @@ from anndata import AnnData
 
 from . import _validation as check
 from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
+from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
 from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_by_size, soft_assignments
 from .embedding import Embedding, embed, exact_search, representation
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .transfer import build_model
-from .tuning import DOMAIN_RADIUS_FACTOR, recommended_resolutions, resolution_for_n_domains, suggest_max_dist, sweep
+from .tuning import (
+    DEFAULT_RESOLUTIONS,
+    DOMAIN_RADIUS_FACTOR,
+    recommended_resolutions,
+    resolution_for_n_domains,
+    suggest_max_dist,
+    sweep,
+)
 from .utils import evaluate_performance  # noqa: F401  (the original's utag.segmentation.evaluate_performance)
 
 __all__ = ["utag", "evaluate_performance", "label_key"]
@@ -91,7 +99,9 @@ def utag(
         (:func:`utag.tuning.suggest_max_dist`), the scale that gave the best domains on
         the labelled datasets of ``benchmarks/radius.py``.
     normalization_mode
-        ``"l1_norm"`` (default): neighbourhood mean. Anything else: neighbourhood sum.
+        ``"l1_norm"`` (default, also ``"mean"``): neighbourhood mean, as published.
+        ``"sum"`` (also ``"none"``, ``None``): neighbourhood sum, what the original code
+        did for any other value. Other values raise a ``ValueError``.
     keep_spatial_connectivity
         Store the spatial graph as ``obsp['spatial_connectivities']`` (0/1 with
         self-loops) and ``obsp['spatial_distances']`` (squidpy's layout).
@@ -148,9 +158,14 @@ def utag(
         below 1 a fraction of the cells, from 1 a number of cells, ``0`` keeps every
         domain. Default (``None``): 0.2% of the cells, at least 10 (PARC's ``small_pop``).
     random_state
-        Seed for every random step (Leiden, PARC, k-means, UMAP). Default 0.
+        Seed for every random step (Leiden, PARC, k-means, UMAP): a whole number (R's
+        ``1``, sent as ``1.0``, works). Default 0. ``None`` draws a fresh seed, recorded in
+        ``uns['utag']['random_state']`` so the run can be repeated.
     progress
         Show progress bars (slides, clustering runs).
+
+    Cells are processed in an order of their own (by slide, position and features), so
+    the labels do not depend on the order of the rows of ``adata``.
 
     Returns
     -------
@@ -187,15 +202,22 @@ def utag(
         parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
         knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
     )
+    normalization_mode = check.normalization_mode(normalization_mode)
+    random_state = check.seed(random_state)
+    order = canonical_order(codes, coords, features)  # results must not depend on the order of the rows
+    if order is not None:
+        coords, codes, features = coords[order], codes[order], features[order]
     watch = Stopwatch(progress, logger)
     try:
         with watch("graph and message passing"):
             # storing the spatial graph costs more per pair than message passing alone
             bytes_per_pair = MESSAGE_PASSING_BYTES_PER_PAIR + (STORED_GRAPH_BYTES_PER_PAIR
                                                                if keep_spatial_connectivity else 0)
+            background = _background(features, normalization_mode)
             aggregated, n_edges, graph = pass_messages(
-                coords, features, codes, p.max_dist, normalization_mode, parallel, processes, progress,
-                bytes_per_pair, keep_graph=keep_spatial_connectivity,
+                coords, features if background is None else features - background, codes, p.max_dist,
+                normalization_mode, parallel, processes, progress, bytes_per_pair,
+                keep_graph=keep_spatial_connectivity, slide_names=slide_names,
             )
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
 
@@ -204,7 +226,11 @@ def utag(
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, p.knn_method, random_state,
                              p.use_rep, pca_graph="parc" in p.methods, watch=watch)
         runs, swept = [], None
-        if p.methods:
+        one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist) if p.methods else None
+        if one_profile:
+            logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
+            runs = _one_domain_runs(p, adata.n_obs)
+        elif p.methods:
             neighbourhoods = _neighbourhoods(embedded)
             n_jobs = processes if parallel else 1
             runs, swept = _plan_runs(p, neighbourhoods, coords, codes, random_state, n_jobs, progress, watch)
@@ -215,8 +241,15 @@ def utag(
             with watch("probabilities"):
                 probabilities[key] = soft_assignments(aggregated, codes_)
             logger.info("%s: %d domains", key, codes_.max() + 1)
+        model = None
+        if labels:
+            model = build_model(aggregated, var.index, embedded.pca["embedding"], embedded.pca["components"],
+                                labels, p.max_dist, normalization_mode, background)
 
-        result = _write_result(adata, aggregated, var, graph, embedded, labels, probabilities, swept, p.max_dist)
+        if background is not None:
+            aggregated += background  # the mean of the neighbourhood, as published
+        result = _write_result(adata, *_in_input_order(order, aggregated, graph, embedded, labels, probabilities,
+                                                       swept), var=var, max_dist=p.max_dist)
         if apply_umap:
             import scanpy as sc
 
@@ -237,10 +270,8 @@ def utag(
             "label_keys": list(labels),
             "timings": watch.seconds,
         }
-        if labels:
-            result.uns["utag"]["model"] = build_model(aggregated, var.index, embedded.pca["embedding"],
-                                                      embedded.pca["components"], labels, p.max_dist,
-                                                      normalization_mode)
+        if model is not None:
+            result.uns["utag"]["model"] = model
     finally:
         watch.close()
     return result
@@ -272,6 +303,9 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     auto = bool(apply_clustering) and isinstance(resolutions, str) and resolutions == "auto"
     if n_domains is not None:
         n_domains = check.as_int("n_domains", n_domains, minimum=1)
+        if n_domains > adata.n_obs:
+            raise ValueError(f"`n_domains={n_domains}` is more than the {adata.n_obs} cells; ask for at most "
+                             f"{adata.n_obs} domains.")
         if "parc" in methods:
             raise ValueError("`n_domains` works with clustering_method 'leiden' and 'kmeans'; PARC sets its own "
                              "number of clusters. Drop 'parc' or pass `resolutions` instead.")
@@ -297,6 +331,61 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         backend_kwargs={"leiden": dict(leiden_kwargs or {}), "parc": dict(parc_kwargs or {}),
                         "kmeans": dict(kmeans_kwargs or {})},
     )
+
+
+def _background(features, normalization_mode: str) -> np.ndarray | None:
+    """The background (float32) that dense features are shifted by before the
+    neighbourhood mean is taken: each feature's mean rounded to a whole number, or
+    ``None`` when that is zero everywhere.
+
+    A mean over neighbours passes a constant background through unchanged, so the results
+    are the same without it; with it, float32 sums of values on a large background (raw
+    intensities) lose the digits in which the cells differ. Whole numbers keep integer
+    features (one-hot cell types) integers, whose sums are exact in any order, so cells
+    with the same neighbourhood composition keep exactly the same profile. The sum
+    (``normalization_mode="sum"``) multiplies the background by each cell's number of
+    neighbours: it is part of that result and is kept.
+    """
+    if normalization_mode != "l1_norm" or sp.issparse(features):
+        return None
+    background = np.round(features.mean(axis=0, dtype=np.float64)).astype(np.float32)
+    return background if background.any() else None
+
+
+def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_dist: float) -> str | None:
+    """Why every cell has the same message-passed profile (up to float32 rounding), or
+    ``None`` when they differ: there is then nothing to cluster."""
+    spread = _column_range(features)
+    if np.any(_column_range(aggregated) > 1e-6 * spread):
+        return None
+    if len(codes) == 1:
+        return "there is one cell"
+    if not spread.any():
+        return "all cells have the same features" + (", all zero" if abs(features).max() == 0 else "")
+    sizes = np.bincount(codes)
+    if n_edges == int((sizes * (sizes - 1) // 2).sum()):
+        return (f"max_dist={max_dist:g} connects every cell of a slide with every other; are max_dist and "
+                "obsm['spatial'] in the same units?")
+    return "the neighbourhood means do not differ"
+
+
+def _column_range(values) -> np.ndarray:
+    """Largest minus smallest value of each column, float64."""
+    top, bottom = values.max(axis=0), values.min(axis=0)
+    if sp.issparse(values):
+        top, bottom = top.toarray(), bottom.toarray()
+    return np.asarray(top, dtype=np.float64).ravel() - np.asarray(bottom, dtype=np.float64).ravel()
+
+
+def _one_domain_runs(p: _Parameters, n_cells: int) -> list[tuple]:
+    """One domain under every key the call asks for (``"auto"``: at the sweep's first resolution)."""
+    resolutions = p.resolutions or ([] if p.n_domains else [DEFAULT_RESOLUTIONS[0]])
+    runs = [(method, resolution, {}, np.zeros(n_cells, dtype=np.int64))
+            for resolution in resolutions for method in p.methods]
+    if p.n_domains is not None:
+        runs += [(method, p.n_domains / 10, {}, np.zeros(n_cells, dtype=np.int64))
+                 for method in p.methods if method != "parc"]
+    return runs
 
 
 def _neighbourhoods(embedded: Embedding) -> dict[str, Neighbourhood]:
@@ -367,8 +456,10 @@ def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, b
 def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
     """The feature matrix to aggregate (float32) and the matching ``var`` table."""
     columns = check.channel_indices(adata, channels_to_use)
-    features = adata.X if columns is None else adata.X[:, columns]
+    features = _read_columns(adata, columns)
     var = adata.var if columns is None else adata.var.iloc[columns]
+    if features.dtype == bool:  # one-hot cell types stored as booleans
+        features = features.astype(np.float32)
     check.check_features(features)
     features = as_float32(features)
     if filter_by_variance:
@@ -384,6 +475,17 @@ def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
     return features, var.copy()
 
 
+def _read_columns(adata: AnnData, columns: np.ndarray | None):
+    """``adata.X`` (the ``columns``, in that order) in memory, also from a backed file,
+    which reads columns only in increasing order."""
+    if not adata.isbacked:
+        return adata.X if columns is None else adata.X[:, columns]
+    if columns is None:
+        return adata.X[:, :]
+    increasing = np.unique(columns)
+    return adata.X[:, increasing][:, np.searchsorted(increasing, columns)]
+
+
 def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     """A new AnnData holding the aggregated matrix and copies of the input's annotations."""
     return AnnData(
@@ -395,9 +497,28 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     )
 
 
-def _write_result(adata: AnnData, aggregated, var: pd.DataFrame, graph, embedded: Embedding | None,
-                  labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept,
-                  max_dist: float) -> AnnData:
+def _in_input_order(order: np.ndarray | None, aggregated, graph, embedded: Embedding | None, labels: dict,
+                    probabilities: dict, swept) -> tuple:
+    """The results computed on the cells in ``order``, back in the input's order."""
+    if order is None:
+        return aggregated, graph, embedded, labels, probabilities, swept
+    if graph is not None:
+        graph = tuple(graph_back(matrix, order) for matrix in graph)
+    if embedded is not None:
+        embedded = replace(
+            embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
+            connectivities=graph_back(embedded.connectivities, order),
+            distances=graph_back(embedded.distances, order), pca_connectivities=None)
+    if swept is not None:
+        swept = (swept[0], rows_back(swept[1], order, axis=1))
+    return (rows_back(aggregated, order), graph, embedded,
+            {key: rows_back(values, order) for key, values in labels.items()},
+            {key: rows_back(values, order) for key, values in probabilities.items()}, swept)
+
+
+def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
+                  labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
+                  var: pd.DataFrame, max_dist: float) -> AnnData:
     """The new AnnData: the input's annotations, the message-passed features, and every
     result under the keys scanpy, squidpy and the original UTAG use."""
     result = _new_result(adata, aggregated, var)

@@ -27,17 +27,19 @@ __all__ = ["build_model", "transfer_labels"]
 
 
 def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
-                labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm") -> dict:
+                labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm",
+                background: np.ndarray | None = None) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
-    ``features``: the message-passed features the PCA was fitted on, named
-    ``feature_names``; ``embedding``: their PCA; ``components``: features x components;
-    ``labels``: label codes per ``obs`` key.
+    ``features``: the message-passed features the PCA was fitted on (less ``background``,
+    a profile subtracted from every cell), named ``feature_names``; ``embedding``: their
+    PCA; ``components``: features x components; ``labels``: label codes per ``obs`` key.
     """
     embedding = np.asarray(embedding, dtype=np.float64)
+    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
     return {
         "features": np.asarray(feature_names, dtype=str),
-        "mean": np.asarray(features.mean(axis=0), dtype=np.float64).ravel(),
+        "mean": mean if background is None else mean + background,
         "components": np.asarray(components, dtype=np.float64),
         "max_dist": float(max_dist),
         "normalization_mode": str(normalization_mode),

@@ -117,6 +117,7 @@ def resolution_sweep(
     >>> list(table.columns[:4])
     ['resolution', 'n_domains', 'stability', 'agreement']
     """
+    random_state = check.seed(random_state)
     neighbourhood = neighbourhood_of(result)
     if slide_key is None:
         slide_key = result.uns.get("utag", {}).get("slide_key")
@@ -233,8 +234,9 @@ def _peaks(table: pd.DataFrame, scores=None) -> list[int]:
 
 
 def recommended_resolutions(table: pd.DataFrame, n: int = 1) -> list[float]:
-    """The ``n`` best recommended resolutions of a :func:`resolution_sweep` table."""
-    chosen = table[table["recommended"]].sort_values("rank")
+    """The ``n`` best recommended resolutions of a :func:`resolution_sweep` table (the
+    best ranked ones when none is recommended, e.g. when every resolution gives one domain)."""
+    chosen = (table[table["recommended"]] if table["recommended"].any() else table).sort_values("rank")
     return [float(r) for r in chosen["resolution"].head(n)]
 
 
@@ -278,6 +280,7 @@ def resolution_for_n_domains(
     >>> int(labels.max()) + 1
     4
     """
+    random_state = check.seed(random_state)
     n_domains = check.as_int("n_domains", n_domains)
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
     n_cells = neighbourhood.connectivities.shape[0]

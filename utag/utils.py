@@ -329,6 +329,7 @@ def measure_per_domain_cell_type_colocalization(
     >>> table.shape, bool((np.diag(table) > 0).all())  # domains touch themselves more than chance
     ((3, 3), True)
     """
+    random_state = check.seed(random_state)
     n_iterations = check.as_int("n_iterations", n_iterations)
     values = _obs_column(adata, utag_key, "utag_key")
     if isinstance(values.dtype, pd.CategoricalDtype):

@@ -1,6 +1,11 @@
 """The ``utag`` command line."""
+import logging
+import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -8,7 +13,7 @@ import pandas as pd
 import pytest
 
 from utag import utag
-from utag.cli import main
+from utag.cli import atomic_outputs, main
 from utag.datasets import synthetic_tissue
 
 
@@ -98,14 +103,13 @@ def test_run_reports_bad_paths(tmp_path, capsys):
 
 
 def test_interrupted_write_leaves_no_file(tmp_path):
-    from utag.cli import atomic_output
-
-    target = tmp_path / "result.h5ad"
+    targets = [tmp_path / "result.h5ad", tmp_path / "labels.csv"]
     with pytest.raises(KeyboardInterrupt):
-        with atomic_output(target) as temporary:
-            temporary.write_text("half")
+        with atomic_outputs(targets) as temporaries:
+            temporaries[0].write_text("whole")
+            temporaries[1].write_text("half")
             raise KeyboardInterrupt
-    assert not target.exists() and not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())
 
 
 def test_demo_runs_on_bundled_data_and_saves(tmp_path, capsys):
@@ -136,3 +140,112 @@ def test_run_reads_parquet(cell_table, tmp_path):
     assert main(["run", str(parquet), "--out", str(out), "--slide-column", "image", "--exclude", "area",
                  "--quiet", "--method", "kmeans", "--resolutions", "0.3"]) == 0
     assert anndata.read_h5ad(out).n_obs == len(table)
+
+
+@pytest.fixture
+def read_only_directory(tmp_path):
+    """A directory no file can be created in: mode 555, or for root, whom modes do not stop, /proc."""
+    if os.geteuid() == 0:
+        if not Path("/proc").is_dir():
+            pytest.skip("running as root without /proc: no directory root cannot write to")
+        yield Path("/proc")
+        return
+    directory = tmp_path / "read_only"
+    directory.mkdir()
+    directory.chmod(0o555)
+    yield directory
+    directory.chmod(0o755)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Reading the input, loading the demo data or running UTAG fail the test."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the outputs were checked")
+
+    for target in ("utag.cli.read_cell_table", "anndata.read_h5ad", "utag.utag", "utag.datasets.codex_mouse_spleen"):
+        monkeypatch.setattr(target, forbidden)
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("where, message", [
+    ("missing/deeper/out.h5ad", "does not exist; create it first"),
+    ("a_directory.h5ad", "is a directory"),
+    ("READ_ONLY/out.h5ad", "cannot write to the directory"),
+    ("out.csv", "--out must end in .h5ad"),
+])
+def test_outputs_are_checked_before_any_work(cell_table, tmp_path, read_only_directory, no_work, capsys,
+                                             command, where, message):
+    (tmp_path / "a_directory.h5ad").mkdir()
+    out = str(tmp_path / where).replace(str(tmp_path / "READ_ONLY"), str(read_only_directory))
+    argv = ["run", str(cell_table[0]), "--out", out] if command == "run" else ["demo", "--out", out]
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--quiet"])
+    assert time.perf_counter() - started < 1
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"utag {command}: error: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists()  # no directories made on the way
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("missing/labels.csv", "--labels-csv .* does not exist"),
+    ("READ_ONLY/labels.csv", "--labels-csv .* cannot write"),
+    ("out.h5ad", "--out and --labels-csv name the same file"),
+])
+def test_labels_csv_is_checked_with_out(cell_table, tmp_path, read_only_directory, no_work, capsys, labels, message):
+    labels = str(tmp_path / labels).replace(str(tmp_path / "READ_ONLY"), str(read_only_directory))
+    with pytest.raises(SystemExit):
+        main(["run", str(cell_table[0]), "--out", str(tmp_path / "out.h5ad"), "--labels-csv", labels])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def _run_small(cell_table, out, labels):
+    return main(["run", str(cell_table[0]), "--out", str(out), "--labels-csv", str(labels), "--x-column",
+                 "X_centroid", "--y-column", "Y_centroid", "--slide-column", "image", "--exclude", "area",
+                 "--method", "kmeans", "--resolutions", "0.3", "--quiet"])
+
+
+def test_a_failed_labels_csv_leaves_no_h5ad(cell_table, tmp_path, monkeypatch, capsys):
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        _run_small(cell_table, tmp_path / "domains.h5ad", tmp_path / "labels.csv")
+    assert exit_info.value.code == 2 and "No space left on device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # neither output nor any temporary file
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_outputs_get_the_umask_not_private_temporary_modes(cell_table, tmp_path, umask):
+    out, labels = tmp_path / "domains.h5ad", tmp_path / "labels.csv"
+    assert _run_small(cell_table, out, labels) == 0
+    assert [path.stat().st_mode & 0o777 for path in (out, labels)] == [0o666 & ~umask] * 2
+
+
+def test_non_numeric_marker_entries_stop_the_run_with_rows_and_values(cell_table, tmp_path, capsys, caplog):
+    path, table = cell_table
+    table = table.astype({"CD2": object})
+    table.loc[[7, 11], "CD2"] = ["<LOD", "1,5"]
+    odd = tmp_path / "odd.csv"
+    table.to_csv(odd, index=False)
+    argv = ["run", str(odd), "--out", str(tmp_path / "domains.h5ad"), "--x-column", "X_centroid",
+            "--y-column", "Y_centroid", "--id-column", "cell_id", "--exclude", "area", "--quiet"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert "'CD2': 2 of 1500 entries, e.g. cell_id cell7: '<LOD', cell_id cell11: '1,5'" in err
+    assert "--non-numeric missing" in err
+    # read as missing, they are counted; UTAG itself needs every value, which the error says in CLI terms
+    with caplog.at_level(logging.WARNING, logger="utag"), pytest.raises(SystemExit):
+        main(argv + ["--non-numeric", "missing"])
+    assert "'CD2': 2" in caplog.text
+    assert "2 marker values are missing (per column: {'CD2': 2})" in capsys.readouterr().err

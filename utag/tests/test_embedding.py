@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from utag.embedding import fuzzy_connectivities, knn_distances, nearest_neighbors, pca
+from utag.embedding import (
+    distinct_profile_neighbors,
+    embed,
+    fuzzy_connectivities,
+    knn_distances,
+    knn_graph,
+    nearest_neighbors,
+    pca,
+)
 
 
 @pytest.fixture
@@ -47,19 +55,52 @@ def test_each_cell_comes_first_among_its_duplicates():
     assert all(len(set(row)) == 5 for row in indices)
 
 
-def test_connectivities_match_umap(points):
+def umap_connectivities(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
+    """umap-learn's fuzzy simplicial set of a kNN graph, called as scanpy's ``sc.pp.neighbors`` calls it."""
     from umap.umap_ import fuzzy_simplicial_set
 
-    indices, distances = nearest_neighbors(points, 15)
-    ours = fuzzy_connectivities(indices, distances)
-    theirs, _, _ = fuzzy_simplicial_set(
-        sp.coo_matrix((len(points), 1)), 15, None, None, knn_indices=indices, knn_dists=distances,
+    connectivities, _, _ = fuzzy_simplicial_set(
+        sp.coo_matrix((len(indices), 1)), indices.shape[1], None, None, knn_indices=indices, knn_dists=distances,
         set_op_mix_ratio=1.0, local_connectivity=1.0,
     )
-    theirs = sp.csr_matrix(theirs)
-    assert ours.nnz == theirs.nnz
-    np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-4)
+    return connectivities.tocsr()
+
+
+def assert_same_graph(ours: sp.csr_matrix, theirs: sp.csr_matrix, tolerance: float = 1e-5):
+    ours, theirs = ours.tocsr(), theirs.tocsr()
+    ours.sort_indices()
+    theirs.sort_indices()
+    np.testing.assert_array_equal(ours.indptr, theirs.indptr)
+    np.testing.assert_array_equal(ours.indices, theirs.indices)
+    np.testing.assert_allclose(ours.data, theirs.data, rtol=tolerance, atol=tolerance)
+
+
+#: Embeddings from 1e-3 to 1e4 times the test points: raw intensities run into the thousands.
+SCALES = [1e-3, 1e-1, 1, 10, 100, 1e3, 1e4]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_connectivities_match_umap_at_any_scale(points, scale):
+    indices, distances = nearest_neighbors(points * np.float32(scale), 15)
+    ours = fuzzy_connectivities(indices, distances)
+    assert_same_graph(ours, umap_connectivities(indices, distances))
     assert abs(ours - ours.T).max() < 1e-6
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_connectivities_do_not_change_with_the_scale_of_the_embedding(points, scale):
+    unscaled = fuzzy_connectivities(*nearest_neighbors(points, 15))
+    assert_same_graph(fuzzy_connectivities(*nearest_neighbors(points * np.float32(scale), 15)), unscaled)
+
+
+def test_membership_strengths_solve_umaps_equation_at_any_scale():
+    from utag.embedding import _membership_strengths
+
+    rng = np.random.default_rng(3)
+    neighbours = np.sort(10.0 ** rng.uniform(0, 3, (400, 14)), axis=1) * 10.0 ** rng.uniform(-8, 8, (400, 1))
+    distances = np.column_stack([np.zeros(400), neighbours]).astype(np.float32)
+    # sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k) within UMAP's tolerance, for rows from 1e-8 to 1e11
+    np.testing.assert_allclose(_membership_strengths(distances).sum(axis=1), np.log2(15), atol=2e-5)
 
 
 def test_knn_distances_drop_the_self_column(points):
@@ -103,3 +144,70 @@ def test_approximate_neighbours_are_deterministic(tissue_embedding):
 def test_unknown_knn_method_is_rejected(points):
     with pytest.raises(ValueError, match="method"):
         nearest_neighbors(points, 5, method="ball_tree")
+
+
+DEGENERATE_TISSUES = {
+    "50 identical profiles": np.tile(np.random.default_rng(0).normal(size=(1, 8)), (50, 1)),
+    "all-zero features": np.zeros((50, 8)),
+    "one cell": np.random.default_rng(1).normal(size=(1, 8)),
+    "two identical cells": np.ones((2, 8)),
+    "two distinct cells": np.random.default_rng(2).normal(size=(2, 8)),
+    "one feature": np.random.default_rng(3).normal(size=(30, 1)),
+}
+
+
+def assert_undirected_graph(connectivities: sp.spmatrix, n_cells: int):
+    assert connectivities.shape == (n_cells, n_cells)
+    assert np.abs((connectivities - connectivities.T).data).max(initial=0) < 1e-6
+    assert (connectivities.data >= 0).all()
+    assert (connectivities.diagonal() == 0).all()
+
+
+@pytest.mark.parametrize("name", DEGENERATE_TISSUES)
+def test_knn_graph_of_a_degenerate_tissue(name):
+    points = DEGENERATE_TISSUES[name].astype(np.float32)
+    connectivities, distances, _ = knn_graph(points, 15)
+    assert_undirected_graph(connectivities, len(points))
+    assert distances.shape == (len(points), len(points))
+    n_profiles = len(np.unique(points, axis=0))
+    if len(points) > 1:  # identical cells are at distance 0, which UMAP weighs 1: one connected graph
+        assert sp.csgraph.connected_components(connectivities)[0] == 1
+    if n_profiles == 1 and len(points) > 1:
+        assert connectivities.data.min() == 1
+
+
+@pytest.mark.parametrize("use_rep", ["X_pca", "X"])
+@pytest.mark.parametrize("pca_kwargs", [None, {"svd_solver": "arpack"}], ids=["covariance", "scanpy"])
+@pytest.mark.parametrize("name", DEGENERATE_TISSUES)
+def test_embedding_of_a_degenerate_tissue(name, pca_kwargs, use_rep):
+    features = DEGENERATE_TISSUES[name].astype(np.float32)
+    n_cells, n_features = features.shape
+    embedded = embed(features, n_comps=10, pca_kwargs=pca_kwargs, use_rep=use_rep, pca_graph=True)
+    n_comps = embedded.pca["embedding"].shape[1]
+    assert embedded.pca["embedding"].shape == (n_cells, n_comps)
+    assert 1 <= n_comps <= 10
+    assert embedded.pca["components"].shape == (n_features, n_comps)
+    assert np.isfinite(embedded.pca["embedding"]).all()
+    assert np.isfinite(embedded.pca["variance_ratio"]).all()
+    for graph in (embedded.connectivities, embedded.pca_connectivities):
+        assert_undirected_graph(graph, n_cells)
+    assert embedded.distances.shape == (n_cells, n_cells)
+
+
+def test_embedding_of_identical_profiles_is_zero():
+    embedded = embed(np.full((20, 5), 3.0, dtype=np.float32), n_comps=3)
+    np.testing.assert_array_equal(embedded.pca["embedding"], np.zeros((20, 3)))
+    np.testing.assert_array_equal(embedded.pca["variance_ratio"], np.zeros(3))
+
+
+def test_identical_profiles_link_to_one_cell():
+    indices, distances = distinct_profile_neighbors(np.ones((4, 3), dtype=np.float32), 15)
+    np.testing.assert_array_equal(indices, [[0, 1], [1, 0], [2, 0], [3, 0]])
+    np.testing.assert_array_equal(distances, np.zeros((4, 2)))
+
+
+def test_knn_graph_without_neighbours_is_empty():
+    indices, distances = np.arange(3)[:, None], np.zeros((3, 1), dtype=np.float32)
+    assert knn_distances(indices, distances).shape == (3, 3)
+    assert knn_distances(indices, distances).nnz == 0
+    assert fuzzy_connectivities(indices, distances).nnz == 0

@@ -1,0 +1,93 @@
+"""Is a change to utag() within seed noise? ARI against the experts over seeds, before and after.
+
+Usage (from the repository root, with utag installed from it)::
+
+    python benchmarks/seed_noise.py --before 400ecda --seeds 8
+
+Runs ``utag()`` on the bundled spleen subset (Leiden at resolutions 0.05 and 0.1,
+``max_dist=200``, as ``utag demo``) with seeds ``0 .. seeds-1``, on the ``--before``
+commit (a temporary git worktree) and on the working tree, and prints the ARI of every
+seed with the mean and standard deviation of each. A change that only re-draws the
+random choices (another order of the cells, other rounding) moves the means by less than
+their spread.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from squidpy_switch import _WITH_SOURCE
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESOLUTIONS = (0.05, 0.1)
+
+
+def scores(n_seeds: int) -> list[list[float]]:
+    """ARI of each seed (rows) at each resolution (columns), with the utag on ``sys.path``."""
+    import logging
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from utag import utag
+    from utag.datasets import codex_mouse_spleen
+
+    logging.getLogger("utag").setLevel(logging.ERROR)
+    adata = codex_mouse_spleen()
+    truth = adata.obs["domain"].astype(str).to_numpy()
+    scored = truth != "NoAnnotation"
+    rows = []
+    for seed in range(n_seeds):
+        result = utag(adata, slide_key="slide", max_dist=200, clustering_method="leiden",
+                      resolutions=list(RESOLUTIONS), random_state=seed, progress=False)
+        rows.append([adjusted_rand_score(truth[scored], result.obs[f"UTAG Label_leiden_{r}"].to_numpy()[scored])
+                     for r in RESOLUTIONS])
+    return rows
+
+
+def _run(label: str, n_seeds: int, source: Path | None) -> str:
+    command = [str(Path(__file__).resolve()), "--seeds", str(n_seeds), "--measure", label]
+    environment = dict(os.environ)
+    if source is None:
+        return subprocess.run([sys.executable, *command], check=True, capture_output=True, text=True).stdout
+    environment["UTAG_SOURCE"] = str(source)
+    return subprocess.run([sys.executable, "-c", _WITH_SOURCE, *command], env=environment, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", help="commit to compare the working tree with (required)")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure this code, print rows
+    args = parser.parse_args()
+    if args.measure:
+        import numpy as np
+
+        rows = np.array(scores(args.seeds))
+        for seed, row in enumerate(rows):
+            print(f"| {args.measure} | {seed} | " + " | ".join(f"{value:.3f}" for value in row) + " |")
+        print(f"| {args.measure} | mean +- sd | "
+              + " | ".join(f"{m:.3f} +- {s:.3f}" for m, s in zip(rows.mean(axis=0), rows.std(axis=0))) + " |")
+        return
+    if not args.before:
+        parser.error("--before is required")
+    print("| code | seed | " + " | ".join(f"ARI leiden {r}" for r in RESOLUTIONS) + " |")
+    print("|---|---|" + "---|" * len(RESOLUTIONS))
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(source), args.before], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            print(_run(f"before ({args.before})", args.seeds, source), end="")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=ROOT, check=True)
+    print(_run("after (working tree)", args.seeds, None), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Process pools that never hang: a lost worker or one Ctrl-C ends the run within seconds.
+
+``multiprocessing.Pool`` (and ``parmap``, built on it) waits forever for the result of a
+worker that died, which is what the out-of-memory killer does to the worker holding the
+largest slide, and a terminal's Ctrl-C reaches every worker, so the pool swallows the
+first one. Forked workers also inherit the parent's OpenMP runtime, and the first
+OpenMP loop in such a worker (scikit-learn's radius search in squidpy's graph builder)
+waits forever once the parent has run one (k-means, a serial utag() run).
+
+:func:`map_processes` therefore runs its items in loky's process pool (the one joblib
+uses, shipped with scikit-learn): fresh worker processes, kept for the next call, that
+need no ``if __name__ == "__main__"`` guard in scripts. A dead worker is noticed: the
+error names the item that worker held, the signal that ended it and what to change. On
+``KeyboardInterrupt`` every worker is stopped before it is re-raised; workers ignore
+SIGINT themselves, the main process decides. ``start="fork"`` (for work that shares a
+large object with its workers and runs no OpenMP) forks a pool for the call instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import tempfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from ._progress import tqdm
+
+__all__ = ["WorkerLostError", "map_processes"]
+
+#: Seconds idle loky workers wait for the next call before they exit.
+IDLE_WORKER_SECONDS = 300
+
+
+class WorkerLostError(RuntimeError):
+    """A worker process died before returning its result."""
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _call(index: int, markers: str, function, item, args):
+    """Run one item, leaving a note while it runs."""
+    marker = Path(markers, str(index))
+    marker.touch()
+    result = function(item, *args)
+    marker.unlink()
+    return result
+
+
+def _stop(executor) -> None:
+    """Kill the workers of ``executor``, reap them and wait for its manager thread."""
+    processes = dict(getattr(executor, "_processes", None) or {})
+    for pid in processes:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for process in processes.values():
+        with contextlib.suppress(Exception):
+            process.join(timeout=5)
+    with contextlib.suppress(Exception):
+        executor.shutdown(wait=True)
+
+
+def _killed(processes: list) -> bool:
+    """Whether one of ``processes`` ended by SIGKILL."""
+    return any(process.exitcode == -signal.SIGKILL for process in processes)
+
+
+def map_processes(function, items: list, *args, n_workers: int, names: list | None = None,
+                  what: str = "item", hint: str = "", desc: str | None = None, progress: bool = False,
+                  start: str = "loky") -> list:
+    """``[function(item, *args) for item in items]`` in ``n_workers`` processes (1: in this
+    process), results in the order of ``items``.
+
+    ``start``: ``"loky"`` (fresh, reusable workers) or ``"fork"`` (a forked pool that
+    shares this process's memory). A worker that dies raises :class:`WorkerLostError`
+    naming the ``what`` it held (``names[i]``, default the index), how it ended and
+    ``hint``; Ctrl-C stops all workers and raises ``KeyboardInterrupt``. ``desc`` and
+    ``progress`` draw a bar.
+    """
+    bar = tqdm(total=len(items), desc=desc, disable=not progress or not items)
+    try:
+        if n_workers <= 1 or len(items) <= 1:
+            results = []
+            for item in items:
+                results.append(function(item, *args))
+                bar.update()
+            return results
+        return _map_pool(function, items, args, min(n_workers, len(items)), names, what, hint, bar, start)
+    finally:
+        bar.close()
+
+
+def _executor(n_workers: int, start: str):
+    if start == "fork" and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_ignore_sigint)
+    from joblib.externals.loky import get_reusable_executor
+
+    return get_reusable_executor(n_workers, timeout=IDLE_WORKER_SECONDS, initializer=_ignore_sigint)
+
+
+def _map_pool(function, items, args, n_workers, names, what, hint, bar, start) -> list:
+    executor = _executor(n_workers, start)
+    results: list = [None] * len(items)
+    processes: list = []
+    with tempfile.TemporaryDirectory(prefix="utag-workers-") as markers:
+        try:
+            pending = {executor.submit(_call, i, markers, function, item, args): i for i, item in enumerate(items)}
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[pending.pop(future)] = future.result()
+                    bar.update()
+        except BrokenProcessPool as error:
+            _stop(executor)
+            labels = list(names or range(len(items)))
+            running = [repr(labels[i]) for i in _lost_items(markers)]
+            held = (f"{what} {running[0]}" if len(running) == 1 else
+                    f"one of the {what}s {', '.join(running)}" if running else f"a {what}")
+            ended = "SIGKILL" if "SIGKILL" in str(error) or _killed(processes) else "an unexpected exit"
+            raise WorkerLostError(
+                f"a worker process died ({ended}) while computing {held}. SIGKILL is what the out-of-memory "
+                f"killer sends, so memory is the likely cause: {hint or 'use fewer processes'}.") from None
+        except BaseException:
+            _stop(executor)
+            raise
+    if start == "fork":
+        executor.shutdown(wait=True)
+    return results
+
+
+def _lost_items(markers: str) -> list[int]:
+    """The items that were running when the pool broke: the dead worker held one of them."""
+    return sorted(int(marker.name) for marker in Path(markers).iterdir())

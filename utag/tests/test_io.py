@@ -1,0 +1,79 @@
+"""Reading cell tables: markers are never lost to a few entries that are not numbers."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utag.io import read_cell_table
+
+
+@pytest.fixture
+def table():
+    """Five cells: ids, centroids, image, a cell type (text) and two clean markers."""
+    return pd.DataFrame({"cell": [f"c{i}" for i in range(5)], "x": np.arange(5.0), "y": np.arange(5.0),
+                         "image": ["r1"] * 5, "cell_type": ["T", "B", "T", "B", "T"],
+                         "CD3": [1.5, 0.0, 2.0, 0.5, 1.0], "CD20": [0.1, 2.2, 0.3, 1.9, 0.2]})
+
+
+def _with_entry(table, value, row=3):
+    """``table`` with CD20 as text, as pandas reads it when one entry is not a number."""
+    table = table.copy()
+    table["CD20"] = table["CD20"].astype(object)
+    table.loc[row, "CD20"] = value
+    return table
+
+
+@pytest.mark.parametrize("value", ["1,5", "<LOD", "n/a"])
+def test_a_few_entries_that_are_not_numbers_are_an_error_naming_column_rows_and_values(table, value):
+    with pytest.raises(ValueError, match="non_numeric='missing'") as error:
+        read_cell_table(_with_entry(table, value), slide_column="image", id_column="cell")
+    message = str(error.value)
+    assert "'CD20'" in message and "cell c3" in message and repr(value) in message
+    # without id_column, rows are named by their number
+    with pytest.raises(ValueError, match=f"row 3: {value!r}"):
+        read_cell_table(_with_entry(table, value), slide_column="image")
+
+
+def test_text_columns_still_go_to_obs(table):
+    table["empty"] = np.nan  # entirely empty: a numeric column, kept as a marker
+    adata = read_cell_table(table, slide_column="image", id_column="cell")
+    assert list(adata.var_names) == ["CD3", "CD20", "empty"]
+    assert list(adata.obs.columns) == ["cell", "x", "y", "image", "cell_type"]
+
+
+def test_non_numeric_missing_reads_those_entries_as_nan_and_says_how_many(table, caplog):
+    odd = _with_entry(_with_entry(table, "<LOD", row=1), "1,5", row=4)
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        adata = read_cell_table(odd, slide_column="image", id_column="cell", non_numeric="missing")
+    assert list(adata.var_names) == ["CD3", "CD20"]
+    expected = table["CD20"].to_numpy(dtype=np.float32)
+    expected[[1, 4]] = np.nan
+    np.testing.assert_array_equal(adata.X[:, 1], expected)
+    assert "2 marker entries" in caplog.text and "'CD20': 2" in caplog.text and "impute" in caplog.text
+
+
+def test_named_marker_columns_report_rows_and_values_and_take_non_numeric(table):
+    odd = _with_entry(table, "<LOD")
+    with pytest.raises(ValueError, match=r"must be numeric(.|\n)*cell c3: '<LOD'"):
+        read_cell_table(odd, marker_columns=["CD3", "CD20"], id_column="cell")
+    adata = read_cell_table(odd, marker_columns=["CD20"], non_numeric="missing")
+    assert np.isnan(adata.X[3, 0]) and np.isfinite(np.delete(adata.X[:, 0], 3)).all()
+
+
+def test_a_text_column_named_as_marker_is_an_error_even_with_missing(table):
+    with pytest.raises(ValueError, match=r"'cell_type': 5 of 5 entries, e.g. row 0: 'T'"):
+        read_cell_table(table, marker_columns=["CD3", "cell_type"], non_numeric="missing")
+
+
+def test_a_table_with_decimal_commas_is_reported_not_read_without_its_markers(table, tmp_path):
+    path = tmp_path / "cells.tsv"
+    table.to_csv(path, sep="\t", index=False, decimal=",")  # as a spreadsheet in a German locale saves it
+    with pytest.raises(ValueError, match=r"'CD3': 5 of 5 entries, e.g. row 0: '1,5'") as error:
+        read_cell_table(path, slide_column="image", non_numeric="missing")
+    assert "cells.tsv" in str(error.value) and "'x'" not in str(error.value)
+
+
+def test_non_numeric_must_be_error_or_missing(table):
+    with pytest.raises(ValueError, match="`non_numeric` must be 'error' or 'missing'"):
+        read_cell_table(table, non_numeric="drop")

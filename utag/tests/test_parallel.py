@@ -1,0 +1,214 @@
+"""Parallel stages never hang: a worker that dies or a Ctrl-C ends the run within seconds,
+with an error naming the slide and no worker processes left behind."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import utag.clustering as clustering
+import utag.message_passing as message_passing
+from utag import utag
+from utag._parallel import WorkerLostError, map_processes
+from utag.datasets import synthetic_tissue
+
+
+def _die_on_three(value: int) -> int:
+    if value == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return value * 2
+
+
+def test_map_processes_returns_results_in_order():
+    assert map_processes(_die_on_three, [0, 1, 2, 4, 5], n_workers=2) == [0, 2, 4, 8, 10]
+
+
+def test_lost_worker_names_its_item_and_leaves_no_process():
+    start = time.perf_counter()
+    with pytest.raises(WorkerLostError, match=r"\(SIGKILL\).*slide.*'d'.*out-of-memory"):
+        map_processes(_die_on_three, [0, 1, 2, 3, 4, 5], n_workers=2, names=list("abcdef"), what="slide")
+    assert time.perf_counter() - start < 10
+    assert multiprocessing.active_children() == []
+
+
+_ORIGINAL_SLIDE_MESSAGES = message_passing.slide_messages
+
+
+def _dies_on_one_slide(doomed_size: int, slide, *args):
+    if len(slide[0]) == doomed_size:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _ORIGINAL_SLIDE_MESSAGES(slide, *args)
+
+
+def test_utag_raises_when_a_slide_worker_dies(monkeypatch):
+    tissue = synthetic_tissue(n_cells=1_200, n_slides=4, n_markers=6, n_domains=2, n_cell_types=3,
+                              random_state=0)
+    tissue.obs["roi"] = tissue.obs["roi"].astype(str).map(lambda name: f"slide {name}")
+    doomed = sorted(tissue.obs["roi"].unique())[2]
+    sizes = tissue.obs["roi"].value_counts()
+    tissue = tissue[(tissue.obs["roi"] != doomed) | (np.arange(tissue.n_obs) % 2 == 0)].copy()  # a unique size
+    doomed_size = int((tissue.obs["roi"] == doomed).sum())
+    assert sizes.drop(doomed).ne(doomed_size).all()
+    monkeypatch.setattr(message_passing, "slide_messages", functools.partial(_dies_on_one_slide, doomed_size))
+    start = time.perf_counter()
+    with pytest.raises(WorkerLostError, match=rf"SIGKILL.*slide.*'{doomed}'.*processes=1"):
+        utag(tissue, slide_key="roi", max_dist=20, resolutions=[0.1], processes=2)
+    assert time.perf_counter() - start < 30
+    assert multiprocessing.active_children() == []
+
+
+def _killed_at_high_resolution(method, neighbourhood, resolution, *args, **kwargs):
+    if resolution > 0.5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return np.zeros(neighbourhood.connectivities.shape[0], dtype=np.int64)
+
+
+def test_cluster_many_raises_when_a_forked_leiden_worker_dies(monkeypatch):
+    tissue = synthetic_tissue(n_cells=600, n_slides=1, n_markers=6, n_domains=2, n_cell_types=3, random_state=0)
+    neighbourhood = clustering.Neighbourhood(*_knn(tissue.X))
+
+    monkeypatch.setattr(clustering, "FORK_MIN_CELLS", 0)
+    monkeypatch.setattr(clustering, "cluster", _killed_at_high_resolution)
+    tasks = [("leiden", resolution, 0, {"flavor": "igraph"}) for resolution in (0.1, 1.0, 0.2)]
+    with pytest.raises(WorkerLostError, match=r"SIGKILL.*run 'leiden at resolution 1.0'"):
+        clustering.cluster_many(neighbourhood, tasks, n_jobs=2)
+    assert multiprocessing.active_children() == []
+
+
+def _knn(points):
+    from utag.embedding import knn_graph
+
+    return knn_graph(np.asarray(points, dtype=np.float32), 10)
+
+
+_INTERRUPTED_RUN = textwrap.dedent("""
+    import sys, time
+    import utag.message_passing as message_passing
+    from utag import utag
+    from utag.datasets import synthetic_tissue
+
+    tissue = synthetic_tissue(n_cells=2_000, n_slides=20, n_markers=6, n_domains=2, n_cell_types=3,
+                              random_state=0)
+
+    def slow(slide, *args):
+        time.sleep(60)
+
+    message_passing.slide_messages = slow
+    print("started", flush=True)
+    try:
+        utag(tissue, slide_key="roi", max_dist=20, resolutions=[0.1], processes=2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(3)
+""")
+
+
+def _living_processes(group: int) -> list[int]:
+    """Processes of process group ``group`` that are not zombies (exited helpers, such as
+    the resource trackers, wait as zombies until init reaps them)."""
+    living = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                living.append(int(stat.parent.name))
+    return living
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal", "jupyter"])
+def test_one_ctrl_c_stops_parallel_message_passing(tmp_path, whole_group):
+    """A terminal's Ctrl-C reaches every process of the group; Jupyter's interrupt only
+    the kernel. Either way one SIGINT ends the run in seconds and no worker survives."""
+    script = tmp_path / "run.py"
+    script.write_text(_INTERRUPTED_RUN)
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        assert run.stdout.readline().strip() == "started"
+        time.sleep(4)  # imports, the memory check and the pool's start
+        if whole_group:
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            os.kill(run.pid, signal.SIGINT)
+        start = time.perf_counter()
+        output, _ = run.communicate(timeout=20)
+        assert time.perf_counter() - start < 10
+        assert run.returncode == 3 and "interrupted" in output
+        time.sleep(0.5)
+        assert _living_processes(run.pid) == []  # no worker left in the run's process group
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+_PARMAP_WITH_A_DEAD_WORKER = textwrap.dedent("""
+    import os, signal, parmap
+
+    def die_on_three(value):
+        if value == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return value
+
+    parmap.map(die_on_three, range(6), pm_processes=2, pm_pbar=True)
+    print("returned", flush=True)
+""")
+
+
+def test_parmap_waits_forever_for_a_dead_worker(tmp_path):
+    """Why utag's pools are not parmap's (README, "Known dependency issues"): parmap's
+    ``multiprocessing.Pool`` never returns once a worker dies; :func:`map_processes` raises."""
+    script = tmp_path / "parmap_run.py"
+    script.write_text(_PARMAP_WITH_A_DEAD_WORKER)
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            run.communicate(timeout=8)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.communicate()
+
+
+_PARALLEL_AFTER_OPENMP = textwrap.dedent("""
+    import numpy as np, pandas as pd
+    from anndata import AnnData
+    from utag import utag
+
+    rng = np.random.default_rng(0)
+    tissue = AnnData(rng.integers(0, 4, (60, 3)).astype(np.float32),
+                     obs=pd.DataFrame({"roi": rng.integers(0, 3, 60).astype(str)}, index=[f"c{i}" for i in range(60)]),
+                     obsm={"spatial": rng.integers(0, 10, (60, 2)) * 5.0})
+    options = dict(slide_key="roi", max_dist=10, clustering_method="kmeans", resolutions=[0.3], progress=False)
+    serial = utag(tissue, parallel=False, **options)  # scikit-learn's radius search runs OpenMP here
+    parallel = utag(tissue, parallel=True, processes=2, **options)
+    assert (serial.obs["UTAG Label_kmeans_0.3"] == parallel.obs["UTAG Label_kmeans_0.3"]).all()
+    print("finished", flush=True)
+""")
+
+
+
+def test_parallel_run_after_openmp_in_this_process_finishes(tmp_path):
+    """Forked workers inherit the parent's OpenMP runtime and wait forever in the first
+    OpenMP loop (scikit-learn's radius search): parmap's pool hangs on this script;
+    utag's workers are not forked."""
+    script = tmp_path / "after_openmp.py"
+    script.write_text(_PARALLEL_AFTER_OPENMP)
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        output, errors = run.communicate(timeout=90)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0 and "finished" in output, errors[-2000:]

@@ -1,0 +1,297 @@
+"""Never silently wrong: numbers at any scale and in any row order, degenerate tissue,
+inputs checked at the door (R's numbers among them), and inputs that must be accepted."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy.special import softmax
+from sklearn.metrics import adjusted_rand_score
+
+import utag
+from utag import utag as run_utag
+from utag.clustering import soft_assignments
+from utag.datasets import synthetic_tissue
+
+FAST = {"slide_key": "roi", "max_dist": 20, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic_tissue(n_cells=1_500, n_slides=2, n_markers=8, n_domains=3, n_cell_types=4, random_state=3)
+
+
+def _labels(result, key):
+    return result.obs[key].to_numpy()
+
+
+# --- numbers ------------------------------------------------------------------------------
+
+def test_soft_assignments_with_a_background_offset_match_a_float64_reference():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 2_000)
+    centres = rng.normal(size=(4, 6))
+    features = (centres[labels] + rng.normal(scale=0.8, size=(2_000, 6)) + 5_000).astype(np.float32)
+    values = features.astype(np.float64)
+    z = (values - values.mean(axis=0)) / values.std(axis=0)
+    centroids = np.stack([z[labels == k].mean(axis=0) for k in range(4)])
+    reference = softmax(-0.5 * ((z[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+    for matrix in (features, sp.csr_matrix(features)):
+        probabilities = soft_assignments(matrix, labels)
+        assert probabilities.dtype == np.float32
+        np.testing.assert_allclose(probabilities, reference, atol=1e-5)
+        assert (probabilities.argmax(axis=1) == reference.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("method", ["leiden", "parc", "kmeans"])
+def test_labels_do_not_depend_on_the_order_of_the_rows(small, method):
+    order = np.random.default_rng(1).permutation(small.n_obs)
+    key = f"UTAG Label_{method}_0.3"
+    result = run_utag(small, clustering_method=method, resolutions=[0.3], **FAST)
+    permuted = run_utag(small[order].copy(), clustering_method=method, resolutions=[0.3], **FAST)
+    assert (_labels(permuted, key) == _labels(result, key)[order]).all()
+    np.testing.assert_array_equal(permuted.obsm[f"{key}_probabilities"], result.obsm[f"{key}_probabilities"][order])
+    np.testing.assert_array_equal(permuted.X, result.X[order])
+    assert list(permuted.obs_names) == list(small.obs_names[order])
+
+
+@pytest.mark.parametrize("method", ["leiden", "parc", "kmeans"])
+def test_domains_do_not_depend_on_the_scale_of_the_features(small, method):
+    key = f"UTAG Label_{method}_0.3"
+    reference = _labels(run_utag(small, clustering_method=method, resolutions=[0.3], **FAST), key)
+    for factor in (1 / 1024, 1024.0):  # powers of two: the same float32 numbers, scaled
+        scaled = small.copy()
+        scaled.X = small.X * np.float32(factor)
+        assert (_labels(run_utag(scaled, clustering_method=method, resolutions=[0.3], **FAST), key) == reference).all()
+    for factor in (1e-3, 1e3):
+        scaled = small.copy()
+        scaled.X = small.X * np.float32(factor)
+        labels = _labels(run_utag(scaled, clustering_method=method, resolutions=[0.3], **FAST), key)
+        assert adjusted_rand_score(reference, labels) > 0.95
+
+
+@pytest.mark.parametrize("method", ["leiden", "parc", "kmeans"])
+def test_domains_do_not_depend_on_a_constant_background(small, method):
+    """A background only costs the digits float32 drops when it is added: the domains of
+    ``X + b`` are those of ``X`` rounded as ``X + b`` rounds it (exactly equal labels;
+    before, float32 sums on the background lost more digits)."""
+    key = f"UTAG Label_{method}_0.3"
+    options = {"clustering_method": method, "resolutions": [0.3], **FAST}
+    for background in (np.float32(8.0), np.float32(1_000.0)):
+        shifted, rounded = small.copy(), small.copy()
+        shifted.X = small.X + background
+        rounded.X = shifted.X - background  # exact: the same digits, without the background
+        assert (_labels(run_utag(shifted, **options), key) == _labels(run_utag(rounded, **options), key)).all()
+
+
+# --- degenerate tissue ----------------------------------------------------------------------
+
+def _degenerate(case: str):
+    tissue = synthetic_tissue(n_cells=300, n_slides=1, n_markers=5, n_domains=2, n_cell_types=3, random_state=0)
+    if case == "all-zero features":
+        tissue.X = np.zeros_like(tissue.X)
+        return tissue, {}, "all zero"
+    if case == "max_dist spans the slide":
+        return tissue, {"max_dist": 1e6}, "same units"
+    if case == "one point":
+        tissue.obsm["spatial"] = np.zeros_like(tissue.obsm["spatial"])
+        return tissue, {}, "same units"
+    return tissue[:1].copy(), {}, "one cell"
+
+
+@pytest.mark.parametrize("case", ["all-zero features", "max_dist spans the slide", "one point", "one cell"])
+@pytest.mark.parametrize("ask", [{"resolutions": [0.1, 1.0]}, {"resolutions": "auto"}, {"n_domains": 3}],
+                         ids=["resolutions", "auto", "n_domains"])
+def test_degenerate_tissue_gives_one_domain_and_says_why(case, ask, caplog):
+    tissue, options, reason = _degenerate(case)
+    methods = ["leiden", "kmeans"] if "n_domains" in ask else ["leiden", "parc", "kmeans"]
+    if ask.get("n_domains", 0) > tissue.n_obs:
+        ask = {"n_domains": 1}
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        result = run_utag(tissue, clustering_method=methods, **{**FAST, **options, **ask})
+    keys = result.uns["utag"]["label_keys"]
+    assert {key.split("_")[1] for key in keys} == set(methods)
+    for key in keys:
+        assert result.obs[key].nunique() == 1
+        assert np.allclose(result.obsm[f"{key}_probabilities"].sum(axis=1), 1)
+    assert "same neighbourhood profile" in caplog.text and reason in caplog.text
+
+
+def test_two_cells_work_with_every_method():
+    tissue = synthetic_tissue(n_cells=300, n_slides=1, n_markers=5, random_state=0)[:2].copy()
+    tissue.obsm["spatial"] = np.array([[0.0, 0.0], [100.0, 0.0]])
+    tissue.X = np.array([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0]], dtype=np.float32)
+    result = run_utag(tissue, clustering_method=["leiden", "parc", "kmeans"], resolutions=[0.1], **FAST)
+    for key in result.uns["utag"]["label_keys"]:
+        assert 1 <= result.obs[key].nunique() <= 2
+
+
+# --- inputs checked at the door -------------------------------------------------------------
+
+def test_r_numbers_as_seeds_give_the_same_result(small):
+    key = "UTAG Label_leiden_0.3"
+    as_int = run_utag(small, clustering_method="leiden", resolutions=[0.3], random_state=1, **FAST)
+    as_float = run_utag(small, clustering_method="leiden", resolutions=[0.3], random_state=1.0, **FAST)
+    assert (_labels(as_int, key) == _labels(as_float, key)).all()
+    assert as_float.uns["utag"]["random_state"] == 1
+
+
+def test_no_seed_draws_one_and_records_it(small):
+    key = "UTAG Label_leiden_0.3"
+    options = {"clustering_method": "leiden", "resolutions": [0.3], "knn_method": "approximate", **FAST}
+    fresh = run_utag(small, random_state=None, **options)
+    seed = fresh.uns["utag"]["random_state"]
+    assert isinstance(seed, int)
+    assert (_labels(run_utag(small, random_state=seed, **options), key) == _labels(fresh, key)).all()
+
+
+def _seeded_calls(adata, result):
+    from utag import analysis, clustering, evaluation, graph, plotting, tuning, utils
+    from utag.clustering import Neighbourhood
+
+    neighbourhood = Neighbourhood(result.obsm["X_pca"], result.obsp["connectivities"])
+    codes = pd.factorize(adata.obs["roi"])[0]
+    label = "UTAG Label_leiden_0.3"
+    return {
+        "synthetic_tissue": lambda seed: synthetic_tissue(n_cells=300, random_state=seed).X,
+        "estimate_pairs": lambda seed: graph.estimate_pairs(adata.obsm["spatial"], codes, 20, random_state=seed),
+        "cluster": lambda seed: clustering.cluster("leiden", neighbourhood, 0.3, seed),
+        "kmeans": lambda seed: clustering.kmeans(neighbourhood, 0.3, random_state=seed),
+        "resolution_sweep": lambda seed: tuning.resolution_sweep(result, resolutions=[0.1, 0.3], n_runs=2,
+                                                                 random_state=seed, progress=False),
+        "resolution_for_n_domains": lambda seed: tuning.resolution_for_n_domains(neighbourhood, 3, seed)[1],
+        "colocalization": lambda seed: analysis.measure_per_domain_cell_type_colocalization(
+            result, label, "cell_type", slide_key="roi", max_dist=20, n_permutations=3, random_state=seed),
+        "original colocalization": lambda seed: utils.measure_per_domain_cell_type_colocalization(
+            result.copy(), label, n_iterations=3, random_state=seed),
+        "evaluate_clustering": lambda seed: evaluation.evaluate_clustering(
+            result, [label], "cell_type", slide_key="roi", max_dist=20, random_state=seed),
+        "plot_domain_network": lambda seed: plotting.plot_domain_network(result, label, slide_key="roi", max_dist=20,
+                                                                         random_state=seed),
+    }
+
+
+def test_every_seeded_function_takes_r_numbers_and_names_bad_seeds(small):
+    result = run_utag(small, clustering_method="leiden", resolutions=[0.3], **FAST)
+    for name, call in _seeded_calls(small, result).items():
+        call(1.0)
+        call(None)
+        for bad in (-1, 1.5, "1", True):
+            with pytest.raises(ValueError, match="random_state"):
+                call(bad)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.mark.parametrize("mode,same_as", [("mean", "l1_norm"), ("none", "sum"), (None, "sum"), ("SUM", "sum")])
+def test_normalization_mode_names(small, mode, same_as):
+    options = {"apply_clustering": False, **FAST}
+    got = run_utag(small, normalization_mode=mode, **options)
+    expected = run_utag(small, normalization_mode=same_as, **options)
+    np.testing.assert_array_equal(got.X, expected.X)
+    assert got.uns["utag"]["normalization_mode"] == same_as
+
+
+@pytest.mark.parametrize("typo", ["l1", "avg", "L1-norm", 1])
+def test_normalization_mode_typos_are_refused_with_the_list(small, typo):
+    with pytest.raises(ValueError, match=r"normalization_mode.*'l1_norm'.*'sum'"):
+        run_utag(small, normalization_mode=typo, **FAST)
+
+
+def test_features_beyond_float32_range_are_a_clear_error(small):
+    huge = small.copy()
+    huge.X = small.X.astype(np.float64) * 1e36
+    with pytest.raises(ValueError, match="adata.X.*Rescale"):
+        run_utag(huge, **FAST)
+
+
+def test_duplicated_channels_are_a_clear_error(small):
+    channels = [small.var_names[0], small.var_names[1], small.var_names[0]]
+    with pytest.raises(ValueError, match=rf"channels_to_use.*{small.var_names[0]}.*more than once"):
+        run_utag(small, channels_to_use=channels, **FAST)
+
+
+def test_more_domains_than_cells_is_a_clear_error(small):
+    with pytest.raises(ValueError, match="n_domains=2000.*1500 cells"):
+        run_utag(small, n_domains=2_000, resolutions=None, clustering_method="leiden", **FAST)
+
+
+# --- valid input accepted -----------------------------------------------------------------
+
+def test_resolutions_as_any_sequence_and_float32_keys_as_typed(small):
+    for resolutions in (pd.Series([0.3, 0.1], dtype=np.float32), pd.Series([np.float32(0.3), 0.1]),
+                        [np.float32(0.3), 0.1], np.array([0.3, 0.1], dtype=np.float32), (0.3, 0.1)):
+        result = run_utag(small, clustering_method="kmeans", resolutions=resolutions, **FAST)
+        assert result.uns["utag"]["label_keys"] == ["UTAG Label_kmeans_0.3", "UTAG Label_kmeans_0.1"]
+    single = run_utag(small, clustering_method="kmeans", resolutions=np.float32(0.3), **FAST)
+    assert single.uns["utag"]["label_keys"] == ["UTAG Label_kmeans_0.3"]
+
+
+def test_boolean_one_hot_features_are_read_as_zero_and_one(small):
+    types = pd.get_dummies(small.obs["cell_type"])
+    one_hot = small[:, :0].copy()
+    as_bool = type(small)(types.to_numpy(dtype=bool), obs=small.obs, obsm=dict(small.obsm))
+    as_float = type(small)(types.to_numpy(dtype=np.float32), obs=small.obs, obsm=dict(small.obsm))
+    key = "UTAG Label_leiden_0.3"
+    got = run_utag(as_bool, clustering_method="leiden", resolutions=[0.3], **FAST)
+    expected = run_utag(as_float, clustering_method="leiden", resolutions=[0.3], **FAST)
+    assert (_labels(got, key) == _labels(expected, key)).all()
+    assert one_hot.n_vars == 0
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_backed_h5ad_with_channels_in_any_order(small, tmp_path, sparse):
+    import anndata
+
+    stored = small.copy()
+    if sparse:
+        stored.X = sp.csr_matrix(stored.X)
+    path = tmp_path / "cells.h5ad"
+    stored.write_h5ad(path)
+    channels = list(small.var_names[[5, 0, 3, 1]])
+    options = {"clustering_method": "kmeans", "resolutions": [0.3], **FAST}
+    backed = anndata.read_h5ad(path, backed="r")
+    for chosen in (None, channels):
+        got = run_utag(backed, channels_to_use=chosen, **options)
+        expected = run_utag(stored, channels_to_use=chosen, **options)
+        assert list(got.var_names) == list(expected.var_names)
+        np.testing.assert_array_equal(got.obs["UTAG Label_kmeans_0.3"], expected.obs["UTAG Label_kmeans_0.3"])
+    backed.file.close()
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+def test_evaluate_performance_leaves_unlabelled_cells_out():
+    truth = pd.Series(["a", "a", "b", "b", None, np.nan, "NoAnnotation", "Other"], dtype=object)
+    predicted = ["0", "0", "1", "1", "1", "0", "0", "1"]
+    adata = utag.evaluation.AnnData(np.zeros((8, 1)), obs=pd.DataFrame(
+        {"truth": truth.to_numpy(), "UTAG Label_leiden_0.1": predicted}, index=[f"c{i}" for i in range(8)]))
+    table = utag.evaluate_performance(adata, "truth", ignore_labels="Other")
+    assert table["n_cells"].item() == 5  # no "nan" domain; "NoAnnotation" is kept when not named
+    scores = utag.evaluate_performance(adata, "truth", ignore_labels=["Other", "NoAnnotation"])
+    assert scores["n_cells"].item() == 4 and scores["adjusted_rand"].item() == 1.0
+
+
+# --- import -------------------------------------------------------------------------------
+
+def test_import_works_where_numba_cannot_cache():
+    """A read-only installation and no writable home leave numba no cache location."""
+    script = textwrap.dedent("""
+        import numba.core.caching as caching
+        caching.CacheImpl._locator_classes = []   # what a read-only install and home amount to
+        import numpy as np
+        from utag._leiden import leiden
+        import scipy.sparse as sp
+        graph = sp.csr_matrix(np.ones((4, 4)) - np.eye(4))
+        print(len(leiden(graph, resolution=0.1)))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "4"
