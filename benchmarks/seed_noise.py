@@ -2,7 +2,7 @@
 
 Usage (from the repository root, with utag installed from it)::
 
-    python benchmarks/seed_noise.py --before 400ecda --seeds 8
+    python benchmarks/seed_noise.py --before 400ecda --seeds 8 --out docs/generated/seed_noise.md
 
 Runs ``utag()`` on the bundled spleen subset (Leiden at resolutions 0.05 and 0.1,
 ``max_dist=200``, as ``utag demo``) with seeds ``0 .. seeds-1``, on the ``--before``
@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", help="commit to compare the working tree with (required)")
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--out", help="also write the table (with where and when it was measured) to this file")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure this code, print rows
     args = parser.parse_args()
     if args.measure:
@@ -76,17 +77,25 @@ def main() -> None:
         return
     if not args.before:
         parser.error("--before is required")
-    print("| code | seed | " + " | ".join(f"ARI leiden {r}" for r in RESOLUTIONS) + " |")
-    print("|---|---|" + "---|" * len(RESOLUTIONS))
+    lines = ["| code | seed | " + " | ".join(f"ARI leiden {r}" for r in RESOLUTIONS) + " |",
+             "|---|---|" + "---|" * len(RESOLUTIONS)]
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(source), args.before], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            print(_run(f"before ({args.before})", args.seeds, source), end="")
+            lines.append(_run(f"before ({args.before})", args.seeds, source).rstrip())
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=ROOT, check=True)
-    print(_run("after (working tree)", args.seeds, None), end="")
+    lines.append(_run("after (working tree)", args.seeds, None).rstrip())
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        from measure import provenance
+
+        Path(args.out).write_text(
+            f"ARI against the experts on the bundled spleen subset (Leiden, `max_dist=200`) over "
+            f"{args.seeds} seeds, before ({args.before}) and after; {provenance()}.\n\n{table}\n")
 
 
 if __name__ == "__main__":

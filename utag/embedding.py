@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from . import _validation as check
 from ._numba import jit
 from ._progress import Stopwatch
 
@@ -127,6 +128,7 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     >>> indices.tolist(), distances.tolist()
     ([[0, 1], [1, 0], [2, 1]], [[0.0, 1.0], [0.0, 1.0], [0.0, 4.0]])
     """
+    random_state = check.seed(random_state)
     if exact_search(len(embedding), n_neighbors, method):
         distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=-1)
         distances = distances.reshape(len(embedding), -1)
@@ -156,6 +158,7 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
 
     Returns ``(indices, distances)`` sorted by distance (Euclidean, float32).
     """
+    random_state = check.seed(random_state)
     import hnswlib
 
     n_cells, n_dims = embedding.shape
@@ -214,6 +217,7 @@ def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int, method: 
     Returns ``(indices, distances)`` as :func:`nearest_neighbors` does, with
     ``min(n_neighbors, number of distinct profiles)`` columns (2 for a single profile).
     """
+    random_state = check.seed(random_state)
     profiles, first, inverse = np.unique(embedding, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     if len(profiles) == 1 and min(n_neighbors, len(embedding)) > 1:
@@ -408,6 +412,7 @@ def representation(use_rep: str | None, n_features: int) -> str:
 def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0):
     """``(connectivities, distances, tied)``: the UMAP-weighted kNN graph of ``points``,
     built over distinct profiles when many cells share one (``tied`` cells)."""
+    random_state = check.seed(random_state)
     k = min(n_neighbors, len(points))
     indices, distances = nearest_neighbors(points, k, knn_method, random_state)
     tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
@@ -480,6 +485,7 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     ``"X_pca"``: the PCA); ``pca_graph`` also builds one on the PCA when ``use_rep`` is
     ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
     """
+    random_state = check.seed(random_state)
     watch = watch or Stopwatch()
     n_cells, n_features = features.shape
     capped = max(1, min(n_comps, n_features - 1, n_cells - 1))

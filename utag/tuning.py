@@ -134,6 +134,7 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
           n_jobs: int | None = None, progress: bool = False, min_cells: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`resolution_sweep` on arrays: the table and the most typical labelling of
     every resolution (resolutions x cells)."""
+    random_state = check.seed(random_state)
     resolutions = sorted(check.resolution_list(list(resolutions)))
     n_runs = check.as_int("n_runs", n_runs, minimum=2)
     kwargs = dict(leiden_kwargs or {})
@@ -193,6 +194,7 @@ def spatial_coherence(labellings: np.ndarray, coords: np.ndarray, slide_codes: n
     >>> spatial_coherence(np.stack([halves, stripes]), coords, np.zeros(100, int), n_neighbors=4).round(2).tolist()
     [0.48, -0.01]
     """
+    random_state = check.seed(random_state)
     from scipy.spatial import cKDTree
 
     from .graph import slide_cells

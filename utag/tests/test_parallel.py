@@ -93,7 +93,8 @@ def _knn(points):
 
 
 _INTERRUPTED_RUN = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started in the background
     import utag.message_passing as message_passing
     from utag import utag
     from utag.datasets import synthetic_tissue

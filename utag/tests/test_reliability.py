@@ -152,7 +152,7 @@ def test_no_seed_draws_one_and_records_it(small):
 
 
 def _seeded_calls(adata, result):
-    from utag import analysis, clustering, evaluation, graph, plotting, tuning, utils
+    from utag import analysis, clustering, embedding, evaluation, graph, plotting, tuning, utils
     from utag.clustering import Neighbourhood
 
     neighbourhood = Neighbourhood(result.obsm["X_pca"], result.obsp["connectivities"])
@@ -172,6 +172,11 @@ def _seeded_calls(adata, result):
             result.copy(), label, n_iterations=3, random_state=seed),
         "evaluate_clustering": lambda seed: evaluation.evaluate_clustering(
             result, [label], "cell_type", slide_key="roi", max_dist=20, random_state=seed),
+        "approximate neighbours": lambda seed: embedding.nearest_neighbors(result.obsm["X_pca"], 5, "approximate",
+                                                                           random_state=seed),
+        "knn_graph": lambda seed: embedding.knn_graph(result.obsm["X_pca"], 5, random_state=seed),
+        "sweep": lambda seed: tuning.sweep(neighbourhood, adata.obsm["spatial"], codes, resolutions=[0.3], n_runs=2,
+                                           random_state=seed),
         "plot_domain_network": lambda seed: plotting.plot_domain_network(result, label, slide_key="roi", max_dist=20,
                                                                          random_state=seed),
     }
