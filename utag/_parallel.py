@@ -13,7 +13,9 @@ need no ``if __name__ == "__main__"`` guard in scripts. A dead worker is noticed
 error names the item that worker held, the signal that ended it and what to change. On
 ``KeyboardInterrupt`` every worker is stopped before it is re-raised; workers ignore
 SIGINT themselves, the main process decides. ``start="fork"`` (for work that shares a
-large object with its workers and runs no OpenMP) forks a pool for the call instead.
+large object with its workers and runs no OpenMP) forks a pool for the call instead, and
+so does every call from R: reticulate's process carries R's ``LD_LIBRARY_PATH``, which
+makes a fresh Python load the system's libpython instead of its own.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -95,6 +98,8 @@ def map_processes(function, items: list, *args, n_workers: int, names: list | No
 
 
 def _executor(n_workers: int, start: str):
+    if "rpycall" in sys.modules:  # inside R (reticulate): fresh Python processes would get R's
+        start = "fork"            # LD_LIBRARY_PATH and with it the system's libpython
     if start == "fork" and "fork" in multiprocessing.get_all_start_methods():
         return ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_ignore_sigint)
