@@ -122,19 +122,19 @@ def _map_pool(function, items, args, n_workers, names, what, hint, bar, start) -
                     results[pending.pop(future)] = future.result()
                     bar.update()
         except BrokenProcessPool as error:
+            ended = "SIGKILL" if "SIGKILL" in str(error) or _killed(processes) else "an unexpected exit"
             _stop(executor)
             labels = list(names or range(len(items)))
             running = [repr(labels[i]) for i in _lost_items(markers)]
             held = (f"{what} {running[0]}" if len(running) == 1 else
                     f"one of the {what}s {', '.join(running)}" if running else f"a {what}")
-            ended = "SIGKILL" if "SIGKILL" in str(error) or _killed(processes) else "an unexpected exit"
             raise WorkerLostError(
                 f"a worker process died ({ended}) while computing {held}. SIGKILL is what the out-of-memory "
                 f"killer sends, so memory is the likely cause: {hint or 'use fewer processes'}.") from None
         except BaseException:
             _stop(executor)
             raise
-    if start == "fork":
+    if isinstance(executor, ProcessPoolExecutor):  # forked for this call; loky's workers wait for the next
         executor.shutdown(wait=True)
     return results
 
