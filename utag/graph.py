@@ -35,6 +35,8 @@ __all__ = [
     "LOST_WORKER_HINT",
     "per_slide",
     "radius_graph",
+    "spatial_graph",
+    "SPATIAL_GRAPHS",
     "slide_cells",
     "slide_pairs",
     "spatial_neighbors",
@@ -43,9 +45,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _builder(max_dist: float):
-    from squidpy.gr.neighbors import RadiusBuilder
+#: Kinds of spatial graph (``utag(spatial_graph=...)``): cells within ``max_dist`` (the
+#: published method), each cell's ``n_spatial_neighbors`` nearest cells, or the Delaunay
+#: triangulation with edges longer than ``max_dist`` removed. All include self-loops.
+SPATIAL_GRAPHS = ("radius", "knn", "delaunay")
 
+
+def _builder(max_dist: float, kind: str = "radius", n_neighbors: int = 6):
+    from squidpy.gr.neighbors import DelaunayBuilder, KNNBuilder, RadiusBuilder
+
+    if kind == "knn":
+        return KNNBuilder(n_neighs=int(n_neighbors), set_diag=True)
+    if kind == "delaunay":
+        return DelaunayBuilder(radius=(0.0, float(max_dist)), set_diag=True)
     return RadiusBuilder(radius=float(max_dist), set_diag=True)
 
 
@@ -55,12 +67,41 @@ def radius_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix, sp
     ``connectivities``: float32 0/1 CSR, symmetric, with self-loops; ``distances``:
     float64 CSR of the Euclidean lengths of the same edges (zero on the diagonal).
     """
-    return _builder(max_dist).build(np.ascontiguousarray(coords, dtype=np.float64))
+    return spatial_graph(coords, max_dist)
 
 
-def graph_params(max_dist: float) -> dict:
+def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
+                  n_neighbors: int = 6) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """One slide's spatial graph of kind ``kind`` (see :data:`SPATIAL_GRAPHS`), built by
+    squidpy (``RadiusBuilder``, ``KNNBuilder``, ``DelaunayBuilder``): ``(connectivities,
+    distances)`` as :func:`radius_graph` returns them. The kNN graph is directed (a cell's
+    row holds its ``n_neighbors`` nearest cells); the others are symmetric.
+
+    Examples
+    --------
+    >>> coords = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
+    >>> spatial_graph(coords, max_dist=2.0, kind="delaunay")[0].toarray().astype(int)
+    array([[1, 1, 1, 0],
+           [1, 1, 1, 0],
+           [1, 1, 1, 0],
+           [0, 0, 0, 1]])
+    """
+    from scipy.spatial import QhullError
+
+    coords = np.ascontiguousarray(coords, dtype=np.float64)
+    if kind == "knn" and len(coords) <= n_neighbors:  # every cell is a neighbour of every other
+        kind, max_dist = "radius", np.inf
+    try:
+        return _builder(max_dist, kind, n_neighbors).build(coords)
+    except (QhullError, ValueError):  # no triangulation: fewer than 3 cells, or all on a line
+        if kind != "delaunay":
+            raise
+        return _builder(max_dist).build(coords)
+
+
+def graph_params(max_dist: float, kind: str = "radius", n_neighbors: int = 6) -> dict:
     """The parameters squidpy records in ``uns['spatial_neighbors']['params']``."""
-    return _builder(max_dist).uns_params()
+    return _builder(max_dist, kind, n_neighbors).uns_params()
 
 
 def combine_slides(graphs: list[tuple[sp.csr_matrix, sp.csr_matrix]], slides: list[np.ndarray],
@@ -372,13 +413,13 @@ def spatial_neighbors(
 
 
 def store_spatial_graph(adata: AnnData, graph: tuple[sp.csr_matrix, sp.csr_matrix], max_dist: float,
-                        key_added: str = "spatial") -> None:
-    """Write ``graph = (connectivities, distances)`` into ``adata`` under squidpy's keys."""
+                        key_added: str = "spatial", kind: str = "radius", n_neighbors: int = 6) -> None:
+    """Write ``graph = (connectivities, distances)`` of kind ``kind`` into ``adata`` under squidpy's keys."""
     connectivities_key = f"{key_added}_connectivities"
     distances_key = f"{key_added}_distances"
     adata.obsp[connectivities_key], adata.obsp[distances_key] = graph
     adata.uns[f"{key_added}_neighbors"] = {
         "connectivities_key": connectivities_key,
         "distances_key": distances_key,
-        "params": graph_params(max_dist),
+        "params": graph_params(max_dist, kind, n_neighbors),
     }

@@ -25,8 +25,8 @@ from .graph import (
     check_graph_fits,
     combine_slides,
     per_slide,
-    radius_graph,
     slide_cells,
+    spatial_graph,
 )
 
 __all__ = ["aggregate", "as_float32", "pass_messages", "slide_messages"]
@@ -53,14 +53,16 @@ def aggregate(adjacency: sp.csr_matrix, features, normalization_mode: str = "l1_
     return aggregated
 
 
-def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm", keep_graph: bool = False):
-    """Graph and message passing of one slide ``(coords, features)``.
+def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm", keep_graph: bool = False,
+                   kind: str = "radius", n_neighbors: int = 6):
+    """Graph and message passing of one slide ``(coords, features)``; ``kind`` and
+    ``n_neighbors``: the spatial graph (:func:`utag.graph.spatial_graph`).
 
     Returns the aggregated features, the slide's number of edges (self-loops left out)
     and, with ``keep_graph``, its graph ``(connectivities, distances)`` (else ``None``).
     """
     coords, features = slide
-    connectivities, distances = radius_graph(coords, max_dist)
+    connectivities, distances = spatial_graph(coords, max_dist, kind, n_neighbors)
     n_edges = (connectivities.nnz - len(coords)) // 2
     aggregated = aggregate(connectivities, features, normalization_mode)
     return aggregated, n_edges, ((connectivities, distances) if keep_graph else None)
@@ -85,6 +87,8 @@ def pass_messages(
     bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR,
     keep_graph: bool = False,
     slide_names=None,
+    spatial_graph_kind: str = "radius",
+    n_spatial_neighbors: int = 6,
 ):
     """Aggregate ``features`` over each slide's radius graph.
 
@@ -98,6 +102,8 @@ def pass_messages(
         With ``keep_graph``: ``(connectivities, distances)`` of all slides, block-diagonal
         in the input's cell order, as squidpy stores them; else ``None``.
 
+    ``spatial_graph_kind`` and ``n_spatial_neighbors`` choose the graph
+    (:func:`utag.graph.spatial_graph`; default: the radius graph of the published method).
     ``slide_names`` (indexed by code) name the slide in the error raised when its worker
     process dies. Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
     not fit in memory (``bytes_per_pair``: what the caller will hold per pair, by default
@@ -105,11 +111,13 @@ def pass_messages(
     """
     bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * np.shape(features)[1]
     normalization_mode = normalization_mode_name(normalization_mode)
-    check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
+    if spatial_graph_kind == "radius":  # the others have a few edges per cell
+        check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
     results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,
-                        normalization_mode, keep_graph, processes=processes if parallel else 1, progress=progress,
+                        normalization_mode, keep_graph, spatial_graph_kind, n_spatial_neighbors,
+                        processes=processes if parallel else 1, progress=progress,
                         names=None if slide_names is None else [slide_names[codes[cells[0]]] for cells in slides])
     blocks, edge_counts, graphs = zip(*results)
     order = np.concatenate(slides)

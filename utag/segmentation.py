@@ -23,7 +23,7 @@ from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
 from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_by_size, soft_assignments
 from .embedding import Embedding, embed, exact_search, representation
-from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
+from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPHS, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .transfer import build_model
 from .tuning import (
@@ -69,6 +69,8 @@ def utag(
     min_domain_size: float | None = None,
     random_state: int = 0,
     progress: bool = True,
+    spatial_graph: str = "radius",
+    n_spatial_neighbors: int = 6,
 ) -> AnnData:
     """Find microanatomical domains with UTAG (Kim et al., Nature Methods 2022).
 
@@ -163,6 +165,14 @@ def utag(
         ``uns['utag']['random_state']`` so the run can be repeated.
     progress
         Show progress bars (slides, clustering runs).
+    spatial_graph
+        Which cells a cell's neighbourhood holds: ``"radius"`` (default, the published
+        method): every cell within ``max_dist``; ``"knn"``: its ``n_spatial_neighbors``
+        nearest cells; ``"delaunay"``: its neighbours in the Delaunay triangulation,
+        edges longer than ``max_dist`` removed (squidpy's ``spatial_neighbors(delaunay=True)``
+        plus a length cut). The cell itself is always included.
+    n_spatial_neighbors
+        Neighbours per cell of the ``"knn"`` spatial graph (default 6, squidpy's).
 
     Cells are processed in an order of their own (by slide, position and features), so
     the labels do not depend on the order of the rows of ``adata``.
@@ -201,6 +211,7 @@ def utag(
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
         parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
         knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
+        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors,
     )
     normalization_mode = check.normalization_mode(normalization_mode)
     random_state = check.seed(random_state)
@@ -218,6 +229,7 @@ def utag(
                 coords, features if background is None else features - background, codes, p.max_dist,
                 normalization_mode, parallel, processes, progress, bytes_per_pair,
                 keep_graph=keep_spatial_connectivity, slide_names=slide_names,
+                spatial_graph_kind=p.spatial_graph, n_spatial_neighbors=p.n_spatial_neighbors,
             )
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
 
@@ -244,12 +256,14 @@ def utag(
         model = None
         if labels:
             model = build_model(aggregated, var.index, embedded.pca["embedding"], embedded.pca["components"],
-                                labels, p.max_dist, normalization_mode, background)
+                                labels, p.max_dist, normalization_mode, background, p.spatial_graph,
+                                p.n_spatial_neighbors)
 
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
         result = _write_result(adata, *_in_input_order(order, aggregated, graph, embedded, labels, probabilities,
-                                                       swept), var=var, max_dist=p.max_dist)
+                                                       swept), var=var, max_dist=p.max_dist,
+                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
         if apply_umap:
             import scanpy as sc
 
@@ -258,6 +272,8 @@ def utag(
         result.uns["utag"] = {
             "slide_key": slide_key if slide_key is not None else "None",
             "max_dist": p.max_dist,
+            "spatial_graph": p.spatial_graph,
+            "n_spatial_neighbors": p.n_spatial_neighbors,
             "normalization_mode": normalization_mode,
             "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
             "n_neighbors": p.n_neighbors,
@@ -293,11 +309,14 @@ class _Parameters:
     use_rep: str
     min_cells: int
     backend_kwargs: dict  # per method
+    spatial_graph: str
+    n_spatial_neighbors: int
 
 
 def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
                       clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs, processes,
-                      n_neighbors, knn_method, n_domains, use_rep, min_domain_size) -> _Parameters:
+                      n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
+                      n_spatial_neighbors) -> _Parameters:
     """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
     auto = bool(apply_clustering) and isinstance(resolutions, str) and resolutions == "auto"
@@ -322,6 +341,9 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method
     if processes is not None:
         check.as_int("processes", processes)
+    if spatial_graph not in SPATIAL_GRAPHS:
+        raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")
+    n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
@@ -330,6 +352,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         use_rep=representation(use_rep, n_features), min_cells=min_domain_cells(min_domain_size, adata.n_obs),
         backend_kwargs={"leiden": dict(leiden_kwargs or {}), "parc": dict(parc_kwargs or {}),
                         "kmeans": dict(kmeans_kwargs or {})},
+        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors,
     )
 
 
@@ -518,12 +541,12 @@ def _in_input_order(order: np.ndarray | None, aggregated, graph, embedded: Embed
 
 def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
                   labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
-                  var: pd.DataFrame, max_dist: float) -> AnnData:
+                  var: pd.DataFrame, max_dist: float, graph_kind: tuple = ("radius", 6)) -> AnnData:
     """The new AnnData: the input's annotations, the message-passed features, and every
     result under the keys scanpy, squidpy and the original UTAG use."""
     result = _new_result(adata, aggregated, var)
     if graph is not None:
-        store_spatial_graph(result, graph, max_dist)
+        store_spatial_graph(result, graph, max_dist, "spatial", *graph_kind)
     if embedded is not None:
         _store_embedding(result, embedded)
     for key, codes in labels.items():

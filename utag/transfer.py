@@ -28,7 +28,8 @@ __all__ = ["build_model", "transfer_labels"]
 
 def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
                 labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm",
-                background: np.ndarray | None = None) -> dict:
+                background: np.ndarray | None = None, spatial_graph: str = "radius",
+                n_spatial_neighbors: int = 6) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
     ``features``: the message-passed features the PCA was fitted on (less ``background``,
@@ -43,6 +44,8 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         "components": np.asarray(components, dtype=np.float64),
         "max_dist": float(max_dist),
         "normalization_mode": str(normalization_mode),
+        "spatial_graph": str(spatial_graph),
+        "n_spatial_neighbors": int(n_spatial_neighbors),
         "centroids": {key: cluster_means(embedding, codes) for key, codes in labels.items()},
     }
 
@@ -116,7 +119,9 @@ def transfer_labels(
     matrix = adata.X[:, columns]
     check.check_features(matrix)
     aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
-                                  n_jobs != 1, n_jobs, progress)
+                                  n_jobs != 1, n_jobs, progress,
+                                  spatial_graph_kind=str(model.get("spatial_graph", "radius")),
+                                  n_spatial_neighbors=int(model.get("n_spatial_neighbors", 6)))
     embedding = np.asarray(aggregated @ model["components"]) - model["mean"] @ model["components"]
 
     transferred = AnnData(X=aggregated, obs=adata.obs.copy(), var=pd.DataFrame(index=features),

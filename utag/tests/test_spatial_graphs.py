@@ -1,0 +1,90 @@
+"""Spatial graph options (``utag(spatial_graph=...)``): radius (the published method), the k
+nearest cells, and Delaunay with long edges removed; each equal to brute force."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.spatial import Delaunay, distance_matrix
+
+from utag import utag
+from utag.datasets import synthetic_tissue
+from utag.graph import spatial_graph
+from utag.transfer import transfer_labels
+
+
+def _knn_brute_force(coords: np.ndarray, k: int) -> np.ndarray:
+    distances = distance_matrix(coords, coords)
+    np.fill_diagonal(distances, np.inf)
+    adjacency = np.eye(len(coords))
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    adjacency[np.repeat(np.arange(len(coords)), k), nearest.ravel()] = 1
+    return adjacency
+
+
+def _delaunay_brute_force(coords: np.ndarray, max_dist: float) -> np.ndarray:
+    adjacency = np.eye(len(coords))
+    for simplex in Delaunay(coords).simplices:
+        for a in simplex:
+            for b in simplex:
+                if a != b and np.linalg.norm(coords[a] - coords[b]) <= max_dist:
+                    adjacency[a, b] = 1
+    return adjacency
+
+
+@pytest.fixture(scope="module")
+def points():
+    return np.random.default_rng(0).uniform(0, 100, size=(300, 2))
+
+
+def test_knn_graph_holds_each_cells_nearest_cells_and_itself(points):
+    connectivities, distances = spatial_graph(points, max_dist=20, kind="knn", n_neighbors=6)
+    np.testing.assert_array_equal(connectivities.toarray(), _knn_brute_force(points, 6))
+    assert np.allclose(distances[connectivities.nonzero()], np.linalg.norm(
+        points[connectivities.nonzero()[0]] - points[connectivities.nonzero()[1]], axis=1))
+
+
+def test_delaunay_graph_drops_edges_longer_than_max_dist(points):
+    connectivities, distances = spatial_graph(points, max_dist=8, kind="delaunay")
+    np.testing.assert_array_equal(connectivities.toarray(), _delaunay_brute_force(points, 8))
+    assert distances.max() <= 8
+
+
+@pytest.mark.parametrize("kind", ["knn", "delaunay"])
+def test_tiny_or_flat_slides_still_get_a_graph(kind):
+    for coords in (np.zeros((1, 2)), np.array([[0.0, 0.0], [1.0, 0.0]]),
+                   np.column_stack([np.arange(5.0), np.zeros(5)])):  # on a line: no triangulation
+        connectivities, _ = spatial_graph(coords, max_dist=1.5, kind=kind, n_neighbors=6)
+        assert (connectivities.diagonal() == 1).all()
+
+
+@pytest.mark.parametrize("kind", ["knn", "delaunay"])
+def test_message_passing_averages_over_the_chosen_graph(kind):
+    tissue = synthetic_tissue(n_cells=900, n_slides=3, n_markers=5, random_state=1)
+    result = utag(tissue, slide_key="roi", max_dist=15, spatial_graph=kind, n_spatial_neighbors=5,
+                  clustering_method="kmeans", resolutions=[0.3], keep_spatial_connectivity=True, progress=False)
+    features = np.asarray(tissue.X, dtype=np.float64)
+    expected = np.empty_like(features)
+    for slide in tissue.obs["roi"].unique():
+        cells = np.flatnonzero(tissue.obs["roi"].to_numpy() == slide)
+        coords = tissue.obsm["spatial"][cells]
+        adjacency = _knn_brute_force(coords, 5) if kind == "knn" else _delaunay_brute_force(coords, 15)
+        expected[cells] = adjacency @ features[cells] / adjacency.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
+    stored = result.obsp["spatial_connectivities"]
+    assert sp.issparse(stored) and (stored.diagonal() == 1).all()
+    assert result.uns["utag"]["spatial_graph"] == kind
+
+
+def test_transfer_uses_the_graph_of_the_model():
+    tissue = synthetic_tissue(n_cells=1_200, n_slides=2, n_markers=6, random_state=2)
+    result = utag(tissue, slide_key="roi", max_dist=15, spatial_graph="knn", n_spatial_neighbors=8,
+                  clustering_method="kmeans", resolutions=[0.3], progress=False)
+    transferred = transfer_labels(result, tissue, slide_key="roi", n_jobs=1)
+    np.testing.assert_allclose(transferred.X, result.X, rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_spatial_graph_is_refused():
+    tissue = synthetic_tissue(n_cells=300, n_slides=1, random_state=0)
+    with pytest.raises(ValueError, match=r"spatial_graph.*'radius', 'knn', 'delaunay'"):
+        utag(tissue, slide_key="roi", spatial_graph="grid", progress=False)
