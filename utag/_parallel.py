@@ -122,6 +122,8 @@ def _map_pool(function, items, args, n_workers, names, what, hint, bar, start) -
                     results[pending.pop(future)] = future.result()
                     bar.update()
         except BrokenProcessPool as error:
+            with contextlib.suppress(Exception):  # the pool's manager thread stops and reaps the other workers
+                executor.shutdown(wait=True)
             ended = "SIGKILL" if "SIGKILL" in str(error) or _killed(processes) else "an unexpected exit"
             _stop(executor)
             labels = list(names or range(len(items)))
