@@ -93,8 +93,22 @@ def read_cell_table(
         X=markers,
         obs=obs,
         var=pd.DataFrame(index=[str(c) for c in marker_columns]),
-        obsm={"spatial": table[[x_column, y_column]].to_numpy(dtype=np.float64)},
+        obsm={"spatial": _coordinates(table, [x_column, y_column], cells, id_column or "row", name)},
     )
+
+
+def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_name: str, name: str) -> np.ndarray:
+    """The centroid columns as float64; an entry that is not a number is an error naming it."""
+    values = []
+    for column in columns:
+        numbers, text = _parse_numbers(table[column])
+        if text.any():
+            rows = np.flatnonzero(text.to_numpy())
+            examples = ", ".join(f"{row_name} {cells[r]}: {table[column].iloc[r]!r}" for r in rows[:5])
+            raise ValueError(f"{name}: the centroid column {column!r} has {rows.size} entries that are not numbers, "
+                             f"e.g. {examples}. Fix them in the table (a decimal point, not a comma).")
+        values.append(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+    return np.column_stack(values)
 
 
 def _parse_numbers(column: pd.Series) -> tuple[pd.Series, pd.Series]:

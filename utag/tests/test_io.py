@@ -77,3 +77,10 @@ def test_a_table_with_decimal_commas_is_reported_not_read_without_its_markers(ta
 def test_non_numeric_must_be_error_or_missing(table):
     with pytest.raises(ValueError, match="`non_numeric` must be 'error' or 'missing'"):
         read_cell_table(table, non_numeric="drop")
+
+
+def test_centroids_that_are_not_numbers_are_an_error_naming_rows_and_values():
+    table = pd.DataFrame({"cell": ["a", "b", "c"], "x": ["1.5", "2,5", "3"], "y": [0.0, 1.0, 2.0],
+                          "CD3": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match=r"centroid column 'x'.*cell b: '2,5'"):
+        read_cell_table(table, id_column="cell")
