@@ -24,11 +24,6 @@ def tqdm(*args, **kwargs):
     return _tqdm(*args, **kwargs)
 
 
-def bar_options(desc: str, total: int, progress: bool) -> dict:
-    """Keyword arguments of a bar, for APIs that build their own (``parmap``'s ``pm_pbar``)."""
-    return {"desc": desc, "total": total, "disable": not progress, "delay": DELAY}
-
-
 class Stopwatch:
     """Seconds spent per stage (summed over repeated stages), logged as they end; with
     ``progress``, a bar names the running stage (drawn once the run passes :data:`DELAY`)."""
@@ -54,4 +49,4 @@ class Stopwatch:
         self._bar.close()
 
 
-__all__ = ["DELAY", "Stopwatch", "bar_options", "tqdm"]
+__all__ = ["DELAY", "Stopwatch", "tqdm"]

@@ -40,6 +40,7 @@ from . import _leiden
 from . import _validation as check
 from ._parallel import map_processes
 from ._progress import tqdm
+from .embedding import _chunks
 
 __all__ = [
     "Neighbourhood",
@@ -372,7 +373,7 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
         mean_sq = np.asarray(features.multiply(features).mean(axis=0)).ravel()
         sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
     else:
-        sd = np.sqrt(sum(((block - mean) ** 2).sum(axis=0) for block in _row_blocks(features)) / len(features))
+        sd = np.sqrt(sum(((block - mean) ** 2).sum(axis=0) for block in _float64_blocks(features)) / len(features))
     sd[sd == 0] = 1.0
     centroids = (cluster_means(features, labels) - mean) / sd
     half_norms = 0.5 * (centroids**2).sum(axis=1)
@@ -381,13 +382,13 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
         similarity -= (mean / sd) @ centroids.T + half_norms
         return softmax(similarity, axis=1).astype(np.float32)
     return np.concatenate([softmax(((block - mean) / sd) @ centroids.T - half_norms, axis=1).astype(np.float32)
-                           for block in _row_blocks(features)])
+                           for block in _float64_blocks(features)])
 
 
-def _row_blocks(values: np.ndarray, size: int = 65_536):
-    """``values`` in float64 blocks of ``size`` rows."""
-    for start in range(0, max(len(values), 1), size):
-        yield np.asarray(values[start:start + size], dtype=np.float64)
+def _float64_blocks(values: np.ndarray):
+    """``values`` in float64 blocks of rows (:func:`utag.embedding._chunks`)."""
+    for rows in _chunks(len(values)):
+        yield np.asarray(values[rows], dtype=np.float64)
 
 
 #: Default smallest domain, as a fraction of the cells (see :func:`merge_small_domains`).
