@@ -39,7 +39,7 @@ class Dataset:
 
 def labelled_datasets(kinds=("subset", "spleen", "merfish", "synthetic"), synthetic_seeds=(0, 1),
                       synthetic_domains=(5,), synthetic_cells=20_000, spleen_max_dist=150.0,
-                      merfish_max_dist=75.0):
+                      merfish_max_dist=75.0, synthetic_layouts=("voronoi",)):
     """The datasets, lazily (one in memory at a time)."""
     if "subset" in kinds:
         yield Dataset("spleen subset (bundled)", codex_mouse_spleen(), "slide", 200.0)
@@ -60,11 +60,13 @@ def labelled_datasets(kinds=("subset", "spleen", "merfish", "synthetic"), synthe
         else:
             print(f"# skipped the MERFISH slides: {MERFISH} not found", file=sys.stderr)
     if "synthetic" in kinds:
-        for n_domains in synthetic_domains:
-            for seed in synthetic_seeds:
-                yield Dataset(f"synthetic K={n_domains} seed={seed}",
-                              synthetic_tissue(n_cells=synthetic_cells, n_slides=2, n_domains=n_domains,
-                                               random_state=seed), "roi", 20.0)
+        for layout in synthetic_layouts:
+            for n_domains in synthetic_domains:
+                for seed in synthetic_seeds:
+                    kind = "" if layout == "voronoi" else f" {layout}"
+                    yield Dataset(f"synthetic{kind} K={n_domains} seed={seed}",
+                                  synthetic_tissue(n_cells=synthetic_cells, n_slides=2, n_domains=n_domains,
+                                                   random_state=seed, layout=layout), "roi", 20.0)
 
 
 def markdown(rows: list[dict], digits: int = 3) -> str:

@@ -1,6 +1,6 @@
 """What the benchmark scripts measure: seconds and peak memory per stage, ARI against the truth.
 
-Shared by ``run.py``, ``accuracy.py`` and ``reference.py``; importable because Python puts
+Shared by ``run.py``, ``squidpy_accuracy.py`` and ``reference.py``; importable because Python puts
 the directory of the script it runs (``benchmarks/``) first on ``sys.path``.
 """
 from __future__ import annotations

@@ -10,6 +10,9 @@ Prints a markdown table: stage, cells, seconds, peak resident memory (GB) of the
 while the stage ran. ``--downstream`` adds the analysis functions of ``utag.analysis`` on
 the result (each builds its own spatial graph with ``max_dist``).
 
+``--flavor utag multiscale`` runs ``utag()`` with each flavour in turn on the same data
+(after an untimed warm-up run of each on 6,000 cells) and prints the ratio of their times.
+
 ``--compare`` also runs the route a user would otherwise take on the same data in the same
 run, squidpy's ``spatial_neighbors_radius`` + ``calculate_niche(flavor="utag")`` (see
 ``benchmarks/reference.py`` for the options and why), in a separate process stopped after
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import time
 from importlib.metadata import version
 
@@ -69,6 +73,9 @@ def main() -> None:
     parser.add_argument("--method", nargs="+", default=["leiden"], choices=["leiden", "parc", "kmeans"])
     parser.add_argument("--resolutions", nargs="+", type=float, default=[0.05, 0.1, 0.3])
     parser.add_argument("--processes", type=int, default=None)
+    parser.add_argument("--flavor", nargs="+", default=["utag"], choices=["utag", "multiscale"],
+                        help="utag() flavour(s); with both, each is run in turn on the same data and the "
+                             "ratio of their times printed")
     parser.add_argument("--use-rep", choices=["X", "X_pca"], help="kNN graph on X or X_pca (default: utag's choice)")
     parser.add_argument("--downstream", action="store_true", help="also time the analysis functions")
     parser.add_argument("--permutations", type=int, default=100, help="for the colocalisation test")
@@ -85,55 +92,88 @@ def main() -> None:
 
     adata = synthetic_tissue(n_cells=n_cells, n_slides=args.slides, n_markers=args.markers, random_state=0)
     utag.segmentation.Stopwatch = RecordingStopwatch
-    rows = []
+    sections, totals = [], {}
+    if len(args.flavor) > 1:  # compile and start workers first, so that no flavour pays for it
+        small = synthetic_tissue(n_cells=6_000, n_slides=2, n_markers=args.markers, random_state=1)
+        for flavor in args.flavor:
+            run_utag(small, slide_key="roi", max_dist=args.max_dist, clustering_method=args.method,
+                     resolutions=args.resolutions, processes=args.processes, progress=False, flavor=flavor)
     with MemorySampler() as memory:
-        start_gb = psutil.Process().memory_info().rss / 1e9
-        reset_peak_memory()
-        started = time.perf_counter()
-        extra = {"use_rep": args.use_rep} if args.use_rep else {}
-        result = run_utag(adata, slide_key="roi", max_dist=args.max_dist, clustering_method=args.method,
-                          resolutions=args.resolutions, processes=args.processes, progress=False, **extra)
-        ended = time.perf_counter()
-        merged: dict[str, list] = {}
-        for stage, start, end in RecordingStopwatch.intervals:
-            entry = merged.setdefault(stage, [0.0, 0.0])
-            entry[0] += end - start
-            entry[1] = max(entry[1], memory.peak(start, end))
-        rows += [(stage, seconds, peak) for stage, (seconds, peak) in merged.items()]
-        utag_total = ("**utag() total**", ended - started, max(memory.peak(started, ended), peak_memory()))
-        rows.append(utag_total)
-
-        if args.downstream:
-            key = result.uns["utag"]["label_keys"][0]
-            common = dict(slide_key="roi", max_dist=args.max_dist)
-            calls = {
-                "domain_connectivity": lambda: analysis.domain_connectivity(result, key, **common),
-                "celltype_connectivity": lambda: analysis.celltype_connectivity(result, key, "cell_type", **common),
-                "domain_composition": lambda: analysis.domain_composition(result, key, "cell_type", slide_key="roi"),
-                f"colocalization ({args.permutations} permutations)":
-                    lambda: analysis.measure_per_domain_cell_type_colocalization(
-                        result, key, "cell_type", n_permutations=args.permutations, **common),
-                "evaluate_clustering": lambda: evaluation.evaluate_clustering(result, key, "cell_type", **common),
-                "evaluate_performance": lambda: analysis_scores(result, key),
-            }
-            for name, call in calls.items():
-                started = time.perf_counter()
-                call()
-                ended = time.perf_counter()
-                rows.append((name, ended - started, memory.peak(started, ended)))
-
-    header = ((f"**{args.label}**: " if args.label else "")
-              + f"{n_cells:,} cells, {args.slides} slides, {args.markers} markers, max_dist {args.max_dist:g}, "
-              f"methods {', '.join(args.method)}, resolutions {', '.join(map(str, args.resolutions))}; "
-              f"{provenance()}")
-    sections = [header + "\n\n" + stage_table(rows, n_cells)]
-    print(sections[0], flush=True)
+        for flavor in args.flavor:
+            rows, result, utag_total, start_gb = time_utag(adata, args, memory, flavor)
+            totals[flavor] = utag_total
+            if args.downstream and flavor == args.flavor[0]:
+                rows += time_downstream(result, args, memory)
+            if flavor != args.flavor[-1]:
+                del result
+                gc.collect()
+            header = ((f"**{args.label}**: " if args.label else "")
+                      + f"{n_cells:,} cells, {args.slides} slides, {args.markers} markers, max_dist {args.max_dist:g}, "
+                      f"flavor {flavor}, methods {', '.join(args.method)}, resolutions "
+                      f"{', '.join(map(str, args.resolutions))}; {provenance()}")
+            sections.append(header + "\n\n" + stage_table(rows, n_cells))
+            print(sections[-1] + "\n", flush=True)
+    if len(totals) > 1:
+        base = totals[args.flavor[0]]
+        ratios = "; ".join(f"{flavor}: {total[1] / base[1]:.2f}x the time, peak {total[2]:.2f} GB"
+                           for flavor, total in totals.items() if flavor != args.flavor[0])
+        sections.append(f"Against flavor {args.flavor[0]} ({base[1]:.2f} s, peak {base[2]:.2f} GB) in the same run: "
+                        f"{ratios}.")
+        print(sections[-1], flush=True)
+    utag_total = totals[args.flavor[-1]]
     if args.compare:
-        sections += compare_routes(adata, result, (*utag_total[1:], start_gb), args)
-        print("\n\n" + "\n\n".join(sections[1:]))
+        compared = compare_routes(adata, result, (*utag_total[1:], start_gb), args)
+        sections += compared
+        print("\n\n" + "\n\n".join(compared))
     if args.out:
         with open(args.out, "a") as handle:
             handle.write("\n\n".join(sections) + "\n\n")
+
+
+def time_utag(adata, args, memory, flavor: str):
+    """One ``utag()`` run: rows (stage, seconds, peak GB), the result, the total row and
+    the memory at the start (GB)."""
+    RecordingStopwatch.intervals = []
+    gc.collect()
+    start_gb = psutil.Process().memory_info().rss / 1e9
+    reset_peak_memory()
+    started = time.perf_counter()
+    extra = {"use_rep": args.use_rep} if args.use_rep else {}
+    result = run_utag(adata, slide_key="roi", max_dist=args.max_dist, clustering_method=args.method,
+                      resolutions=args.resolutions, processes=args.processes, progress=False, flavor=flavor,
+                      **extra)
+    ended = time.perf_counter()
+    merged: dict[str, list] = {}
+    for stage, start, end in RecordingStopwatch.intervals:
+        entry = merged.setdefault(stage, [0.0, 0.0])
+        entry[0] += end - start
+        entry[1] = max(entry[1], memory.peak(start, end))
+    rows = [(stage, seconds, peak) for stage, (seconds, peak) in merged.items()]
+    utag_total = ("**utag() total**", ended - started, max(memory.peak(started, ended), peak_memory()))
+    return rows + [utag_total], result, utag_total, start_gb
+
+
+def time_downstream(result, args, memory) -> list[tuple[str, float, float]]:
+    """Rows of the analysis functions run on ``result``."""
+    key = result.uns["utag"]["label_keys"][0]
+    common = dict(slide_key="roi", max_dist=args.max_dist)
+    calls = {
+        "domain_connectivity": lambda: analysis.domain_connectivity(result, key, **common),
+        "celltype_connectivity": lambda: analysis.celltype_connectivity(result, key, "cell_type", **common),
+        "domain_composition": lambda: analysis.domain_composition(result, key, "cell_type", slide_key="roi"),
+        f"colocalization ({args.permutations} permutations)":
+            lambda: analysis.measure_per_domain_cell_type_colocalization(
+                result, key, "cell_type", n_permutations=args.permutations, **common),
+        "evaluate_clustering": lambda: evaluation.evaluate_clustering(result, key, "cell_type", **common),
+        "evaluate_performance": lambda: analysis_scores(result, key),
+    }
+    rows = []
+    for name, call in calls.items():
+        started = time.perf_counter()
+        call()
+        ended = time.perf_counter()
+        rows.append((name, ended - started, memory.peak(started, ended)))
+    return rows
 
 
 def compare_routes(adata, result, utag_run: tuple[float, float, float], args) -> list[str]:

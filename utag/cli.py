@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     result = utag(adata, channels_to_use=args.markers if suffix == ".h5ad" else None,
                   slide_key=args.slide_key, max_dist=args.max_dist, clustering_method=args.method,
                   resolutions=args.resolutions, processes=args.processes, random_state=args.random_state,
+                  flavor=args.flavor,
                   progress=not args.quiet)
     keys = result.uns["utag"]["label_keys"]
     _say(args, f"UTAG took {time.perf_counter() - started:.1f} s; domains per labelling: "
@@ -156,7 +157,8 @@ def _demo(args: argparse.Namespace) -> int:
           f"slides {', '.join(adata.obs['slide'].cat.categories)}")
     started = time.perf_counter()
     result = utag(adata, slide_key="slide", max_dist=args.max_dist, clustering_method=args.method,
-                  resolutions=args.resolutions, random_state=args.random_state, progress=not args.quiet)
+                  resolutions=args.resolutions, random_state=args.random_state, progress=not args.quiet,
+                  flavor=args.flavor)
     elapsed = time.perf_counter() - started
     scores = evaluate_performance(result, truth_key="domain")
     table = scores[["pred_key", "n_domains", "adjusted_rand", "nmi"]].round(3)
@@ -181,6 +183,9 @@ def _add_common(parser: argparse.ArgumentParser, max_dist: float) -> None:
                         help="clustering method(s) (default leiden)")
     parser.add_argument("--resolutions", nargs="+", type=float, default=[0.05, 0.1, 0.3],
                         help="clustering resolution(s) (default 0.05 0.1 0.3)")
+    parser.add_argument("--flavor", choices=["utag", "multiscale"], default="utag",
+                        help="utag: the published neighbourhood mean (default); multiscale: Gaussian means at "
+                             "max_dist/4, max_dist/2 and max_dist side by side")
     parser.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
 

@@ -30,6 +30,8 @@ def synthetic_tissue(
     noise: float = 0.35,
     slide_key: str = "roi",
     random_state: int = 0,
+    *,
+    layout: str = "voronoi",
 ) -> AnnData:
     """An IMC-like tissue whose domains are known.
 
@@ -42,6 +44,11 @@ def synthetic_tissue(
     highly; each cell's intensities are its type's profile times log-normal ``noise``.
     Cell types overlap between domains, so a cell's own markers say little about its
     domain and its neighbourhood says much: the situation UTAG is made for.
+
+    ``layout`` draws the domains differently: ``"voronoi"`` (the default, above),
+    ``"layers"`` (one wavy band per domain across each slide, like cortical layers) or
+    ``"islands"`` (round islands about ``domain_size`` um across, of every domain but
+    the first, in a sea of the first, like follicles in a spleen).
 
     Returns
     -------
@@ -64,6 +71,8 @@ def synthetic_tissue(
     domain_size = check_positive("domain_size", domain_size)
     if n_slides > n_cells:
         raise ValueError(f"`n_slides` ({n_slides}) cannot exceed `n_cells` ({n_cells}).")
+    if layout not in _LAYOUTS:
+        raise ValueError(f"`layout` must be one of {list(_LAYOUTS)}, got {layout!r}.")
     rng = np.random.default_rng(random_state)
 
     slide_sizes = np.full(n_slides, n_cells // n_slides)
@@ -74,12 +83,8 @@ def synthetic_tissue(
     domain = np.empty(n_cells, dtype=np.int64)
     start = 0
     for size, length in zip(slide_sizes, side):
-        n_regions = max(n_domains, int(round((length / domain_size) ** 2)))
-        seeds = rng.uniform(size=(n_regions, 2)) * length
-        extra = rng.integers(n_domains, size=n_regions - n_domains)
-        region_domain = np.concatenate([rng.permutation(n_domains), extra])  # every domain on every slide
         cells = slice(start, start + size)
-        domain[cells] = region_domain[cKDTree(seeds).query(coords[cells])[1]]
+        domain[cells] = _LAYOUTS[layout](coords[cells], length, n_domains, domain_size, rng)
         start += size
 
     mixtures = rng.dirichlet(np.full(n_cell_types, concentration), size=n_domains)
@@ -134,3 +139,38 @@ def codex_mouse_spleen(path: str | Path | None = None) -> AnnData:
     if not path.is_file():
         raise ValueError(f"`path` {str(path)!r} is not a file; pass an .h5ad file or None for the bundled subset.")
     return anndata.read_h5ad(path)
+
+
+def _voronoi(coords: np.ndarray, length: float, n_domains: int, domain_size: float, rng) -> np.ndarray:
+    """Voronoi regions about ``domain_size`` across, every domain at least once."""
+    n_regions = max(n_domains, int(round((length / domain_size) ** 2)))
+    seeds = rng.uniform(size=(n_regions, 2)) * length
+    extra = rng.integers(n_domains, size=n_regions - n_domains)
+    region_domain = np.concatenate([rng.permutation(n_domains), extra])  # every domain on every slide
+    return region_domain[cKDTree(seeds).query(coords)[1]]
+
+
+def _layers(coords: np.ndarray, length: float, n_domains: int, domain_size: float, rng) -> np.ndarray:
+    """``n_domains`` bands across the slide whose boundaries wave by a quarter band."""
+    thickness = length / n_domains
+    phase, angle = rng.uniform(0, 2 * np.pi, size=2)
+    wave = 0.25 * thickness * np.sin(2 * np.pi * coords[:, 0] / (length / 2) + phase)
+    tilt = np.tan(0.2 * np.sin(angle)) * (coords[:, 0] - length / 2)  # boundaries not quite level
+    band = np.floor((coords[:, 1] + wave + tilt) / thickness).astype(np.int64)
+    return np.clip(band, 0, n_domains - 1)
+
+
+def _islands(coords: np.ndarray, length: float, n_domains: int, domain_size: float, rng) -> np.ndarray:
+    """Discs ``domain_size`` across covering about 40% of the slide, of domains 1.., in domain 0."""
+    if n_domains == 1:
+        return np.zeros(len(coords), dtype=np.int64)
+    radius = domain_size / 2
+    n_islands = max(n_domains - 1, int(round(0.4 * length**2 / (np.pi * radius**2))))
+    centres = rng.uniform(size=(n_islands, 2)) * length
+    extra = rng.integers(1, n_domains, size=n_islands - (n_domains - 1))
+    island_domain = np.concatenate([1 + rng.permutation(n_domains - 1), extra])
+    distance, nearest = cKDTree(centres).query(coords)
+    return np.where(distance <= radius, island_domain[nearest], 0)
+
+
+_LAYOUTS = {"voronoi": _voronoi, "layers": _layers, "islands": _islands}

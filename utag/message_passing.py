@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from . import multiscale
 from ._validation import normalization_mode as normalization_mode_name
 from .graph import (
     MESSAGE_PASSING_BYTES_PER_CELL,
@@ -89,6 +90,7 @@ def pass_messages(
     slide_names=None,
     spatial_graph_kind: str = "radius",
     n_spatial_neighbors: int = 6,
+    kernel_widths=None,
 ):
     """Aggregate ``features`` over each slide's radius graph.
 
@@ -104,27 +106,40 @@ def pass_messages(
 
     ``spatial_graph_kind`` and ``n_spatial_neighbors`` choose the graph
     (:func:`utag.graph.spatial_graph`; default: the radius graph of the published method).
+    ``kernel_widths`` (a tuple of widths): the multiscale flavour instead, Gaussian means
+    at every width side by side, unscaled (:func:`utag.multiscale.slide_blocks`; the
+    radius graph is built at :func:`utag.multiscale.graph_radius`).
     ``slide_names`` (indexed by code) name the slide in the error raised when its worker
     process dies. Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
     not fit in memory (``bytes_per_pair``: what the caller will hold per pair, by default
     what message passing itself needs).
     """
-    bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * np.shape(features)[1]
+    n_outputs = np.shape(features)[1] * (1 if kernel_widths is None else len(kernel_widths))
+    bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * n_outputs
     normalization_mode = normalization_mode_name(normalization_mode)
+    if kernel_widths is None:
+        radius = max_dist
+        function, arguments = slide_messages, (max_dist, normalization_mode, keep_graph, spatial_graph_kind,
+                                               n_spatial_neighbors)
+    else:
+        radius = multiscale.graph_radius(max_dist, kernel_widths)
+        function, arguments = multiscale.slide_blocks, (max_dist, kernel_widths, spatial_graph_kind,
+                                                        n_spatial_neighbors, keep_graph)
     if spatial_graph_kind == "radius":  # the others have a few edges per cell
-        check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell)
+        check_graph_fits(coords, codes, radius, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
-    results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,
-                        normalization_mode, keep_graph, spatial_graph_kind, n_spatial_neighbors,
+    results = per_slide(function, [(coords[cells], features[cells]) for cells in slides], *arguments,
                         processes=processes if parallel else 1, progress=progress,
                         names=None if slide_names is None else [slide_names[codes[cells[0]]] for cells in slides])
-    blocks, edge_counts, graphs = zip(*results)
-    order = np.concatenate(slides)
+    results = list(results)
+    edge_counts, graphs = [edges for _, edges, _ in results], [graph for _, _, graph in results]
     if sp.issparse(features):
-        aggregated = sp.vstack(blocks, format="csr")[np.argsort(order)]
+        aggregated = sp.vstack([block for block, _, _ in results], format="csr")[np.argsort(np.concatenate(slides))]
     else:
-        aggregated = np.empty(features.shape, dtype=np.float32)
-        aggregated[order] = np.concatenate(blocks)
-    graph = combine_slides(list(graphs), slides, max_dist) if keep_graph else None
+        aggregated = np.empty((features.shape[0], results[0][0].shape[1]), dtype=np.float32)
+        for index, cells in enumerate(slides):  # slide by slide, freeing each: no second copy of all cells
+            aggregated[cells] = results[index][0]
+            results[index] = None
+    graph = combine_slides(graphs, slides, radius) if keep_graph else None
     return aggregated, int(sum(edge_counts)), graph

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
+from . import multiscale
 from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
@@ -39,6 +40,9 @@ from .utils import evaluate_performance  # noqa: F401  (the original's utag.segm
 __all__ = ["utag", "evaluate_performance", "label_key"]
 
 logger = logging.getLogger(__name__)
+
+#: ``utag(flavor=...)``: the published method, or the multiscale neighbourhoods.
+FLAVORS = ("utag", "multiscale")
 
 
 def utag(
@@ -71,6 +75,8 @@ def utag(
     progress: bool = True,
     spatial_graph: str = "radius",
     n_spatial_neighbors: int = 6,
+    flavor: str = "utag",
+    kernel_widths=None,
 ) -> AnnData:
     """Find microanatomical domains with UTAG (Kim et al., Nature Methods 2022).
 
@@ -173,6 +179,17 @@ def utag(
         plus a length cut). The cell itself is always included.
     n_spatial_neighbors
         Neighbours per cell of the ``"knn"`` spatial graph (default 6, squidpy's).
+    flavor
+        ``"utag"`` (default): the published method, each cell's features replaced by their
+        mean over its neighbourhood. ``"multiscale"``: Gaussian-weighted means at several
+        kernel widths side by side, each block scaled to unit total variance
+        (:mod:`utag.multiscale`); ``X`` then holds ``n_features * len(kernel_widths)``
+        columns named ``"<feature>@<width>"``. Better domains on the labelled datasets of
+        ``benchmarks/accuracy.py`` and less dependence on ``max_dist``; see the method page.
+    kernel_widths
+        With ``flavor="multiscale"``: the Gaussian kernel widths (standard deviations, in
+        the units of ``obsm['spatial']``). Default: ``max_dist / 4``, ``max_dist / 2``
+        and ``max_dist``.
 
     Cells are processed in an order of their own (by slide, position and features), so
     the labels do not depend on the order of the rows of ``adata``.
@@ -182,7 +199,8 @@ def utag(
     A new AnnData with the input's cells in the input's order, its ``obs``, ``var``
     (of the features used), ``obsm`` and ``uns``, and:
 
-    * ``X``: message-passed features (float32; sparse if the input was sparse);
+    * ``X``: message-passed features (float32; sparse if the input was sparse), with
+      ``flavor="multiscale"`` the scaled blocks of every kernel width;
     * ``obs['{save_key}_{method}_{resolution}']``: domain labels, categorical strings,
       ``"0"`` the largest domain;
     * ``obsm['{save_key}_{method}_{resolution}_probabilities']``: cells x domains soft
@@ -211,7 +229,8 @@ def utag(
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
         parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
         knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
-        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors,
+        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
+        kernel_widths=kernel_widths, normalization_mode=normalization_mode,
     )
     normalization_mode = check.normalization_mode(normalization_mode)
     random_state = check.seed(random_state)
@@ -230,7 +249,15 @@ def utag(
                 normalization_mode, parallel, processes, progress, bytes_per_pair,
                 keep_graph=keep_spatial_connectivity, slide_names=slide_names,
                 spatial_graph_kind=p.spatial_graph, n_spatial_neighbors=p.n_spatial_neighbors,
+                kernel_widths=p.kernel_widths,
             )
+            scales, input_var = None, var
+            if p.kernel_widths is not None:
+                scales = multiscale.block_scales(aggregated, len(p.kernel_widths))
+                aggregated = multiscale.scale_blocks(aggregated, scales)
+                if background is not None:  # a constant passes every kernel unchanged, then is scaled
+                    background = np.concatenate([background * s for s in scales.astype(np.float32)])
+                var, input_var = _multiscale_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
 
         embedded = None
@@ -238,7 +265,7 @@ def utag(
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, p.knn_method, random_state,
                              p.use_rep, pca_graph="parc" in p.methods, watch=watch)
         runs, swept = [], None
-        one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist) if p.methods else None
+        one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
         if one_profile:
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
             runs = _one_domain_runs(p, adata.n_obs)
@@ -255,15 +282,16 @@ def utag(
             logger.info("%s: %d domains", key, codes_.max() + 1)
         model = None
         if labels:
-            model = build_model(aggregated, var.index, embedded.pca["embedding"], embedded.pca["components"],
+            model = build_model(aggregated, input_var.index, embedded.pca["embedding"], embedded.pca["components"],
                                 labels, p.max_dist, normalization_mode, background, p.spatial_graph,
-                                p.n_spatial_neighbors)
+                                p.n_spatial_neighbors, p.kernel_widths, scales)
 
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
         result = _write_result(adata, *_in_input_order(order, aggregated, graph, embedded, labels, probabilities,
                                                        swept), var=var, max_dist=p.max_dist,
-                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
+                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors),
+                               graph_radius=_graph_radius(p))
         if apply_umap:
             import scanpy as sc
 
@@ -274,6 +302,7 @@ def utag(
             "max_dist": p.max_dist,
             "spatial_graph": p.spatial_graph,
             "n_spatial_neighbors": p.n_spatial_neighbors,
+            "flavor": p.flavor,
             "normalization_mode": normalization_mode,
             "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
             "n_neighbors": p.n_neighbors,
@@ -286,6 +315,14 @@ def utag(
             "label_keys": list(labels),
             "timings": watch.seconds,
         }
+        if p.kernel_widths is not None:
+            result.uns["utag"]["multiscale"] = {
+                "kernel_widths": np.asarray(p.kernel_widths),
+                "kernel_passes": np.asarray([multiscale.kernel_passes(w, p.max_dist) for w in p.kernel_widths]),
+                "kernel_cutoff": multiscale.CUTOFF,
+                "graph_radius": multiscale.graph_radius(p.max_dist, p.kernel_widths),
+                "block_scales": scales,
+            }
         if model is not None:
             result.uns["utag"]["model"] = model
     finally:
@@ -311,12 +348,14 @@ class _Parameters:
     backend_kwargs: dict  # per method
     spatial_graph: str
     n_spatial_neighbors: int
+    flavor: str
+    kernel_widths: tuple[float, ...] | None  # flavor="multiscale" only
 
 
 def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
                       clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs, processes,
                       n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
-                      n_spatial_neighbors) -> _Parameters:
+                      n_spatial_neighbors, flavor, kernel_widths, normalization_mode) -> _Parameters:
     """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
     auto = bool(apply_clustering) and isinstance(resolutions, str) and resolutions == "auto"
@@ -344,6 +383,18 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     if spatial_graph not in SPATIAL_GRAPHS:
         raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
+    if flavor not in FLAVORS:
+        raise ValueError(f"`flavor` must be one of {list(FLAVORS)}, got {flavor!r}.")
+    if flavor == "utag":
+        if kernel_widths is not None:
+            raise ValueError("`kernel_widths` sets the scales of flavor='multiscale'; pass flavor='multiscale' "
+                             "or leave `kernel_widths` out.")
+    else:
+        if check.normalization_mode(normalization_mode) != "l1_norm":
+            raise ValueError("flavor='multiscale' takes weighted means; `normalization_mode` must be 'l1_norm' "
+                             f"(the default), got {normalization_mode!r}.")
+        kernel_widths = multiscale.kernel_widths(max_dist, kernel_widths)
+        n_features *= len(kernel_widths)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
@@ -352,8 +403,21 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         use_rep=representation(use_rep, n_features), min_cells=min_domain_cells(min_domain_size, adata.n_obs),
         backend_kwargs={"leiden": dict(leiden_kwargs or {}), "parc": dict(parc_kwargs or {}),
                         "kmeans": dict(kmeans_kwargs or {})},
-        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors,
+        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
+        kernel_widths=kernel_widths,
     )
+
+
+def _multiscale_var(var: pd.DataFrame, widths) -> pd.DataFrame:
+    """``var`` of the multiscale features: one row per feature and kernel width."""
+    return pd.DataFrame({"feature": np.tile(var.index.to_numpy(dtype=str), len(widths)),
+                         "kernel_width": np.repeat(np.asarray(widths, dtype=float), len(var))},
+                        index=multiscale.feature_names(var.index, widths))
+
+
+def _graph_radius(p: _Parameters) -> float:
+    """The radius of the spatial graph built: ``max_dist``, or the multiscale kernels' graph."""
+    return p.max_dist if p.kernel_widths is None else multiscale.graph_radius(p.max_dist, p.kernel_widths)
 
 
 def _background(features, normalization_mode: str) -> np.ndarray | None:
@@ -375,11 +439,13 @@ def _background(features, normalization_mode: str) -> np.ndarray | None:
     return background if background.any() else None
 
 
-def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_dist: float) -> str | None:
+def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_dist: float,
+                     scales: np.ndarray | None = None) -> str | None:
     """Why every cell has the same message-passed profile (up to float32 rounding), or
-    ``None`` when they differ: there is then nothing to cluster."""
+    ``None`` when they differ: there is then nothing to cluster. ``scales``: the factors
+    of the multiscale blocks in ``aggregated``."""
     spread = _column_range(features)
-    if np.any(_column_range(aggregated) > 1e-6 * spread):
+    if np.any(_column_range(aggregated) > 1e-6 * np.outer(1 if scales is None else scales, spread).ravel()):
         return None
     if len(codes) == 1:
         return "there is one cell"
@@ -541,12 +607,14 @@ def _in_input_order(order: np.ndarray | None, aggregated, graph, embedded: Embed
 
 def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
                   labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
-                  var: pd.DataFrame, max_dist: float, graph_kind: tuple = ("radius", 6)) -> AnnData:
+                  var: pd.DataFrame, max_dist: float, graph_kind: tuple = ("radius", 6),
+                  graph_radius: float | None = None) -> AnnData:
     """The new AnnData: the input's annotations, the message-passed features, and every
     result under the keys scanpy, squidpy and the original UTAG use."""
     result = _new_result(adata, aggregated, var)
     if graph is not None:
-        store_spatial_graph(result, graph, max_dist, "spatial", *graph_kind)
+        store_spatial_graph(result, graph, max_dist if graph_radius is None else graph_radius, "spatial",
+                            *graph_kind)
     if embedded is not None:
         _store_embedding(result, embedded)
     for key, codes in labels.items():

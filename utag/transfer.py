@@ -22,6 +22,7 @@ from . import _validation as check
 from ._keys import probabilities_key
 from .clustering import cluster_means
 from .message_passing import pass_messages
+from .multiscale import feature_names, scale_blocks
 
 __all__ = ["build_model", "transfer_labels"]
 
@@ -29,12 +30,14 @@ __all__ = ["build_model", "transfer_labels"]
 def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
                 labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm",
                 background: np.ndarray | None = None, spatial_graph: str = "radius",
-                n_spatial_neighbors: int = 6) -> dict:
+                n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
     ``features``: the message-passed features the PCA was fitted on (less ``background``,
     a profile subtracted from every cell), named ``feature_names``; ``embedding``: their
     PCA; ``components``: features x components; ``labels``: label codes per ``obs`` key.
+    With ``flavor="multiscale"``, ``kernel_widths`` and the ``block_scales`` applied to
+    the blocks; ``feature_names`` are then the input features the blocks are built from.
     """
     embedding = np.asarray(embedding, dtype=np.float64)
     mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
@@ -47,6 +50,9 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         "spatial_graph": str(spatial_graph),
         "n_spatial_neighbors": int(n_spatial_neighbors),
         "centroids": {key: cluster_means(embedding, codes) for key, codes in labels.items()},
+        "flavor": "utag" if kernel_widths is None else "multiscale",
+        "kernel_widths": np.asarray(kernel_widths if kernel_widths is not None else [], dtype=np.float64),
+        "block_scales": np.asarray(block_scales if block_scales is not None else [], dtype=np.float64),
     }
 
 
@@ -85,7 +91,8 @@ def transfer_labels(
 
     Returns
     -------
-    A new AnnData of the cells of ``adata``, in their order: message-passed ``X``, the
+    A new AnnData of the cells of ``adata``, in their order: message-passed ``X`` (as
+    ``utag()`` wrote it, so the multiscale blocks with that flavour), the
     projection ``obsm['X_pca']``, and for every key ``obs[key]`` (same categories as in
     ``result``) and ``obsm[f"{key}_probabilities"]``.
 
@@ -118,10 +125,15 @@ def transfer_labels(
     codes, _ = check.slide_codes(adata, slide_key)
     matrix = adata.X[:, columns]
     check.check_features(matrix)
+    widths = tuple(float(w) for w in model.get("kernel_widths", [])) or None
     aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
-                                  n_jobs != 1, n_jobs, progress,
-                                  spatial_graph_kind=str(model.get("spatial_graph", "radius")),
-                                  n_spatial_neighbors=int(model.get("n_spatial_neighbors", 6)))
+                                     n_jobs != 1, n_jobs, progress,
+                                     spatial_graph_kind=str(model.get("spatial_graph", "radius")),
+                                     n_spatial_neighbors=int(model.get("n_spatial_neighbors", 6)),
+                                     kernel_widths=widths)
+    if widths is not None:
+        aggregated = scale_blocks(aggregated, model["block_scales"])
+        features = feature_names(features, widths)
     embedding = np.asarray(aggregated @ model["components"]) - model["mean"] @ model["components"]
 
     transferred = AnnData(X=aggregated, obs=adata.obs.copy(), var=pd.DataFrame(index=features),

@@ -492,6 +492,9 @@ def max_dist_report(
     slide_key: str | None = None,
     n_neighbors: int = 15,
     channels_to_use=None,
+    *,
+    flavor: str = "utag",
+    kernel_widths=None,
 ) -> pd.DataFrame:
     """How candidate ``max_dist`` values connect the cells of each slide.
 
@@ -509,6 +512,11 @@ def max_dist_report(
     ``max_dists`` default: 1, 1.5, 2, 3, 4, 6, 8 and 12 times the median distance from a
     cell to its nearest neighbour.
 
+    ``flavor="multiscale"`` (and ``kernel_widths``, as in :func:`utag.utag`) reports the
+    graph that flavour builds for each ``max_dist``: its radius is ``graph_radius``
+    (1.25 ``max_dist`` with the default widths), and identical profiles are counted on
+    the multiscale features.
+
     Examples
     --------
     >>> from utag.datasets import synthetic_tissue
@@ -517,8 +525,15 @@ def max_dist_report(
     >>> report.loc[report["slide"] == "all", ["max_dist", "suggested"]].values.tolist()
     [[5.0, False], [20.0, False], [35.0, True], [60.0, False]]
     """
+    from . import multiscale
     from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
     from .message_passing import as_float32, slide_messages
+
+    if flavor not in ("utag", "multiscale"):
+        raise ValueError(f"`flavor` must be 'utag' or 'multiscale', got {flavor!r}.")
+    if flavor == "utag" and kernel_widths is not None:
+        raise ValueError("`kernel_widths` sets the scales of flavor='multiscale'; pass flavor='multiscale' "
+                         "or leave `kernel_widths` out.")
 
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
@@ -529,13 +544,19 @@ def max_dist_report(
     if max_dists is None:
         max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
     max_dists = [check.check_positive("max_dists", d) for d in max_dists]
-    check_graph_fits(coords, codes, max(max_dists), MESSAGE_PASSING_BYTES_PER_PAIR)
+    widths = {d: multiscale.kernel_widths(d, kernel_widths) for d in max_dists} if flavor == "multiscale" else {}
+    radii = {d: multiscale.graph_radius(d, widths[d]) if widths else d for d in max_dists}
+    check_graph_fits(coords, codes, max(radii.values()), MESSAGE_PASSING_BYTES_PER_PAIR)
     rows = []
     for max_dist in max_dists:
         degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
         for slide, cells in zip(names, slides):
-            aggregated, _, (connectivities, _) = slide_messages((coords[cells], features[cells]), max_dist,
-                                                                keep_graph=True)
+            slide_data = (coords[cells], features[cells])
+            if widths:
+                aggregated, _, (connectivities, _) = multiscale.slide_blocks(slide_data, max_dist, widths[max_dist],
+                                                                             keep_graph=True)
+            else:
+                aggregated, _, (connectivities, _) = slide_messages(slide_data, max_dist, keep_graph=True)
             degrees[cells] = np.diff(connectivities.indptr) - 1  # self-loops are not neighbours
             aggregated = aggregated.toarray() if sp.issparse(aggregated) else aggregated
             _, inverse, counts = np.unique(aggregated, axis=0, return_inverse=True, return_counts=True)
@@ -544,6 +565,7 @@ def max_dist_report(
         if len(slides) > 1:
             rows.append(_report_row("all", max_dist, degrees, tied, slide_size=np.mean([len(c) for c in slides])))
     report = pd.DataFrame(rows)
+    report.insert(2, "graph_radius", report["max_dist"].map(radii))
     pooled = report[report["slide"] == ("all" if len(slides) > 1 else str(names[0]))]
     report["suggested"] = False
     clean = pooled[pooled["flags"] == ""]

@@ -249,3 +249,20 @@ def test_non_numeric_marker_entries_stop_the_run_with_rows_and_values(cell_table
         main(argv + ["--non-numeric", "missing"])
     assert "'CD2': 2" in caplog.text
     assert "2 marker values are missing (per column: {'CD2': 2})" in capsys.readouterr().err
+
+
+def test_run_with_the_multiscale_flavour_matches_the_python_call(cell_table, tmp_path):
+    path, table = cell_table
+    out = tmp_path / "multiscale.h5ad"
+    assert main(["run", str(path), "--out", str(out), "--x-column", "X_centroid", "--y-column", "Y_centroid",
+                 "--slide-column", "image", "--id-column", "cell_id", "--exclude", "area", "--max-dist", "20",
+                 "--method", "kmeans", "--resolutions", "0.3", "--flavor", "multiscale", "--quiet"]) == 0
+    written = anndata.read_h5ad(out)
+    adata = anndata.AnnData(table[[f"CD{i}" for i in range(6)]].to_numpy(np.float32),
+                            obs=pd.DataFrame({"image": table["image"].to_numpy()}, index=table["cell_id"].to_numpy()))
+    adata.obsm["spatial"] = table[["X_centroid", "Y_centroid"]].to_numpy()
+    expected = utag(adata, slide_key="image", max_dist=20, clustering_method="kmeans", resolutions=[0.3],
+                    flavor="multiscale", progress=False)
+    assert written.uns["utag"]["flavor"] == "multiscale" and written.n_vars == 18
+    np.testing.assert_array_equal(written.obs["UTAG Label_kmeans_0.3"].to_numpy(),
+                                  expected.obs["UTAG Label_kmeans_0.3"].to_numpy())

@@ -58,3 +58,33 @@ def test_bundled_spleen_subset():
 def test_spleen_loader_rejects_missing_file(tmp_path):
     with pytest.raises(ValueError, match="not a file"):
         codex_mouse_spleen(tmp_path / "nope.h5ad")
+
+
+def test_layered_domains_are_bands_across_each_slide():
+    adata = synthetic_tissue(n_cells=6_000, n_slides=2, n_domains=4, layout="layers", random_state=3)
+    for slide in ("roi_0", "roi_1"):
+        cells = (adata.obs["roi"] == slide).to_numpy()
+        domain = adata.obs["domain"].cat.codes.to_numpy()[cells]
+        y = adata.obsm["spatial"][cells, 1]
+        names = adata.obs["domain"].cat.categories
+        mean_y = [y[domain == names.get_loc(f"domain_{k}")].mean() for k in range(4)]
+        assert np.all(np.diff(mean_y) > 0)  # domain k lies above domain k - 1
+        shares = np.bincount(domain, minlength=4) / cells.sum()
+        assert shares.min() > 0.15  # each band holds about a quarter of the slide
+
+
+def test_island_domains_sit_in_a_sea_of_the_first():
+    adata = synthetic_tissue(n_cells=6_000, n_slides=2, n_domains=4, layout="islands", random_state=3)
+    shares = adata.obs["domain"].value_counts(normalize=True)
+    assert 0.45 < shares["domain_0"] < 0.8
+    for slide in ("roi_0", "roi_1"):
+        assert adata.obs.loc[adata.obs["roi"] == slide, "domain"].nunique() == 4
+    # islands are compact: most cells share the domain of their nearest neighbour
+    from scipy.spatial import cKDTree
+
+    cells = (adata.obs["roi"] == "roi_0").to_numpy()
+    _, nearest = cKDTree(adata.obsm["spatial"][cells]).query(adata.obsm["spatial"][cells], k=2)
+    domain = adata.obs["domain"].to_numpy()[cells]
+    assert (domain[nearest[:, 1]] == domain).mean() > 0.85
+    with pytest.raises(ValueError, match="`layout` must be one of"):
+        synthetic_tissue(n_cells=100, layout="rings")

@@ -1,0 +1,165 @@
+"""``flavor="multiscale"``: each cell described by its neighbourhood at several widths.
+
+The published method replaces a cell's features by their plain mean within one radius,
+``max_dist``. The multiscale flavour concatenates Gaussian-weighted means at several
+kernel widths (by default ``max_dist / 4``, ``max_dist / 2`` and ``max_dist``):
+
+* the narrowest is dominated by the cell itself and its closest neighbours;
+* the middle one is close to UTAG's own neighbourhood;
+* the widest sees the surrounding region.
+
+Each block is then scaled to unit total variance so that every scale weighs the same in
+the PCA. Across the labelled datasets this finds domains closer to the experts' and
+depends less on ``max_dist`` (see ``docs/multiscale.md`` and ``benchmarks/accuracy.py``).
+
+A kernel of width ``w`` gives each neighbour within ``2.5 w`` the weight
+``exp(-d^2 / 2 w^2)`` (the cell itself 1), normalised to sum to one per cell. To keep the
+graph small, a width wider than ``max_dist / 2`` is reached by ``p`` passes of the
+kernel of width ``w / sqrt(p)``, the smallest ``p`` that brings that below
+``max_dist / 2`` (Gaussians compose: ``p`` passes of width ``w / sqrt(p)`` have width
+``w``). So one spatial graph of radius ``1.25 max_dist`` per slide serves every width.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validation import check_positive
+from .graph import spatial_graph
+
+__all__ = ["DEFAULT_WIDTHS", "block_scales", "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
+           "kernel_passes", "kernel_widths", "scale_blocks", "slide_blocks"]
+
+#: Default kernel widths, as multiples of ``max_dist``.
+DEFAULT_WIDTHS = (0.25, 0.5, 1.0)
+#: Kernels are cut at this many widths (the weight there is exp(-3.125) = 4%).
+CUTOFF = 2.5
+#: The widest kernel applied in one pass, as a multiple of ``max_dist``.
+ONE_PASS_WIDTH = 0.5
+
+
+def kernel_widths(max_dist: float, widths=None) -> tuple[float, ...]:
+    """The kernel widths to use: ``widths`` checked and sorted, or the defaults
+    (:data:`DEFAULT_WIDTHS` times ``max_dist``).
+
+    Examples
+    --------
+    >>> kernel_widths(20)
+    (5.0, 10.0, 20.0)
+    >>> kernel_widths(20, [30, 8])
+    (8.0, 30.0)
+    """
+    if widths is None:
+        return tuple(float(f * max_dist) for f in DEFAULT_WIDTHS)
+    widths = [widths] if np.ndim(widths) == 0 else list(widths)
+    if not widths:
+        raise ValueError("`kernel_widths` is empty: pass one or more widths in the units of "
+                         "`obsm['spatial']`, or None for max_dist / 4, max_dist / 2 and max_dist.")
+    widths = sorted({check_positive("kernel_widths", w) for w in widths})
+    return tuple(widths)
+
+
+def kernel_passes(width: float, max_dist: float) -> int:
+    """How many passes reach ``width`` with kernels no wider than ``max_dist / 2``.
+
+    Examples
+    --------
+    >>> [kernel_passes(w, max_dist=20) for w in (5, 10, 20, 30)]
+    [1, 1, 4, 9]
+    """
+    return max(1, math.ceil((width / (ONE_PASS_WIDTH * max_dist)) ** 2 - 1e-9))
+
+
+def graph_radius(max_dist: float, widths) -> float:
+    """Radius of the spatial graph that every kernel fits in.
+
+    Examples
+    --------
+    >>> graph_radius(20, kernel_widths(20))  # 2.5 times the widest one-pass kernel, 10
+    25.0
+    """
+    return CUTOFF * max(w / math.sqrt(kernel_passes(w, max_dist)) for w in widths)
+
+
+def gaussian_kernel(edges: sp.csr_matrix, width: float) -> sp.csr_matrix:
+    """Row-normalised Gaussian weights of width ``width`` on the edges of ``edges`` (a CSR
+    matrix of edge lengths, self-loops included) no longer than ``CUTOFF * width``."""
+    keep = edges.data <= CUTOFF * width
+    weights = np.where(keep, np.exp(-(edges.data.astype(np.float64) ** 2) / (2 * width**2)), 0.0)
+    kernel = sp.csr_matrix((weights.astype(np.float32), edges.indices.copy(), edges.indptr.copy()), shape=edges.shape)
+    kernel.eliminate_zeros()
+    row_sums = np.asarray(kernel.sum(axis=1), dtype=np.float32).ravel()  # >= 1: the cell itself
+    return sp.csr_matrix(sp.diags(1.0 / row_sums) @ kernel)
+
+
+def edge_lengths(coords: np.ndarray, connectivities: sp.csr_matrix) -> sp.csr_matrix:
+    """The graph's structure with every entry (self-loops too) holding its edge's length."""
+    # every cell is its own neighbour, whatever the graph kind
+    connectivities = sp.csr_matrix(connectivities) + sp.identity(connectivities.shape[0], format="csr")
+    rows = np.repeat(np.arange(connectivities.shape[0]), np.diff(connectivities.indptr))
+    lengths = np.linalg.norm(coords[rows] - coords[connectivities.indices], axis=1)
+    return sp.csr_matrix((lengths, connectivities.indices, connectivities.indptr), shape=connectivities.shape)
+
+
+def slide_blocks(slide, max_dist: float, widths, kind: str = "radius", n_neighbors: int = 6,
+                 keep_graph: bool = False):
+    """The multiscale features of one slide ``(coords, features)``: the Gaussian means at
+    every width side by side (unscaled), the slide's number of edges and, with
+    ``keep_graph``, its graph ``(connectivities, distances)``.
+
+    Examples
+    --------
+    >>> coords = np.array([[0.0, 0.0], [1.0, 0.0], [30.0, 0.0]])
+    >>> features = np.array([[1.0], [0.0], [5.0]], dtype=np.float32)
+    >>> blocks, n_edges, _ = slide_blocks((coords, features), max_dist=4.0, widths=(1.0, 2.0))
+    >>> blocks.round(3)  # widths 1 and 2: the near neighbour weighs exp(-1/2) and exp(-1/8)
+    array([[0.622, 0.531],
+           [0.378, 0.469],
+           [5.   , 5.   ]], dtype=float32)
+    >>> n_edges
+    1
+    """
+    coords, features = slide
+    radius = graph_radius(max_dist, widths)
+    connectivities, distances = spatial_graph(coords, radius, kind, n_neighbors)
+    edges = edge_lengths(np.asarray(coords, dtype=np.float64), connectivities)
+    blocks = []
+    for width in widths:
+        passes = kernel_passes(width, max_dist)
+        kernel = gaussian_kernel(edges, width / math.sqrt(passes))
+        block = features
+        for _ in range(passes):
+            block = kernel @ block
+        blocks.append(block)
+    stacked = sp.hstack(blocks, format="csr") if sp.issparse(features) else np.hstack(blocks)
+    n_edges = (connectivities.nnz - len(coords)) // 2
+    return stacked, n_edges, ((connectivities, distances) if keep_graph else None)
+
+
+def block_scales(blocks, n_blocks: int) -> np.ndarray:
+    """One factor per block (``n_blocks`` equal column blocks of ``blocks``) that brings
+    the block's total variance over all cells to 1 (1 where it does not vary)."""
+    n_cells = blocks.shape[0]
+    mean = np.asarray(blocks.mean(axis=0, dtype=np.float64)).ravel()
+    if sp.issparse(blocks):
+        squares = np.asarray(blocks.multiply(blocks).sum(axis=0, dtype=np.float64)).ravel() / n_cells
+    else:
+        squares = np.einsum("ij,ij->j", blocks, blocks, dtype=np.float64) / n_cells
+    variance = np.maximum(squares - mean**2, 0).reshape(n_blocks, -1).sum(axis=1)
+    return np.where(variance > 0, 1.0 / np.sqrt(np.where(variance > 0, variance, 1.0)), 1.0)
+
+
+def feature_names(names, widths) -> list[str]:
+    """Names of the multiscale features: ``"<feature>@<width>"``, block by block."""
+    return [f"{name}@{width:g}" for width in widths for name in names]
+
+
+def scale_blocks(blocks, scales: np.ndarray):
+    """``blocks`` with each column block multiplied by its factor (float32)."""
+    per_column = np.repeat(np.asarray(scales, dtype=np.float32), blocks.shape[1] // len(scales))
+    if sp.issparse(blocks):
+        return sp.csr_matrix(blocks @ sp.diags(per_column), dtype=np.float32)
+    blocks *= per_column
+    return blocks
