@@ -475,7 +475,7 @@ def _no_feature_varies(features) -> bool:
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
           knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", pca_graph: bool = False,
-          watch=None) -> Embedding:
+          watch=None, rows: np.ndarray | None = None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
     ``n_comps`` is capped below the numbers of features and cells (but at least 1); any
@@ -484,6 +484,7 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     (:func:`_fit_pca`). The kNN graph is built on ``use_rep`` (``"X"``: the features,
     ``"X_pca"``: the PCA); ``pca_graph`` also builds one on the PCA when ``use_rep`` is
     ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
+    ``rows``: build the kNN graphs on these cells only (a sketch; the PCA is of every cell).
     """
     random_state = check.seed(random_state)
     watch = watch or Stopwatch()
@@ -498,15 +499,20 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
 
     points = fitted["embedding"]
     if use_rep == "X":
-        points = np.ascontiguousarray(features.toarray() if sp.issparse(features) else features, dtype=np.float32)
-    k = min(n_neighbors, n_cells)
+        points = features if rows is None else features[rows]
+        points = np.ascontiguousarray(points.toarray() if sp.issparse(points) else points, dtype=np.float32)
+    elif rows is not None:
+        points = points[rows]
+    n_graph = n_cells if rows is None else len(rows)
+    k = min(n_neighbors, n_graph)
     with watch("kNN graph"):
         connectivities, distances, tied = knn_graph(points, k, knn_method, random_state)
     params = {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": use_rep,
               "random_state": random_state, "distinct_profiles": bool(tied),
-              "knn": "exact" if exact_search(n_cells, k, knn_method) else "approximate"}
+              "knn": "exact" if exact_search(n_graph, k, knn_method) else "approximate"}
     on_pca = connectivities
     if use_rep != "X_pca" and pca_graph:
         with watch("kNN graph of the PCA (PARC)"):
-            on_pca = knn_graph(fitted["embedding"], k, knn_method, random_state)[0]
+            pca_points = fitted["embedding"] if rows is None else fitted["embedding"][rows]
+            on_pca = knn_graph(pca_points, k, knn_method, random_state)[0]
     return Embedding(fitted, connectivities, distances, params, on_pca)

@@ -26,6 +26,7 @@ from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_b
 from .embedding import Embedding, embed, exact_search, representation
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPHS, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
+from .sketch import assign_by_vote, sketch_cells, sketch_size_for
 from .transfer import build_model
 from .tuning import (
     DEFAULT_RESOLUTIONS,
@@ -77,6 +78,7 @@ def utag(
     n_spatial_neighbors: int = 6,
     flavor: str = "utag",
     kernel_widths=None,
+    sketch_size="auto",
 ) -> AnnData:
     """Find microanatomical domains with UTAG (Kim et al., Nature Methods 2022).
 
@@ -190,6 +192,14 @@ def utag(
         With ``flavor="multiscale"``: the Gaussian kernel widths (standard deviations, in
         the units of ``obsm['spatial']``). Default: ``max_dist / 4``, ``max_dist / 2``
         and ``max_dist``.
+    sketch_size
+        Cluster a sample of the cells and assign every other cell by a vote of its
+        ``n_neighbors`` nearest sampled cells in the PCA (:mod:`utag.sketch`; the sample
+        keeps each slide's share and is balanced over a coarse partition of the PCA).
+        ``"auto"`` (default): 200,000 cells when there are more than 2,000,000, else
+        every cell; ``None`` or ``0``: every cell; a number below 1: that fraction of
+        the cells; from 1: that many cells. The sample is recorded in
+        ``uns['utag']['sketch']``; the kNN graph (``obsp``) is then not stored.
 
     Cells are processed in an order of their own (by slide, position and features), so
     the labels do not depend on the order of the rows of ``adata``.
@@ -230,7 +240,8 @@ def utag(
         parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
         knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
-        kernel_widths=kernel_widths, normalization_mode=normalization_mode,
+        kernel_widths=kernel_widths, normalization_mode=normalization_mode, sketch_size=sketch_size,
+        apply_umap=apply_umap,
     )
     normalization_mode = check.normalization_mode(normalization_mode)
     random_state = check.seed(random_state)
@@ -260,20 +271,28 @@ def utag(
                 var, input_var = _multiscale_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
 
-        embedded = None
+        embedded, sample = None, None
         if apply_clustering or apply_umap:
+            with watch("sketch"):
+                sample = _sketch(aggregated, codes, p, random_state) if p.sketch_size else None
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, p.knn_method, random_state,
-                             p.use_rep, pca_graph="parc" in p.methods, watch=watch)
+                             p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=sample)
         runs, swept = [], None
         one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
         if one_profile:
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
             runs = _one_domain_runs(p, adata.n_obs)
         elif p.methods:
-            neighbourhoods = _neighbourhoods(embedded)
+            neighbourhoods = _neighbourhoods(embedded, sample)
             n_jobs = processes if parallel else 1
-            runs, swept = _plan_runs(p, neighbourhoods, coords, codes, random_state, n_jobs, progress, watch)
-            runs = _cluster_runs(runs, neighbourhoods, random_state, p.min_cells, n_jobs, progress, watch)
+            on = p if sample is None else replace(p, min_cells=max(1, round(p.min_cells * len(sample) / adata.n_obs)))
+            where = (coords, codes) if sample is None else (coords[sample], codes[sample])
+            runs, swept = _plan_runs(on, neighbourhoods, *where, random_state, n_jobs, progress, watch)
+            runs = _cluster_runs(runs, neighbourhoods, random_state, on.min_cells, n_jobs, progress, watch)
+            if sample is not None:
+                with watch("assigning the other cells"):
+                    runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs)
+                embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         probabilities = {}
         for key, codes_ in labels.items():
@@ -323,6 +342,10 @@ def utag(
                 "graph_radius": multiscale.graph_radius(p.max_dist, p.kernel_widths),
                 "block_scales": scales,
             }
+        if sample is not None:
+            in_input_order = sample if order is None else np.sort(order[sample])
+            result.uns["utag"]["sketch"] = {"size": len(sample), "cells": in_input_order,
+                                            "n_neighbors_vote": p.n_neighbors}
         if model is not None:
             result.uns["utag"]["model"] = model
     finally:
@@ -350,12 +373,14 @@ class _Parameters:
     n_spatial_neighbors: int
     flavor: str
     kernel_widths: tuple[float, ...] | None  # flavor="multiscale" only
+    sketch_size: int | None  # cells to cluster; None: every cell
 
 
 def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
                       clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs, processes,
                       n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
-                      n_spatial_neighbors, flavor, kernel_widths, normalization_mode) -> _Parameters:
+                      n_spatial_neighbors, flavor, kernel_widths, normalization_mode, sketch_size,
+                      apply_umap) -> _Parameters:
     """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
     auto = bool(apply_clustering) and isinstance(resolutions, str) and resolutions == "auto"
@@ -395,6 +420,14 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                              f"(the default), got {normalization_mode!r}.")
         kernel_widths = multiscale.kernel_widths(max_dist, kernel_widths)
         n_features *= len(kernel_widths)
+    sketched = sketch_size_for(sketch_size, adata.n_obs) if apply_clustering else None
+    if sketched and apply_umap:
+        raise ValueError(f"apply_umap=True needs the kNN graph of every cell, but {adata.n_obs} cells are sketched "
+                         f"(sketch_size={sketch_size!r}); pass sketch_size=None for UMAP.")
+    if sketched and sketch_size == "auto":
+        logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
+                    "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
+                    adata.n_obs, sketched)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
@@ -404,7 +437,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         backend_kwargs={"leiden": dict(leiden_kwargs or {}), "parc": dict(parc_kwargs or {}),
                         "kmeans": dict(kmeans_kwargs or {})},
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
-        kernel_widths=kernel_widths,
+        kernel_widths=kernel_widths, sketch_size=sketched,
     )
 
 
@@ -477,11 +510,12 @@ def _one_domain_runs(p: _Parameters, n_cells: int) -> list[tuple]:
     return runs
 
 
-def _neighbourhoods(embedded: Embedding) -> dict[str, Neighbourhood]:
+def _neighbourhoods(embedded: Embedding, sample: np.ndarray | None = None) -> dict[str, Neighbourhood]:
     """What each method clusters: Leiden the kNN graph on ``use_rep``, PARC and k-means
-    the PCA and its kNN graph, as in the original UTAG."""
-    on_rep = Neighbourhood(embedded.pca["embedding"], embedded.connectivities)
-    on_pca = Neighbourhood(embedded.pca["embedding"], embedded.pca_connectivities)
+    the PCA and its kNN graph, as in the original UTAG (of the ``sample`` cells, if any)."""
+    points = embedded.pca["embedding"] if sample is None else embedded.pca["embedding"][sample]
+    on_rep = Neighbourhood(points, embedded.connectivities)
+    on_pca = Neighbourhood(points, embedded.pca_connectivities)
     return {"leiden": on_rep, "parc": on_pca, "kmeans": on_pca}
 
 
@@ -509,6 +543,29 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
         with watch(f"resolution for {p.n_domains} domains"):
             runs += _runs_for_n_domains(neighbourhoods["leiden"], p.n_domains, p.methods, backend_kwargs,
                                         random_state, p.min_cells)
+    return runs, swept
+
+
+def _sketch(aggregated, codes: np.ndarray, p: _Parameters, random_state: int) -> np.ndarray:
+    """The cells to cluster: :func:`utag.sketch.sketch_cells` on a quick PCA of every cell."""
+    from .embedding import pca
+
+    logger.info("sketch: clustering %d of %d cells", p.sketch_size, len(codes))
+    quick = pca(aggregated, max(1, min(p.n_comps, aggregated.shape[1] - 1)))["embedding"]
+    return sketch_cells(quick, codes, p.sketch_size, random_state)
+
+
+def _assign_others(runs: list[tuple], swept, embedded: Embedding, sample: np.ndarray, p: _Parameters,
+                   random_state: int, n_jobs) -> tuple[list[tuple], tuple | None]:
+    """The labels of the sketch's runs (and sweep) extended to every cell by vote."""
+    labellings = [labels for *_, labels in runs]
+    if swept is not None:
+        labellings += list(swept[1])
+    assigned = assign_by_vote(embedded.pca["embedding"], sample, labellings, p.n_neighbors, random_state,
+                              n_jobs=n_jobs)
+    runs = [(*run[:3], relabel_by_size(labels)) for run, labels in zip(runs, assigned[:len(runs)])]
+    if swept is not None:
+        swept = (swept[0], np.asarray(assigned[len(runs):]))
     return runs, swept
 
 
@@ -596,8 +653,9 @@ def _in_input_order(order: np.ndarray | None, aggregated, graph, embedded: Embed
     if embedded is not None:
         embedded = replace(
             embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
-            connectivities=graph_back(embedded.connectivities, order),
-            distances=graph_back(embedded.distances, order), pca_connectivities=None)
+            connectivities=None if embedded.connectivities is None else graph_back(embedded.connectivities, order),
+            distances=None if embedded.distances is None else graph_back(embedded.distances, order),
+            pca_connectivities=None)
     if swept is not None:
         swept = (swept[0], rows_back(swept[1], order, axis=1))
     return (rows_back(aggregated, order), graph, embedded,
@@ -632,6 +690,8 @@ def _store_embedding(result: AnnData, embedded: Embedding) -> None:
     result.obsm["X_pca"] = embedded.pca["embedding"]
     result.varm["PCs"] = embedded.pca["components"]
     result.uns["pca"] = {key: value for key, value in embedded.pca.items() if key not in ("embedding", "components")}
+    if embedded.connectivities is None:  # a sketch: the kNN graph is of the sampled cells only
+        return
     result.obsp["connectivities"] = embedded.connectivities
     result.obsp["distances"] = embedded.distances
     result.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",

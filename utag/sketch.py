@@ -1,0 +1,186 @@
+"""Sketch clustering: cluster a sample of the cells, assign every other cell by a vote of
+its nearest sampled cells in the joint embedding.
+
+Domains are large structures, so a well-spread sample of a few hundred thousand cells
+holds them all. The sample (:func:`sketch_cells`) keeps every slide's share of the cells
+and is balanced over a coarse partition of the embedding: within each slide, each
+region of a 32-centroid k-means of the PCA gets a share proportional to the square root of
+its size, at least one cell. Rare neighbourhoods are thereby sampled more densely than
+common ones. The others are assigned by :func:`assign_by_vote`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from . import _validation as check
+
+__all__ = ["SKETCH_ABOVE", "DEFAULT_SKETCH_SIZE", "sketch_cells", "assign_by_vote", "sketch_size_for"]
+
+logger = logging.getLogger(__name__)
+
+#: ``sketch_size="auto"`` sketches above this many cells.
+SKETCH_ABOVE = 2_000_000
+#: The sample ``sketch_size="auto"`` clusters.
+DEFAULT_SKETCH_SIZE = 200_000
+#: Centroids of the coarse partition the sample is balanced over.
+N_COARSE = 32
+
+
+def sketch_size_for(sketch_size, n_cells: int) -> int | None:
+    """The sample size to cluster, or ``None`` for every cell.
+
+    ``"auto"``: :data:`DEFAULT_SKETCH_SIZE` above :data:`SKETCH_ABOVE` cells, else none;
+    ``None`` or ``0``: none; a number below 1: that fraction of the cells; from 1: that
+    many cells, at most all of them (the sketch route then clusters every cell and gives
+    the unsketched labels).
+
+    Examples
+    --------
+    >>> sketch_size_for("auto", 1_000), sketch_size_for(0.1, 1_000), sketch_size_for(5_000, 1_000)
+    (None, 100, 1000)
+    """
+    if sketch_size is None:
+        return None
+    if isinstance(sketch_size, str):
+        if sketch_size != "auto":
+            raise ValueError(f"`sketch_size` must be 'auto', None, a fraction or a number of cells, got "
+                             f"{sketch_size!r}.")
+        return DEFAULT_SKETCH_SIZE if n_cells > SKETCH_ABOVE else None
+    if isinstance(sketch_size, bool) or not isinstance(sketch_size, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(sketch_size) or sketch_size < 0:
+        raise ValueError(f"`sketch_size` must be 'auto', None, a fraction of the cells (below 1) or a number of "
+                         f"cells, got {sketch_size!r}.")
+    size = float(sketch_size)
+    if size == 0:
+        return None
+    size = int(round(size * n_cells)) if size < 1 else int(size)
+    if size < 2:
+        raise ValueError(f"`sketch_size={sketch_size!r}` samples {size} cell(s) of {n_cells}; sample at least 2 "
+                         "(a number of cells from 1 on, a fraction below 1), or None for every cell.")
+    return min(size, n_cells)
+
+
+def sketch_cells(embedding: np.ndarray, codes: np.ndarray, size: int, random_state: int = 0,
+                 balanced: bool = True) -> np.ndarray:
+    """Indices (sorted) of about ``size`` cells to cluster.
+
+    Each slide (``codes``) gets its share of ``size``; within a slide, with ``balanced``,
+    each region of a coarse k-means partition of ``embedding`` gets a share proportional
+    to the square root of its number of cells (at least one cell), else a uniform sample.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> embedding = rng.normal(size=(10_000, 3))
+    >>> codes = np.repeat([0, 1], [8_000, 2_000])
+    >>> sample = sketch_cells(embedding, codes, 1_000)
+    >>> abs(len(sample) - 1_000) < 10, round(float(np.mean(codes[sample] == 1)), 1)
+    (True, 0.2)
+    """
+    random_state = check.seed(random_state)
+    rng = np.random.default_rng(random_state)
+    n_cells = len(codes)
+    slide_sizes = np.bincount(codes)
+    quota = _largest_remainder(size * slide_sizes / n_cells)
+    if balanced:
+        region = _coarse_regions(embedding, rng, random_state)
+        group = codes.astype(np.int64) * N_COARSE + region
+    else:
+        group = codes.astype(np.int64)
+    group_ids, group_of_cell, group_sizes = np.unique(group, return_inverse=True, return_counts=True)
+    group_slide = group_ids // N_COARSE if balanced else group_ids
+    weight = np.sqrt(group_sizes) if balanced else group_sizes.astype(np.float64)
+    allocation = _water_fill(group_sizes, weight, group_slide, quota)
+    # a random rank within each group; the first `allocation` of each group are kept
+    order = np.lexsort((rng.random(n_cells), group_of_cell))
+    starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
+    rank = np.empty(n_cells, dtype=np.int64)
+    rank[order] = np.arange(n_cells) - starts[group_of_cell[order]]
+    return np.flatnonzero(rank < allocation[group_of_cell])
+
+
+def _water_fill(sizes: np.ndarray, weight: np.ndarray, slide: np.ndarray, quota: np.ndarray) -> np.ndarray:
+    """Cells to take from each group: ``min(size, t * weight)`` with ``t`` per slide such
+    that the slide's groups add up to its ``quota`` (by bisection, all slides at once),
+    rounded, and at least one cell per group."""
+    low = np.zeros(len(quota))
+    high = np.full(len(quota), 1.0)
+    np.maximum.at(high, slide, sizes / weight)  # from here on every group is taken whole
+    for _ in range(60):
+        middle = (low + high) / 2
+        taken = np.bincount(slide, weights=np.minimum(sizes, middle[slide] * weight), minlength=len(quota))
+        short = taken < quota
+        low, high = np.where(short, middle, low), np.where(short, high, middle)
+    return np.clip(np.round(np.minimum(sizes, high[slide] * weight)), 1, sizes)
+
+
+def _largest_remainder(shares: np.ndarray) -> np.ndarray:
+    """Whole numbers summing to ``round(shares.sum())``, each within one of its share."""
+    floors = np.floor(shares)
+    missing = int(round(shares.sum() - floors.sum()))
+    floors[np.argsort(floors - shares, kind="stable")[:missing]] += 1
+    return floors
+
+
+def _coarse_regions(embedding: np.ndarray, rng, random_state: int) -> np.ndarray:
+    """Each cell's region: the nearest of ``N_COARSE`` k-means centroids fitted on a
+    uniform subsample of 20,000 cells."""
+    from sklearn.cluster import KMeans
+
+    points = np.asarray(embedding, dtype=np.float32)
+    n_regions = min(N_COARSE, len(points))
+    fit_on = points[rng.choice(len(points), size=min(len(points), 20_000), replace=False)]
+    centroids = KMeans(n_clusters=n_regions, n_init=1, random_state=random_state).fit(fit_on).cluster_centers_
+    squared = (centroids**2).sum(axis=1)
+    region = np.empty(len(points), dtype=np.int64)
+    for start in range(0, len(points), 262_144):
+        chunk = points[start:start + 262_144]
+        region[start:start + len(chunk)] = np.argmin(squared - 2 * chunk @ centroids.T, axis=1)
+    return region
+
+
+def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[np.ndarray],
+                   n_neighbors: int = 15, random_state: int = 0, n_jobs: int | None = None
+                   ) -> list[np.ndarray]:
+    """Every cell's label in each of ``labellings`` (labels of the ``sample`` cells): its
+    own for sampled cells, else the majority among its ``n_neighbors`` nearest sampled
+    cells in ``embedding`` (ties: the smaller label).
+
+    Examples
+    --------
+    >>> embedding = np.array([[0.0], [0.1], [5.0], [5.1], [0.05], [4.9]])
+    >>> assign_by_vote(embedding, np.array([0, 1, 2, 3]), [np.array([0, 0, 1, 1])], n_neighbors=2)[0]
+    array([0, 0, 1, 1, 0, 1])
+    """
+    random_state = check.seed(random_state)
+    import hnswlib
+
+    points = np.ascontiguousarray(embedding, dtype=np.float32)
+    k = min(n_neighbors, len(sample))
+    index = hnswlib.Index(space="l2", dim=points.shape[1])
+    index.init_index(max_elements=len(sample), M=16, ef_construction=100, random_seed=random_state)
+    index.set_num_threads(1)  # one thread: insertion order, hence the index, is fixed
+    index.add_items(points[sample], np.arange(len(sample)))
+    index.set_ef(max(50, k))
+    others = np.setdiff1d(np.arange(len(points)), sample, assume_unique=True)
+    neighbours = np.empty((0, k), dtype=np.int64)
+    if len(others):
+        neighbours = index.knn_query(points[others], k=k, num_threads=n_jobs or os.cpu_count() or 1)[0]
+        neighbours = neighbours.astype(np.int64)
+    assigned = []
+    for labels in labellings:
+        labels = np.asarray(labels, dtype=np.int64)
+        full = np.empty(len(points), dtype=np.int64)
+        full[sample] = labels
+        if len(others):
+            n_labels = int(labels.max()) + 1
+            for start in range(0, len(others), 65_536):  # vote counts of a chunk of cells at a time
+                votes = labels[neighbours[start:start + 65_536]]
+                flat = (np.arange(len(votes))[:, None] * n_labels + votes).ravel()
+                counts = np.bincount(flat, minlength=len(votes) * n_labels).reshape(len(votes), n_labels)
+                full[others[start:start + len(votes)]] = counts.argmax(axis=1)
+        assigned.append(full)
+    return assigned
