@@ -346,8 +346,11 @@ def cluster_means(values, labels: np.ndarray) -> np.ndarray:
         shape=(n_clusters, len(labels)),
     )
     sizes = np.maximum(np.bincount(labels, minlength=n_clusters), 1)
-    sums = membership @ values
-    sums = sums.toarray() if sp.issparse(sums) else sums
+    if sp.issparse(values):
+        sums = (membership @ values).toarray()
+    else:  # a block of rows at a time: no float64 copy of every cell's values
+        membership = membership.tocsc()
+        sums = sum(membership[:, rows] @ np.asarray(values[rows], dtype=np.float64) for rows in _chunks(len(values)))
     return np.asarray(sums, dtype=np.float64) / sizes[:, None]
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validation import check_positive
+from .embedding import _chunks
 from .graph import spatial_graph
 
 __all__ = ["DEFAULT_WIDTHS", "block_scales", "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
@@ -145,8 +146,9 @@ def block_scales(blocks, n_blocks: int) -> np.ndarray:
     mean = np.asarray(blocks.mean(axis=0, dtype=np.float64)).ravel()
     if sp.issparse(blocks):
         squares = np.asarray(blocks.multiply(blocks).sum(axis=0, dtype=np.float64)).ravel() / n_cells
-    else:
-        squares = np.einsum("ij,ij->j", blocks, blocks, dtype=np.float64) / n_cells
+    else:  # a block of rows at a time: no float64 copy of every cell
+        squares = sum(np.einsum("ij,ij->j", rows, rows) for rows in
+                      (np.asarray(blocks[chunk], dtype=np.float64) for chunk in _chunks(n_cells))) / n_cells
     variance = np.maximum(squares - mean**2, 0).reshape(n_blocks, -1).sum(axis=1)
     return np.where(variance > 0, 1.0 / np.sqrt(np.where(variance > 0, variance, 1.0)), 1.0)
 

@@ -270,15 +270,17 @@ def utag(
                     background = np.concatenate([background * s for s in scales.astype(np.float32)])
                 var, input_var = _multiscale_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
+        one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
+        del features  # from here on only the message-passed features count
 
         embedded, sample = None, None
         if apply_clustering or apply_umap:
-            with watch("sketch"):
-                sample = _sketch(aggregated, codes, p, random_state) if p.sketch_size else None
+            if p.sketch_size:
+                with watch("sketch"):
+                    sample = _sketch(aggregated, codes, p, random_state)
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, p.knn_method, random_state,
                              p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=sample)
         runs, swept = [], None
-        one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
         if one_profile:
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
             runs = _one_domain_runs(p, adata.n_obs)
@@ -293,6 +295,7 @@ def utag(
                 with watch("assigning the other cells"):
                     runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs)
                 embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
+            del neighbourhoods  # the clustering backends' copies of the graph
         labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         probabilities = {}
         for key, codes_ in labels.items():

@@ -1,0 +1,105 @@
+"""Sketch clustering: a sample clustered, the other cells assigned by vote."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from utag import sketch, utag
+from utag.datasets import synthetic_tissue
+from utag.sketch import assign_by_vote, sketch_cells, sketch_size_for
+
+KW = dict(slide_key="roi", max_dist=20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    return synthetic_tissue(n_cells=6_000, n_slides=3, random_state=0)
+
+
+def test_a_sketch_of_every_cell_gives_the_unsketched_labels(tissue):
+    options = dict(clustering_method=["leiden", "kmeans", "parc"], resolutions=[0.1, 0.3], **KW)
+    unsketched = utag(tissue, **options)
+    sketched = utag(tissue, sketch_size=tissue.n_obs, **options)
+    assert sketched.uns["utag"]["sketch"]["size"] == tissue.n_obs
+    for key in unsketched.uns["utag"]["label_keys"]:
+        np.testing.assert_array_equal(sketched.obs[key].to_numpy(), unsketched.obs[key].to_numpy())
+        np.testing.assert_array_equal(sketched.obsm[f"{key}_probabilities"], unsketched.obsm[f"{key}_probabilities"])
+
+
+def test_a_sketch_labels_every_cell_like_the_full_run(tissue):
+    options = dict(clustering_method=["leiden", "kmeans"], resolutions=[0.3], **KW)
+    unsketched = utag(tissue, **options)
+    first = utag(tissue, sketch_size=0.4, **options)
+    again = utag(tissue, sketch_size=0.4, **options)
+    record = first.uns["utag"]["sketch"]
+    assert abs(record["size"] - 2_400) < 50 and len(record["cells"]) == record["size"]
+    assert np.all(np.diff(record["cells"]) > 0)
+    assert "connectivities" not in first.obsp  # the kNN graph was of the sample only
+    for key in ("UTAG Label_leiden_0.3", "UTAG Label_kmeans_0.3"):
+        np.testing.assert_array_equal(first.obs[key].to_numpy(), again.obs[key].to_numpy())  # seeded
+        assert adjusted_rand_score(unsketched.obs[key], first.obs[key]) > 0.6
+        truth = tissue.obs["domain"]
+        assert adjusted_rand_score(truth, first.obs[key]) > adjusted_rand_score(truth, unsketched.obs[key]) - 0.15
+        probabilities = first.obsm[f"{key}_probabilities"]
+        assert probabilities.shape == (tissue.n_obs, first.obs[key].nunique())
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_auto_resolution_and_n_domains_work_on_the_sketch(tissue):
+    automatic = utag(tissue, clustering_method="leiden", resolutions="auto", sketch_size=0.5, **KW)
+    assert automatic.uns["utag_resolution_sweep"]["labels"].shape == (12, tissue.n_obs)
+    assert len(automatic.uns["utag"]["label_keys"]) == 1
+    exact = utag(tissue, clustering_method=["leiden", "kmeans"], resolutions=None, n_domains=4, sketch_size=0.5,
+                 **KW)
+    for key in exact.uns["utag"]["label_keys"]:
+        assert exact.obs[key].nunique() == 4
+
+
+def test_the_sample_keeps_slide_shares_and_rare_neighbourhoods():
+    rng = np.random.default_rng(1)
+    common = rng.normal(0, 1, size=(19_800, 4))
+    rare = rng.normal(8, 0.5, size=(200, 4))  # 1% of the cells, far from the rest
+    embedding = np.vstack([common, rare])
+    codes = np.repeat([0, 1, 2], [10_000, 6_000, 4_000])
+    codes = codes[rng.permutation(len(codes))]
+    balanced = sketch_cells(embedding, codes, 1_000, random_state=0)
+    uniform = sketch_cells(embedding, codes, 1_000, random_state=0, balanced=False)
+    for sample in (balanced, uniform):
+        assert abs(len(sample) - 1_000) < 20
+        np.testing.assert_allclose(np.bincount(codes[sample]) / len(sample), [0.5, 0.3, 0.2], atol=0.01)
+    rare_share = [np.mean(sample >= 19_800) for sample in (balanced, uniform)]
+    assert rare_share[0] > 2 * rare_share[1]  # the balanced sample holds the rare cells more densely
+
+
+def test_vote_assigns_each_cell_to_its_nearest_sampled_domain():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = rng.integers(3, size=3_000)
+    embedding = centres[truth] + rng.normal(0, 1, size=(3_000, 2))
+    sample = np.sort(rng.choice(3_000, size=300, replace=False))
+    assigned = assign_by_vote(embedding, sample, [truth[sample]])[0]
+    np.testing.assert_array_equal(assigned[sample], truth[sample])
+    assert np.mean(assigned == truth) > 0.99
+
+
+def test_auto_sketches_only_large_data(tissue, monkeypatch, caplog):
+    assert "sketch" not in utag(tissue, clustering_method="kmeans", resolutions=[0.3], **KW).uns["utag"]
+    monkeypatch.setattr(sketch, "SKETCH_ABOVE", 5_000)
+    monkeypatch.setattr(sketch, "DEFAULT_SKETCH_SIZE", 3_000)
+    with caplog.at_level(logging.INFO, logger="utag"):
+        result = utag(tissue, clustering_method="kmeans", resolutions=[0.3], **KW)
+    assert abs(result.uns["utag"]["sketch"]["size"] - 3_000) < 50
+    assert "sketch_size=None to cluster every cell" in caplog.text
+
+
+def test_sketch_size_errors_name_the_parameter(tissue):
+    with pytest.raises(ValueError, match="`sketch_size` must be"):
+        utag(tissue, sketch_size="half", **KW)
+    with pytest.raises(ValueError, match="sample at least 2"):
+        utag(tissue, sketch_size=1, **KW)
+    with pytest.raises(ValueError, match="apply_umap=True needs the kNN graph of every cell"):
+        utag(tissue, sketch_size=0.5, apply_umap=True, **KW)
+    assert sketch_size_for(None, 10) is None and sketch_size_for(0, 10) is None
