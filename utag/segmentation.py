@@ -42,6 +42,9 @@ __all__ = ["utag", "evaluate_performance", "label_key"]
 
 logger = logging.getLogger(__name__)
 
+#: A sketch of more cells than this builds its kNN graph with HNSW (``knn_method="auto"``).
+SKETCH_EXACT_KNN = 50_000
+
 #: ``utag(flavor=...)``: the published method, or the multiscale neighbourhoods.
 FLAVORS = ("utag", "multiscale")
 
@@ -199,7 +202,9 @@ def utag(
         ``"auto"`` (default): 200,000 cells when there are more than 2,000,000, else
         every cell; ``None`` or ``0``: every cell; a number below 1: that fraction of
         the cells; from 1: that many cells. The sample is recorded in
-        ``uns['utag']['sketch']``; the kNN graph (``obsp``) is then not stored.
+        ``uns['utag']['sketch']``; the kNN graph (``obsp``) is then not stored. With
+        ``knn_method="auto"`` a sample of more than 50,000 cells gets the approximate
+        (HNSW) kNN graph.
 
     Cells are processed in an order of their own (by slide, position and features), so
     the labels do not depend on the order of the rows of ``adata``.
@@ -278,7 +283,10 @@ def utag(
             if p.sketch_size:
                 with watch("sketch"):
                     sample = _sketch(aggregated, codes, p, random_state)
-            embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, p.knn_method, random_state,
+            knn_method = p.knn_method
+            if sample is not None and knn_method == "auto" and len(sample) > SKETCH_EXACT_KNN:
+                knn_method = "approximate"  # the exact search costs minutes in tens of dimensions
+            embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state,
                              p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=sample)
         runs, swept = [], None
         if one_profile:
@@ -310,10 +318,13 @@ def utag(
 
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
-        result = _write_result(adata, *_in_input_order(order, aggregated, graph, embedded, labels, probabilities,
-                                                       swept), var=var, max_dist=p.max_dist,
-                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors),
-                               graph_radius=_graph_radius(p))
+        outputs = {"aggregated": aggregated, "graph": graph, "embedded": embedded, "labels": labels,
+                   "probabilities": probabilities, "swept": swept}
+        del aggregated, graph, embedded, labels, probabilities, swept  # freed one by one as they are reordered
+        _to_input_order(outputs, order)
+        result = _write_result(adata, **outputs, var=var, max_dist=p.max_dist,
+                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors), graph_radius=_graph_radius(p))
+        embedded = outputs["embedded"]
         if apply_umap:
             import scanpy as sc
 
@@ -334,7 +345,7 @@ def utag(
             "resolutions": sorted({r for _, r, _, _ in runs}),
             "n_domains": p.n_domains if p.n_domains is not None else 0,
             "random_state": random_state,
-            "label_keys": list(labels),
+            "label_keys": list(outputs["labels"]),
             "timings": watch.seconds,
         }
         if p.kernel_widths is not None:
@@ -646,24 +657,27 @@ def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
     )
 
 
-def _in_input_order(order: np.ndarray | None, aggregated, graph, embedded: Embedding | None, labels: dict,
-                    probabilities: dict, swept) -> tuple:
-    """The results computed on the cells in ``order``, back in the input's order."""
+def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
+    """Put the results computed on the cells in ``order`` back in the input's order, in
+    place, one at a time (so that at most one old copy is alive at once)."""
     if order is None:
-        return aggregated, graph, embedded, labels, probabilities, swept
-    if graph is not None:
-        graph = tuple(graph_back(matrix, order) for matrix in graph)
+        return
+    if outputs["graph"] is not None:
+        outputs["graph"] = tuple(graph_back(matrix, order) for matrix in outputs["graph"])
+    embedded = outputs.pop("embedded")
     if embedded is not None:
-        embedded = replace(
-            embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
-            connectivities=None if embedded.connectivities is None else graph_back(embedded.connectivities, order),
-            distances=None if embedded.distances is None else graph_back(embedded.distances, order),
-            pca_connectivities=None)
-    if swept is not None:
-        swept = (swept[0], rows_back(swept[1], order, axis=1))
-    return (rows_back(aggregated, order), graph, embedded,
-            {key: rows_back(values, order) for key, values in labels.items()},
-            {key: rows_back(values, order) for key, values in probabilities.items()}, swept)
+        connectivities, distances = embedded.connectivities, embedded.distances
+        embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
+        if connectivities is not None:
+            connectivities, distances = graph_back(connectivities, order), graph_back(distances, order)
+        embedded = replace(embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
+                           connectivities=connectivities, distances=distances)
+    outputs["embedded"] = embedded
+    if outputs["swept"] is not None:
+        outputs["swept"] = (outputs["swept"][0], rows_back(outputs["swept"][1], order, axis=1))
+    outputs["aggregated"] = rows_back(outputs["aggregated"], order)
+    for name in ("labels", "probabilities"):
+        outputs[name] = {key: rows_back(values, order) for key, values in outputs[name].items()}
 
 
 def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
