@@ -39,6 +39,8 @@ DEFAULT_WIDTHS = (0.25, 0.5, 1.0)
 CUTOFF = 2.5
 #: The widest kernel applied in one pass, as a multiple of ``max_dist``.
 ONE_PASS_WIDTH = 0.5
+#: The widest kernel accepted, as a multiple of ``max_dist`` (100 passes).
+MAX_WIDTH = 5.0
 
 
 def kernel_widths(max_dist: float, widths=None) -> tuple[float, ...]:
@@ -59,6 +61,13 @@ def kernel_widths(max_dist: float, widths=None) -> tuple[float, ...]:
         raise ValueError("`kernel_widths` is empty: pass one or more widths in the units of "
                          "`obsm['spatial']`, or None for max_dist / 4, max_dist / 2 and max_dist.")
     widths = sorted({check_positive("kernel_widths", w) for w in widths})
+    if widths[-1] > MAX_WIDTH * max_dist:
+        raise ValueError(f"`kernel_widths` up to {MAX_WIDTH:g} x max_dist ({MAX_WIDTH * max_dist:g}) are supported, "
+                         f"got {widths[-1]:g}: a wider kernel takes (width / (max_dist / 2))^2 passes. Raise "
+                         "`max_dist`.")
+    if len({f"{w:g}" for w in widths}) < len(widths):
+        raise ValueError(f"`kernel_widths` {widths} name the same feature columns ('<feature>@<width>'); pass "
+                         "widths that differ in their first 6 digits.")
     return tuple(widths)
 
 
@@ -159,7 +168,8 @@ def feature_names(names, widths) -> list[str]:
 
 
 def scale_blocks(blocks, scales: np.ndarray):
-    """``blocks`` with each column block multiplied by its factor (float32)."""
+    """``blocks`` (float32) with each column block multiplied by its factor, in place
+    when dense."""
     per_column = np.repeat(np.asarray(scales, dtype=np.float32), blocks.shape[1] // len(scales))
     if sp.issparse(blocks):
         return sp.csr_matrix(blocks @ sp.diags(per_column), dtype=np.float32)

@@ -191,6 +191,8 @@ def utag(
         (:mod:`utag.multiscale`); ``X`` then holds ``n_features * len(kernel_widths)``
         columns named ``"<feature>@<width>"``. Better domains on the labelled datasets of
         ``benchmarks/accuracy.py`` and less dependence on ``max_dist``; see the method page.
+        Its spatial graph (kept with ``keep_spatial_connectivity``; the length cut of
+        ``"delaunay"``) has the radius the kernels need, 1.25 ``max_dist`` by default.
     kernel_widths
         With ``flavor="multiscale"``: the Gaussian kernel widths (standard deviations, in
         the units of ``obsm['spatial']``). Default: ``max_dist / 4``, ``max_dist / 2``
@@ -280,7 +282,7 @@ def utag(
 
         embedded, sample = None, None
         if apply_clustering or apply_umap:
-            if p.sketch_size:
+            if p.sketch_size and not one_profile:  # one profile: one domain, nothing to sample
                 with watch("sketch"):
                     sample = _sketch(aggregated, codes, p, random_state)
             knn_method = p.knn_method
@@ -434,10 +436,15 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                              f"(the default), got {normalization_mode!r}.")
         kernel_widths = multiscale.kernel_widths(max_dist, kernel_widths)
         n_features *= len(kernel_widths)
-    sketched = sketch_size_for(sketch_size, adata.n_obs) if apply_clustering else None
+    sketched = sketch_size_for(sketch_size, adata.n_obs)  # checked whether or not it is used
+    if not apply_clustering or (apply_umap and sketch_size == "auto"):  # UMAP needs every cell's kNN graph
+        sketched = None
     if sketched and apply_umap:
         raise ValueError(f"apply_umap=True needs the kNN graph of every cell, but {adata.n_obs} cells are sketched "
                          f"(sketch_size={sketch_size!r}); pass sketch_size=None for UMAP.")
+    if sketched and n_domains is not None and n_domains > sketched:
+        raise ValueError(f"`n_domains={n_domains}` is more than the {sketched} cells of the sketch; ask for fewer "
+                         "domains or pass a larger `sketch_size` (None: every cell).")
     if sketched and sketch_size == "auto":
         logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
                     "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
@@ -564,9 +571,10 @@ def _sketch(aggregated, codes: np.ndarray, p: _Parameters, random_state: int) ->
     """The cells to cluster: :func:`utag.sketch.sketch_cells` on a quick PCA of every cell."""
     from .embedding import pca
 
-    logger.info("sketch: clustering %d of %d cells", p.sketch_size, len(codes))
     quick = pca(aggregated, max(1, min(p.n_comps, aggregated.shape[1] - 1)))["embedding"]
-    return sketch_cells(quick, codes, p.sketch_size, random_state)
+    sample = sketch_cells(quick, codes, p.sketch_size, random_state)
+    logger.info("sketch: clustering %d of %d cells", len(sample), len(codes))
+    return sample
 
 
 def _assign_others(runs: list[tuple], swept, embedded: Embedding, sample: np.ndarray, p: _Parameters,

@@ -105,7 +105,8 @@ def sketch_cells(embedding: np.ndarray, codes: np.ndarray, size: int, random_sta
 def _water_fill(sizes: np.ndarray, weight: np.ndarray, slide: np.ndarray, quota: np.ndarray) -> np.ndarray:
     """Cells to take from each group: ``min(size, t * weight)`` with ``t`` per slide such
     that the slide's groups add up to its ``quota`` (by bisection, all slides at once),
-    rounded, and at least one cell per group."""
+    in whole numbers (largest remainders), and at least one cell per group where the
+    quota allows."""
     low = np.zeros(len(quota))
     high = np.full(len(quota), 1.0)
     np.maximum.at(high, slide, sizes / weight)  # from here on every group is taken whole
@@ -114,7 +115,18 @@ def _water_fill(sizes: np.ndarray, weight: np.ndarray, slide: np.ndarray, quota:
         taken = np.bincount(slide, weights=np.minimum(sizes, middle[slide] * weight), minlength=len(quota))
         short = taken < quota
         low, high = np.where(short, middle, low), np.where(short, high, middle)
-    return np.clip(np.round(np.minimum(sizes, high[slide] * weight)), 1, sizes)
+    share = np.minimum(sizes, high[slide] * weight)
+    # whole numbers adding up to each slide's quota: the floors, plus one for the largest remainders
+    taken = np.floor(share)
+    missing = quota - np.bincount(slide, weights=taken, minlength=len(quota))
+    order = np.lexsort((taken - share, slide))  # by slide, largest remainder first
+    starts = np.concatenate([[0], np.cumsum(np.bincount(slide, minlength=len(quota)))[:-1]])
+    rank = np.empty(len(share), dtype=np.int64)
+    rank[order] = np.arange(len(share)) - starts[slide[order]]
+    taken += (rank < np.round(missing)[slide]) & (taken < sizes)
+    # at least one cell per group, unless the slide's quota is smaller than its number of groups
+    enough = (quota >= np.bincount(slide, minlength=len(quota)))[slide]
+    return np.where(enough, np.maximum(taken, 1), taken)
 
 
 def _largest_remainder(shares: np.ndarray) -> np.ndarray:

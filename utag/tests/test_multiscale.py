@@ -94,7 +94,10 @@ def test_multiscale_on_other_spatial_graphs(kind):
     # every block is scaled to unit total variance
     totals = result.X.var(axis=0, dtype=np.float64).reshape(3, -1).sum(axis=1)
     np.testing.assert_allclose(totals, 1.0, rtol=1e-4)
-    assert result.uns["spatial_neighbors"]["params"]["coord_type"] == "generic"
+    stored = result.obsp["spatial_distances"]
+    assert stored.shape == (adata.n_obs, adata.n_obs)
+    if kind == "delaunay":  # edges cut at the kernels' graph radius, 1.25 max_dist
+        assert 30 < stored.max() <= 1.25 * 30 + 1e-9
 
 
 def test_transfer_with_the_multiscale_flavour():
@@ -142,3 +145,5 @@ def test_multiscale_errors_name_the_parameter():
         utag(adata, slide_key="roi", flavor="multiscale", kernel_widths=[5, -1], progress=False)
     with pytest.raises(ValueError, match="kernel_widths"):
         utag(adata, slide_key="roi", flavor="multiscale", kernel_widths=[], progress=False)
+    with pytest.raises(ValueError, match="up to 5 x max_dist"):
+        utag(adata, slide_key="roi", max_dist=20, flavor="multiscale", kernel_widths=[5, 1e6], progress=False)

@@ -35,8 +35,7 @@ def test_a_sketch_labels_every_cell_like_the_full_run(tissue):
     first = utag(tissue, sketch_size=0.4, **options)
     again = utag(tissue, sketch_size=0.4, **options)
     record = first.uns["utag"]["sketch"]
-    assert abs(record["size"] - 2_400) < 50 and len(record["cells"]) == record["size"]
-    assert np.all(np.diff(record["cells"]) > 0)
+    assert abs(record["size"] - 2_400) < 50
     assert "connectivities" not in first.obsp  # the kNN graph was of the sample only
     for key in ("UTAG Label_leiden_0.3", "UTAG Label_kmeans_0.3"):
         np.testing.assert_array_equal(first.obs[key].to_numpy(), again.obs[key].to_numpy())  # seeded
@@ -48,6 +47,34 @@ def test_a_sketch_labels_every_cell_like_the_full_run(tissue):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
+def test_a_sketch_does_not_depend_on_the_order_of_the_rows(tissue):
+    import scipy.sparse as sp
+
+    options = dict(clustering_method="kmeans", resolutions=[0.4], sketch_size=0.3, **KW)
+    first = utag(tissue, **options)
+    permutation = np.random.default_rng(5).permutation(tissue.n_obs)
+    second = utag(tissue[permutation].copy(), **options)
+    key = "UTAG Label_kmeans_0.4"
+    np.testing.assert_array_equal(second.obs[key].to_numpy(), first.obs[key].to_numpy()[permutation])
+    sparse = tissue.copy()
+    sparse.X = sp.csr_matrix(sparse.X)  # sparse input: the same domains up to float rounding
+    assert adjusted_rand_score(utag(sparse, **options).obs[key], first.obs[key]) > 0.9
+    sampled = np.zeros(tissue.n_obs, dtype=bool)
+    sampled[second.uns["utag"]["sketch"]["cells"]] = True
+    in_first_order = np.flatnonzero(sampled[np.argsort(permutation)])
+    np.testing.assert_array_equal(in_first_order, first.uns["utag"]["sketch"]["cells"])
+
+
+def test_a_sketch_of_identical_profiles_is_one_domain():
+    import anndata
+
+    adata = anndata.AnnData(np.ones((60, 3), dtype=np.float32))
+    adata.obsm["spatial"] = np.random.default_rng(0).uniform(0, 100, size=(60, 2))
+    result = utag(adata, slide_key=None, max_dist=10, clustering_method="leiden", resolutions=[0.1], sketch_size=20,
+                  progress=False)
+    assert result.obs["UTAG Label_leiden_0.1"].nunique() == 1
+
+
 def test_auto_resolution_and_n_domains_work_on_the_sketch(tissue):
     automatic = utag(tissue, clustering_method="leiden", resolutions="auto", sketch_size=0.5, **KW)
     assert automatic.uns["utag_resolution_sweep"]["labels"].shape == (12, tissue.n_obs)
@@ -56,6 +83,13 @@ def test_auto_resolution_and_n_domains_work_on_the_sketch(tissue):
                  **KW)
     for key in exact.uns["utag"]["label_keys"]:
         assert exact.obs[key].nunique() == 4
+
+
+def test_small_sketches_have_the_size_asked_for():
+    rng = np.random.default_rng(2)
+    embedding = rng.normal(size=(2_000, 3))
+    codes = np.repeat([0, 1, 2, 3], 500)
+    assert abs(len(sketch_cells(embedding, codes, 10)) - 10) <= 4  # fewer cells than coarse regions
 
 
 def test_the_sample_keeps_slide_shares_and_rare_neighbourhoods():
@@ -71,7 +105,7 @@ def test_the_sample_keeps_slide_shares_and_rare_neighbourhoods():
         assert abs(len(sample) - 1_000) < 20
         np.testing.assert_allclose(np.bincount(codes[sample]) / len(sample), [0.5, 0.3, 0.2], atol=0.01)
     rare_share = [np.mean(sample >= 19_800) for sample in (balanced, uniform)]
-    assert rare_share[0] > 2 * rare_share[1]  # the balanced sample holds the rare cells more densely
+    assert rare_share[0] > 1.5 * rare_share[1]  # the balanced sample holds the rare cells more densely
 
 
 def test_vote_assigns_each_cell_to_its_nearest_sampled_domain():
@@ -102,4 +136,8 @@ def test_sketch_size_errors_name_the_parameter(tissue):
         utag(tissue, sketch_size=1, **KW)
     with pytest.raises(ValueError, match="apply_umap=True needs the kNN graph of every cell"):
         utag(tissue, sketch_size=0.5, apply_umap=True, **KW)
+    with pytest.raises(ValueError, match="more than the 100 cells of the sketch"):
+        utag(tissue, clustering_method="kmeans", resolutions=None, n_domains=200, sketch_size=100, **KW)
+    with pytest.raises(ValueError, match="`sketch_size` must be"):
+        utag(tissue, sketch_size="half", apply_clustering=False, **KW)  # checked even when unused
     assert sketch_size_for(None, 10) is None and sketch_size_for(0, 10) is None
