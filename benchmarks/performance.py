@@ -28,7 +28,7 @@ BENCHMARKS = {
     "1m-parc": ("run.py", ["--cells", "1e6", "--slides", "150", "--method", "parc"]),
     "1m-kmeans": ("run.py", ["--cells", "1e6", "--slides", "150", "--method", "kmeans"]),
     "1m-multiscale": ("run.py", ["--cells", "1e6", "--slides", "150", "--flavor", "utag", "multiscale"]),
-    "5m": ("run.py", ["--cells", "5e6", "--slides", "750"]),
+    "5m": ("run.py", ["--cells", "5e6", "--slides", "750", "--sketch-size", "none"]),
     "scaling": ("scaling.py", ["--cells", "1e4", "1e5", "1e6"]),
     "squidpy-100k": ("run.py", ["--cells", "1e5", "--slides", "15", "--compare", "--timeout", "1800"]),
     "graph-memory": ("graph_memory.py", []),

@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--flavor", nargs="+", default=["utag"], choices=["utag", "multiscale"],
                         help="utag() flavour(s); with both, each is run in turn on the same data and the "
                              "ratio of their times printed")
+    parser.add_argument("--sketch-size", default="auto",
+                        help="utag()'s sketch_size: auto (default), none (every cell), a fraction or a number of cells")
     parser.add_argument("--use-rep", choices=["X", "X_pca"], help="kNN graph on X or X_pca (default: utag's choice)")
     parser.add_argument("--downstream", action="store_true", help="also time the analysis functions")
     parser.add_argument("--permutations", type=int, default=100, help="for the colocalisation test")
@@ -139,6 +141,8 @@ def time_utag(adata, args, memory, flavor: str):
     reset_peak_memory()
     started = time.perf_counter()
     extra = {"use_rep": args.use_rep} if args.use_rep else {}
+    extra["sketch_size"] = {"auto": "auto", "none": None}.get(args.sketch_size.lower()) \
+        if args.sketch_size.lower() in ("auto", "none") else float(args.sketch_size)
     result = run_utag(adata, slide_key="roi", max_dist=args.max_dist, clustering_method=args.method,
                       resolutions=args.resolutions, processes=args.processes, progress=False, flavor=flavor,
                       **extra)
