@@ -433,6 +433,7 @@ class Embedding:
     distances: sp.csr_matrix
     params: dict  # uns['neighbors']['params']
     pca_connectivities: sp.csr_matrix  # kNN graph on the PCA (the same object when use_rep is "X_pca")
+    rows: np.ndarray | None = None  # the cells the kNN graphs are of (a sketch); None: every cell
 
 
 def _scanpy_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dict:
@@ -475,7 +476,7 @@ def _no_feature_varies(features) -> bool:
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
           knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", pca_graph: bool = False,
-          watch=None, rows: np.ndarray | None = None) -> Embedding:
+          watch=None, rows=None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
     ``n_comps`` is capped below the numbers of features and cells (but at least 1); any
@@ -484,7 +485,8 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     (:func:`_fit_pca`). The kNN graph is built on ``use_rep`` (``"X"``: the features,
     ``"X_pca"``: the PCA); ``pca_graph`` also builds one on the PCA when ``use_rep`` is
     ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
-    ``rows``: build the kNN graphs on these cells only (a sketch; the PCA is of every cell).
+    ``rows``: build the kNN graphs on these cells only (a sketch; the PCA is of every
+    cell), or a function choosing them from the PCA embedding; kept in ``rows``.
     """
     random_state = check.seed(random_state)
     watch = watch or Stopwatch()
@@ -497,6 +499,9 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
         fitted = _fit_pca(features, capped, random_state, dict(pca_kwargs or {}))
         fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
 
+    if callable(rows):
+        with watch("sketch"):
+            rows = rows(fitted["embedding"])
     points = fitted["embedding"]
     if use_rep == "X":
         points = features if rows is None else features[rows]
@@ -515,4 +520,4 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
         with watch("kNN graph of the PCA (PARC)"):
             pca_points = fitted["embedding"] if rows is None else fitted["embedding"][rows]
             on_pca = knn_graph(pca_points, k, knn_method, random_state)[0]
-    return Embedding(fitted, connectivities, distances, params, on_pca)
+    return Embedding(fitted, connectivities, distances, params, on_pca, rows)

@@ -55,13 +55,17 @@ def aggregate(adjacency: sp.csr_matrix, features, normalization_mode: str = "l1_
 
 
 def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm", keep_graph: bool = False,
-                   kind: str = "radius", n_neighbors: int = 6):
+                   kind: str = "radius", n_neighbors: int = 6, kernel_widths=None):
     """Graph and message passing of one slide ``(coords, features)``; ``kind`` and
-    ``n_neighbors``: the spatial graph (:func:`utag.graph.spatial_graph`).
+    ``n_neighbors``: the spatial graph (:func:`utag.graph.spatial_graph`);
+    ``kernel_widths``: the multiscale flavour's blocks instead
+    (:func:`utag.multiscale.slide_blocks`).
 
     Returns the aggregated features, the slide's number of edges (self-loops left out)
     and, with ``keep_graph``, its graph ``(connectivities, distances)`` (else ``None``).
     """
+    if kernel_widths is not None:
+        return multiscale.slide_blocks(slide, max_dist, kernel_widths, kind, n_neighbors, keep_graph)
     coords, features = slide
     connectivities, distances = spatial_graph(coords, max_dist, kind, n_neighbors)
     n_edges = (connectivities.nnz - len(coords)) // 2
@@ -117,19 +121,13 @@ def pass_messages(
     n_outputs = np.shape(features)[1] * (1 if kernel_widths is None else len(kernel_widths))
     bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * n_outputs
     normalization_mode = normalization_mode_name(normalization_mode)
-    if kernel_widths is None:
-        radius = max_dist
-        function, arguments = slide_messages, (max_dist, normalization_mode, keep_graph, spatial_graph_kind,
-                                               n_spatial_neighbors)
-    else:
-        radius = multiscale.graph_radius(max_dist, kernel_widths)
-        function, arguments = multiscale.slide_blocks, (max_dist, kernel_widths, spatial_graph_kind,
-                                                        n_spatial_neighbors, keep_graph)
+    radius = multiscale.graph_radius(max_dist, kernel_widths)
     if spatial_graph_kind == "radius":  # the others have a few edges per cell
         check_graph_fits(coords, codes, radius, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
-    results = per_slide(function, [(coords[cells], features[cells]) for cells in slides], *arguments,
+    results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,
+                        normalization_mode, keep_graph, spatial_graph_kind, n_spatial_neighbors, kernel_widths,
                         processes=processes if parallel else 1, progress=progress,
                         names=None if slide_names is None else [slide_names[codes[cells[0]]] for cells in slides])
     results = list(results)

@@ -30,9 +30,12 @@ from ._validation import check_positive
 from .embedding import _chunks
 from .graph import spatial_graph
 
-__all__ = ["DEFAULT_WIDTHS", "block_scales", "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
+__all__ = ["FLAVORS", "DEFAULT_WIDTHS", "flavor_widths", "block_scales",
+           "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
            "kernel_passes", "kernel_widths", "scale_blocks", "slide_blocks"]
 
+#: ``utag(flavor=...)``: the published method, or the multiscale neighbourhoods.
+FLAVORS = ("utag", "multiscale")
 #: Default kernel widths, as multiples of ``max_dist``.
 DEFAULT_WIDTHS = (0.25, 0.5, 1.0)
 #: Kernels are cut at this many widths (the weight there is exp(-3.125) = 4%).
@@ -41,6 +44,25 @@ CUTOFF = 2.5
 ONE_PASS_WIDTH = 0.5
 #: The widest kernel accepted, as a multiple of ``max_dist`` (100 passes).
 MAX_WIDTH = 5.0
+
+
+def flavor_widths(flavor: str, max_dist: float, widths=None) -> tuple[float, ...] | None:
+    """The kernel widths of ``flavor`` (checked, with ``widths`` as the user passed
+    them): ``None`` for ``"utag"``, :func:`kernel_widths` for ``"multiscale"``.
+
+    Examples
+    --------
+    >>> flavor_widths("utag", 20) is None, flavor_widths("multiscale", 20)
+    (True, (5.0, 10.0, 20.0))
+    """
+    if flavor not in FLAVORS:
+        raise ValueError(f"`flavor` must be one of {list(FLAVORS)}, got {flavor!r}.")
+    if flavor == "utag":
+        if widths is not None:
+            raise ValueError("`kernel_widths` sets the scales of flavor='multiscale'; pass flavor='multiscale' "
+                             "or leave `kernel_widths` out.")
+        return None
+    return kernel_widths(max_dist, widths)
 
 
 def kernel_widths(max_dist: float, widths=None) -> tuple[float, ...]:
@@ -83,13 +105,16 @@ def kernel_passes(width: float, max_dist: float) -> int:
 
 
 def graph_radius(max_dist: float, widths) -> float:
-    """Radius of the spatial graph that every kernel fits in.
+    """Radius of the spatial graph that every kernel fits in (``widths=None``, UTAG's
+    flavour: ``max_dist``).
 
     Examples
     --------
     >>> graph_radius(20, kernel_widths(20))  # 2.5 times the widest one-pass kernel, 10
     25.0
     """
+    if widths is None:
+        return float(max_dist)
     return CUTOFF * max(w / math.sqrt(kernel_passes(w, max_dist)) for w in widths)
 
 

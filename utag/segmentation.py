@@ -45,9 +45,6 @@ logger = logging.getLogger(__name__)
 #: A sketch of more cells than this builds its kNN graph with HNSW (``knn_method="auto"``).
 SKETCH_EXACT_KNN = 50_000
 
-#: ``utag(flavor=...)``: the published method, or the multiscale neighbourhoods.
-FLAVORS = ("utag", "multiscale")
-
 
 def utag(
     adata: AnnData,
@@ -282,14 +279,14 @@ def utag(
 
         embedded, sample = None, None
         if apply_clustering or apply_umap:
-            if p.sketch_size and not one_profile:  # one profile: one domain, nothing to sample
-                with watch("sketch"):
-                    sample = _sketch(aggregated, codes, p, random_state)
+            sketching = p.sketch_size and not one_profile  # one profile: one domain, nothing to sample
             knn_method = p.knn_method
-            if sample is not None and knn_method == "auto" and len(sample) > SKETCH_EXACT_KNN:
+            if sketching and knn_method == "auto" and p.sketch_size > SKETCH_EXACT_KNN:
                 knn_method = "approximate"  # the exact search costs minutes in tens of dimensions
+            choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state,
-                             p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=sample)
+                             p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=choose)
+            sample = embedded.rows
         runs, swept = [], None
         if one_profile:
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
@@ -324,8 +321,9 @@ def utag(
                    "probabilities": probabilities, "swept": swept}
         del aggregated, graph, embedded, labels, probabilities, swept  # freed one by one as they are reordered
         _to_input_order(outputs, order)
-        result = _write_result(adata, **outputs, var=var, max_dist=p.max_dist,
-                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors), graph_radius=_graph_radius(p))
+        result = _write_result(adata, **outputs, var=var,
+                               graph_radius=multiscale.graph_radius(p.max_dist, p.kernel_widths),
+                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
         embedded = outputs["embedded"]
         if apply_umap:
             import scanpy as sc
@@ -424,17 +422,11 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     if spatial_graph not in SPATIAL_GRAPHS:
         raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
-    if flavor not in FLAVORS:
-        raise ValueError(f"`flavor` must be one of {list(FLAVORS)}, got {flavor!r}.")
-    if flavor == "utag":
-        if kernel_widths is not None:
-            raise ValueError("`kernel_widths` sets the scales of flavor='multiscale'; pass flavor='multiscale' "
-                             "or leave `kernel_widths` out.")
-    else:
+    kernel_widths = multiscale.flavor_widths(flavor, max_dist, kernel_widths)
+    if kernel_widths is not None:
         if check.normalization_mode(normalization_mode) != "l1_norm":
             raise ValueError("flavor='multiscale' takes weighted means; `normalization_mode` must be 'l1_norm' "
                              f"(the default), got {normalization_mode!r}.")
-        kernel_widths = multiscale.kernel_widths(max_dist, kernel_widths)
         n_features *= len(kernel_widths)
     sketched = sketch_size_for(sketch_size, adata.n_obs)  # checked whether or not it is used
     if not apply_clustering or (apply_umap and sketch_size == "auto"):  # UMAP needs every cell's kNN graph
@@ -467,11 +459,6 @@ def _multiscale_var(var: pd.DataFrame, widths) -> pd.DataFrame:
     return pd.DataFrame({"feature": np.tile(var.index.to_numpy(dtype=str), len(widths)),
                          "kernel_width": np.repeat(np.asarray(widths, dtype=float), len(var))},
                         index=multiscale.feature_names(var.index, widths))
-
-
-def _graph_radius(p: _Parameters) -> float:
-    """The radius of the spatial graph built: ``max_dist``, or the multiscale kernels' graph."""
-    return p.max_dist if p.kernel_widths is None else multiscale.graph_radius(p.max_dist, p.kernel_widths)
 
 
 def _background(features, normalization_mode: str) -> np.ndarray | None:
@@ -567,12 +554,9 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
     return runs, swept
 
 
-def _sketch(aggregated, codes: np.ndarray, p: _Parameters, random_state: int) -> np.ndarray:
-    """The cells to cluster: :func:`utag.sketch.sketch_cells` on a quick PCA of every cell."""
-    from .embedding import pca
-
-    quick = pca(aggregated, max(1, min(p.n_comps, aggregated.shape[1] - 1)))["embedding"]
-    sample = sketch_cells(quick, codes, p.sketch_size, random_state)
+def _sketch(embedding: np.ndarray, codes: np.ndarray, p: _Parameters, random_state: int) -> np.ndarray:
+    """The cells to cluster: :func:`utag.sketch.sketch_cells` on the PCA of every cell."""
+    sample = sketch_cells(embedding, codes, p.sketch_size, random_state)
     logger.info("sketch: clustering %d of %d cells", len(sample), len(codes))
     return sample
 
@@ -672,15 +656,13 @@ def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
         return
     if outputs["graph"] is not None:
         outputs["graph"] = tuple(graph_back(matrix, order) for matrix in outputs["graph"])
-    embedded = outputs.pop("embedded")
+    embedded = outputs["embedded"]
     if embedded is not None:
-        connectivities, distances = embedded.connectivities, embedded.distances
-        embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
-        if connectivities is not None:
-            connectivities, distances = graph_back(connectivities, order), graph_back(distances, order)
-        embedded = replace(embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
-                           connectivities=connectivities, distances=distances)
-    outputs["embedded"] = embedded
+        graphs = {name: None if getattr(embedded, name) is None else graph_back(getattr(embedded, name), order)
+                  for name in ("connectivities", "distances")}
+        outputs["embedded"] = replace(
+            embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
+            pca_connectivities=None, **graphs)
     if outputs["swept"] is not None:
         outputs["swept"] = (outputs["swept"][0], rows_back(outputs["swept"][1], order, axis=1))
     outputs["aggregated"] = rows_back(outputs["aggregated"], order)
@@ -690,14 +672,12 @@ def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
 
 def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
                   labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
-                  var: pd.DataFrame, max_dist: float, graph_kind: tuple = ("radius", 6),
-                  graph_radius: float | None = None) -> AnnData:
+                  var: pd.DataFrame, graph_radius: float, graph_kind: tuple = ("radius", 6)) -> AnnData:
     """The new AnnData: the input's annotations, the message-passed features, and every
     result under the keys scanpy, squidpy and the original UTAG use."""
     result = _new_result(adata, aggregated, var)
     if graph is not None:
-        store_spatial_graph(result, graph, max_dist if graph_radius is None else graph_radius, "spatial",
-                            *graph_kind)
+        store_spatial_graph(result, graph, graph_radius, "spatial", *graph_kind)
     if embedded is not None:
         _store_embedding(result, embedded)
     for key, codes in labels.items():

@@ -529,11 +529,6 @@ def max_dist_report(
     from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
     from .message_passing import as_float32, slide_messages
 
-    if flavor not in ("utag", "multiscale"):
-        raise ValueError(f"`flavor` must be 'utag' or 'multiscale', got {flavor!r}.")
-    if flavor == "utag" and kernel_widths is not None:
-        raise ValueError("`kernel_widths` sets the scales of flavor='multiscale'; pass flavor='multiscale' "
-                         "or leave `kernel_widths` out.")
 
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
@@ -544,19 +539,15 @@ def max_dist_report(
     if max_dists is None:
         max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
     max_dists = [check.check_positive("max_dists", d) for d in max_dists]
-    widths = {d: multiscale.kernel_widths(d, kernel_widths) for d in max_dists} if flavor == "multiscale" else {}
-    radii = {d: multiscale.graph_radius(d, widths[d]) if widths else d for d in max_dists}
+    widths = {d: multiscale.flavor_widths(flavor, d, kernel_widths) for d in max_dists}
+    radii = {d: multiscale.graph_radius(d, widths[d]) for d in max_dists}
     check_graph_fits(coords, codes, max(radii.values()), MESSAGE_PASSING_BYTES_PER_PAIR)
     rows = []
     for max_dist in max_dists:
         degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
         for slide, cells in zip(names, slides):
-            slide_data = (coords[cells], features[cells])
-            if widths:
-                aggregated, _, (connectivities, _) = multiscale.slide_blocks(slide_data, max_dist, widths[max_dist],
-                                                                             keep_graph=True)
-            else:
-                aggregated, _, (connectivities, _) = slide_messages(slide_data, max_dist, keep_graph=True)
+            aggregated, _, (connectivities, _) = slide_messages((coords[cells], features[cells]), max_dist,
+                                                                keep_graph=True, kernel_widths=widths[max_dist])
             degrees[cells] = np.diff(connectivities.indptr) - 1  # self-loops are not neighbours
             aggregated = aggregated.toarray() if sp.issparse(aggregated) else aggregated
             _, inverse, counts = np.unique(aggregated, axis=0, return_inverse=True, return_counts=True)
