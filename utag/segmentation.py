@@ -656,13 +656,13 @@ def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
         return
     if outputs["graph"] is not None:
         outputs["graph"] = tuple(graph_back(matrix, order) for matrix in outputs["graph"])
-    embedded = outputs["embedded"]
+    embedded = outputs.pop("embedded")  # rebinding it below frees the old graphs before the next copy
     if embedded is not None:
         graphs = {name: None if getattr(embedded, name) is None else graph_back(getattr(embedded, name), order)
                   for name in ("connectivities", "distances")}
-        outputs["embedded"] = replace(
-            embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
-            pca_connectivities=None, **graphs)
+        embedded = replace(embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
+                           pca_connectivities=None, **graphs)
+    outputs["embedded"] = embedded
     if outputs["swept"] is not None:
         outputs["swept"] = (outputs["swept"][0], rows_back(outputs["swept"][1], order, axis=1))
     outputs["aggregated"] = rows_back(outputs["aggregated"], order)
