@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import TABLE_SUFFIXES, labels_table, read_cell_table
+from .io import TABLE_SUFFIXES, labels_table, read_cell_table, read_lazy, write_domains
 
 __all__ = ["main", "build_parser"]
 
@@ -23,6 +24,8 @@ EXAMPLES = """examples:
   utag run cells.csv --out domains.h5ad --x-column X_centroid --y-column Y_centroid \\
       --slide-column image --max-dist 20 --resolutions 0.05 0.1 0.3 --labels-csv domains.csv
   utag run cells.h5ad --out domains.h5ad --slide-key roi --method leiden kmeans
+  utag run cells.zarr --out domains.zarr --slide-key roi --dask-scheduler local
+                                              on Dask: a local cluster, one worker per core
 """
 
 class UsageError(Exception):
@@ -37,9 +40,12 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
     """The command's output files by option, checked before any work: each can be written."""
     given = {option: getattr(args, name, None) for name, option in OUTPUT_OPTIONS.items()}
     outputs = {option: Path(value) for option, value in given.items() if value}
-    if "--out" in outputs and outputs["--out"].suffix.lower() != ".h5ad":
-        raise UsageError(f"--out must end in .h5ad, got {outputs['--out']}.")
+    if "--out" in outputs and outputs["--out"].suffix.lower() not in (".h5ad", ".zarr"):
+        raise UsageError(f"--out must end in .h5ad or .zarr, got {outputs['--out']}.")
     for option, path in outputs.items():
+        if path.suffix.lower() == ".zarr" and path.exists():
+            raise UsageError(f"{option} {path} exists; remove it or choose another name (a .zarr store is not "
+                             "overwritten).")
         if path.is_dir():
             raise UsageError(f"{option} {path} is a directory; give a file name in it.")
         if not path.parent.is_dir():
@@ -65,6 +71,9 @@ def atomic_outputs(paths: list[Path]):
     temporaries = []
     try:
         for path in paths:
+            if path.suffix.lower() == ".zarr":  # a store is a directory
+                temporaries.append(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".zarr", dir=path.parent)))
+                continue
             handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp",
                                                  dir=path.parent)
             os.close(handle)
@@ -79,11 +88,19 @@ def atomic_outputs(paths: list[Path]):
                 moved.append(path)
         except BaseException:
             for path in moved:  # all outputs or none
-                path.unlink(missing_ok=True)
+                _remove(path)
             raise
     finally:
         for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
+            _remove(temporary)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory (a .zarr store), if there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -100,11 +117,18 @@ def _run(args: argparse.Namespace) -> int:
 
     outputs = _output_paths(args)
     source = Path(args.input)
-    if not source.is_file():
-        raise UsageError(f"input file {source} does not exist.")
     suffix = source.suffix.lower()
-    if suffix == ".h5ad":
+    if not (source.is_file() or (suffix == ".zarr" and source.is_dir())):
+        raise UsageError(f"input {source} does not exist.")
+    lazy = suffix == ".zarr" or args.dask_scheduler is not None
+    if lazy and suffix not in (".h5ad", ".zarr"):
+        raise UsageError(f"--dask-scheduler reads an .h5ad file or a .zarr store, got {source.name}.")
+    if lazy:
+        adata = read_lazy(source)
+        suffix = ".h5ad"  # the same options as an .h5ad file
+    elif suffix == ".h5ad":
         adata = anndata.read_h5ad(source)
+    if suffix == ".h5ad":
         if args.markers:
             missing = [m for m in args.markers if m not in adata.var_names]
             if missing:
@@ -120,21 +144,45 @@ def _run(args: argparse.Namespace) -> int:
     _say(args, f"{source.name}: {adata.n_obs:,} cells, {adata.n_vars} markers"
                + (f", slides in '{args.slide_key}'" if args.slide_key else ", one slide"))
     started = time.perf_counter()
-    result = utag(adata, channels_to_use=args.markers if suffix == ".h5ad" else None,
-                  slide_key=args.slide_key, max_dist=args.max_dist, clustering_method=args.method,
-                  resolutions=args.resolutions, processes=args.processes, random_state=args.random_state,
-                  flavor=args.flavor,
-                  progress=not args.quiet)
+    with _dask_client(args.dask_scheduler, args.processes):
+        result = utag(adata, channels_to_use=args.markers if suffix == ".h5ad" else None,
+                      slide_key=args.slide_key, max_dist=args.max_dist, clustering_method=args.method,
+                      resolutions=args.resolutions, processes=args.processes, random_state=args.random_state,
+                      flavor=args.flavor, progress=not args.quiet)
     keys = result.uns["utag"]["label_keys"]
     _say(args, f"UTAG took {time.perf_counter() - started:.1f} s; domains per labelling: "
                + ", ".join(f"{k}: {result.obs[k].nunique()}" for k in keys))
     with atomic_outputs(list(outputs.values())) as temporaries:
         written = dict(zip(outputs, temporaries))
-        result.write_h5ad(written["--out"])
+        if outputs["--out"].suffix.lower() == ".zarr":
+            write_domains(result, written["--out"], features=args.with_features)
+        else:
+            result.write_h5ad(written["--out"])
         if "--labels-csv" in written:
             labels_table(result, keys).to_csv(written["--labels-csv"], index_label="cell")
     _say(args, "wrote " + " and ".join(str(path) for path in outputs.values()))
     return 0
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, processes: int | None):
+    """A Dask client for ``--dask-scheduler``: ``local`` starts a cluster of ``processes``
+    workers (default: one per core) for the run; an address connects to a running
+    scheduler; ``None``: nothing (Dask's local threads, for .zarr input)."""
+    if scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as error:
+        raise UsageError(f"--dask-scheduler needs the 'distributed' package ({error}).") from None
+    if scheduler == "local":
+        with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+    else:
+        with Client(scheduler) as client:
+            yield client
 
 
 def _check_no_missing_markers(adata, name: str) -> None:
@@ -205,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Find domains in INPUT and write them to an .h5ad file.",
                               epilog=EXAMPLES, formatter_class=formatter)
     run.add_argument("input", help=".h5ad (centroids in obsm['spatial']) or a table with one row per cell")
-    run.add_argument("--out", required=True, help="output .h5ad file (written, with --labels-csv, all or nothing)")
+    run.add_argument("--out", required=True,
+                     help="output .h5ad file or .zarr store (written, with --labels-csv, all or nothing)")
     run.add_argument("--labels-csv", help="also write the domain labels of every cell to this CSV")
     run.add_argument("--x-column", default="x", help="table column of the x centroid (default x)")
     run.add_argument("--y-column", default="y", help="table column of the y centroid (default y)")
@@ -219,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="marker entries of a table that are not numbers (e.g. '<LOD', '1,5'): error (default) "
                           "names them and stops; missing reads them as missing values and counts them")
     run.add_argument("--processes", type=int, help="worker processes for slides (default: one per core)")
+    run.add_argument("--dask-scheduler", metavar="ADDRESS|local",
+                     help="run on Dask (utag.distributed): 'local' starts a cluster of --processes workers, an "
+                          "address (tcp://host:8786) uses a running scheduler. INPUT (.h5ad or .zarr) is read "
+                          "lazily; a .zarr INPUT always runs on Dask (local threads without this option)")
+    run.add_argument("--with-features", action="store_true",
+                     help="with a .zarr --out: also write the message-passed features (default: labels, PCA "
+                          "and soft assignments only)")
     _add_common(run, max_dist=20.0)
     run.set_defaults(handler=_run)
 

@@ -379,13 +379,18 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
         sd = np.sqrt(sum(((block - mean) ** 2).sum(axis=0) for block in _float64_blocks(features)) / len(features))
     sd[sd == 0] = 1.0
     centroids = (cluster_means(features, labels) - mean) / sd
-    half_norms = 0.5 * (centroids**2).sum(axis=1)
     if sp.issparse(features):
         similarity = np.asarray(features @ (centroids / sd).T, dtype=np.float64)
-        similarity -= (mean / sd) @ centroids.T + half_norms
+        similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)
         return softmax(similarity, axis=1).astype(np.float32)
-    return np.concatenate([softmax(((block - mean) / sd) @ centroids.T - half_norms, axis=1).astype(np.float32)
-                           for block in _float64_blocks(features)])
+    return np.concatenate([soft_block(block, mean, sd, centroids) for block in _float64_blocks(features)])
+
+
+def soft_block(block: np.ndarray, mean: np.ndarray, sd: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """:func:`soft_assignments` of a dense block of rows, given every cell's feature
+    ``mean`` and ``sd`` (zeros replaced by 1) and the z-scored cluster ``centroids``."""
+    z = (np.asarray(block, dtype=np.float64) - mean) / sd
+    return softmax(z @ centroids.T - 0.5 * (centroids**2).sum(axis=1), axis=1).astype(np.float32)
 
 
 def _float64_blocks(values: np.ndarray):

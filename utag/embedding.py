@@ -75,11 +75,17 @@ def _covariance(features, mean: np.ndarray) -> np.ndarray:
         if sp.issparse(block):
             scatter += (block.T @ block).toarray()
         else:
-            block -= mean
-            scatter += block.T @ block
+            scatter += centred_scatter(block, mean)
     if sp.issparse(features):
         scatter -= n_rows * np.outer(mean, mean)
     return scatter / max(n_rows - 1, 1)
+
+
+def centred_scatter(block: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``(block - mean).T @ (block - mean)`` in float64, for a dense block of rows."""
+    block = np.array(block, dtype=np.float64)
+    block -= mean
+    return block.T @ block
 
 
 def pca(features, n_comps: int) -> dict:
@@ -90,7 +96,18 @@ def pca(features, n_comps: int) -> dict:
     fixed so that each component's largest loading is positive.
     """
     mean = np.asarray(features.mean(axis=0), dtype=np.float64).ravel()
-    covariance = _covariance(features, mean)
+    components, variance, variance_ratio = principal_axes(_covariance(features, mean), n_comps)
+    return {
+        "embedding": project(features, components, mean),
+        "components": components.astype(np.float32),
+        "variance": variance,
+        "variance_ratio": variance_ratio,
+    }
+
+
+def principal_axes(covariance: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``n_comps`` eigenvectors of ``covariance`` (float64, features x n_comps,
+    each with its largest loading positive), their variances and shares of the total."""
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     top = np.argsort(eigenvalues)[::-1][:n_comps]
     variance = np.clip(eigenvalues[top], 0, None)
@@ -98,14 +115,15 @@ def pca(features, n_comps: int) -> dict:
     largest = np.abs(components).argmax(axis=0)
     components *= np.sign(components[largest, np.arange(components.shape[1])])
     total = np.clip(eigenvalues, 0, None).sum()
+    return components, variance, (variance / total if total > 0 else np.zeros_like(variance))
+
+
+def project(features, components: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``features`` (all cells or a block of them) on the principal ``components``
+    (float64, from :func:`principal_axes`), centred on ``mean``: float32."""
     embedding = np.asarray(features @ components.astype(np.float32), dtype=np.float32)
     embedding -= (mean @ components).astype(np.float32)
-    return {
-        "embedding": embedding,
-        "components": components.astype(np.float32),
-        "variance": variance,
-        "variance_ratio": variance / total if total > 0 else np.zeros_like(variance),
-    }
+    return embedding
 
 
 def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "auto",
@@ -490,18 +508,31 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     """
     random_state = check.seed(random_state)
     watch = watch or Stopwatch()
-    n_cells, n_features = features.shape
+    with watch("PCA"):
+        fitted = _fit_pca(features, capped_n_comps(n_comps, *features.shape), random_state, dict(pca_kwargs or {}))
+        fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
+    if callable(rows):
+        with watch("sketch"):
+            rows = rows(fitted["embedding"])
+    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, pca_graph, watch, rows)
+
+
+def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
+    """``n_comps`` capped below the numbers of features and cells (at least 1), with a warning."""
     capped = max(1, min(n_comps, n_features - 1, n_cells - 1))
     if capped < n_comps:
         logger.warning("pca_kwargs['n_comps']=%d capped to %d (%d features, %d cells)",
                        n_comps, capped, n_features, n_cells)
-    with watch("PCA"):
-        fitted = _fit_pca(features, capped, random_state, dict(pca_kwargs or {}))
-        fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
+    return capped
 
-    if callable(rows):
-        with watch("sketch"):
-            rows = rows(fitted["embedding"])
+
+def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: str = "auto", random_state: int = 0,
+                     use_rep: str = "X_pca", pca_graph: bool = False, watch=None, rows=None) -> Embedding:
+    """The kNN graphs of :func:`embed`, given its PCA ``fitted``; ``features`` are read
+    (the ``rows`` of them) only when ``use_rep`` is ``"X"``, and may then be any array
+    whose rows numpy can read, a Dask array included."""
+    watch = watch or Stopwatch()
+    n_cells = len(fitted["embedding"])
     points = fitted["embedding"]
     if use_rep == "X":
         points = features if rows is None else features[rows]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from anndata import AnnData
 
 from ._keys import label_columns
 
-__all__ = ["read_cell_table", "labels_table"]
+__all__ = ["read_cell_table", "labels_table", "read_lazy", "write_domains"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +209,81 @@ def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[st
         raise ValueError(f"`adata.obs` has no column(s) {missing}; columns: {list(adata.obs.columns)}.")
     return pd.DataFrame({c: adata.obs[c].astype(str).to_numpy(dtype=object) for c in columns},
                         index=adata.obs_names.copy())
+
+
+def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
+    """An ``.h5ad`` or ``.zarr`` AnnData with ``X`` and ``obsm['spatial']`` left on disk
+    as Dask arrays (``chunk_rows`` cells per chunk): ``utag()`` then runs on Dask
+    (:mod:`utag.distributed`) and reads each slide's rows where its task runs. ``obs``
+    and ``var`` are read into memory; other ``obsm`` entries, ``layers`` and ``uns``
+    are not read. An ``.h5ad`` file stays open while the arrays are in use.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from utag.datasets import synthetic_tissue
+    >>> path = os.path.join(tempfile.mkdtemp(), "cells.h5ad")
+    >>> synthetic_tissue(n_cells=1_000, random_state=0).write_h5ad(path)
+    >>> lazy = read_lazy(path)
+    >>> type(lazy.X).__name__, lazy.shape
+    ('Array', (1000, 40))
+    """
+    import anndata
+    from anndata.experimental import read_elem_lazy
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; read_lazy takes an .h5ad file or a .zarr store.")
+    if path.suffix == ".zarr" or path.is_dir():
+        import zarr
+
+        store = zarr.open(str(path), mode="r")
+    elif path.suffix == ".h5ad":
+        import h5py
+
+        store = h5py.File(path, "r")
+    else:
+        raise ValueError(f"{path}: read_lazy takes an .h5ad file or a .zarr store (by its suffix).")
+    if "obsm" not in store or "spatial" not in store["obsm"]:
+        raise ValueError(f"{path} has no obsm['spatial']: store the cell centroids there.")
+    if dict(store["X"].attrs).get("encoding-type", "array") != "array":
+        raise ValueError(f"{path}: X is stored sparse; the Dask route takes dense features.")
+    n_features = store["X"].shape[1]
+    return AnnData(
+        X=read_elem_lazy(store["X"], chunks=(chunk_rows, n_features)),
+        obs=anndata.io.read_elem(store["obs"]),
+        var=anndata.io.read_elem(store["var"]),
+        obsm={"spatial": read_elem_lazy(store["obsm"]["spatial"], chunks=(chunk_rows, store["obsm"]["spatial"].shape[1]))},
+    )
+
+
+def write_domains(result: AnnData, path, features: bool = False) -> None:
+    """Write what ``utag()`` found to a ``.zarr`` store: ``obs`` (with the domain labels),
+    ``obsm`` (PCA, soft assignments, coordinates) and ``uns``; with ``features``, also
+    the message-passed features ``X``, computed chunk by chunk when they are a Dask array.
+    Read it back with ``anndata.read_zarr``.
+
+    Examples
+    --------
+    >>> import tempfile, os, anndata
+    >>> from utag import utag
+    >>> from utag.datasets import synthetic_tissue
+    >>> result = utag(synthetic_tissue(n_cells=1_000, random_state=0), slide_key="roi", clustering_method="kmeans",
+    ...               resolutions=[0.3], progress=False)
+    >>> path = os.path.join(tempfile.mkdtemp(), "domains.zarr")
+    >>> write_domains(result, path)
+    >>> anndata.read_zarr(path).obs["UTAG Label_kmeans_0.3"].nunique()
+    3
+    """
+    import dask.array as da
+
+    obsm = {key: value.compute() if isinstance(value, da.Array) else value for key, value in result.obsm.items()}
+    if features:
+        written = AnnData(X=result.X, obs=result.obs, var=result.var, obsm=obsm, varm=dict(result.varm),
+                          uns=dict(result.uns))
+    else:
+        written = AnnData(obs=result.obs, obsm=obsm, uns=dict(result.uns))
+    with warnings.catch_warnings():  # anndata's and zarr's notices of defaults that will change
+        for notice in ("Writing zarr v2", "zarr v3 autosharding", "Consolidated metadata"):
+            warnings.filterwarnings("ignore", message=notice)
+        written.write_zarr(path)

@@ -183,6 +183,11 @@ def block_scales(blocks, n_blocks: int) -> np.ndarray:
     else:  # a block of rows at a time: no float64 copy of every cell
         squares = sum(np.einsum("ij,ij->j", rows, rows) for rows in
                       (np.asarray(blocks[chunk], dtype=np.float64) for chunk in _chunks(n_cells))) / n_cells
+    return scales_of_moments(mean, squares, n_blocks)
+
+
+def scales_of_moments(mean: np.ndarray, squares: np.ndarray, n_blocks: int) -> np.ndarray:
+    """:func:`block_scales` from every column's mean and mean square over all cells."""
     variance = np.maximum(squares - mean**2, 0).reshape(n_blocks, -1).sum(axis=1)
     return np.where(variance > 0, 1.0 / np.sqrt(np.where(variance > 0, variance, 1.0)), 1.0)
 

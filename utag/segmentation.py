@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
-from . import multiscale
+from . import distributed, multiscale
 from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
@@ -205,6 +205,12 @@ def utag(
         ``knn_method="auto"`` a sample of more than 50,000 cells gets the approximate
         (HNSW) kNN graph.
 
+    When ``adata.X`` or ``adata.obsm['spatial']`` is a Dask array (for instance from
+    :func:`utag.io.read_lazy`), the run goes through :mod:`utag.distributed` on the active
+    Dask scheduler: slides as Dask tasks, the PCA summed over blocks, a sketch clustered
+    in one process (``sketch_size="auto"`` is then 200,000 cells, or every cell below
+    that); the result equals the in-memory sketch route's and its ``X`` stays lazy.
+
     Cells are processed in an order of their own (by slide, position and features), so
     the labels do not depend on the order of the rows of ``adata``.
 
@@ -235,6 +241,22 @@ def utag(
     3
     """
     check.check_n_cells(adata)
+    if distributed.is_lazy(adata):
+        distributed.check_unsupported(keep_spatial_connectivity=keep_spatial_connectivity, apply_umap=apply_umap,
+                                      filter_by_variance=filter_by_variance, pca_kwargs=pca_kwargs)
+        var = distributed.features_of(adata, channels_to_use)[1]
+        p = _check_parameters(
+            adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
+            clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
+            parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
+            knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
+            spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
+            kernel_widths=kernel_widths, normalization_mode=normalization_mode, sketch_size=sketch_size,
+            apply_umap=apply_umap,
+        )
+        return distributed.run(adata, p, channels_to_use=channels_to_use, slide_key=slide_key, save_key=save_key,
+                               normalization_mode=check.normalization_mode(normalization_mode),
+                               random_state=check.seed(random_state), progress=progress, sketch_size=sketch_size)
     coords = check.spatial_coordinates(adata)
     codes, slide_names = check.slide_codes(adata, slide_key)
     features, var = _select_features(adata, channels_to_use, filter_by_variance)
@@ -292,17 +314,10 @@ def utag(
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
             runs = _one_domain_runs(p, adata.n_obs)
         elif p.methods:
-            neighbourhoods = _neighbourhoods(embedded, sample)
-            n_jobs = processes if parallel else 1
-            on = p if sample is None else replace(p, min_cells=max(1, round(p.min_cells * len(sample) / adata.n_obs)))
-            where = (coords, codes) if sample is None else (coords[sample], codes[sample])
-            runs, swept = _plan_runs(on, neighbourhoods, *where, random_state, n_jobs, progress, watch)
-            runs = _cluster_runs(runs, neighbourhoods, random_state, on.min_cells, n_jobs, progress, watch)
+            runs, swept = _cluster(p, embedded, coords, codes, random_state, processes if parallel else 1, progress,
+                                   watch)
             if sample is not None:
-                with watch("assigning the other cells"):
-                    runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs)
                 embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
-            del neighbourhoods  # the clustering backends' copies of the graph
         labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         probabilities = {}
         for key, codes_ in labels.items():
@@ -330,41 +345,48 @@ def utag(
 
             with watch("UMAP"):
                 sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-        result.uns["utag"] = {
-            "slide_key": slide_key if slide_key is not None else "None",
-            "max_dist": p.max_dist,
-            "spatial_graph": p.spatial_graph,
-            "n_spatial_neighbors": p.n_spatial_neighbors,
-            "flavor": p.flavor,
-            "normalization_mode": normalization_mode,
-            "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
-            "n_neighbors": p.n_neighbors,
-            "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
-            "min_domain_cells": p.min_cells,
-            "clustering_method": list(p.methods),
-            "resolutions": sorted({r for _, r, _, _ in runs}),
-            "n_domains": p.n_domains if p.n_domains is not None else 0,
-            "random_state": random_state,
-            "label_keys": list(outputs["labels"]),
-            "timings": watch.seconds,
-        }
-        if p.kernel_widths is not None:
-            result.uns["utag"]["multiscale"] = {
-                "kernel_widths": np.asarray(p.kernel_widths),
-                "kernel_passes": np.asarray([multiscale.kernel_passes(w, p.max_dist) for w in p.kernel_widths]),
-                "kernel_cutoff": multiscale.CUTOFF,
-                "graph_radius": multiscale.graph_radius(p.max_dist, p.kernel_widths),
-                "block_scales": scales,
-            }
-        if sample is not None:
-            in_input_order = sample if order is None else np.sort(order[sample])
-            result.uns["utag"]["sketch"] = {"size": len(sample), "cells": in_input_order,
-                                            "n_neighbors_vote": p.n_neighbors}
+        result.uns["utag"] = _summary(p, slide_key, normalization_mode, embedded, runs, outputs["labels"], random_state,
+                                      watch, scales, sample, order)
         if model is not None:
             result.uns["utag"]["model"] = model
     finally:
         watch.close()
     return result
+
+
+def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embedding | None, runs: list[tuple],
+             labels: dict, random_state: int, watch: Stopwatch, scales, sample, order) -> dict:
+    """``uns['utag']``: the parameters the run used and what it chose."""
+    summary = {
+        "slide_key": slide_key if slide_key is not None else "None",
+        "max_dist": p.max_dist,
+        "spatial_graph": p.spatial_graph,
+        "n_spatial_neighbors": p.n_spatial_neighbors,
+        "flavor": p.flavor,
+        "normalization_mode": normalization_mode,
+        "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
+        "n_neighbors": p.n_neighbors,
+        "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
+        "min_domain_cells": p.min_cells,
+        "clustering_method": list(p.methods),
+        "resolutions": sorted({r for _, r, _, _ in runs}),
+        "n_domains": p.n_domains if p.n_domains is not None else 0,
+        "random_state": random_state,
+        "label_keys": list(labels),
+        "timings": watch.seconds,
+    }
+    if p.kernel_widths is not None:
+        summary["multiscale"] = {
+            "kernel_widths": np.asarray(p.kernel_widths),
+            "kernel_passes": np.asarray([multiscale.kernel_passes(w, p.max_dist) for w in p.kernel_widths]),
+            "kernel_cutoff": multiscale.CUTOFF,
+            "graph_radius": multiscale.graph_radius(p.max_dist, p.kernel_widths),
+            "block_scales": scales,
+        }
+    if sample is not None:
+        in_input_order = sample if order is None else np.sort(order[sample])
+        summary["sketch"] = {"size": len(sample), "cells": in_input_order, "n_neighbors_vote": p.n_neighbors}
+    return summary
 
 
 @dataclass(frozen=True)
@@ -551,6 +573,24 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
         with watch(f"resolution for {p.n_domains} domains"):
             runs += _runs_for_n_domains(neighbourhoods["leiden"], p.n_domains, p.methods, backend_kwargs,
                                         random_state, p.min_cells)
+    return runs, swept
+
+
+def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.ndarray, random_state: int, n_jobs,
+             progress: bool, watch: Stopwatch) -> tuple[list[tuple], tuple | None]:
+    """Every clustering run ``(method, resolution, backend kwargs, labels)`` and the
+    resolution sweep, with labels for every cell: those of a sketch
+    (``embedded.rows``) are assigned to the other cells by vote."""
+    sample = embedded.rows
+    neighbourhoods = _neighbourhoods(embedded, sample)
+    on = p if sample is None else replace(p, min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
+    where = (coords, codes) if sample is None else (coords[sample], codes[sample])
+    runs, swept = _plan_runs(on, neighbourhoods, *where, random_state, n_jobs, progress, watch)
+    runs = _cluster_runs(runs, neighbourhoods, random_state, on.min_cells, n_jobs, progress, watch)
+    del neighbourhoods  # the clustering backends' copies of the graph
+    if sample is not None:
+        with watch("assigning the other cells"):
+            runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs)
     return runs, swept
 
 

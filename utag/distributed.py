@@ -1,0 +1,293 @@
+"""``utag()`` on cells held in Dask arrays: the engine for cohorts that outgrow one process.
+
+When ``adata.X`` (or ``adata.obsm['spatial']``) is a Dask array, for instance read lazily
+with :func:`utag.io.read_lazy`, ``utag()`` runs here, on whatever Dask scheduler is active
+(a ``distributed.Client`` if one exists, else Dask's local threads):
+
+1. every slide's spatial graph and message passing is one task, which reads only that
+   slide's rows; the message-passed features stay on the workers, one block per slide;
+2. the PCA is fitted from a covariance summed over the slide blocks, and every block is
+   projected on the workers; the client gathers the embedding (``n_comps`` float32 per
+   cell, 40 bytes for the default 10);
+3. a sketch of the cells (:func:`utag.sketch.sketch_cells`) is clustered in the client,
+   as ``utag(..., sketch_size=...)`` does in one process, and every other cell is
+   assigned by a vote of its nearest sampled cells;
+4. the soft assignments are computed block by block on the workers from cluster
+   centroids summed over the blocks.
+
+No step holds every cell's features in one process: the client holds the coordinates,
+the embedding and the labels. The result is the in-process sketch route's, up to
+float rounding in sums taken in another order (the tests compare them): the same
+parameters, sample and seed give the same domains. Its ``X`` (the message-passed
+features, in the input's cell order) is a lazy Dask array that computes them again from
+the input when read, so it outlives the cluster; :func:`utag.io.write_domains` writes the
+labels, and optionally those features, to ``.zarr``.
+
+Not available on Dask input (each raises a ``ValueError`` saying so):
+``keep_spatial_connectivity``, ``apply_umap``, ``filter_by_variance``, ``pca_kwargs``
+other than ``n_comps``, and sparse chunks. ``uns['utag']`` has no transfer model.
+"""
+from __future__ import annotations
+
+import logging
+import numpy as np
+from anndata import AnnData
+
+from . import _validation as check
+from . import multiscale
+from ._order import canonical_order
+from ._progress import Stopwatch
+from .clustering import soft_block
+from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
+from .graph import slide_cells
+from .message_passing import slide_messages
+from .sketch import DEFAULT_SKETCH_SIZE, sketch_cells, sketch_size_for
+
+__all__ = ["is_lazy", "lazy_sketch_size"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_lazy(adata: AnnData) -> bool:
+    """Whether ``adata.X`` or ``adata.obsm['spatial']`` is a Dask array (``utag()`` then
+    runs on Dask).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=1_000, random_state=0)
+    >>> before = is_lazy(adata)
+    >>> adata.X = da.from_array(adata.X, chunks=(500, -1))
+    >>> before, is_lazy(adata)
+    (False, True)
+    """
+    return _is_dask(adata.X) or ("spatial" in adata.obsm and _is_dask(adata.obsm["spatial"]))
+
+
+def _is_dask(value) -> bool:
+    return type(value).__module__.split(".")[0] == "dask"
+
+
+def lazy_sketch_size(sketch_size, n_cells: int) -> int:
+    """Cells to cluster in the client for Dask input: ``"auto"`` is
+    :data:`utag.sketch.DEFAULT_SKETCH_SIZE` (every cell below it), ``None`` every cell,
+    else as :func:`utag.sketch.sketch_size_for`.
+
+    Examples
+    --------
+    >>> lazy_sketch_size("auto", 50_000), lazy_sketch_size("auto", 10**7), lazy_sketch_size(None, 10**7)
+    (50000, 200000, 10000000)
+    """
+    if isinstance(sketch_size, str) and sketch_size == "auto":
+        return min(DEFAULT_SKETCH_SIZE, n_cells)
+    size = sketch_size_for(sketch_size, n_cells)
+    return n_cells if size is None else size
+
+
+def check_unsupported(*, keep_spatial_connectivity, apply_umap, filter_by_variance, pca_kwargs) -> None:
+    """The options the Dask route cannot honour, rejected before any work."""
+    unsupported = {
+        "keep_spatial_connectivity=True": keep_spatial_connectivity,
+        "apply_umap=True": apply_umap,
+        "filter_by_variance=True": filter_by_variance,
+        f"pca_kwargs={pca_kwargs!r}": set(dict(pca_kwargs or {})) - {"n_comps"},
+    }
+    chosen = [name for name, value in unsupported.items() if value]
+    if chosen:
+        raise ValueError(f"{', '.join(chosen)} cannot run on Dask input (adata.X or obsm['spatial'] is a Dask "
+                         "array): these need every cell in one process. Drop the option, or load the data "
+                         "into memory (adata = adata.to_memory()).")
+
+
+def features_of(adata: AnnData, channels_to_use):
+    """The Dask array of features to aggregate (float32, the chosen channels) and ``var``."""
+    import dask.array as da
+
+    columns = check.channel_indices(adata, channels_to_use)
+    features = adata.X if _is_dask(adata.X) else da.from_array(np.asarray(adata.X), chunks=(65_536, -1))
+    if type(features._meta).__module__.split(".")[0] == "scipy":
+        raise ValueError("adata.X is a Dask array of sparse chunks; the Dask route takes dense chunks "
+                         "(adata.X = adata.X.map_blocks(lambda block: block.toarray())).")
+    if columns is not None:
+        features = features[:, columns]
+    var = adata.var if columns is None else adata.var.iloc[columns]
+    return features.astype(np.float32), var.copy()
+
+
+def _slide_task(coords, features, order, background, max_dist, normalization_mode, kind, n_neighbors, widths):
+    """Graph and message passing of one slide, its rows in ``order``: the block and its edge count."""
+    features = np.ascontiguousarray(np.asarray(features)[order], dtype=np.float32)
+    check.check_features(features)
+    if background is not None:
+        features -= background
+    aggregated, n_edges, _ = slide_messages((coords, features), max_dist, normalization_mode, False, kind,
+                                            n_neighbors, widths)
+    return aggregated, n_edges
+
+
+def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.ndarray, background, p,
+                    normalization_mode: str):
+    """The message-passed features as a Dask array of one block per slide, in the
+    canonical ``order``: persisted on the workers, and as the recipe that computes them
+    again from the input (what the result keeps: it outlives the workers); and the
+    number of spatial edges."""
+    import dask
+    import dask.array as da
+
+    blocks, edges = [], []
+    n_out = features.shape[1] * (1 if p.kernel_widths is None else len(p.kernel_widths))
+    for cells in slide_cells(codes[order]):
+        rows = order[cells]
+        reading = np.sort(rows)  # rows read in increasing order, then put in the canonical one
+        task = dask.delayed(_slide_task, nout=2, pure=True)(
+            coords[rows], features[reading], np.searchsorted(reading, rows), background, p.max_dist,
+            normalization_mode, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths)
+        blocks.append(da.from_delayed(task[0], shape=(len(rows), n_out), dtype=np.float32))
+        edges.append(task[1])
+    lazy = da.concatenate(blocks, axis=0)
+    aggregated, edges = dask.persist(lazy, edges)
+    return aggregated, lazy, int(sum(dask.compute(*edges)))
+
+
+def _tree_sum(parts: list):
+    """The sum of delayed ``parts``, added pairwise (a tree, not a chain)."""
+    import dask
+
+    while len(parts) > 1:
+        parts = [dask.delayed(np.add)(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _moments(aggregated) -> tuple[np.ndarray, np.ndarray]:
+    """Every column's mean and mean square over all cells (float64)."""
+    import dask
+
+    def sums(block):
+        block = np.asarray(block, dtype=np.float64)
+        return np.stack([block.sum(axis=0), np.einsum("ij,ij->j", block, block)])
+
+    total = _tree_sum([dask.delayed(sums)(block) for block in aggregated.to_delayed().ravel()]).compute()
+    return total[0] / aggregated.shape[0], total[1] / aggregated.shape[0]
+
+
+def fit_pca(aggregated, n_comps: int) -> dict:
+    """:func:`utag.embedding.pca` of the Dask array ``aggregated``: the covariance is
+    summed over its blocks, each block projected where it lies; the embedding is
+    gathered (float32, cells x n_comps)."""
+    import dask
+
+    n_cells, n_features = aggregated.shape
+    n_comps = capped_n_comps(n_comps, n_cells, n_features)
+    mean = _moments(aggregated)[0]
+    scatter = _tree_sum([dask.delayed(centred_scatter)(block, mean) for block in aggregated.to_delayed().ravel()])
+    components, variance, variance_ratio = principal_axes(scatter.compute() / max(n_cells - 1, 1), n_comps)
+    embedding = aggregated.map_blocks(project, components, mean, dtype=np.float32,
+                                      chunks=(aggregated.chunks[0], (n_comps,))).compute()
+    return {"embedding": np.ascontiguousarray(embedding, dtype=np.float32), "components": components.astype(np.float32),
+            "variance": variance, "variance_ratio": variance_ratio,
+            "params": {"zero_center": True, "method": "covariance (Dask)"}}
+
+
+def probabilities(aggregated, labellings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`utag.clustering.soft_assignments` of each labelling (canonical order, as
+    ``aggregated``'s rows), block by block on the workers."""
+    import dask
+
+    n_cells = aggregated.shape[0]
+    blocks = aggregated.to_delayed().ravel()
+    bounds = np.cumsum([0, *aggregated.chunks[0]])
+    mean = _moments(aggregated)[0]
+    spread = _tree_sum([dask.delayed(lambda block, mean: ((np.asarray(block, np.float64) - mean) ** 2).sum(axis=0))(
+        block, mean) for block in blocks]).compute()
+    sd = np.sqrt(spread / n_cells)
+    sd[sd == 0] = 1.0
+
+    def cluster_sums(block, labels, n_labels):
+        return np.stack([np.bincount(labels, weights=column, minlength=n_labels)
+                         for column in np.asarray(block, dtype=np.float64).T], axis=1)
+
+    result = {}
+    for key, labels in labellings.items():
+        n_labels = int(labels.max()) + 1
+        sums = _tree_sum([dask.delayed(cluster_sums)(block, labels[start:stop], n_labels)
+                          for block, start, stop in zip(blocks, bounds[:-1], bounds[1:])]).compute()
+        sizes = np.maximum(np.bincount(labels, minlength=n_labels), 1)
+        centroids = (sums / sizes[:, None] - mean) / sd
+        parts = [dask.delayed(soft_block)(block, mean, sd, centroids) for block in blocks]
+        result[key] = np.concatenate(dask.compute(*parts))
+    return result
+
+
+def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalization_mode: str, random_state: int,
+        progress: bool, sketch_size) -> AnnData:
+    """``utag()`` on Dask input (see the module's text); ``p``: the checked parameters."""
+    from dataclasses import replace
+
+    from . import segmentation as seg
+
+    watch = Stopwatch(progress, logger)
+    try:
+        with watch("reading coordinates"):
+            coords = check.spatial_coordinates(adata)
+            codes, slide_names = check.slide_codes(adata, slide_key)
+            features, var = features_of(adata, channels_to_use)
+            order = canonical_order(codes, coords, features)
+            order = np.arange(adata.n_obs) if order is None else order
+        with watch("graph and message passing"):
+            background = None
+            if normalization_mode == "l1_norm":
+                background = np.round(features.mean(axis=0, dtype=np.float64).compute()).astype(np.float32)
+                background = background if background.any() else None
+            aggregated, recipe, n_edges = message_passing(coords, codes, features, order, background, p,
+                                                          normalization_mode)
+            scales = None
+            if p.kernel_widths is not None:
+                scales = multiscale.scales_of_moments(*_moments(aggregated), len(p.kernel_widths))
+                per_column = np.repeat(scales.astype(np.float32), aggregated.shape[1] // len(scales))
+                aggregated, recipe = (aggregated * per_column).persist(), recipe * per_column
+                if background is not None:
+                    background = np.concatenate([background * s for s in scales.astype(np.float32)])
+                var = seg._multiscale_var(var, p.kernel_widths)
+        logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
+        coords, codes = coords[order], codes[order]
+
+        with watch("PCA"):
+            fitted = fit_pca(aggregated, p.n_comps)
+        size = lazy_sketch_size(sketch_size, adata.n_obs)
+        with watch("sketch"):
+            sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
+        knn_method = p.knn_method
+        if knn_method == "auto" and size > seg.SKETCH_EXACT_KNN:
+            knn_method = "approximate"
+        embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep,
+                                    "parc" in p.methods, watch, rows=sample)
+        runs, swept = [], None
+        if p.methods:
+            runs, swept = seg._cluster(p, embedded, coords, codes, random_state, None, progress, watch)
+        embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
+        labels = {seg.label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
+        with watch("probabilities"):
+            soft = probabilities(aggregated, labels)
+        for key, values in labels.items():
+            logger.info("%s: %d domains", key, values.max() + 1)
+
+        del aggregated  # frees the workers' copy
+        if background is not None:
+            recipe = recipe + background
+        outputs = {"aggregated": None, "graph": None, "embedded": embedded, "labels": labels,
+                   "probabilities": soft, "swept": swept}
+        seg._to_input_order(outputs, order)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        outputs["aggregated"] = recipe if np.array_equal(order, inverse) else recipe[inverse]
+        result = seg._write_result(adata, **outputs, var=var,
+                                   graph_radius=multiscale.graph_radius(p.max_dist, p.kernel_widths),
+                                   graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
+        result.uns["utag"] = seg._summary(p, slide_key, normalization_mode, outputs["embedded"], runs, labels,
+                                          random_state, watch, scales, sample, order)
+        result.uns["utag"]["engine"] = "dask"
+    finally:
+        watch.close()
+    return result

@@ -1,0 +1,143 @@
+"""utag() on Dask input (utag.distributed) gives the in-process sketch route's result."""
+import anndata
+import dask.array as da
+import numpy as np
+import pytest
+
+from utag import utag
+from utag.datasets import synthetic_tissue
+from utag.io import read_lazy, write_domains
+
+KW = dict(slide_key="roi", max_dist=20, progress=False)
+
+
+def _shuffled_tissue(n_cells: int, n_slides: int = 3, seed: int = 0):
+    """A synthetic tissue whose rows are not grouped by slide (the route must restore the order)."""
+    tissue = synthetic_tissue(n_cells=n_cells, n_slides=n_slides, random_state=seed)
+    return tissue[np.random.default_rng(seed).permutation(tissue.n_obs)].copy()
+
+
+def _as_dask(adata, chunk_rows: int = 4_000):
+    lazy = adata.copy()
+    lazy.X = da.from_array(np.asarray(adata.X), chunks=(chunk_rows, -1))
+    lazy.obsm["spatial"] = da.from_array(np.asarray(adata.obsm["spatial"]), chunks=(chunk_rows, -1))
+    return lazy
+
+
+def _assert_same_result(expected, got):
+    """Same cells in the same order, same domains and sample; the same numbers up to float
+    rounding of sums taken in another order."""
+    assert list(got.obs_names) == list(expected.obs_names)
+    keys = expected.uns["utag"]["label_keys"]
+    assert keys and got.uns["utag"]["label_keys"] == keys
+    for key in keys:
+        np.testing.assert_array_equal(got.obs[key].to_numpy(), expected.obs[key].to_numpy())
+        np.testing.assert_allclose(got.obsm[f"{key}_probabilities"], expected.obsm[f"{key}_probabilities"],
+                                   atol=1e-5)
+    np.testing.assert_allclose(got.obsm["X_pca"], expected.obsm["X_pca"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got.X), np.asarray(expected.X), rtol=1e-6, atol=1e-6)
+    if "sketch" in expected.uns["utag"]:
+        np.testing.assert_array_equal(got.uns["utag"]["sketch"]["cells"], expected.uns["utag"]["sketch"]["cells"])
+    assert got.uns["utag"]["engine"] == "dask"
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    return _shuffled_tissue(12_000)
+
+
+def test_dask_input_gives_the_in_process_sketch_result(tissue):
+    options = dict(clustering_method=["leiden", "kmeans"], resolutions=[0.1], sketch_size=3_000, **KW)
+    expected = utag(tissue, **options)
+    lazy = _as_dask(tissue)
+    got = utag(lazy, **options)
+    _assert_same_result(expected, got)
+    assert isinstance(got.X, da.Array)  # the message-passed features stay lazy
+    assert isinstance(lazy.X, da.Array) and "UTAG Label_leiden_0.1" not in lazy.obs  # the input is untouched
+    # the sample holds every slide's share of the cells
+    sample = got.uns["utag"]["sketch"]["cells"]
+    shares = tissue.obs["roi"].iloc[sample].value_counts(normalize=True).sort_index()
+    np.testing.assert_allclose(shares, tissue.obs["roi"].value_counts(normalize=True).sort_index(), atol=0.01)
+
+
+def test_the_multiscale_flavour_auto_resolution_and_n_domains_run_on_dask(tissue):
+    options = dict(clustering_method=["leiden"], resolutions="auto", n_domains=4, flavor="multiscale",
+                   sketch_size=0.25, **KW)
+    expected = utag(tissue, **options)
+    got = utag(_as_dask(tissue), **options)
+    _assert_same_result(expected, got)
+    np.testing.assert_allclose(got.uns["utag"]["multiscale"]["block_scales"],
+                               expected.uns["utag"]["multiscale"]["block_scales"], rtol=1e-6)
+    n_domains_key = [key for key in got.uns["utag"]["label_keys"] if got.obs[key].nunique() == 4]
+    assert n_domains_key  # n_domains=4 gave its 4 domains
+
+
+def test_every_cell_in_the_sketch_gives_the_unsketched_labels(tissue):
+    options = dict(clustering_method=["leiden"], resolutions=[0.1], **KW)
+    unsketched = utag(tissue, sketch_size=None, **options)
+    got = utag(_as_dask(tissue), sketch_size=None, **options)
+    np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
+                                  unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
+
+
+def test_a_local_cluster_of_two_worker_processes_gives_the_in_process_result():
+    from distributed import Client, LocalCluster
+
+    tissue = _shuffled_tissue(50_000, n_slides=8, seed=1)
+    options = dict(clustering_method=["leiden"], resolutions=[0.1], sketch_size=10_000, **KW)
+    expected = utag(tissue, **options)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        got = utag(_as_dask(tissue, chunk_rows=10_000), **options)
+    _assert_same_result(expected, got)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5ad"])
+def test_input_read_lazily_from_disk_gives_the_in_memory_result(tissue, tmp_path, suffix):
+    path = tmp_path / f"cells{suffix}"
+    if suffix == ".zarr":
+        write_domains(tissue, path, features=True)  # writes X and obsm['spatial'] as a zarr store
+    else:
+        tissue.write_h5ad(path)
+    lazy = read_lazy(path, chunk_rows=5_000)
+    assert isinstance(lazy.X, da.Array) and isinstance(lazy.obsm["spatial"], da.Array)
+    options = dict(clustering_method=["kmeans"], resolutions=[0.4], sketch_size=3_000, **KW)
+    got = utag(lazy, **options)
+    _assert_same_result(utag(tissue, **options), got)
+
+    out = tmp_path / "domains.zarr"
+    write_domains(got, out)
+    back = anndata.read_zarr(out)
+    np.testing.assert_array_equal(back.obs["UTAG Label_kmeans_0.4"].to_numpy(),
+                                  got.obs["UTAG Label_kmeans_0.4"].to_numpy())
+    assert back.X is None  # the labels only, unless features=True
+
+
+@pytest.mark.parametrize("option", [dict(keep_spatial_connectivity=True), dict(apply_umap=True),
+                                    dict(filter_by_variance=True), dict(pca_kwargs={"n_comps": 5, "svd_solver": "arpack"})])
+def test_options_that_need_every_cell_in_one_process_are_refused_on_dask(tissue, option):
+    with pytest.raises(ValueError, match="cannot run on Dask input"):
+        utag(_as_dask(tissue), clustering_method=["kmeans"], resolutions=[0.3], **option, **KW)
+
+
+@pytest.mark.parametrize("scheduler", [None, "local"])
+def test_the_command_line_runs_a_zarr_store_on_dask(tissue, tmp_path, scheduler):
+    from utag.cli import main
+
+    cells = tmp_path / "cells.zarr"
+    write_domains(tissue, cells, features=True)
+    out = tmp_path / "domains.zarr"
+    command = ["run", str(cells), "--out", str(out), "--slide-key", "roi", "--max-dist", "20", "--method", "kmeans",
+               "--resolutions", "0.4", "--quiet"]
+    if scheduler:
+        command += ["--dask-scheduler", scheduler, "--processes", "2"]
+    assert main(command) == 0
+    written = anndata.read_zarr(out)
+    # "auto" on Dask input clusters every cell below 200,000: the unsketched result
+    expected = utag(tissue, clustering_method="kmeans", resolutions=[0.4], **KW)
+    assert list(written.obs_names) == list(tissue.obs_names)
+    np.testing.assert_array_equal(written.obs["UTAG Label_kmeans_0.4"].to_numpy(),
+                                  expected.obs["UTAG Label_kmeans_0.4"].to_numpy())
+    with pytest.raises(SystemExit) as exited:  # an existing store is not overwritten
+        main(command)
+    assert exited.value.code == 2
