@@ -7,14 +7,16 @@ Usage (from the repository root, with utag installed)::
     python benchmarks/resolution.py --timing-cells 1e6                    # cost of a sweep at 1M cells
 
 For every labelled dataset (the bundled spleen subset; each full spleen section and both
-pooled; each MERFISH slide; synthetic tissues with 3, 5 and 8 domains, seeds 0-2):
+pooled; each MERFISH slide; synthetic tissues with 3, 5 and 8 domains, seeds 0-2, in each
+layout of :func:`utag.datasets.synthetic_tissue`: Voronoi, layers, islands):
 ``utag()`` with Leiden, then :func:`utag.tuning.resolution_sweep` (12 resolutions from
 0.02 to 2, 5 seeded runs each, small domains merged). Each candidate criterion picks a
 resolution from the same sweep; the table gives the ARI against the truth of the most
 typical labelling at that resolution, and the gap to the best resolution in hindsight.
 
 Criteria: ``stability x agreement`` (utag before issue 14), ``spatial coherence``
-alone, ``stability x agreement x spatial coherence`` (the default since), each taking
+alone, ``stability x agreement x spatial coherence`` (the default from issue 14 to issue
+13's session), ``sqrt(stability x agreement) x spatial coherence`` (the default), each taking
 the best local maximum among labellings with at least 2 domains. With the true number of
 domains K given: ``n_domains=K`` (Leiden by bisection, then merging) against k-means
 with ``k = K`` on the same PCA, and the smallest domain's share of the cells.
@@ -36,7 +38,9 @@ from utag.tuning import _peaks, resolution_for_n_domains, resolution_sweep
 CRITERIA = {
     "stability x agreement": lambda t: t["stability"] * t["agreement"].fillna(1.0),
     "spatial coherence": lambda t: t["spatial_coherence"],
-    "chosen: stability x agreement x coherence": lambda t: t["score"],
+    "stability x agreement x coherence": lambda t: t["stability"] * t["agreement"].fillna(1.0)
+                                                   * t["spatial_coherence"].clip(lower=0),
+    "chosen: sqrt(stability x agreement) x coherence": lambda t: t["score"],
 }
 
 
@@ -48,7 +52,8 @@ def _pick(table, values) -> int:
 
 
 def datasets(kinds):
-    for dataset in labelled_datasets(kinds, synthetic_seeds=(0, 1, 2), synthetic_domains=(3, 5, 8)):
+    for dataset in labelled_datasets(kinds, synthetic_seeds=(0, 1, 2), synthetic_domains=(3, 5, 8),
+                                     synthetic_layouts=("voronoi", "layers", "islands")):
         yield dataset
         if dataset.name == "spleen BALBc-2":  # both sections pooled, after each alone
             yield Dataset("spleen, both sections", codex_mouse_spleen(labelled.SPLEEN), "slide", dataset.max_dist)
@@ -107,11 +112,18 @@ def main() -> None:
     for dataset in datasets(args.kinds):
         rows.append(score(dataset))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    groups = {"every dataset": lambda name: True,
+              "real tissue": lambda name: not name.startswith("synthetic"),
+              "synthetic Voronoi": lambda name: name.startswith("synthetic K="),
+              "synthetic layers and islands": lambda name: name.startswith(("synthetic layers", "synthetic islands"))}
     summary = []
-    for name in CRITERIA:
-        gaps = np.array([row[f"gap: {name}"] for row in rows])
-        summary.append({"criterion": name, "within 0.05 of the best": f"{(gaps <= 0.05).sum()} of {len(gaps)}",
-                        "mean gap": float(gaps.mean()), "largest gap": float(gaps.max())})
+    for group, member in groups.items():
+        for name in CRITERIA:
+            gaps = np.array([row[f"gap: {name}"] for row in rows if member(row["dataset"])])
+            if len(gaps):
+                summary.append({"datasets": group, "criterion": name,
+                                "within 0.05 of the best": f"{(gaps <= 0.05).sum()} of {len(gaps)}",
+                                "mean gap": float(gaps.mean()), "largest gap": float(gaps.max())})
     shown = [{k: v for k, v in row.items() if not k.startswith("gap")} for row in rows]
     text = (markdown(shown) + "\n\nARI of the resolution each criterion picks (resolution, domains); gaps to the "
             "best resolution in hindsight:\n\n" + markdown(summary))

@@ -94,9 +94,10 @@ def resolution_sweep(
       a domain than two random cells do: the modularity of the most typical labelling on
       that spatial graph. Low for domains that are scattered over the tissue, and for one
       domain that covers it all;
-    * ``score``: ``stability * agreement * spatial_coherence``: high where the labelling
-      neither depends on the seed nor changes when the resolution moves a little, and its
-      domains are contiguous regions of tissue;
+    * ``score``: ``sqrt(stability * agreement) * spatial_coherence``: high where the
+      labelling neither depends on the seed nor changes when the resolution moves a
+      little (the geometric mean of the two), and its domains are contiguous regions of
+      tissue; the two aspects weigh the same;
     * ``recommended``: local maxima of ``score`` among labellings with at least 2
       domains, ``rank`` 1 the best.
 
@@ -159,7 +160,8 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
         neighbours = ([between[i - 1]] if i > 0 else []) + ([between[i]] if i < len(between) else [])
         row["agreement"] = float(np.mean(neighbours)) if neighbours else np.nan
         row["spatial_coherence"] = float(coherence[i])
-        row["score"] = row["stability"] * (row["agreement"] if neighbours else 1.0) * max(coherence[i], 0.0)
+        reproducible = row["stability"] * (row["agreement"] if neighbours else 1.0)
+        row["score"] = np.sqrt(max(reproducible, 0.0)) * max(coherence[i], 0.0)
     table = pd.DataFrame(rows)
     table["recommended"] = False
     table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
