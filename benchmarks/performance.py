@@ -32,6 +32,7 @@ BENCHMARKS = {
     "scaling": ("scaling.py", ["--cells", "1e4", "1e5", "1e6"]),
     "squidpy-100k": ("run.py", ["--cells", "1e5", "--slides", "15", "--compare", "--timeout", "1800"]),
     "graph-memory": ("graph_memory.py", []),
+    "workers": ("workers.py", []),
 }
 
 

@@ -31,10 +31,29 @@ from pathlib import Path
 
 from ._progress import tqdm
 
-__all__ = ["WorkerLostError", "map_processes"]
+__all__ = ["WorkerLostError", "map_processes", "map_threads", "n_threads"]
 
 #: Seconds idle loky workers wait for the next call before they exit.
 IDLE_WORKER_SECONDS = 300
+
+
+def n_threads(n_jobs: int | None) -> int:
+    """Threads for ``n_jobs``: ``None`` or ``-1`` every core, else that many (at least 1)."""
+    return os.cpu_count() or 1 if n_jobs in (None, -1) else max(1, int(n_jobs))
+
+
+def map_threads(function, items, n_jobs: int | None = None) -> list:
+    """``[function(item) for item in items]`` in ``n_jobs`` threads (:func:`n_threads`),
+    in the items' order. For work that releases the GIL (numpy, numba ``nogil``): each
+    item is computed as it would be alone, so the results do not depend on ``n_jobs``."""
+    items = list(items)
+    workers = min(n_threads(n_jobs), len(items))
+    if workers <= 1:
+        return [function(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, items))
 
 
 class WorkerLostError(RuntimeError):

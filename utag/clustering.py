@@ -38,7 +38,7 @@ from scipy.special import softmax
 
 from . import _leiden
 from . import _validation as check
-from ._parallel import map_processes
+from ._parallel import map_processes, map_threads
 from ._progress import tqdm
 from .embedding import _chunks
 
@@ -354,7 +354,7 @@ def cluster_means(values, labels: np.ndarray) -> np.ndarray:
     return np.asarray(sums, dtype=np.float64) / sizes[:, None]
 
 
-def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
+def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1) -> np.ndarray:
     """Probability of each cell belonging to each cluster (cells x clusters, rows sum to 1).
 
     Features are z-scored; a cluster's centroid ``c`` is the mean z-scored profile of its
@@ -367,7 +367,8 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
     Computed in float64 on centred features (a background offset in float32 features
     would otherwise cancel away the differences between cells), a block of rows at a
     time; sparse features stay sparse: ``z @ c = x @ (c / sd) - (mean / sd) @ c``.
-    Stored as float32.
+    Stored as float32. Dense blocks run in ``n_jobs`` threads (``None``: every core; the
+    same numbers for any number).
     """
     if sp.issparse(features):
         features = sp.csr_matrix(features, dtype=np.float64)
@@ -383,7 +384,8 @@ def soft_assignments(features, labels: np.ndarray) -> np.ndarray:
         similarity = np.asarray(features @ (centroids / sd).T, dtype=np.float64)
         similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)
         return softmax(similarity, axis=1).astype(np.float32)
-    return np.concatenate([soft_block(block, mean, sd, centroids) for block in _float64_blocks(features)])
+    return np.concatenate(map_threads(lambda rows: soft_block(features[rows], mean, sd, centroids),
+                                      _chunks(len(features)), n_jobs))
 
 
 def soft_block(block: np.ndarray, mean: np.ndarray, sd: np.ndarray, centroids: np.ndarray) -> np.ndarray:

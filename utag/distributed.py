@@ -221,7 +221,7 @@ def probabilities(aggregated, labellings: dict[str, np.ndarray]) -> dict[str, np
 
 
 def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalization_mode: str, random_state: int,
-        progress: bool, sketch_size) -> AnnData:
+        progress: bool, sketch_size, n_jobs: int | None = None) -> AnnData:
     """``utag()`` on Dask input (see the module's text); ``p``: the checked parameters."""
     from dataclasses import replace
 
@@ -262,10 +262,10 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         if knn_method == "auto" and size > seg.SKETCH_EXACT_KNN:
             knn_method = "approximate"
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep,
-                                    "parc" in p.methods, watch, rows=sample)
+                                    "parc" in p.methods, watch, rows=sample, n_jobs=n_jobs)
         runs, swept = [], None
         if p.methods:
-            runs, swept = seg._cluster(p, embedded, coords, codes, random_state, None, progress, watch)
+            runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
         embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {seg.label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         with watch("probabilities"):

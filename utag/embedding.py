@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from . import _validation as check
 from ._numba import jit
+from ._parallel import map_threads, n_threads
 from ._progress import Stopwatch
 
 __all__ = [
@@ -127,11 +127,12 @@ def project(features, components: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "auto",
-                      random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      random_state: int = 0, n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``n_neighbors`` nearest cells of every cell (itself first, at distance 0).
 
     ``method``: ``"exact"`` (KD-tree), ``"approximate"`` (:func:`approximate_neighbors`)
-    or ``"auto"`` (exact up to :data:`EXACT_NEIGHBORS_MAX_CELLS` cells).
+    or ``"auto"`` (exact up to :data:`EXACT_NEIGHBORS_MAX_CELLS` cells); ``n_jobs``
+    threads (``None``: every core), with the same result for any number.
 
     Returns ``(indices, distances)`` of shape (n_cells, n_neighbors), int64 and float32,
     each row sorted by distance. When more than ``n_neighbors`` cells share a point the
@@ -148,11 +149,11 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     """
     random_state = check.seed(random_state)
     if exact_search(len(embedding), n_neighbors, method):
-        distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=-1)
+        distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=n_threads(n_jobs))
         distances = distances.reshape(len(embedding), -1)
         indices = indices.reshape(len(embedding), -1)
     else:
-        indices, distances = approximate_neighbors(embedding, n_neighbors, random_state)
+        indices, distances = approximate_neighbors(embedding, n_neighbors, random_state, n_jobs)
     return _self_first(indices.astype(np.int64), distances.astype(np.float32))
 
 
@@ -182,7 +183,7 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     n_cells, n_dims = embedding.shape
     data = np.ascontiguousarray(embedding, dtype=np.float32)
     parts = [np.arange(start, n_cells, _HNSW_PARTS) for start in range(_HNSW_PARTS)]
-    n_jobs = n_jobs or os.cpu_count() or 1
+    n_jobs = n_threads(n_jobs)
 
     def build(part: int):
         index = hnswlib.Index(space="l2", dim=n_dims)
@@ -219,7 +220,7 @@ def _self_first(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray,
 
 
 def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "auto",
-                               random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                               random_state: int = 0, n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """kNN over distinct profiles: each cell's neighbours are the nearest *other* profiles.
 
     When more than ``n_neighbors`` cells share one profile (message passing over
@@ -240,7 +241,7 @@ def distinct_profile_neighbors(embedding: np.ndarray, n_neighbors: int, method: 
     inverse = inverse.ravel()
     if len(profiles) == 1 and min(n_neighbors, len(embedding)) > 1:
         return _one_profile_neighbors(len(embedding))
-    indices, distances = nearest_neighbors(profiles, min(n_neighbors, len(profiles)), method, random_state)
+    indices, distances = nearest_neighbors(profiles, min(n_neighbors, len(profiles)), method, random_state, n_jobs)
     indices, distances = first[indices][inverse], distances[inverse]
     indices[:, 0] = np.arange(len(embedding))
     return indices, distances
@@ -254,8 +255,17 @@ def _one_profile_neighbors(n_cells: int) -> tuple[np.ndarray, np.ndarray]:
     return np.column_stack([cells, np.where(cells == 0, 1, 0)]), np.zeros((n_cells, 2), dtype=np.float32)
 
 
+def membership_strengths(distances: np.ndarray, n_jobs: int | None = None) -> np.ndarray:
+    """:func:`_membership_strengths` of blocks of rows in ``n_jobs`` threads (the same
+    numbers for any ``n_jobs``: each row is computed alone)."""
+    overall_mean = float(distances.astype(np.float64).mean())
+    blocks = map_threads(lambda rows: _membership_strengths(distances[rows], overall_mean),
+                         _chunks(len(distances)), n_jobs)
+    return np.concatenate(blocks) if blocks else np.empty((0, distances.shape[1] - 1))
+
+
 @jit
-def _membership_strengths(distances: np.ndarray) -> np.ndarray:
+def _membership_strengths(distances: np.ndarray, overall_mean: float) -> np.ndarray:
     """UMAP's directed kNN weights ``exp(-(d_ij - rho_i) / sigma_i)`` (1 up to ``rho_i``)
     for the neighbours after the first (the cell itself), float64 (n_cells x k-1).
 
@@ -263,11 +273,11 @@ def _membership_strengths(distances: np.ndarray) -> np.ndarray:
     ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)`` to within UMAP's tolerance
     (:func:`_bandwidth`), floored at 1e-3 times the mean distance. When more than
     ``log2(k)`` neighbours sit at ``rho_i`` no ``sigma_i`` solves it; UMAP's search then
-    shrinks ``sigma_i`` to the floor, and so does this.
+    shrinks ``sigma_i`` to the floor, and so does this. ``overall_mean``: the mean of
+    every cell's distances (the floor's scale for cells whose neighbours all coincide).
     """
     n_cells, k = distances.shape
     target = np.log2(k)
-    overall_mean = distances.astype(np.float64).mean()
     weights = np.empty((n_cells, k - 1))
     excess = np.empty(k - 1)
     for i in range(n_cells):
@@ -383,12 +393,13 @@ def _fuzzy_union(indices: np.ndarray, weights: np.ndarray):
     return indptr, columns[:nnz].copy(), values[:nnz].copy()
 
 
-def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
-    """Symmetric UMAP connectivities (fuzzy union) of a kNN graph, float32 CSR."""
+def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray, n_jobs: int | None = None) -> sp.csr_matrix:
+    """Symmetric UMAP connectivities (fuzzy union) of a kNN graph, float32 CSR; the
+    weights in ``n_jobs`` threads."""
     n_cells, k = indices.shape
     if k < 2:
         return sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
-    weights = _membership_strengths(np.ascontiguousarray(distances, dtype=np.float32))
+    weights = membership_strengths(np.ascontiguousarray(distances, dtype=np.float32), n_jobs)
     indptr, columns, values = _fuzzy_union(np.ascontiguousarray(indices[:, 1:], dtype=np.int64), weights)
     return sp.csr_matrix((values, columns, indptr), shape=(n_cells, n_cells))
 
@@ -427,19 +438,21 @@ def representation(use_rep: str | None, n_features: int) -> str:
     return use_rep
 
 
-def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0):
+def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0,
+              n_jobs: int | None = None):
     """``(connectivities, distances, tied)``: the UMAP-weighted kNN graph of ``points``,
-    built over distinct profiles when many cells share one (``tied`` cells)."""
+    built over distinct profiles when many cells share one (``tied`` cells); ``n_jobs``
+    threads (the same graph for any number)."""
     random_state = check.seed(random_state)
     k = min(n_neighbors, len(points))
-    indices, distances = nearest_neighbors(points, k, knn_method, random_state)
+    indices, distances = nearest_neighbors(points, k, knn_method, random_state, n_jobs)
     tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
     if tied:
         logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
                        "building the kNN graph over distinct profiles so that they do not form "
                        "disconnected cliques", tied, k - 1)
-        indices, distances = distinct_profile_neighbors(points, k, knn_method, random_state)
-    return fuzzy_connectivities(indices, distances), knn_distances(indices, distances), tied
+        indices, distances = distinct_profile_neighbors(points, k, knn_method, random_state, n_jobs)
+    return fuzzy_connectivities(indices, distances, n_jobs), knn_distances(indices, distances), tied
 
 
 @dataclass
@@ -494,7 +507,7 @@ def _no_feature_varies(features) -> bool:
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
           knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", pca_graph: bool = False,
-          watch=None, rows=None) -> Embedding:
+          watch=None, rows=None, n_jobs: int | None = None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
     ``n_comps`` is capped below the numbers of features and cells (but at least 1); any
@@ -505,6 +518,8 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
     ``rows``: build the kNN graphs on these cells only (a sketch; the PCA is of every
     cell), or a function choosing them from the PCA embedding; kept in ``rows``.
+    ``n_jobs``: threads for the kNN graphs (``None``: every core; the same graphs for any
+    number).
     """
     random_state = check.seed(random_state)
     watch = watch or Stopwatch()
@@ -514,7 +529,8 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     if callable(rows):
         with watch("sketch"):
             rows = rows(fitted["embedding"])
-    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, pca_graph, watch, rows)
+    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, pca_graph, watch, rows,
+                            n_jobs)
 
 
 def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
@@ -527,7 +543,8 @@ def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
 
 
 def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: str = "auto", random_state: int = 0,
-                     use_rep: str = "X_pca", pca_graph: bool = False, watch=None, rows=None) -> Embedding:
+                     use_rep: str = "X_pca", pca_graph: bool = False, watch=None, rows=None,
+                     n_jobs: int | None = None) -> Embedding:
     """The kNN graphs of :func:`embed`, given its PCA ``fitted``; ``features`` are read
     (the ``rows`` of them) only when ``use_rep`` is ``"X"``, and may then be any array
     whose rows numpy can read, a Dask array included."""
@@ -542,7 +559,7 @@ def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: 
     n_graph = n_cells if rows is None else len(rows)
     k = min(n_neighbors, n_graph)
     with watch("kNN graph"):
-        connectivities, distances, tied = knn_graph(points, k, knn_method, random_state)
+        connectivities, distances, tied = knn_graph(points, k, knn_method, random_state, n_jobs)
     params = {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": use_rep,
               "random_state": random_state, "distinct_profiles": bool(tied),
               "knn": "exact" if exact_search(n_graph, k, knn_method) else "approximate"}
@@ -550,5 +567,5 @@ def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: 
     if use_rep != "X_pca" and pca_graph:
         with watch("kNN graph of the PCA (PARC)"):
             pca_points = fitted["embedding"] if rows is None else fitted["embedding"][rows]
-            on_pca = knn_graph(pca_points, k, knn_method, random_state)[0]
+            on_pca = knn_graph(pca_points, k, knn_method, random_state, n_jobs)[0]
     return Embedding(fitted, connectivities, distances, params, on_pca, rows)

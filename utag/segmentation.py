@@ -79,6 +79,7 @@ def utag(
     flavor: str = "utag",
     kernel_widths=None,
     sketch_size="auto",
+    n_jobs: int | None = None,
 ) -> AnnData:
     """Find microanatomical domains with UTAG (Kim et al., Nature Methods 2022).
 
@@ -205,6 +206,13 @@ def utag(
         ``knn_method="auto"`` a sample of more than 50,000 cells gets the approximate
         (HNSW) kNN graph.
 
+    n_jobs
+        Threads for the steps after message passing (kNN search and weights, Leiden
+        runs, the sketch's vote, soft assignments), scanpy's name: ``None`` (default):
+        ``processes`` if ``parallel`` (every core when that is ``None``), else 1; ``-1``
+        every core. The results do not depend on it. ``processes`` sets the slides' worker
+        processes.
+
     When ``adata.X`` or ``adata.obsm['spatial']`` is a Dask array (for instance from
     :func:`utag.io.read_lazy`), the run goes through :mod:`utag.distributed` on the active
     Dask scheduler: slides as Dask tasks, the PCA summed over blocks, a sketch clustered
@@ -241,6 +249,9 @@ def utag(
     3
     """
     check.check_n_cells(adata)
+    if n_jobs is not None and n_jobs != -1:
+        n_jobs = check.as_int("n_jobs", n_jobs)
+    n_jobs = n_jobs if n_jobs is not None else (processes if parallel else 1)
     if distributed.is_lazy(adata):
         distributed.check_unsupported(keep_spatial_connectivity=keep_spatial_connectivity, apply_umap=apply_umap,
                                       filter_by_variance=filter_by_variance, pca_kwargs=pca_kwargs)
@@ -256,7 +267,8 @@ def utag(
         )
         return distributed.run(adata, p, channels_to_use=channels_to_use, slide_key=slide_key, save_key=save_key,
                                normalization_mode=check.normalization_mode(normalization_mode),
-                               random_state=check.seed(random_state), progress=progress, sketch_size=sketch_size)
+                               random_state=check.seed(random_state), progress=progress, sketch_size=sketch_size,
+                               n_jobs=n_jobs)
     coords = check.spatial_coordinates(adata)
     codes, slide_names = check.slide_codes(adata, slide_key)
     features, var = _select_features(adata, channels_to_use, filter_by_variance)
@@ -307,22 +319,21 @@ def utag(
                 knn_method = "approximate"  # the exact search costs minutes in tens of dimensions
             choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state,
-                             p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=choose)
+                             p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=choose, n_jobs=n_jobs)
             sample = embedded.rows
         runs, swept = [], None
         if one_profile:
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
             runs = _one_domain_runs(p, adata.n_obs)
         elif p.methods:
-            runs, swept = _cluster(p, embedded, coords, codes, random_state, processes if parallel else 1, progress,
-                                   watch)
+            runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
             if sample is not None:
                 embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         probabilities = {}
         for key, codes_ in labels.items():
             with watch("probabilities"):
-                probabilities[key] = soft_assignments(aggregated, codes_)
+                probabilities[key] = soft_assignments(aggregated, codes_, n_jobs)
             logger.info("%s: %d domains", key, codes_.max() + 1)
         model = None
         if labels:

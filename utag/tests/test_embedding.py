@@ -94,13 +94,29 @@ def test_connectivities_do_not_change_with_the_scale_of_the_embedding(points, sc
 
 
 def test_membership_strengths_solve_umaps_equation_at_any_scale():
-    from utag.embedding import _membership_strengths
+    from utag.embedding import membership_strengths
 
     rng = np.random.default_rng(3)
     neighbours = np.sort(10.0 ** rng.uniform(0, 3, (400, 14)), axis=1) * 10.0 ** rng.uniform(-8, 8, (400, 1))
     distances = np.column_stack([np.zeros(400), neighbours]).astype(np.float32)
     # sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k) within UMAP's tolerance, for rows from 1e-8 to 1e11
-    np.testing.assert_allclose(_membership_strengths(distances).sum(axis=1), np.log2(15), atol=2e-5)
+    np.testing.assert_allclose(membership_strengths(distances).sum(axis=1), np.log2(15), atol=2e-5)
+
+
+def test_knn_weights_and_soft_assignments_do_not_depend_on_the_number_of_threads():
+    from utag.clustering import soft_assignments
+    from utag.embedding import membership_strengths
+
+    rng = np.random.default_rng(0)  # more rows than one block of 65,536, so that threads share the work
+    distances = np.sort(rng.random((150_000, 15)), axis=1).astype(np.float32)
+    distances[:, 0] = 0
+    distances[:5, 1:] = 0  # cells whose neighbours all coincide take the floor from every cell's mean
+    one = membership_strengths(distances, n_jobs=1)
+    np.testing.assert_array_equal(membership_strengths(distances, n_jobs=2), one)
+    np.testing.assert_array_equal(membership_strengths(distances, n_jobs=3), one)
+    features = rng.normal(size=(150_000, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 150_000)
+    np.testing.assert_array_equal(soft_assignments(features, labels, n_jobs=2), soft_assignments(features, labels))
 
 
 def test_knn_distances_drop_the_self_column(points):

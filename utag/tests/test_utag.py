@@ -94,6 +94,17 @@ def test_serial_and_parallel_give_identical_results(tissue):
         np.testing.assert_array_equal(serial.obs[key], pooled.obs[key])
 
 
+def test_the_number_of_threads_does_not_change_the_result(tissue):
+    options = dict(clustering_method=["leiden", "kmeans"], resolutions=[0.1, 0.3], knn_method="approximate",
+                   sketch_size=0.5)
+    one, two = _run(tissue, n_jobs=1, **options), _run(tissue, n_jobs=2, **options)
+    for key in one.uns["utag"]["label_keys"]:
+        np.testing.assert_array_equal(one.obs[key], two.obs[key])
+        np.testing.assert_array_equal(one.obsm[f"{key}_probabilities"], two.obsm[f"{key}_probabilities"])
+    with pytest.raises(ValueError, match="n_jobs"):
+        _run(tissue, n_jobs=0)
+
+
 def test_same_random_state_same_result(tissue):
     kwargs = dict(clustering_method=["leiden", "parc", "kmeans"], resolutions=[0.3])
     first, second = _run(tissue, **kwargs), _run(tissue, **kwargs)
