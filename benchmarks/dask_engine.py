@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from labelled import markdown, write_generated
-from measure import provenance
+from measure import TreeMemory, provenance
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -45,39 +42,6 @@ from utag.io import read_lazy, write_domains
 
 RESOLUTIONS = [0.05, 0.1, 0.3]
 KEY = "UTAG Label_leiden_0.1"
-
-
-class TreeMemory:
-    """Peak resident memory of this process and of its child processes (the cluster's
-    workers), sampled in a thread: (client, largest other process, all together), GB."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval, self.peaks = interval, [0, 0, 0]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            own, others = me.memory_info().rss, []
-            for child in me.children(recursive=True):
-                try:
-                    others.append(child.memory_info().rss)
-                except psutil.Error:
-                    pass
-            self.peaks = [max(self.peaks[0], own), max([self.peaks[1], *others]), max(self.peaks[2], own + sum(others))]
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self._stop.set()
-        self._thread.join()
-
-    def gb(self) -> list[float]:
-        return [peak / 1e9 for peak in self.peaks]
 
 
 def _stages(result) -> str:

@@ -55,6 +55,28 @@ class MemorySampler:
         return max(inside or [nearest]) / 1e9
 
 
+class TreeMemory(MemorySampler):
+    """Resident memory of this process and of its child processes (a Dask cluster's
+    workers): :meth:`gb` gives the peaks of this process, of the largest other
+    process and of all of them together, in GB, over the whole sampling."""
+
+    def __init__(self, interval: float = 0.05):
+        super().__init__(interval)
+        self.peaks = [0, 0, 0]
+
+    def _run(self):
+        while not self._stop.is_set():
+            own, others = self._process.memory_info().rss, []
+            for child in self._process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
+                    others.append(child.memory_info().rss)
+            self.peaks = [max(self.peaks[0], own), max([self.peaks[1], *others]), max(self.peaks[2], own + sum(others))]
+            time.sleep(self._interval)
+
+    def gb(self) -> list[float]:
+        return [peak / 1e9 for peak in self.peaks]
+
+
 def reset_peak_memory() -> None:
     """Restart the kernel's record of this process's peak resident memory (Linux only).
 

@@ -30,6 +30,7 @@ other than ``n_comps``, and sparse chunks. ``uns['utag']`` has no transfer model
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 from anndata import AnnData
 
@@ -41,7 +42,7 @@ from .clustering import soft_block
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
 from .graph import slide_cells
 from .message_passing import slide_messages
-from .sketch import DEFAULT_SKETCH_SIZE, sketch_cells, sketch_size_for
+from .sketch import DEFAULT_SKETCH_SIZE, sketch_size_for
 
 __all__ = ["is_lazy", "lazy_sketch_size"]
 

@@ -95,7 +95,7 @@ def pca(features, n_comps: int) -> dict:
     (features x n_comps), ``variance`` and ``variance_ratio``. Component signs are
     fixed so that each component's largest loading is positive.
     """
-    mean = np.asarray(features.mean(axis=0), dtype=np.float64).ravel()
+    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()  # float64 sums, as utag.distributed takes them
     components, variance, variance_ratio = principal_axes(_covariance(features, mean), n_comps)
     return {
         "embedding": project(features, components, mean),

@@ -248,12 +248,12 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
         raise ValueError(f"{path} has no obsm['spatial']: store the cell centroids there.")
     if dict(store["X"].attrs).get("encoding-type", "array") != "array":
         raise ValueError(f"{path}: X is stored sparse; the Dask route takes dense features.")
-    n_features = store["X"].shape[1]
+    n_features, spatial = store["X"].shape[1], store["obsm"]["spatial"]
     return AnnData(
         X=read_elem_lazy(store["X"], chunks=(chunk_rows, n_features)),
         obs=anndata.io.read_elem(store["obs"]),
         var=anndata.io.read_elem(store["var"]),
-        obsm={"spatial": read_elem_lazy(store["obsm"]["spatial"], chunks=(chunk_rows, store["obsm"]["spatial"].shape[1]))},
+        obsm={"spatial": read_elem_lazy(spatial, chunks=(chunk_rows, spatial.shape[1]))},
     )
 
 

@@ -252,26 +252,15 @@ def utag(
     if n_jobs is not None and n_jobs != -1:
         n_jobs = check.as_int("n_jobs", n_jobs)
     n_jobs = n_jobs if n_jobs is not None else (processes if parallel else 1)
-    if distributed.is_lazy(adata):
+    lazy = distributed.is_lazy(adata)  # Dask arrays: utag.distributed reads the cells slide by slide
+    if lazy:
         distributed.check_unsupported(keep_spatial_connectivity=keep_spatial_connectivity, apply_umap=apply_umap,
                                       filter_by_variance=filter_by_variance, pca_kwargs=pca_kwargs)
         var = distributed.features_of(adata, channels_to_use)[1]
-        p = _check_parameters(
-            adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
-            clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
-            parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
-            knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
-            spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
-            kernel_widths=kernel_widths, normalization_mode=normalization_mode, sketch_size=sketch_size,
-            apply_umap=apply_umap,
-        )
-        return distributed.run(adata, p, channels_to_use=channels_to_use, slide_key=slide_key, save_key=save_key,
-                               normalization_mode=check.normalization_mode(normalization_mode),
-                               random_state=check.seed(random_state), progress=progress, sketch_size=sketch_size,
-                               n_jobs=n_jobs)
-    coords = check.spatial_coordinates(adata)
-    codes, slide_names = check.slide_codes(adata, slide_key)
-    features, var = _select_features(adata, channels_to_use, filter_by_variance)
+    else:
+        coords = check.spatial_coordinates(adata)
+        codes, slide_names = check.slide_codes(adata, slide_key)
+        features, var = _select_features(adata, channels_to_use, filter_by_variance)
     p = _check_parameters(
         adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
@@ -283,6 +272,10 @@ def utag(
     )
     normalization_mode = check.normalization_mode(normalization_mode)
     random_state = check.seed(random_state)
+    if lazy:
+        return distributed.run(adata, p, channels_to_use=channels_to_use, slide_key=slide_key, save_key=save_key,
+                               normalization_mode=normalization_mode, random_state=random_state, progress=progress,
+                               sketch_size=sketch_size, n_jobs=n_jobs)
     order = canonical_order(codes, coords, features)  # results must not depend on the order of the rows
     if order is not None:
         coords, codes, features = coords[order], codes[order], features[order]

@@ -114,7 +114,8 @@ def test_input_read_lazily_from_disk_gives_the_in_memory_result(tissue, tmp_path
 
 
 @pytest.mark.parametrize("option", [dict(keep_spatial_connectivity=True), dict(apply_umap=True),
-                                    dict(filter_by_variance=True), dict(pca_kwargs={"n_comps": 5, "svd_solver": "arpack"})])
+                                    dict(filter_by_variance=True),
+                                    dict(pca_kwargs={"n_comps": 5, "svd_solver": "arpack"})])
 def test_options_that_need_every_cell_in_one_process_are_refused_on_dask(tissue, option):
     with pytest.raises(ValueError, match="cannot run on Dask input"):
         utag(_as_dask(tissue), clustering_method=["kmeans"], resolutions=[0.3], **option, **KW)
