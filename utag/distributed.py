@@ -282,7 +282,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         seg._to_input_order(outputs, order)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        outputs["aggregated"] = recipe if np.array_equal(order, inverse) else recipe[inverse]
+        outputs["aggregated"] = recipe if np.array_equal(order, np.arange(len(order))) else recipe[inverse]
         result = seg._write_result(adata, **outputs, var=var,
                                    graph_radius=multiscale.graph_radius(p.max_dist, p.kernel_widths),
                                    graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
