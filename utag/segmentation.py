@@ -205,7 +205,6 @@ def utag(
         ``uns['utag']['sketch']``; the kNN graph (``obsp``) is then not stored. With
         ``knn_method="auto"`` a sample of more than 50,000 cells gets the approximate
         (HNSW) kNN graph.
-
     n_jobs
         Threads for the steps after message passing (kNN search and weights, Leiden
         runs, the sketch's vote, soft assignments), scanpy's name: ``None`` (default):
@@ -213,6 +212,8 @@ def utag(
         every core. The results do not depend on it. ``processes`` sets the slides' worker
         processes.
 
+    Notes
+    -----
     When ``adata.X`` or ``adata.obsm['spatial']`` is a Dask array (for instance from
     :func:`utag.io.read_lazy`), the run goes through :mod:`utag.distributed` on the active
     Dask scheduler: slides as Dask tasks, the PCA summed over blocks, a sketch clustered
