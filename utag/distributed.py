@@ -173,15 +173,14 @@ def _moments(aggregated) -> tuple[np.ndarray, np.ndarray]:
     return total[0] / aggregated.shape[0], total[1] / aggregated.shape[0]
 
 
-def fit_pca(aggregated, n_comps: int) -> dict:
-    """:func:`utag.embedding.pca` of the Dask array ``aggregated``: the covariance is
-    summed over its blocks, each block projected where it lies; the embedding is
-    gathered (float32, cells x n_comps)."""
+def fit_pca(aggregated, n_comps: int, mean: np.ndarray) -> dict:
+    """:func:`utag.embedding.pca` of the Dask array ``aggregated`` (column ``mean`` given):
+    the covariance is summed over its blocks, each block projected where it lies; the
+    embedding is gathered (float32, cells x n_comps)."""
     import dask
 
     n_cells, n_features = aggregated.shape
     n_comps = capped_n_comps(n_comps, n_cells, n_features)
-    mean = _moments(aggregated)[0]
     scatter = _tree_sum([dask.delayed(centred_scatter)(block, mean) for block in aggregated.to_delayed().ravel()])
     components, variance, variance_ratio = principal_axes(scatter.compute() / max(n_cells - 1, 1), n_comps)
     embedding = aggregated.map_blocks(project, components, mean, dtype=np.float32,
@@ -191,15 +190,14 @@ def fit_pca(aggregated, n_comps: int) -> dict:
             "params": {"zero_center": True, "method": "covariance (Dask)"}}
 
 
-def probabilities(aggregated, labellings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def probabilities(aggregated, labellings: dict[str, np.ndarray], mean: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`utag.clustering.soft_assignments` of each labelling (canonical order, as
-    ``aggregated``'s rows), block by block on the workers."""
+    ``aggregated``'s rows, whose column ``mean`` is given), block by block on the workers."""
     import dask
 
     n_cells = aggregated.shape[0]
     blocks = aggregated.to_delayed().ravel()
     bounds = np.cumsum([0, *aggregated.chunks[0]])
-    mean = _moments(aggregated)[0]
     spread = _tree_sum([dask.delayed(lambda block, mean: ((np.asarray(block, np.float64) - mean) ** 2).sum(axis=0))(
         block, mean) for block in blocks]).compute()
     sd = np.sqrt(spread / n_cells)
@@ -255,7 +253,8 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         coords, codes = coords[order], codes[order]
 
         with watch("PCA"):
-            fitted = fit_pca(aggregated, p.n_comps)
+            mean = _moments(aggregated)[0]  # one pass over the cells serves the PCA and the probabilities
+            fitted = fit_pca(aggregated, p.n_comps, mean)
         size = lazy_sketch_size(sketch_size, adata.n_obs)
         with watch("sketch"):
             sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
@@ -270,7 +269,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {seg.label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         with watch("probabilities"):
-            soft = probabilities(aggregated, labels)
+            soft = probabilities(aggregated, labels, mean)
         for key, values in labels.items():
             logger.info("%s: %d domains", key, values.max() + 1)
 
