@@ -206,3 +206,44 @@ def _revision(where: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "an unknown commit"
     return commit + ("+changes" if dirty else "")
+
+
+#: Runs a script against the utag source in UTAG_SOURCE instead of the installed (editable) utag.
+_WITH_SOURCE = """
+import os, runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, os.environ["UTAG_SOURCE"])
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@contextlib.contextmanager
+def checkout(commit: str):
+    """A temporary git worktree of ``commit`` of this repository (its path), removed afterwards."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / commit
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=root, check=True,
+                       capture_output=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, check=True)
+
+
+def run_script(script: Path, arguments: list[str], source: Path | None = None, capture: bool = False) -> str:
+    """Run ``script`` with ``arguments`` in a fresh Python process, importing utag from
+    ``source`` (a checkout) instead of the installed one when given; its output if ``capture``."""
+    import sys
+
+    command = [sys.executable, str(script), *arguments]
+    environment = dict(os.environ)
+    if source is not None:
+        command[1:1] = ["-c", _WITH_SOURCE]
+        environment["UTAG_SOURCE"] = str(source)
+    done = subprocess.run(command, env=environment, check=True, capture_output=capture, text=True)
+    return done.stdout if capture else ""

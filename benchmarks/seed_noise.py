@@ -14,16 +14,10 @@ their spread.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from squidpy_switch import _WITH_SOURCE
+from measure import checkout, run_script
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 RESOLUTIONS = (0.05, 0.1)
 
 
@@ -50,13 +44,8 @@ def scores(n_seeds: int) -> list[list[float]]:
 
 
 def _run(label: str, n_seeds: int, source: Path | None) -> str:
-    command = [str(Path(__file__).resolve()), "--seeds", str(n_seeds), "--measure", label]
-    environment = dict(os.environ)
-    if source is None:
-        return subprocess.run([sys.executable, *command], check=True, capture_output=True, text=True).stdout
-    environment["UTAG_SOURCE"] = str(source)
-    return subprocess.run([sys.executable, "-c", _WITH_SOURCE, *command], env=environment, check=True,
-                          capture_output=True, text=True).stdout
+    return run_script(Path(__file__).resolve(), ["--seeds", str(n_seeds), "--measure", label], source=source,
+                      capture=True)
 
 
 def main() -> None:
@@ -79,14 +68,8 @@ def main() -> None:
         parser.error("--before is required")
     lines = ["| code | seed | " + " | ".join(f"ARI leiden {r}" for r in RESOLUTIONS) + " |",
              "|---|---|" + "---|" * len(RESOLUTIONS)]
-    with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(source), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            lines.append(_run(f"before ({args.before})", args.seeds, source).rstrip())
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=ROOT, check=True)
+    with checkout(args.before) as before:
+        lines.append(_run(f"before ({args.before})", args.seeds, before).rstrip())
     lines.append(_run("after (working tree)", args.seeds, None).rstrip())
     table = "\n".join(lines)
     print(table)

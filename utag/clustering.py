@@ -38,6 +38,7 @@ from scipy.special import softmax
 
 from . import _leiden
 from . import _validation as check
+from ._numba import jit
 from ._parallel import map_processes, map_threads
 from ._progress import tqdm
 from .embedding import _chunks
@@ -423,10 +424,27 @@ def min_domain_cells(min_domain_size: float | int | None, n_cells: int) -> int:
 
 def domain_links(connectivities: sp.csr_matrix, labels: np.ndarray, n_labels: int) -> np.ndarray:
     """Total edge weight between every pair of labels (dense ``n_labels x n_labels``; the
-    number of domains is small), the diagonal holding each label's internal weight."""
-    membership = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
-                               shape=(len(labels), n_labels))
-    return (membership.T @ connectivities.astype(np.float64) @ membership).toarray()
+    number of domains is small), the diagonal holding each label's internal weight.
+
+    Examples
+    --------
+    >>> edges = sp.csr_matrix(np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], dtype=float))
+    >>> domain_links(edges, np.array([0, 0, 1]), 2).tolist()
+    [[4.0, 1.0], [1.0, 0.0]]
+    """
+    connectivities = sp.csr_matrix(connectivities)
+    return _label_links(connectivities.indptr, connectivities.indices, connectivities.data,
+                        np.asarray(labels, dtype=np.int64), int(n_labels))
+
+
+@jit
+def _label_links(indptr, indices, data, labels, n_labels):  # one pass over the edges, float64 sums
+    links = np.zeros((n_labels, n_labels))
+    for row in range(len(indptr) - 1):
+        mine = links[labels[row]]
+        for position in range(indptr[row], indptr[row + 1]):
+            mine[labels[indices[position]]] += data[position]
+    return links
 
 
 def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embedding: np.ndarray,

@@ -2,10 +2,12 @@
 
 * PCA of the message-passed features, computed from the feature covariance matrix
   (exact, deterministic, and cheap when there are tens to a few thousand features).
-* The k nearest neighbours of every cell in PCA space: exact (KD-tree) up to
+* The k nearest neighbours of every cell, on the message-passed features when there
+  are at most 50 and in PCA space otherwise (``use_rep``): exact (KD-tree, on the points
+  turned onto their principal axes above 10 dimensions) up to
   :data:`EXACT_NEIGHBORS_MAX_CELLS` cells, approximate above (HNSW graphs from
   ``hnswlib``, which PARC already depends on; ~98% of the exact neighbours at a million
-  cells, where the KD-tree would take two minutes on two cores).
+  cells in PCA space, where the KD-tree would take two minutes on two cores).
 * UMAP's fuzzy-simplicial-set weights on those neighbours, the connectivities scanpy's
   ``sc.pp.neighbors`` computes; ``utag/tests/test_embedding.py`` checks them against
   ``umap.umap_.fuzzy_simplicial_set``.
@@ -54,6 +56,11 @@ HNSW_M = 8
 HNSW_EF_CONSTRUCTION = 24
 HNSW_EF = 16
 _HNSW_PARTS = 2
+
+#: The exact search turns points of more dimensions than this onto their principal axes
+#: first (:func:`_on_principal_axes`); PCA embeddings (10 components by default) are on
+#: them already.
+_ROTATE_ABOVE_DIMS = 10
 
 _CHUNK_ROWS = 1 << 16
 _SMOOTH_K_TOLERANCE = 1e-5
@@ -149,12 +156,25 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     """
     random_state = check.seed(random_state)
     if exact_search(len(embedding), n_neighbors, method):
-        distances, indices = cKDTree(embedding).query(embedding, k=n_neighbors, workers=n_threads(n_jobs))
+        points = _on_principal_axes(embedding) if embedding.shape[1] > _ROTATE_ABOVE_DIMS else embedding
+        distances, indices = cKDTree(points).query(points, k=n_neighbors, workers=n_threads(n_jobs))
         distances = distances.reshape(len(embedding), -1)
         indices = indices.reshape(len(embedding), -1)
     else:
         indices, distances = approximate_neighbors(embedding, n_neighbors, random_state, n_jobs)
     return _self_first(indices.astype(np.int64), distances.astype(np.float32))
+
+
+def _on_principal_axes(points: np.ndarray) -> np.ndarray:
+    """``points`` centred and turned onto all their principal axes (float64).
+
+    A rotation keeps every distance (up to rounding), but puts the spread in the first
+    coordinates, which a KD-tree splits first: on 40 message-passed markers the exact
+    search then prunes far more of the tree (several times faster).
+    """
+    mean = points.mean(axis=0, dtype=np.float64)
+    axes, _, _ = principal_axes(_covariance(points, mean), points.shape[1])
+    return (points.astype(np.float64) - mean) @ axes
 
 
 def exact_search(n_cells: int, n_neighbors: int, method: str = "auto") -> bool:

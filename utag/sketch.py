@@ -17,7 +17,8 @@ import numpy as np
 
 from . import _validation as check
 
-__all__ = ["SKETCH_ABOVE", "DEFAULT_SKETCH_SIZE", "sketch_cells", "assign_by_vote", "sketch_size_for"]
+__all__ = ["SKETCH_ABOVE", "DEFAULT_SKETCH_SIZE", "sketch_cells", "assign_by_vote", "majority_vote",
+           "sketch_size_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +155,34 @@ def _coarse_regions(embedding: np.ndarray, rng, random_state: int) -> np.ndarray
     return region
 
 
+def majority_vote(votes: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The most common label in each row of ``votes`` (cells x k labels of their neighbours,
+    nearest first), and the vote counts (cells x ``n_labels``).
+
+    A tie goes to the tied label of the nearest neighbour, so the winner does not depend
+    on how the labels are numbered: each vote weighs ``1 + 2**-(rank + 1)``, and the extra
+    weights of all the farther neighbours add up to less than that of a nearer one.
+
+    Examples
+    --------
+    >>> winners, counts = majority_vote(np.array([[2, 0, 0, 2], [1, 1, 0, 0]]), 3)
+    >>> winners.tolist(), counts.tolist()
+    ([2, 1], [[2, 0, 2], [2, 2, 0]])
+    """
+    n_cells, k = votes.shape
+    flat = (np.arange(n_cells)[:, None] * n_labels + votes).ravel()
+    counts = np.bincount(flat, minlength=n_cells * n_labels).reshape(n_cells, n_labels)
+    weights = np.broadcast_to(1.0 + 0.5 ** np.arange(1, k + 1), votes.shape).ravel()
+    scores = np.bincount(flat, weights=weights, minlength=n_cells * n_labels).reshape(n_cells, n_labels)
+    return scores.argmax(axis=1), counts
+
+
 def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[np.ndarray],
                    n_neighbors: int = 15, random_state: int = 0, n_jobs: int | None = None
                    ) -> list[np.ndarray]:
     """Every cell's label in each of ``labellings`` (labels of the ``sample`` cells): its
     own for sampled cells, else the majority among its ``n_neighbors`` nearest sampled
-    cells in ``embedding`` (ties: the smaller label).
+    cells in ``embedding`` (ties: the label of the nearest tied cell, :func:`majority_vote`).
 
     Examples
     --------
@@ -189,10 +212,8 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
         full[sample] = labels
         if len(others):
             n_labels = int(labels.max()) + 1
-            for start in range(0, len(others), 65_536):  # vote counts of a chunk of cells at a time
+            for start in range(0, len(others), 65_536):  # a chunk of cells at a time
                 votes = labels[neighbours[start:start + 65_536]]
-                flat = (np.arange(len(votes))[:, None] * n_labels + votes).ravel()
-                counts = np.bincount(flat, minlength=len(votes) * n_labels).reshape(len(votes), n_labels)
-                full[others[start:start + len(votes)]] = counts.argmax(axis=1)
+                full[others[start:start + len(votes)]] = majority_vote(votes, n_labels)[0]
         assigned.append(full)
     return assigned

@@ -23,6 +23,7 @@ from ._keys import probabilities_key
 from .clustering import cluster_means
 from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
+from .sketch import majority_vote
 
 __all__ = ["build_model", "transfer_labels"]
 
@@ -80,7 +81,8 @@ def transfer_labels(
         ``obs`` column of the new slides (``None``: one slide).
     method
         ``"knn"`` (default): majority vote of the ``n_neighbors`` nearest reference cells
-        in PCA space, probabilities the vote shares; ``"centroid"``: nearest domain
+        in PCA space (a tie goes to the domain of the nearest tied cell), probabilities
+        the vote shares; ``"centroid"``: nearest domain
         centroid in PCA space (needs only the model), probabilities the softmax of
         ``-distance^2 / 2``.
     n_jobs
@@ -149,12 +151,10 @@ def transfer_labels(
         if method == "centroid":
             # softmax of -||e - c||^2 / 2; the ||e||^2 term is the same for every domain
             probabilities = softmax(embedding @ centroids.T - 0.5 * (centroids**2).sum(axis=1), axis=1)
-        else:
-            votes = result.obs[key].cat.codes.to_numpy()[neighbours]
-            flat = (np.arange(len(votes))[:, None] * len(centroids) + votes).ravel()
-            probabilities = np.bincount(flat, minlength=len(votes) * len(centroids)).reshape(len(votes), -1)
-            probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
-        labels = probabilities.argmax(axis=1)
+            labels = probabilities.argmax(axis=1)
+        else:  # ties go to the nearest tied cell's domain, whatever the domains' numbers
+            labels, counts = majority_vote(result.obs[key].cat.codes.to_numpy()[neighbours], len(centroids))
+            probabilities = counts / counts.sum(axis=1, keepdims=True)
         categories = [str(i) for i in range(len(centroids))]
         transferred.obs[key] = pd.Categorical.from_codes(labels, categories=categories)
         transferred.obsm[probabilities_key(key)] = probabilities.astype(np.float32)

@@ -40,7 +40,9 @@ def labels(options: dict) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # the commit, and "+changes" when the working tree differs from it (labels of uncommitted code)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty=+changes", "--exclude=*"], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
     stored = {f"{run}|{key}": codes.astype(np.int16) for run, options in RUNS.items()
               for key, codes in labels(options).items()}
     np.savez_compressed(PATH, commit=np.array(commit), **stored)

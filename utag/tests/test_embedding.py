@@ -46,6 +46,17 @@ def test_nearest_neighbours_are_exact(points):
     np.testing.assert_allclose(np.sort(full, axis=1)[:, :6], distances, rtol=1e-5, atol=1e-5)
 
 
+def test_nearest_neighbours_are_exact_in_many_dimensions():
+    # above 10 dimensions the search runs on the points turned onto their principal axes;
+    # the neighbours and their distances must be those of the points as given
+    rng = np.random.default_rng(1)
+    points = (rng.normal(size=(400, 40)) @ rng.normal(size=(40, 40)) + 5).astype(np.float32)
+    indices, distances = nearest_neighbors(points, 8)
+    full = np.linalg.norm(points[:, None].astype(np.float64) - points[None], axis=-1)
+    np.testing.assert_array_equal(indices, np.argsort(full, axis=1)[:, :8])
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :8], rtol=1e-5, atol=1e-4)
+
+
 def test_each_cell_comes_first_among_its_duplicates():
     points = np.zeros((20, 3), dtype=np.float32)  # 20 identical cells, k=5
     points[10:] += 1

@@ -141,3 +141,20 @@ def test_sketch_size_errors_name_the_parameter(tissue):
     with pytest.raises(ValueError, match="`sketch_size` must be"):
         utag(tissue, sketch_size="half", apply_clustering=False, **KW)  # checked even when unused
     assert sketch_size_for(None, 10) is None and sketch_size_for(0, 10) is None
+
+
+def test_majority_vote_does_not_depend_on_how_labels_are_numbered():
+    from utag.sketch import majority_vote
+
+    rng = np.random.default_rng(0)
+    votes = rng.integers(0, 5, size=(2_000, 6))  # 6 votes over 5 labels: many ties
+    winners, counts = majority_vote(votes, 5)
+    tied = (counts == counts.max(axis=1, keepdims=True)).sum(axis=1) > 1
+    assert tied.mean() > 0.2, "the case must have ties for this test to mean anything"
+    assert (counts[np.arange(len(votes)), winners] == counts.max(axis=1)).all()  # a most common label
+    # a tie goes to the nearest tied neighbour's label
+    first_rank = [min(np.flatnonzero(row == label)) for row, label in zip(votes, winners)]
+    best_first = [min(np.flatnonzero(np.isin(row, np.flatnonzero(c == c.max())))) for row, c in zip(votes, counts)]
+    assert first_rank == best_first
+    renumber = rng.permutation(5)
+    assert (majority_vote(renumber[votes], 5)[0] == renumber[winners]).all()
