@@ -142,13 +142,21 @@ def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.n
         rows = order[cells]
         reading = np.sort(rows)  # rows read in increasing order, then put in the canonical one
         task = dask.delayed(_slide_task, nout=2, pure=True)(
-            coords[rows], features[reading], np.searchsorted(reading, rows), background, p.max_dist,
+            coords[rows], _rows_of(features, reading), np.searchsorted(reading, rows), background, p.max_dist,
             normalization_mode, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths)
         blocks.append(da.from_delayed(task[0], shape=(len(rows), n_out), dtype=np.float32))
         edges.append(task[1])
     lazy = da.concatenate(blocks, axis=0)
     aggregated, edges = dask.persist(lazy, edges)
     return aggregated, lazy, int(sum(dask.compute(*edges)))
+
+
+def _rows_of(array, rows: np.ndarray):
+    """``array[rows]`` for increasing ``rows``: a slice where they are contiguous (slides
+    stored one after the other), which a Dask array serves from the chunks it spans
+    instead of through a fancy-indexing graph over every chunk."""
+    start, stop = int(rows[0]), int(rows[-1]) + 1
+    return array[start:stop] if stop - start == len(rows) else array[rows]
 
 
 def _tree_sum(parts: list):
