@@ -237,8 +237,12 @@ def _slides_side_by_side(points: np.ndarray, codes: np.ndarray, max_dist: float)
 
 def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
                      bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR, bytes_per_cell: float = 0.0,
-                     fraction: float | None = None) -> float | None:
+                     fraction: float | None = None, radius_per_max_dist: float = 1.0) -> float | None:
     """Raise :class:`GraphTooLargeError` if the radius graph of ``max_dist`` would not fit.
+
+    ``radius_per_max_dist``: the graph's radius over ``max_dist`` (above 1 for the
+    multiscale flavour, see :func:`utag.multiscale.graph_radius`); the error still names
+    ``max_dist`` values, as the user passes them.
 
     The graph needs about ``bytes_per_pair * pairs + bytes_per_cell * n_cells`` bytes
     (the constants above say what each route measured), ``pairs`` from
@@ -257,7 +261,7 @@ def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
     if available is None:
         logger.info("available memory unknown: the spatial graph's size is not checked")
         return None
-    n_pairs = float(estimate_pairs(coords, codes, max_dist))
+    n_pairs = float(estimate_pairs(coords, codes, max_dist * radius_per_max_dist))
     required = bytes_per_pair * n_pairs + bytes_per_cell * len(codes)
     logger.info("max_dist=%g: about %s spatial edges (~%s), %s of memory available", max_dist,
                 _format_count(n_pairs), _format_bytes(required), _format_bytes(available))
@@ -265,9 +269,10 @@ def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
     if required <= budget:
         return n_pairs
     max_pairs = (budget - bytes_per_cell * len(codes)) / bytes_per_pair
-    suggested, suggested_pairs = _fitting_max_dist(coords, codes, max_dist, n_pairs, max_pairs)
+    suggested, suggested_pairs = _fitting_max_dist(coords, codes, max_dist, n_pairs, max_pairs, radius_per_max_dist)
+    radius = "" if radius_per_max_dist == 1 else f" (a spatial graph of radius {max_dist * radius_per_max_dist:g})"
     message = (
-        f"`max_dist={max_dist:g}` implies about {_format_count(n_pairs)} spatial edges "
+        f"`max_dist={max_dist:g}`{radius} implies about {_format_count(n_pairs)} spatial edges "
         f"(~{_format_bytes(required)} to build the graph), but only {_format_bytes(available)} of memory is "
         f"available ({fraction:.0%} of it may be used); building it would get the process killed. "
     )
@@ -282,18 +287,19 @@ def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
 
 
 def _fitting_max_dist(coords: np.ndarray, codes: np.ndarray, max_dist: float, n_pairs: float,
-                      max_pairs: float) -> tuple[float | None, float | None]:
-    """Largest ``max_dist`` with 2 significant digits whose estimated pairs fit ``max_pairs``."""
+                      max_pairs: float, radius_per_max_dist: float = 1.0) -> tuple[float | None, float | None]:
+    """Largest ``max_dist`` with 2 significant digits whose estimated pairs (at radius
+    ``max_dist * radius_per_max_dist``) fit ``max_pairs``."""
     if max_pairs <= 0:
         return None, None
     # beyond the diagonal of all coordinates (slides may share a frame) every pair is connected
-    candidate = min(max_dist, float(np.linalg.norm(np.ptp(coords, axis=0))))
+    candidate = min(max_dist, float(np.linalg.norm(np.ptp(coords, axis=0))) / radius_per_max_dist)
     for _ in range(30):
         # pairs grow about as max_dist^2 while it is smaller than the slides
         candidate = _round_down(candidate * 0.95 * math.sqrt(max_pairs / n_pairs))
         if candidate <= 0:
             break
-        n_pairs = float(estimate_pairs(coords, codes, candidate))
+        n_pairs = float(estimate_pairs(coords, codes, candidate * radius_per_max_dist))
         if n_pairs <= max_pairs:
             return candidate, n_pairs
     return None, None

@@ -123,7 +123,7 @@ def pass_messages(
     normalization_mode = normalization_mode_name(normalization_mode)
     radius = multiscale.graph_radius(max_dist, kernel_widths)
     if spatial_graph_kind == "radius":  # the others have a few edges per cell
-        check_graph_fits(coords, codes, radius, bytes_per_pair, bytes_per_cell)
+        check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell, radius_per_max_dist=radius / max_dist)
     features = as_float32(features)
     slides = slide_cells(codes)
     results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,

@@ -543,7 +543,8 @@ def max_dist_report(
     max_dists = [check.check_positive("max_dists", d) for d in max_dists]
     widths = {d: multiscale.flavor_widths(flavor, d, kernel_widths) for d in max_dists}
     radii = {d: multiscale.graph_radius(d, widths[d]) for d in max_dists}
-    check_graph_fits(coords, codes, max(radii.values()), MESSAGE_PASSING_BYTES_PER_PAIR)
+    widest = max(radii, key=radii.get)
+    check_graph_fits(coords, codes, widest, MESSAGE_PASSING_BYTES_PER_PAIR, radius_per_max_dist=radii[widest] / widest)
     rows = []
     for max_dist in max_dists:
         degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)

@@ -199,6 +199,31 @@ def test_suggested_max_dist_fits_and_runs(tissue, monkeypatch):
     assert result.obs["UTAG Label_kmeans_0.3"].notna().all()
 
 
+def test_multiscale_error_names_max_dist_values_that_fit(tissue, monkeypatch):
+    from utag.multiscale import graph_radius, kernel_widths
+
+    # the multiscale flavour builds its graph at a radius above max_dist; the error must
+    # still name the max_dist given and suggest one that then runs in that flavour
+    monkeypatch.setattr(graph, "available_memory", lambda: 40_000_000)
+    with pytest.raises(GraphTooLargeError, match=r"`max_dist=150` \(a spatial graph of radius") as raised:
+        utag(tissue, slide_key="roi", max_dist=150, flavor="multiscale", clustering_method="kmeans",
+             resolutions=[0.3], progress=False)
+    suggested = raised.value.suggested_max_dist
+    assert raised.value.max_dist == 150 and suggested < 150
+    coords, codes = _coords_codes(tissue)
+    radius_per_max_dist = graph_radius(suggested, kernel_widths(suggested)) / suggested
+    assert radius_per_max_dist > 1
+    # not needlessly small: twice the suggestion would not have fitted at its own radius
+    bytes_per_cell = (graph.MESSAGE_PASSING_BYTES_PER_CELL
+                      + graph.MESSAGE_PASSING_BYTES_PER_FEATURE * tissue.n_vars * len(kernel_widths(suggested)))
+    max_pairs = (graph.MEMORY_FRACTION * 40_000_000 - bytes_per_cell * tissue.n_obs) / \
+        graph.MESSAGE_PASSING_BYTES_PER_PAIR
+    assert estimate_pairs(coords, codes, 2 * suggested * radius_per_max_dist) > max_pairs
+    result = utag(tissue, slide_key="roi", max_dist=suggested, flavor="multiscale", clustering_method="kmeans",
+                  resolutions=[0.3], progress=False)
+    assert result.obs["UTAG Label_kmeans_0.3"].notna().all()
+
+
 def test_analysis_checks_the_graph_it_builds(tissue, monkeypatch):
     from utag.analysis import domain_connectivity
 
