@@ -178,7 +178,7 @@ def _dask_client(scheduler: str | None, processes: int | None):
         raise UsageError(f"--dask-scheduler needs the 'distributed' package ({error}).") from None
     if scheduler == "local":
         with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=":0") as cluster, Client(cluster) as client:  # any free port
             yield client
     else:
         with Client(scheduler) as client:

@@ -86,7 +86,7 @@ def test_a_local_cluster_of_two_worker_processes_gives_the_in_process_result():
     tissue = _shuffled_tissue(50_000, n_slides=8, seed=1)
     options = dict(clustering_method=["leiden"], resolutions=[0.1], sketch_size=10_000, **KW)
     expected = utag(tissue, **options)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster):
         got = utag(_as_dask(tissue, chunk_rows=10_000), **options)
     _assert_same_result(expected, got)
