@@ -175,10 +175,9 @@ def majority_vote(votes: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndar
     """
     n_cells, k = votes.shape
     flat = (np.arange(n_cells)[:, None] * n_labels + votes).ravel()
-    counts = np.bincount(flat, minlength=n_cells * n_labels).reshape(n_cells, n_labels)
     weights = np.broadcast_to(1.0 + 0.5 ** np.arange(1, k + 1), votes.shape).ravel()
     scores = np.bincount(flat, weights=weights, minlength=n_cells * n_labels).reshape(n_cells, n_labels)
-    return scores.argmax(axis=1), counts
+    return scores.argmax(axis=1), np.floor(scores).astype(np.int64)  # the extras add up to less than one vote
 
 
 def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[np.ndarray],
