@@ -38,6 +38,7 @@ import numba
 import numpy as np
 
 from ._numba import jit
+from ._order import morton_order
 
 _THETA = 0.01
 _BLOCK = 1024
@@ -384,19 +385,11 @@ def leiden(adjacency, resolution: float = 1.0, n_iterations: int = 2, random_sta
     return run(_as_graph(matrix), resolution, n_iterations, random_state, initial_membership)
 
 
-def locality_order(embedding: np.ndarray, n_dims: int = 3, bits: int = 10) -> np.ndarray:
-    """Cells sorted along a Z-order (Morton) curve through the first ``n_dims`` columns of
-    ``embedding``: cells near each other in the embedding, hence in its kNN graph, get
-    nearby positions."""
-    columns = np.asarray(embedding[:, :n_dims], dtype=np.float64)
-    span = np.ptp(columns, axis=0)
-    span[span == 0] = 1.0
-    grid = ((columns - columns.min(axis=0)) / span * (2**bits - 1)).astype(np.uint64)
-    code = np.zeros(len(columns), dtype=np.uint64)
-    for bit in range(bits):
-        for dim in range(grid.shape[1]):
-            code |= ((grid[:, dim] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * grid.shape[1] + dim)
-    return np.argsort(code, kind="stable")
+def locality_order(embedding: np.ndarray, n_dims: int = 3) -> np.ndarray:
+    """Cells sorted along a Z-order curve through the first ``n_dims`` columns of
+    ``embedding`` (:func:`utag._order.morton_order`): cells near each other in the
+    embedding, hence in its kNN graph, get nearby positions."""
+    return morton_order(embedding[:, :n_dims])
 
 
 def _as_graph(adjacency, order: np.ndarray | None = None):

@@ -24,6 +24,7 @@ from scipy.spatial import cKDTree
 
 from . import _validation as check
 from ._numba import jit
+from ._order import morton_order
 from ._parallel import map_threads, n_threads
 from ._progress import Stopwatch
 
@@ -38,6 +39,7 @@ __all__ = [
     "fuzzy_connectivities",
     "knn_distances",
     "knn_graph",
+    "locality_order",
     "representation",
 ]
 
@@ -61,6 +63,9 @@ _HNSW_PARTS = 2
 #: first (:func:`_on_principal_axes`); PCA embeddings (10 components by default) are on
 #: them already.
 _ROTATE_ABOVE_DIMS = 10
+
+#: :func:`locality_order` orders cells along this many leading principal axes.
+_LOCALITY_AXES = 3
 
 _CHUNK_ROWS = 1 << 16
 _SMOOTH_K_TOLERANCE = 1e-5
@@ -190,10 +195,11 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     """Approximate kNN with HNSW indices (``hnswlib``), deterministic for a given seed.
 
     hnswlib builds one index in parallel by inserting cells from several threads, which
-    makes the graph depend on thread timing. Instead the cells are split (alternate
-    cells) into two indices, each built by one thread with a seeded level generator, and
-    every cell is searched in both; the two candidate lists are merged. The result
-    depends only on the data and ``random_state``, not on the number of cores.
+    makes the graph depend on thread timing. Instead the cells, put in
+    :func:`locality_order`, are split (alternate cells) into two indices, each built by
+    one thread with a seeded level generator, and every cell is searched in both; the
+    two candidate lists are merged. The result depends only on the data and
+    ``random_state``, not on the number of cores.
 
     Returns ``(indices, distances)`` sorted by distance (Euclidean, float32).
     """
@@ -201,7 +207,10 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     import hnswlib
 
     n_cells, n_dims = embedding.shape
-    data = np.ascontiguousarray(embedding, dtype=np.float32)
+    # in locality order HNSW builds and searches several times faster (the same part of
+    # the index stays in cache from one cell to the next); positions in that order are the ids
+    order = locality_order(embedding)
+    data = np.ascontiguousarray(embedding[order], dtype=np.float32)
     parts = [np.arange(start, n_cells, _HNSW_PARTS) for start in range(_HNSW_PARTS)]
     n_jobs = n_threads(n_jobs)
 
@@ -221,8 +230,35 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     candidates = np.concatenate(candidates, axis=1)
     squared = np.concatenate(squared, axis=1)
     nearest = np.argsort(squared, axis=1, kind="stable")[:, :n_neighbors]
-    distances = np.sqrt(np.clip(np.take_along_axis(squared, nearest, axis=1), 0, None))
-    return np.take_along_axis(candidates, nearest, axis=1).astype(np.int64), distances
+    neighbours = np.empty((n_cells, nearest.shape[1]), dtype=np.int64)
+    distances = np.empty((n_cells, nearest.shape[1]), dtype=np.float32)
+    neighbours[order] = order[np.take_along_axis(candidates, nearest, axis=1)]
+    distances[order] = np.sqrt(np.clip(np.take_along_axis(squared, nearest, axis=1), 0, None))
+    return neighbours, distances
+
+
+def locality_order(points: np.ndarray) -> np.ndarray:
+    """A permutation of the rows of ``points`` (cells x dimensions) that puts cells close
+    to each other in ``points`` close to each other in the order: a Z-order curve
+    (:func:`utag._order.morton_order`) through the three leading principal axes.
+
+    HNSW indices are built and searched several times faster in this order, because
+    consecutive cells then work on the same part of the index, which stays in the
+    processor's cache; which cells a search finds does not depend on the order of the
+    queries.
+
+    Examples
+    --------
+    >>> points = np.array([[0.0, 0.0], [10.0, 0.0], [0.1, 0.0], [10.1, 0.0]])
+    >>> locality_order(points).tolist()
+    [0, 2, 1, 3]
+    """
+    n_axes = min(_LOCALITY_AXES, points.shape[1])
+    if len(points) < 2 or n_axes == 0:
+        return np.arange(len(points))
+    mean = points.mean(axis=0, dtype=np.float64)
+    axes, _, _ = principal_axes(_covariance(points, mean), n_axes)
+    return morton_order(project(points, axes, mean))
 
 
 def _self_first(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -168,6 +168,20 @@ def test_approximate_neighbours_are_deterministic(tissue_embedding):
     np.testing.assert_array_equal(first, approximate_neighbors(tissue_embedding, 10, random_state=0, n_jobs=1)[0])
 
 
+def test_locality_order_keeps_groups_of_nearby_cells_together():
+    from utag.embedding import locality_order
+
+    rng = np.random.default_rng(0)
+    # three groups apart along the fifth dimension only: the leading principal axis
+    group = rng.integers(3, size=3_000)
+    points = rng.normal(0, 1, size=(3_000, 6))
+    points[:, 4] += 50 * group
+    order = locality_order(points)
+    np.testing.assert_array_equal(np.sort(order), np.arange(3_000))
+    # consecutive cells are almost always of one group (in a random order, two in three are not)
+    assert np.mean(np.diff(group[order]) != 0) < 0.05
+
+
 def test_unknown_knn_method_is_rejected(points):
     with pytest.raises(ValueError, match="method"):
         nearest_neighbors(points, 5, method="ball_tree")

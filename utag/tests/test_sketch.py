@@ -119,6 +119,18 @@ def test_vote_assigns_each_cell_to_its_nearest_sampled_domain():
     assert np.mean(assigned == truth) > 0.99
 
 
+def test_vote_does_not_depend_on_the_order_of_the_sample():
+    rng = np.random.default_rng(1)
+    embedding = rng.normal(size=(2_000, 4))
+    labels = (embedding[:, 0] > 0).astype(int) + 2 * (embedding[:, 1] > 0.5)
+    sample = np.sort(rng.choice(2_000, size=400, replace=False))
+    shuffled = rng.permutation(len(sample))
+    in_order = assign_by_vote(embedding, sample, [labels[sample]], n_neighbors=7)[0]
+    np.testing.assert_array_equal(
+        assign_by_vote(embedding, sample[shuffled], [labels[sample][shuffled]], n_neighbors=7)[0], in_order)
+    assert np.mean(in_order == labels) > 0.8  # by chance: about 0.3
+
+
 def test_auto_sketches_only_large_data(tissue, monkeypatch, caplog):
     assert "sketch" not in utag(tissue, clustering_method="kmeans", resolutions=[0.3], **KW).uns["utag"]
     monkeypatch.setattr(sketch, "SKETCH_ABOVE", 5_000)
