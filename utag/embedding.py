@@ -175,7 +175,7 @@ def _on_principal_axes(points: np.ndarray) -> np.ndarray:
 
     A rotation keeps every distance (up to rounding), but puts the spread in the first
     coordinates, which a KD-tree splits first: on 40 message-passed markers the exact
-    search then prunes far more of the tree (several times faster).
+    search then prunes far more of the tree (much faster).
     """
     mean = points.mean(axis=0, dtype=np.float64)
     axes, _, _ = principal_axes(_covariance(points, mean), points.shape[1])
@@ -207,7 +207,7 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     import hnswlib
 
     n_cells, n_dims = embedding.shape
-    # in locality order HNSW builds and searches several times faster (the same part of
+    # in locality order HNSW builds and searches much faster (the same part of
     # the index stays in cache from one cell to the next); positions in that order are the ids
     order = locality_order(embedding)
     data = np.ascontiguousarray(embedding[order], dtype=np.float32)
@@ -242,7 +242,7 @@ def locality_order(points: np.ndarray) -> np.ndarray:
     to each other in ``points`` close to each other in the order: a Z-order curve
     (:func:`utag._order.morton_order`) through the three leading principal axes.
 
-    HNSW indices are built and searched several times faster in this order, because
+    HNSW indices are built and searched much faster in this order, because
     consecutive cells then work on the same part of the index, which stays in the
     processor's cache; which cells a search finds does not depend on the order of the
     queries.

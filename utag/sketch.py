@@ -199,7 +199,7 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
 
     points = np.ascontiguousarray(embedding, dtype=np.float32)
     k = min(n_neighbors, len(sample))
-    # cells in locality order: the index is built and searched several times faster
+    # cells in locality order: the index is built and searched much faster
     order = locality_order(points)
     sampled = np.zeros(len(points), dtype=bool)
     sampled[sample] = True

@@ -152,3 +152,18 @@ def test_rows_swapped_in_pairs_come_back_in_the_input_order():
     swapped = canonical[np.r_[3_000:6_000, 0:3_000]].copy()
     options = dict(clustering_method=["kmeans"], resolutions=[0.3], sketch_size=2_000, **KW)
     _assert_same_result(utag(swapped, **options), utag(_as_dask(swapped, chunk_rows=1_000), **options))
+
+
+@pytest.mark.parametrize("stored", ["slide by slide", "slides out of code order", "interleaved"])
+def test_each_slide_task_gets_exactly_its_rows(stored):
+    from utag.distributed import _slide_pieces
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(1_000, 3)).astype(np.float32)
+    slide = {"slide by slide": np.repeat([0, 1, 2], [300, 500, 200]),
+             "slides out of code order": np.repeat([2, 0, 1], [300, 500, 200]),
+             "interleaved": rng.integers(3, size=1_000)}[stored]
+    slides = [rng.permutation(np.flatnonzero(slide == code)) for code in range(3)]
+    pieces = _slide_pieces(da.from_array(values, chunks=(128, 3)), slides)
+    for cells, piece in zip(slides, pieces):
+        np.testing.assert_array_equal(piece.compute(), values[np.sort(cells)])
