@@ -7,12 +7,13 @@ Usage (from the repository root, with utag installed)::
 
 On synthetic tissue (``--cells`` cells on ``--slides`` slides, 5 domains, ``max_dist``
 40) and, with ``--spleen``, on each full CODEX spleen section from ``shared/``
-(``max_dist`` 150): ``utag()`` with Leiden at resolutions 0.05, 0.1 and 0.3, once on
-every cell (``sketch_size=None``) and once per sketch size. Each run is in this process,
+(``max_dist`` 150): ``utag()`` with Leiden at resolutions 0.05, 0.1 and 0.3, twice on
+every cell (``sketch_size=None``; ``random_state`` 0 and 1, the second showing how far
+two unsketched runs are apart) and once per sketch size (``random_state=0``). Each run is in this process,
 one after the other; the peak is the process's resident high-water mark during the run
 (``VmHWM``, reset before each).
 
-Per run and resolution: seconds, peak memory, the ARI of the sketched labels against the
+Per run and resolution: seconds (and per stage of ``utag()``), peak memory, the ARI of the sketched labels against the
 unsketched ones, the ARI of each against the truth, and how many true domains holding
 at least 0.5% of the cells are found (a predicted domain whose cells are mostly of that
 domain and which holds at least half of it).
@@ -53,12 +54,13 @@ def domains_found(truth: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
 def runs(name: str, adata, slide_key: str, max_dist: float, sizes: list[int]) -> list[dict]:
     truth = adata.obs["domain"].astype(str).to_numpy()
     rows, reference = [], None
-    for size in [None, *sizes]:
+    # every cell with another seed: how far two unsketched runs are apart (seed noise)
+    for size, seed in [(None, 0), (None, 1), *((size, 0) for size in sizes)]:
         gc.collect()
         reset_peak_memory()
         started = time.perf_counter()
         result = utag(adata, slide_key=slide_key, max_dist=max_dist, clustering_method="leiden",
-                      resolutions=RESOLUTIONS, sketch_size=size, progress=False)
+                      resolutions=RESOLUTIONS, sketch_size=size, random_state=seed, progress=False)
         seconds, peak = time.perf_counter() - started, peak_memory()
         labels = {r: result.obs[f"UTAG Label_leiden_{r}"].to_numpy() for r in RESOLUTIONS}
         if reference is None:
@@ -67,11 +69,14 @@ def runs(name: str, adata, slide_key: str, max_dist: float, sizes: list[int]) ->
         for resolution in RESOLUTIONS:
             found, large = domains_found(truth, labels[resolution])
             rows.append({
-                "data": name, "sketch": "every cell" if size is None else f"{result.uns['utag']['sketch']['size']:,}",
+                "data": name, "sketch": (f"every cell, random_state={seed}" if size is None
+                                         else f"{result.uns['utag']['sketch']['size']:,}"),
                 "seconds": seconds, "peak GB": peak, "resolution": resolution,
                 "ARI vs every cell": adjusted_rand_score(reference[resolution], labels[resolution]),
                 "ARI vs truth": adjusted_rand_score(truth[scored], labels[resolution][scored]),
-                "domains": len(np.unique(labels[resolution])), "true domains >= 0.5% found": f"{found} of {large}"})
+                "domains": len(np.unique(labels[resolution])), "true domains >= 0.5% found": f"{found} of {large}",
+                "stages (s)": ", ".join(f"{stage} {seconds:.1f}" for stage, seconds
+                                        in result.uns["utag"]["timings"].items() if seconds >= 0.5)})
         print(markdown(rows[-len(RESOLUTIONS):]), flush=True)
         del result
     return rows

@@ -209,31 +209,42 @@ def fit_pca(aggregated, n_comps: int, mean: np.ndarray) -> dict:
 
 def probabilities(aggregated, labellings: dict[str, np.ndarray], mean: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`utag.clustering.soft_assignments` of each labelling (canonical order, as
-    ``aggregated``'s rows, whose column ``mean`` is given), block by block on the workers."""
+    ``aggregated``'s rows, whose column ``mean`` is given), block by block on the workers,
+    in two passes over the blocks for all labellings together: the spread and every
+    labelling's cluster sums, then the soft assignments."""
     import dask
 
-    n_cells = aggregated.shape[0]
+    n_cells, n_features = aggregated.shape
     blocks = aggregated.to_delayed().ravel()
     bounds = np.cumsum([0, *aggregated.chunks[0]])
-    spread = _tree_sum([dask.delayed(lambda block, mean: ((np.asarray(block, np.float64) - mean) ** 2).sum(axis=0))(
-        block, mean) for block in blocks]).compute()
-    sd = np.sqrt(spread / n_cells)
+    labels = list(labellings.values())
+    n_labels = [int(codes.max()) + 1 for codes in labels]
+
+    def block_sums(block, mean, block_labels):
+        """One flat vector: the block's squared deviations per column, then each
+        labelling's per-cluster column sums (clusters x columns)."""
+        values = np.asarray(block, dtype=np.float64)
+        parts = [((values - mean) ** 2).sum(axis=0)]
+        parts += [np.stack([np.bincount(codes, weights=column, minlength=k) for column in values.T], axis=1).ravel()
+                  for codes, k in zip(block_labels, n_labels)]
+        return np.concatenate(parts)
+
+    sums = _tree_sum([dask.delayed(block_sums)(block, mean, [codes[start:stop] for codes in labels])
+                      for block, start, stop in zip(blocks, bounds[:-1], bounds[1:])]).compute()
+    sd = np.sqrt(sums[:n_features] / n_cells)
     sd[sd == 0] = 1.0
+    centroids, offset = [], n_features
+    for codes, k in zip(labels, n_labels):
+        cluster_sums = sums[offset:offset + k * n_features].reshape(k, n_features)
+        offset += k * n_features
+        sizes = np.maximum(np.bincount(codes, minlength=k), 1)
+        centroids.append((cluster_sums / sizes[:, None] - mean) / sd)
 
-    def cluster_sums(block, labels, n_labels):
-        return np.stack([np.bincount(labels, weights=column, minlength=n_labels)
-                         for column in np.asarray(block, dtype=np.float64).T], axis=1)
+    def soft_blocks(block):
+        return [soft_block(block, mean, sd, each) for each in centroids]
 
-    result = {}
-    for key, labels in labellings.items():
-        n_labels = int(labels.max()) + 1
-        sums = _tree_sum([dask.delayed(cluster_sums)(block, labels[start:stop], n_labels)
-                          for block, start, stop in zip(blocks, bounds[:-1], bounds[1:])]).compute()
-        sizes = np.maximum(np.bincount(labels, minlength=n_labels), 1)
-        centroids = (sums / sizes[:, None] - mean) / sd
-        parts = [dask.delayed(soft_block)(block, mean, sd, centroids) for block in blocks]
-        result[key] = np.concatenate(dask.compute(*parts))
-    return result
+    per_block = dask.compute(*[dask.delayed(soft_blocks)(block) for block in blocks])
+    return {key: np.concatenate([soft[index] for soft in per_block]) for index, key in enumerate(labellings)}
 
 
 def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalization_mode: str, random_state: int,

@@ -31,6 +31,8 @@ DEFAULT_SKETCH_SIZE = 200_000
 #: needs most of them, not all (50 gave the same winner for all but a fraction of a
 #: percent of the cells, at twice the time).
 VOTE_EF = 16
+#: Cells searched and voted at a time.
+_VOTE_CHUNK = 65_536
 #: Centroids of the coarse partition the sample is balanced over.
 N_COARSE = 32
 
@@ -212,19 +214,17 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
     index.set_num_threads(1)  # one thread: insertion order, hence the index, is fixed
     index.add_items(points[sample[inserted]], inserted)
     index.set_ef(max(VOTE_EF, k))
-    neighbours = np.empty((0, k), dtype=np.int64)
-    if len(others):
-        neighbours = index.knn_query(points[others], k=k, num_threads=n_jobs or os.cpu_count() or 1)[0]
-        neighbours = neighbours.astype(np.int64)
     assigned = []
     for labels in labellings:
-        labels = np.asarray(labels, dtype=np.int64)
         full = np.empty(len(points), dtype=np.int64)
         full[sample] = labels
-        if len(others):
-            n_labels = int(labels.max()) + 1
-            for start in range(0, len(others), 65_536):  # a chunk of cells at a time
-                votes = labels[neighbours[start:start + 65_536]]
-                full[others[start:start + len(votes)]] = majority_vote(votes, n_labels)[0]
         assigned.append(full)
+    labellings = [np.asarray(labels, dtype=np.int64) for labels in labellings]
+    n_labels = [int(labels.max()) + 1 for labels in labellings]
+    threads = n_jobs or os.cpu_count() or 1
+    for start in range(0, len(others), _VOTE_CHUNK):  # a chunk at a time: the neighbour lists of all
+        cells = others[start:start + _VOTE_CHUNK]  # of ten million cells would take gigabytes
+        neighbours = index.knn_query(points[cells], k=k, num_threads=threads)[0].astype(np.int64)
+        for labels, n, full in zip(labellings, n_labels, assigned):
+            full[cells] = majority_vote(labels[neighbours], n)[0]
     return assigned
