@@ -17,7 +17,8 @@ after the other:
 
 Both run Leiden at resolutions 0.05, 0.1 and 0.3. Reported: seconds end to end and per
 stage (``uns['utag']['timings']``), peak resident memory (the client alone, the largest
-worker, and every process together; sampled every 50 ms), the ARI of the Dask labels
+worker, and every process together; sampled every 50 ms, after the memory freed by the
+earlier runs is handed back to the operating system), the ARI of the Dask labels
 against the in-process ones (1.0: the same labels) and against the truth. Below the
 table, how time grows with cells on Dask: the exponent of a power law through each
 pair of sizes (1: linear).
@@ -25,7 +26,6 @@ pair of sizes (1: linear).
 from __future__ import annotations
 
 import argparse
-import gc
 import shutil
 import tempfile
 import time
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from labelled import markdown, write_generated
-from measure import TreeMemory, provenance
+from measure import TreeMemory, provenance, release_memory
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -103,7 +103,7 @@ def measure(n_cells: int, args, store: Path) -> list[dict]:
                    sketch_size=args.sketch_size, random_state=0, progress=False)
     rows, in_process = [], None
     if n_cells <= args.in_process_max:
-        gc.collect()
+        release_memory()
         with TreeMemory() as memory:
             started = time.perf_counter()
             result = utag(tissue, **options)
@@ -115,7 +115,7 @@ def measure(n_cells: int, args, store: Path) -> list[dict]:
                      "stages (s)": _stages(result)})
         del result
     del tissue
-    gc.collect()
+    release_memory()
 
     from distributed import Client, LocalCluster
 

@@ -6,6 +6,8 @@ the directory of the script it runs (``benchmarks/``) first on ``sys.path``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import platform
 import resource
@@ -75,6 +77,15 @@ class TreeMemory(MemorySampler):
 
     def gb(self) -> list[float]:
         return [peak / 1e9 for peak in self.peaks]
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the heap memory freed by earlier runs back to the
+    operating system (glibc's ``malloc_trim``; a no-op elsewhere), so that a run's peak
+    resident memory counts what the run holds, not what earlier runs left behind."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def reset_peak_memory() -> None:
