@@ -138,11 +138,11 @@ def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.n
 
     blocks, edges = [], []
     n_out = features.shape[1] * (1 if p.kernel_widths is None else len(p.kernel_widths))
-    slides = slide_cells(codes[order])
-    for cells, piece in zip(slides, _slide_pieces(features, [order[cells] for cells in slides])):
-        rows = order[cells]
+    slides = [order[cells] for cells in slide_cells(codes[order])]  # each slide's rows, in the canonical order
+    stored = [np.sort(rows) for rows in slides]  # and as they are stored
+    for rows, reading, piece in zip(slides, stored, _slide_pieces(features, stored)):
         task = dask.delayed(_slide_task, nout=2, pure=True)(
-            coords[rows], piece, np.searchsorted(np.sort(rows), rows), background, p.max_dist,
+            coords[rows], piece, np.searchsorted(reading, rows), background, p.max_dist,
             normalization_mode, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths)
         blocks.append(da.from_delayed(task[0], shape=(len(rows), n_out), dtype=np.float32))
         edges.append(task[1])
@@ -151,18 +151,17 @@ def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.n
     return aggregated, lazy, int(sum(dask.compute(*edges)))
 
 
-def _slide_pieces(array, slides: list[np.ndarray]) -> list:
-    """Each slide's rows of the Dask ``array`` (its ``rows`` in increasing order), as one
-    chunk each: the array re-chunked at the slide boundaries, so that every stored chunk
-    is read once and a slide's task takes its rows without a gathering task of its own.
-    Rows are reordered first only when some slide's cells are not stored together."""
-    rows = [np.sort(cells) for cells in slides]
+def _slide_pieces(array, rows: list[np.ndarray]) -> list:
+    """Each slide's ``rows`` (increasing) of the Dask ``array``, as one chunk each: the
+    array re-chunked at the slide boundaries, so that every stored chunk is read once
+    and a slide's task takes its rows without a gathering task of its own. Rows are
+    reordered first only when some slide's cells are not stored together."""
     stored = np.argsort([cells[0] for cells in rows], kind="stable")  # slides in the order they are stored
     reading = np.concatenate([rows[slide] for slide in stored])
     if not np.array_equal(reading, np.arange(array.shape[0])):
         array = array[reading]
     pieces = array.rechunk((tuple(len(rows[slide]) for slide in stored), array.shape[1])).to_delayed().ravel()
-    in_slide_order = [None] * len(slides)
+    in_slide_order = [None] * len(rows)
     for piece, slide in zip(pieces, stored):
         in_slide_order[slide] = piece
     return in_slide_order
