@@ -53,6 +53,7 @@ __all__ = [
     "cluster_many",
     "cluster_means",
     "soft_assignments",
+    "feature_scale",
     "min_domain_cells",
     "domain_links",
     "merge_small_domains",
@@ -355,7 +356,8 @@ def cluster_means(values, labels: np.ndarray) -> np.ndarray:
     return np.asarray(sums, dtype=np.float64) / sizes[:, None]
 
 
-def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1) -> np.ndarray:
+def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1,
+                     scale: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Probability of each cell belonging to each cluster (cells x clusters, rows sum to 1).
 
     Features are z-scored; a cluster's centroid ``c`` is the mean z-scored profile of its
@@ -369,17 +371,12 @@ def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1) -> np
     would otherwise cancel away the differences between cells), a block of rows at a
     time; sparse features stay sparse: ``z @ c = x @ (c / sd) - (mean / sd) @ c``.
     Stored as float32. Dense blocks run in ``n_jobs`` threads (``None``: every core; the
-    same numbers for any number).
+    same numbers for any number). ``scale``: :func:`feature_scale` of ``features``, when
+    several labellings of the same features are scored.
     """
+    mean, sd = feature_scale(features, n_jobs) if scale is None else scale
     if sp.issparse(features):
         features = sp.csr_matrix(features, dtype=np.float64)
-    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
-    if sp.issparse(features):
-        mean_sq = np.asarray(features.multiply(features).mean(axis=0)).ravel()
-        sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
-    else:
-        sd = np.sqrt(sum(((block - mean) ** 2).sum(axis=0) for block in _float64_blocks(features)) / len(features))
-    sd[sd == 0] = 1.0
     centroids = (cluster_means(features, labels) - mean) / sd
     if sp.issparse(features):
         similarity = np.asarray(features @ (centroids / sd).T, dtype=np.float64)
@@ -389,17 +386,29 @@ def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1) -> np
                                       _chunks(len(features)), n_jobs))
 
 
+def feature_scale(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and standard deviation (float64; a zero deviation replaced by 1),
+    by which :func:`soft_assignments` z-scores the features; dense blocks of rows in
+    ``n_jobs`` threads, summed in order (the same numbers for any number)."""
+    if sp.issparse(features):
+        features = sp.csr_matrix(features, dtype=np.float64)
+        mean = np.asarray(features.mean(axis=0)).ravel()
+        mean_sq = np.asarray(features.multiply(features).mean(axis=0)).ravel()
+        sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
+    else:
+        mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
+        squares = map_threads(lambda rows: ((np.asarray(features[rows], dtype=np.float64) - mean) ** 2).sum(axis=0),
+                              _chunks(len(features)), n_jobs)
+        sd = np.sqrt(sum(squares) / len(features))
+    sd[sd == 0] = 1.0
+    return mean, sd
+
+
 def soft_block(block: np.ndarray, mean: np.ndarray, sd: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """:func:`soft_assignments` of a dense block of rows, given every cell's feature
     ``mean`` and ``sd`` (zeros replaced by 1) and the z-scored cluster ``centroids``."""
     z = (np.asarray(block, dtype=np.float64) - mean) / sd
     return softmax(z @ centroids.T - 0.5 * (centroids**2).sum(axis=1), axis=1).astype(np.float32)
-
-
-def _float64_blocks(values: np.ndarray):
-    """``values`` in float64 blocks of rows (:func:`utag.embedding._chunks`)."""
-    for rows in _chunks(len(values)):
-        yield np.asarray(values[rows], dtype=np.float64)
 
 
 #: Default smallest domain, as a fraction of the cells (see :func:`merge_small_domains`).

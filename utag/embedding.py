@@ -229,11 +229,16 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
                                 for index, part in zip(indices, parts)))
     candidates = np.concatenate(candidates, axis=1)
     squared = np.concatenate(squared, axis=1)
-    nearest = np.argsort(squared, axis=1, kind="stable")[:, :n_neighbors]
-    neighbours = np.empty((n_cells, nearest.shape[1]), dtype=np.int64)
-    distances = np.empty((n_cells, nearest.shape[1]), dtype=np.float32)
-    neighbours[order] = order[np.take_along_axis(candidates, nearest, axis=1)]
-    distances[order] = np.sqrt(np.clip(np.take_along_axis(squared, nearest, axis=1), 0, None))
+    n_kept = min(n_neighbors, candidates.shape[1])
+    neighbours = np.empty((n_cells, n_kept), dtype=np.int64)
+    distances = np.empty((n_cells, n_kept), dtype=np.float32)
+
+    def merge(rows: slice) -> None:  # the nearest of both candidate lists, by block of rows
+        nearest = np.argsort(squared[rows], axis=1, kind="stable")[:, :n_kept]
+        neighbours[order[rows]] = order[np.take_along_axis(candidates[rows], nearest, axis=1)]
+        distances[order[rows]] = np.sqrt(np.clip(np.take_along_axis(squared[rows], nearest, axis=1), 0, None))
+
+    map_threads(merge, _chunks(n_cells), n_jobs)
     return neighbours, distances
 
 
@@ -386,40 +391,76 @@ def _bandwidth(excess: np.ndarray, target: float) -> float:
 
 
 @jit
-def _fuzzy_union(indices: np.ndarray, weights: np.ndarray):
-    """CSR arrays of ``a + b - ab`` over the directed kNN weights and their transpose.
+def _transpose(indices: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The directed kNN weights by target cell: CSR arrays ``(start, source, weight)`` of
+    the cells pointing to each cell, sources ascending.
 
-    Row ``i`` of the result merges the cells ``i`` points to and the cells pointing to
-    ``i``; columns come out sorted, zero weights are dropped.
+    A counting sort in two stable passes: first into buckets of consecutive target cells,
+    then within each bucket to the final places. Scattering straight to the final places
+    misses the processor's caches at almost every write (3 s at a million cells, against
+    0.7 s); a bucket's part of the output stays in cache. At most ~256 buckets, of at
+    least 4,096 target cells each.
     """
     n_cells, n_out = indices.shape
-    incoming_start = np.zeros(n_cells + 1, dtype=np.int64)  # transpose by counting sort
+    n_edges = n_cells * n_out
+    start = np.zeros(n_cells + 1, dtype=np.int64)
     for i in range(n_cells):
         for j in range(n_out):
-            incoming_start[indices[i, j] + 1] += 1
+            start[indices[i, j] + 1] += 1
     for i in range(n_cells):
-        incoming_start[i + 1] += incoming_start[i]
-    incoming_from = np.empty(n_cells * n_out, dtype=np.int64)
-    incoming_weight = np.empty(n_cells * n_out)
-    filled = incoming_start[:-1].copy()
+        start[i + 1] += start[i]
+    shift = 12
+    while (n_cells >> shift) > 256:
+        shift += 1
+    n_buckets = (n_cells >> shift) + 1
+    bucket_fill = np.empty(n_buckets, dtype=np.int64)  # bucket b: targets from b << shift, stored
+    for b in range(n_buckets):                         # where those targets' final places begin
+        bucket_fill[b] = start[min(b << shift, n_cells)]
+    bucket_target = np.empty(n_edges, dtype=np.int64)
+    bucket_source = np.empty(n_edges, dtype=np.int64)
+    bucket_weight = np.empty(n_edges)
     for i in range(n_cells):
         for j in range(n_out):
             target = indices[i, j]
-            incoming_from[filled[target]] = i
-            incoming_weight[filled[target]] = weights[i, j]
-            filled[target] += 1
+            place = bucket_fill[target >> shift]
+            bucket_target[place] = target
+            bucket_source[place] = i
+            bucket_weight[place] = weights[i, j]
+            bucket_fill[target >> shift] = place + 1
+    source = np.empty(n_edges, dtype=np.int64)
+    weight = np.empty(n_edges)
+    filled = start[:-1].copy()
+    for place in range(n_edges):
+        target = bucket_target[place]
+        source[filled[target]] = bucket_source[place]
+        weight[filled[target]] = bucket_weight[place]
+        filled[target] += 1
+    return start, source, weight
 
-    indptr = np.zeros(n_cells + 1, dtype=np.int64)
-    columns = np.empty(2 * n_cells * n_out, dtype=np.int32)
-    values = np.empty(2 * n_cells * n_out, dtype=np.float32)
+
+@jit
+def _union_rows(indices: np.ndarray, weights: np.ndarray, incoming_start: np.ndarray, incoming_from: np.ndarray,
+                incoming_weight: np.ndarray, first: int, stop: int):
+    """Rows ``first`` to ``stop`` of ``a + b - ab`` over the directed kNN weights ``a`` and
+    their transpose ``b`` (:func:`_transpose`): each row's number of entries, columns
+    (sorted within each row) and values; zero weights are dropped.
+
+    Row ``i`` merges the cells ``i`` points to and the cells pointing to ``i``; each row
+    is computed alone, so any split of the rows gives the same numbers.
+    """
+    n_cells, n_out = indices.shape
+    n_rows = stop - first
+    max_incoming = 0
+    for i in range(first, stop):
+        max_incoming = max(max_incoming, incoming_start[i + 1] - incoming_start[i])
+    counts = np.zeros(n_rows, dtype=np.int64)
+    columns = np.empty(n_rows * n_out + (incoming_start[stop] - incoming_start[first]), dtype=np.int32)
+    values = np.empty(len(columns), dtype=np.float32)
     complement = np.ones(n_cells)  # (1 - a)(1 - b), accumulated per neighbour
     seen = np.zeros(n_cells, dtype=np.bool_)
-    max_incoming = 0
-    for i in range(n_cells):
-        max_incoming = max(max_incoming, incoming_start[i + 1] - incoming_start[i])
     row = np.empty(n_out + max_incoming, dtype=np.int64)  # hubs are the neighbours of many cells
     nnz = 0
-    for i in range(n_cells):
+    for i in range(first, stop):
         n_row = 0
         for j in range(n_out):
             other = indices[i, j]
@@ -436,6 +477,7 @@ def _fuzzy_union(indices: np.ndarray, weights: np.ndarray):
                 n_row += 1
             complement[other] *= 1.0 - incoming_weight[e]
         row[:n_row].sort()
+        before = nnz
         for t in range(n_row):
             other = row[t]
             union = 1.0 - complement[other]
@@ -445,8 +487,23 @@ def _fuzzy_union(indices: np.ndarray, weights: np.ndarray):
                 nnz += 1
             complement[other] = 1.0
             seen[other] = False
-        indptr[i + 1] = nnz
-    return indptr, columns[:nnz].copy(), values[:nnz].copy()
+        counts[i - first] = nnz - before
+    return counts, columns[:nnz].copy(), values[:nnz].copy()
+
+
+def _fuzzy_union(indices: np.ndarray, weights: np.ndarray, n_jobs: int | None = None):
+    """CSR arrays ``(indptr, columns, values)`` of the fuzzy union ``a + b - ab`` of the
+    directed kNN weights and their transpose, one block of rows per thread (``n_jobs``;
+    the same arrays for any number: each row is computed alone)."""
+    incoming = _transpose(indices, weights)
+    bounds = np.linspace(0, len(indices), min(n_threads(n_jobs), max(len(indices), 1)) + 1).astype(np.int64)
+    blocks = map_threads(lambda block: _union_rows(indices, weights, *incoming, *block),
+                         zip(bounds[:-1], bounds[1:]), n_jobs)
+    counts = [block[0] for block in blocks]
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if blocks else np.zeros(1, dtype=np.int64)
+    columns = np.concatenate([block[1] for block in blocks]) if blocks else np.empty(0, dtype=np.int32)
+    values = np.concatenate([block[2] for block in blocks]) if blocks else np.empty(0, dtype=np.float32)
+    return indptr, columns, values
 
 
 def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray, n_jobs: int | None = None) -> sp.csr_matrix:
@@ -456,7 +513,7 @@ def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray, n_jobs: int
     if k < 2:
         return sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
     weights = membership_strengths(np.ascontiguousarray(distances, dtype=np.float32), n_jobs)
-    indptr, columns, values = _fuzzy_union(np.ascontiguousarray(indices[:, 1:], dtype=np.int64), weights)
+    indptr, columns, values = _fuzzy_union(np.ascontiguousarray(indices[:, 1:], dtype=np.int64), weights, n_jobs)
     return sp.csr_matrix((values, columns, indptr), shape=(n_cells, n_cells))
 
 

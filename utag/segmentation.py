@@ -22,7 +22,14 @@ from . import distributed, multiscale
 from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
-from .clustering import Neighbourhood, cluster_many, min_domain_cells, relabel_by_size, soft_assignments
+from .clustering import (
+    Neighbourhood,
+    cluster_many,
+    feature_scale,
+    min_domain_cells,
+    relabel_by_size,
+    soft_assignments,
+)
 from .embedding import Embedding, embed, exact_search, representation
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPHS, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
@@ -324,10 +331,12 @@ def utag(
             if sample is not None:
                 embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
-        probabilities = {}
+        probabilities, scale = {}, None
         for key, codes_ in labels.items():
             with watch("probabilities"):
-                probabilities[key] = soft_assignments(aggregated, codes_, n_jobs)
+                if scale is None:  # the same for every labelling
+                    scale = feature_scale(aggregated, n_jobs)
+                probabilities[key] = soft_assignments(aggregated, codes_, n_jobs, scale)
             logger.info("%s: %d domains", key, codes_.max() + 1)
         model = None
         if labels:

@@ -31,6 +31,11 @@ DEFAULT_SKETCH_SIZE = 200_000
 #: needs most of them, not all (50 gave the same winner for all but a fraction of a
 #: percent of the cells, at twice the time).
 VOTE_EF = 16
+#: Links per node and candidate list while building the vote's index. Sparser than the
+#: kNN graph's index: on 1M synthetic cells (100k sampled, 10 PCs) the build took 2.5 s
+#: instead of 4.9 s at M=16, ef_construction=100, with recall 96.9% instead of 97.6% and
+#: the same winner as the exact vote for 99.87% of cells instead of 99.88%.
+VOTE_M, VOTE_EF_CONSTRUCTION = 12, 50
 #: Cells searched and voted at a time.
 _VOTE_CHUNK = 65_536
 #: Centroids of the coarse partition the sample is balanced over.
@@ -210,7 +215,8 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
     inserted = position[order[sampled[order]]]
     others = order[~sampled[order]]
     index = hnswlib.Index(space="l2", dim=points.shape[1])
-    index.init_index(max_elements=len(sample), M=16, ef_construction=100, random_seed=random_state)
+    index.init_index(max_elements=len(sample), M=VOTE_M, ef_construction=VOTE_EF_CONSTRUCTION,
+                     random_seed=random_state)
     index.set_num_threads(1)  # one thread: insertion order, hence the index, is fixed
     index.add_items(points[sample[inserted]], inserted)
     index.set_ef(max(VOTE_EF, k))

@@ -98,6 +98,18 @@ def test_connectivities_match_umap_at_any_scale(points, scale):
     assert abs(ours - ours.T).max() < 1e-6
 
 
+def test_connectivities_of_many_cells_match_umap_with_any_number_of_threads():
+    # 20,000 cells: the transpose sorts them in several buckets of 4,096 target cells, and
+    # the union's rows are split between threads
+    points = np.random.default_rng(5).normal(size=(20_000, 6)).astype(np.float32)
+    indices, distances = nearest_neighbors(points, 15)
+    one = fuzzy_connectivities(indices, distances, n_jobs=1)
+    assert_same_graph(one, umap_connectivities(indices, distances))
+    three = fuzzy_connectivities(indices, distances, n_jobs=3)
+    for ours, theirs in [(three.indptr, one.indptr), (three.indices, one.indices), (three.data, one.data)]:
+        np.testing.assert_array_equal(ours, theirs)
+
+
 @pytest.mark.parametrize("scale", SCALES)
 def test_connectivities_do_not_change_with_the_scale_of_the_embedding(points, scale):
     unscaled = fuzzy_connectivities(*nearest_neighbors(points, 15))
