@@ -3,10 +3,10 @@
 Usage (from the repository root, with utag installed)::
 
     python benchmarks/sketch.py --out docs/generated/sketch.md
-    python benchmarks/sketch.py --cells 2e5 --slides 30 --sizes 20000    # quick
+    python benchmarks/sketch.py --cells 2e5 --slides 30 --sizes 20000 --no-spleen   # quick
 
 On synthetic tissue (``--cells`` cells on ``--slides`` slides, 5 domains, ``max_dist``
-40) and, with ``--spleen``, on each full CODEX spleen section from ``shared/``
+40) and (unless ``--no-spleen``) on each full CODEX spleen section from ``shared/``
 (``max_dist`` 150): ``utag()`` with Leiden at resolutions 0.05, 0.1 and 0.3, twice on
 every cell (``sketch_size=None``; ``random_state`` 0 and 1, the second showing how far
 two unsketched runs are apart) and once per sketch size (``random_state=0``). Each run is in this process,
@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--cells", type=float, default=1e6)
     parser.add_argument("--slides", type=int, default=150)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 200_000])
-    parser.add_argument("--spleen", action="store_true", help="also each full spleen section from shared/")
+    parser.add_argument("--no-spleen", dest="spleen", action="store_false",
+                        help="skip the full spleen sections from shared/ (run by default)")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
     rows = runs(f"synthetic, {int(args.cells):,} cells", synthetic_tissue(n_cells=int(args.cells),

@@ -340,20 +340,30 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     return results
 
 
-def cluster_means(values, labels: np.ndarray) -> np.ndarray:
-    """Mean row of ``values`` (dense or sparse) per label ``0..k-1``, float64 (k x columns)."""
+def cluster_means(values, labels: np.ndarray, n_jobs: int | None = 1) -> np.ndarray:
+    """Mean row of ``values`` (dense or sparse) per label ``0..k-1``, float64 (k x columns);
+    dense blocks of rows in ``n_jobs`` threads (the same numbers for any number)."""
     n_clusters = int(labels.max()) + 1
-    membership = sp.csr_matrix(
-        (np.ones(len(labels), dtype=np.float64), (labels, np.arange(len(labels)))),
-        shape=(n_clusters, len(labels)),
-    )
     sizes = np.maximum(np.bincount(labels, minlength=n_clusters), 1)
     if sp.issparse(values):
+        membership = sp.csr_matrix((np.ones(len(labels), dtype=np.float64), (labels, np.arange(len(labels)))),
+                                   shape=(n_clusters, len(labels)))
         sums = (membership @ values).toarray()
-    else:  # a block of rows at a time: no float64 copy of every cell's values
-        membership = membership.tocsc()
-        sums = sum(membership[:, rows] @ np.asarray(values[rows], dtype=np.float64) for rows in _chunks(len(values)))
+    else:  # a block of rows at a time, in threads: no float64 copy of every cell's values
+        labels = np.asarray(labels, dtype=np.int64)
+        sums = sum(map_threads(lambda rows: _cluster_sums(np.ascontiguousarray(values[rows]), labels[rows], n_clusters),
+                               _chunks(len(values)), n_jobs))
     return np.asarray(sums, dtype=np.float64) / sizes[:, None]
+
+
+@jit
+def _cluster_sums(values, labels, n_clusters):
+    """Float64 column sums of ``values`` per label, rows added in order."""
+    sums = np.zeros((n_clusters, values.shape[1]))
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            sums[labels[i], j] += values[i, j]
+    return sums
 
 
 def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1,
@@ -377,7 +387,7 @@ def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1,
     mean, sd = feature_scale(features, n_jobs) if scale is None else scale
     if sp.issparse(features):
         features = sp.csr_matrix(features, dtype=np.float64)
-    centroids = (cluster_means(features, labels) - mean) / sd
+    centroids = (cluster_means(features, labels, n_jobs) - mean) / sd
     if sp.issparse(features):
         similarity = np.asarray(features @ (centroids / sd).T, dtype=np.float64)
         similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)
@@ -407,8 +417,38 @@ def feature_scale(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.ndar
 def soft_block(block: np.ndarray, mean: np.ndarray, sd: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """:func:`soft_assignments` of a dense block of rows, given every cell's feature
     ``mean`` and ``sd`` (zeros replaced by 1) and the z-scored cluster ``centroids``."""
-    z = (np.asarray(block, dtype=np.float64) - mean) / sd
-    return softmax(z @ centroids.T - 0.5 * (centroids**2).sum(axis=1), axis=1).astype(np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float64)
+    return _softmax_rows(np.ascontiguousarray(block), np.asarray(mean, dtype=np.float64),
+                         np.asarray(sd, dtype=np.float64), centroids, 0.5 * (centroids**2).sum(axis=1))
+
+
+@jit
+def _softmax_rows(block, mean, sd, centroids, half_norms):
+    """Row by row, in float64: ``z = (x - mean) / sd``, then the softmax over the clusters
+    of ``z @ centroids.T - half_norms``; float32. One pass, no cells x features temporaries,
+    and no lock held, so blocks run side by side in threads."""
+    n_rows, n_features = block.shape
+    n_clusters = centroids.shape[0]
+    out = np.empty((n_rows, n_clusters), dtype=np.float32)
+    z = np.empty(n_features)
+    scores = np.empty(n_clusters)
+    for i in range(n_rows):
+        for j in range(n_features):
+            z[j] = (np.float64(block[i, j]) - mean[j]) / sd[j]
+        top = -np.inf
+        for c in range(n_clusters):
+            score = -half_norms[c]
+            for j in range(n_features):
+                score += z[j] * centroids[c, j]
+            scores[c] = score
+            top = max(top, score)
+        total = 0.0
+        for c in range(n_clusters):
+            scores[c] = np.exp(scores[c] - top)
+            total += scores[c]
+        for c in range(n_clusters):
+            out[i, c] = scores[c] / total
+    return out
 
 
 #: Default smallest domain, as a fraction of the cells (see :func:`merge_small_domains`).
