@@ -350,15 +350,20 @@ def cluster_means(values, labels: np.ndarray, n_jobs: int | None = 1) -> np.ndar
                                    shape=(n_clusters, len(labels)))
         sums = (membership @ values).toarray()
     else:  # a block of rows at a time, in threads: no float64 copy of every cell's values
-        labels = np.asarray(labels, dtype=np.int64)
-        sums = sum(map_threads(lambda rows: _cluster_sums(np.ascontiguousarray(values[rows]), labels[rows], n_clusters),
+        sums = sum(map_threads(lambda rows: cluster_sums(values[rows], labels[rows], n_clusters),
                                _chunks(len(values)), n_jobs))
     return np.asarray(sums, dtype=np.float64) / sizes[:, None]
 
 
+def cluster_sums(block: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Float64 column sums of a dense block of rows per label ``0..n_clusters-1``
+    (clusters x columns), rows added in order: summed over blocks, what
+    :func:`cluster_means` divides by the cluster sizes."""
+    return _cluster_sums(np.ascontiguousarray(block), np.asarray(labels, dtype=np.int64), n_clusters)
+
+
 @jit
 def _cluster_sums(values, labels, n_clusters):
-    """Float64 column sums of ``values`` per label, rows added in order."""
     sums = np.zeros((n_clusters, values.shape[1]))
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -407,11 +412,16 @@ def feature_scale(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.ndar
         sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
     else:
         mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
-        squares = map_threads(lambda rows: ((np.asarray(features[rows], dtype=np.float64) - mean) ** 2).sum(axis=0),
-                              _chunks(len(features)), n_jobs)
+        squares = map_threads(lambda rows: squared_deviations(features[rows], mean), _chunks(len(features)), n_jobs)
         sd = np.sqrt(sum(squares) / len(features))
     sd[sd == 0] = 1.0
     return mean, sd
+
+
+def squared_deviations(block: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each column's sum of squared deviations from ``mean`` over a dense block of rows,
+    in float64: summed over blocks, the spread :func:`feature_scale` divides by."""
+    return ((np.asarray(block, dtype=np.float64) - mean) ** 2).sum(axis=0)
 
 
 def soft_block(block: np.ndarray, mean: np.ndarray, sd: np.ndarray, centroids: np.ndarray) -> np.ndarray:

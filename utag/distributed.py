@@ -38,7 +38,7 @@ from . import _validation as check
 from . import multiscale
 from ._order import canonical_order
 from ._progress import Stopwatch
-from .clustering import soft_block
+from .clustering import cluster_sums, soft_block, squared_deviations
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
 from .graph import slide_cells
 from .message_passing import slide_messages
@@ -222,10 +222,8 @@ def probabilities(aggregated, labellings: dict[str, np.ndarray], mean: np.ndarra
     def block_sums(block, mean, block_labels):
         """One flat vector: the block's squared deviations per column, then each
         labelling's per-cluster column sums (clusters x columns)."""
-        values = np.asarray(block, dtype=np.float64)
-        parts = [((values - mean) ** 2).sum(axis=0)]
-        parts += [np.stack([np.bincount(codes, weights=column, minlength=k) for column in values.T], axis=1).ravel()
-                  for codes, k in zip(block_labels, n_labels)]
+        parts = [squared_deviations(block, mean)]
+        parts += [cluster_sums(block, codes, k).ravel() for codes, k in zip(block_labels, n_labels)]
         return np.concatenate(parts)
 
     sums = _tree_sum([dask.delayed(block_sums)(block, mean, [codes[start:stop] for codes in labels])
@@ -234,10 +232,10 @@ def probabilities(aggregated, labellings: dict[str, np.ndarray], mean: np.ndarra
     sd[sd == 0] = 1.0
     centroids, offset = [], n_features
     for codes, k in zip(labels, n_labels):
-        cluster_sums = sums[offset:offset + k * n_features].reshape(k, n_features)
+        per_cluster = sums[offset:offset + k * n_features].reshape(k, n_features)
         offset += k * n_features
         sizes = np.maximum(np.bincount(codes, minlength=k), 1)
-        centroids.append((cluster_sums / sizes[:, None] - mean) / sd)
+        centroids.append((per_cluster / sizes[:, None] - mean) / sd)
 
     def soft_blocks(block):
         return [soft_block(block, mean, sd, each) for each in centroids]

@@ -499,11 +499,8 @@ def _fuzzy_union(indices: np.ndarray, weights: np.ndarray, n_jobs: int | None = 
     bounds = np.linspace(0, len(indices), min(n_threads(n_jobs), max(len(indices), 1)) + 1).astype(np.int64)
     blocks = map_threads(lambda block: _union_rows(indices, weights, *incoming, *block),
                          zip(bounds[:-1], bounds[1:]), n_jobs)
-    counts = [block[0] for block in blocks]
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if blocks else np.zeros(1, dtype=np.int64)
-    columns = np.concatenate([block[1] for block in blocks]) if blocks else np.empty(0, dtype=np.int32)
-    values = np.concatenate([block[2] for block in blocks]) if blocks else np.empty(0, dtype=np.float32)
-    return indptr, columns, values
+    counts, columns, values = (np.concatenate(parts) for parts in zip(*blocks))  # at least one block, maybe empty
+    return np.concatenate([[0], np.cumsum(counts)]), columns, values
 
 
 def fuzzy_connectivities(indices: np.ndarray, distances: np.ndarray, n_jobs: int | None = None) -> sp.csr_matrix:
