@@ -16,7 +16,8 @@ typical labelling at that resolution, and the gap to the best resolution in hind
 
 Criteria: ``stability x agreement`` (utag before issue 14), ``spatial coherence``
 alone, ``stability x agreement x spatial coherence`` (the default from issue 14 to issue
-13's session), ``sqrt(stability x agreement) x spatial coherence`` (the default), each taking
+13's session), ``sqrt(stability) x spatial coherence`` (agreement across resolutions left
+out), ``sqrt(stability x agreement) x spatial coherence`` (the default), each taking
 the best local maximum among labellings with at least 2 domains. With the true number of
 domains K given: ``n_domains=K`` (Leiden by bisection, then merging) against k-means
 with ``k = K`` on the same PCA, and the smallest domain's share of the cells.
@@ -40,6 +41,8 @@ CRITERIA = {
     "spatial coherence": lambda t: t["spatial_coherence"],
     "stability x agreement x coherence": lambda t: t["stability"] * t["agreement"].fillna(1.0)
                                                    * t["spatial_coherence"].clip(lower=0),
+    "sqrt(stability) x coherence": lambda t: np.sqrt(t["stability"].clip(lower=0))
+                                             * t["spatial_coherence"].clip(lower=0),
     "chosen: sqrt(stability x agreement) x coherence": lambda t: t["score"],
 }
 
