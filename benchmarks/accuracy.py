@@ -27,7 +27,7 @@ import time
 
 import labelled
 import numpy as np
-from labelled import labelled_datasets, markdown, write_generated
+from labelled import labelled_datasets, markdown, publish
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from utag import utag
@@ -98,8 +98,7 @@ def main() -> None:
     text = ("### Best radius per dataset and flavour\n\n" + markdown(summary) +
             "\n\n### multiscale - utag\n\n" + markdown(differences) +
             "\n\n### Every radius\n\n" + "\n\n".join(radius_tables))
-    print("\n" + text)
-    write_generated(args.out, "accuracy.py", text)
+    publish(args.out, "accuracy.py", text)
 
 
 if __name__ == "__main__":

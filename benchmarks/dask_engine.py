@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from labelled import markdown, write_generated
+from labelled import markdown, publish
 from measure import TreeMemory, provenance, release_memory
 from sklearn.metrics import adjusted_rand_score
 
@@ -174,8 +174,7 @@ def main() -> None:
     if args.figure:
         figure(rows, args.figure)
     text += "\n\n" + provenance()
-    print("\n" + text)
-    write_generated(args.out, "dask_engine.py", text)
+    publish(args.out, "dask_engine.py", text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import argparse
 import time
 
 import numpy as np
-from labelled import markdown, write_generated
+from labelled import markdown, publish
 from measure import provenance
 
 from utag.clustering import feature_scale, soft_assignments
@@ -78,10 +78,7 @@ def main() -> None:
     text = (f"{int(args.cells):,} cells, {args.slides} slides, 40 markers, `max_dist=20`; k = {N_NEIGHBORS}. "
             f"Same arrays with 1 and 2 threads: {'yes' if same else 'NO'}.\n\n"
             + markdown(rows, digits=2) + "\n\n" + provenance())
-    print(text)
-    write_generated(args.out, "knn_steps.py", text)
-    if not same:
-        raise SystemExit("the steps gave different arrays with 1 and 2 threads")
+    publish(args.out, "knn_steps.py", text, None if same else "the steps gave different arrays with 1 and 2 threads")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,16 @@ def write_generated(path: str | None, script: str, text: str) -> None:
         handle.write(header + text + "\n")
 
 
+def publish(path: str | None, script: str, text: str, failure: str | None = None) -> None:
+    """Print ``text``, write it for the docs (:func:`write_generated`), then exit with
+    ``failure`` as the message if the run found a fault (e.g. results that depend on the
+    number of threads), so that the table still records what was measured."""
+    print("\n" + text)
+    write_generated(path, script, text)
+    if failure:
+        raise SystemExit(failure)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """Command-line options every accuracy benchmark takes: ``--kinds`` and ``--out``."""
     options = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)

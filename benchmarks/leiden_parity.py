@@ -28,7 +28,7 @@ from itertools import combinations
 
 import labelled
 import numpy as np
-from labelled import labelled_datasets, markdown, write_generated
+from labelled import labelled_datasets, markdown, publish
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -103,9 +103,7 @@ def main() -> None:
         summary += (f"\n\nAll cases: compiled minus igraph, {column}: {differences.mean():+.3f} "
                     f"(95% interval {differences.mean() - half_width:+.3f} to {differences.mean() + half_width:+.3f}; "
                     f"compiled higher in {(differences > 0).sum()} of {len(differences)})")
-    table = markdown(rows)
-    print("\n" + table + "\n\n" + summary)
-    write_generated(args.out, "leiden_parity.py", f"{args.seeds} seeds per cell of the table.\n\n{table}\n\n{summary}")
+    publish(args.out, "leiden_parity.py", f"{args.seeds} seeds per cell of the table.\n\n{markdown(rows)}\n\n{summary}")
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ import anndata
 import labelled
 import numpy as np
 import scipy.sparse as sp
-from labelled import labelled_datasets, markdown, write_generated
+from labelled import labelled_datasets, markdown, publish
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import radius_neighbors_graph
 
@@ -132,8 +132,7 @@ def main() -> None:
     text = (markdown(rows + means) + "\n\n`r`: the dataset's usual radius (spleen 200 px for the subset, 150 px "
             "for the sections; MERFISH 75 um; synthetic 20 um). Best ARI over Leiden resolutions "
             f"{', '.join(map(str, RESOLUTIONS))}.")
-    print("\n" + text)
-    write_generated(args.out, "multiscale_recipes.py", text)
+    publish(args.out, "multiscale_recipes.py", text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from labelled import labelled_datasets, markdown, parser, write_generated
+from labelled import labelled_datasets, markdown, parser, publish
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -92,8 +92,7 @@ def main() -> None:
     rows.append({"dataset": "**best on (datasets)**", "K": "", **{route: str(best[route]) for route in routes}})
     text = (f"ARI against the truth of each route to K domains, mean over seeds {', '.join(map(str, SEEDS))}\n\n"
             + markdown(rows))
-    print(text)
-    write_generated(args.out, "n_domains_routes.py", text)
+    publish(args.out, "n_domains_routes.py", text)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import labelled
 import numpy as np
-from labelled import labelled_datasets, markdown, write_generated
+from labelled import labelled_datasets, markdown, publish
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -72,8 +72,7 @@ def main() -> None:
     gaps = np.array([row["gap"] for row in rows])
     text = (markdown(rows) + f"\n\nSuggested radius + `resolutions=\"auto\"` within 0.1 ARI of the best pair: "
             f"{(gaps <= 0.1).sum()} of {len(gaps)} datasets; mean gap {gaps.mean():.3f}.")
-    print("\n" + text)
-    write_generated(args.out, "radius.py", text)
+    publish(args.out, "radius.py", text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 
 import labelled
 import numpy as np
-from labelled import Dataset, labelled_datasets, markdown, write_generated
+from labelled import Dataset, labelled_datasets, markdown, publish
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
@@ -130,8 +130,7 @@ def main() -> None:
     shown = [{k: v for k, v in row.items() if not k.startswith("gap")} for row in rows]
     text = (markdown(shown) + "\n\nARI of the resolution each criterion picks (resolution, domains); gaps to the "
             "best resolution in hindsight:\n\n" + markdown(summary))
-    print("\n" + text)
-    write_generated(args.out, "resolution.py", text)
+    publish(args.out, "resolution.py", text)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from labelled import SPLEEN, markdown, write_generated
+from labelled import SPLEEN, markdown, publish
 from measure import peak_memory, provenance, reset_peak_memory
 from sklearn.metrics import adjusted_rand_score
 
@@ -101,8 +101,7 @@ def main() -> None:
             one = full[full.obs["slide"] == section].copy()
             rows += runs(f"spleen {section}", one, "slide", 150.0, [20_000, 40_000])
     text = provenance() + "\n\n" + markdown(rows)
-    print("\n" + text)
-    write_generated(args.out, "sketch.py", text)
+    publish(args.out, "sketch.py", text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 import time
 
 import numpy as np
-from labelled import markdown, write_generated
+from labelled import markdown, publish
 from measure import provenance
 
 from utag import utag
@@ -100,10 +100,7 @@ def main() -> None:
     text = (f"{int(args.cells):,} cells, {args.slides} slides, Leiden at {', '.join(map(str, RESOLUTIONS))}; "
             f"workers = `processes` = `n_jobs`. Labels identical with every number of workers: "
             f"{'yes' if same else 'NO'}.\n\n" + markdown(table(timings, totals), digits=2) + "\n\n" + provenance())
-    print(text)
-    write_generated(args.out, "workers.py", text)
-    if not same:
-        raise SystemExit("the labels differ between numbers of workers")
+    publish(args.out, "workers.py", text, None if same else "the labels differ between numbers of workers")
 
 
 if __name__ == "__main__":
