@@ -17,7 +17,9 @@ from pathlib import Path
 
 import anndata
 import numpy as np
+from measure import revision
 
+import utag
 from utag.datasets import codex_mouse_spleen, synthetic_tissue
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -83,8 +85,9 @@ def write_generated(path: str | None, script: str, text: str) -> None:
     """Write ``text`` for the docs to ``path`` (if given), headed by the script, date and machine."""
     if not path:
         return
+    commit = revision(Path(utag.__file__).resolve().parent)
     header = (f"<!-- written by benchmarks/{script} on {datetime.date.today()}, {platform.machine()} with "
-              f"{os.cpu_count()} cores; do not edit by hand -->\n")
+              f"{os.cpu_count()} cores, utag at {commit}; do not edit by hand -->\n")
     with open(path, "w") as handle:
         handle.write(header + text + "\n")
 

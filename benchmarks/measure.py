@@ -204,11 +204,13 @@ def provenance() -> str:
 
     return (f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
             f"{platform.processor() or platform.machine()}, Python {platform.python_version()}; "
-            f"utag {utag.__version__} at {_revision(Path(utag.__file__).resolve().parent)}, "
+            f"utag {utag.__version__} at {revision(Path(utag.__file__).resolve().parent)}, "
             f"squidpy {version('squidpy')}; {date.today().isoformat()}")
 
 
-def _revision(where: Path) -> str:
+def revision(where: Path) -> str:
+    """The short git commit of the checkout holding ``where``, ``+changes`` when files
+    under ``where`` differ from it."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
                                 check=True).stdout.strip()
