@@ -82,7 +82,7 @@ def markdown(rows: list[dict], digits: int = 3) -> str:
 
 
 def write_generated(path: str | None, script: str, text: str) -> None:
-    """Write ``text`` for the docs to ``path`` (if given), headed by the script, date and machine."""
+    """Write ``text`` for the docs to ``path`` (if given), headed by the script, date, machine and utag commit."""
     if not path:
         return
     commit = revision(Path(utag.__file__).resolve().parent)
