@@ -9,8 +9,11 @@ truth, mean over seeds 0 and 1, of:
 
 * ``bisection``: ``utag.tuning.resolution_for_n_domains(result, K)``, the route of
   ``utag(..., n_domains=K)`` (a resolution giving K domains after small ones are merged);
-* ``from 1.5K / 2K / 3K, by modularity``: bisection to that many domains, then merged down to
-  K by ``utag.tuning.merge_to_n_domains`` (the greatest modularity gain on the kNN graph);
+* ``from K+1 / 1.5K / 2K / 3K, by modularity on the kNN graph``: bisection to that many
+  domains, then merged down to K by ``utag.tuning.merge_to_n_domains`` (the greatest
+  modularity gain) on the kNN graph of the embedding;
+* ``... on the tissue``: the same, on the graph linking each cell to its nearest cells of
+  the same slide (``utag.tuning.spatial_neighbour_graph``), the fallback of the bisection;
 * ``... by centroid distance``: the same finer domains merged by Ward's criterion on their
   centroids in the embedding (the pair whose merge adds least within-domain variance);
 * ``k-means, k=K`` on the same embedding, for reference.
@@ -25,10 +28,16 @@ from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
 from utag.clustering import cluster, relabel_by_size
-from utag.tuning import merge_to_n_domains, neighbourhood_of, resolution_for_n_domains
+from utag.tuning import (
+    merge_to_n_domains,
+    neighbourhood_of,
+    resolution_for_n_domains,
+    spatial_neighbour_graph,
+    tissue_of,
+)
 
 SEEDS = (0, 1)
-FINER = (1.5, 2, 3)
+FINER = ("K+1", 1.5, 2, 3)
 
 
 def ward_merge(labels: np.ndarray, embedding: np.ndarray, n_domains: int) -> np.ndarray:
@@ -66,6 +75,9 @@ def main() -> None:
         result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=dataset.max_dist,
                       clustering_method="kmeans", resolutions=[n_true / 10], progress=False)
         neighbourhood = neighbourhood_of(result)
+        coords, slide_codes = tissue_of(result)
+        on_tissue = spatial_neighbour_graph(coords, slide_codes)
+        tissue = {"coords": coords, "slide_codes": slide_codes}  # as utag(..., n_domains=K) passes them
 
         def score(labels):
             return adjusted_rand_score(truth[scored], np.asarray(labels)[scored])
@@ -73,12 +85,16 @@ def main() -> None:
         scores: dict[str, list[float]] = {}
         for seed in SEEDS:
             scores.setdefault("bisection (default)", []).append(
-                score(resolution_for_n_domains(neighbourhood, n_true, random_state=seed)[1]))
+                score(resolution_for_n_domains(neighbourhood, n_true, random_state=seed, **tissue)[1]))
             for factor in FINER:
-                _, finer = resolution_for_n_domains(neighbourhood, int(round(factor * n_true)), random_state=seed)
-                scores.setdefault(f"from {factor:g}K, by modularity", []).append(
+                n_finer = n_true + 1 if factor == "K+1" else int(round(factor * n_true))
+                start = factor if factor == "K+1" else f"{factor:g}K"
+                _, finer = resolution_for_n_domains(neighbourhood, n_finer, random_state=seed, **tissue)
+                scores.setdefault(f"from {start}, by modularity on the kNN graph", []).append(
                     score(merge_to_n_domains(finer, neighbourhood.connectivities, n_true)))
-                scores.setdefault(f"from {factor:g}K, by centroid distance", []).append(
+                scores.setdefault(f"from {start}, by modularity on the tissue", []).append(
+                    score(merge_to_n_domains(finer, on_tissue, n_true)))
+                scores.setdefault(f"from {start}, by centroid distance", []).append(
                     score(ward_merge(finer, neighbourhood.embedding, n_true)))
             scores.setdefault("k-means, k=K", []).append(score(cluster("kmeans", neighbourhood, n_true / 10, seed)))
         row = {"dataset": dataset.name, "K": n_true}

@@ -586,7 +586,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):
             runs += _runs_for_n_domains(neighbourhoods["leiden"], p.n_domains, p.methods, backend_kwargs,
-                                        random_state, p.min_cells)
+                                        random_state, p.min_cells, coords, codes)
     return runs, swept
 
 
@@ -646,13 +646,14 @@ def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, mi
 
 
 def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
-                        random_state: int, min_cells: int) -> list[tuple]:
-    """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging,
-    see :func:`utag.tuning.resolution_for_n_domains`), k-means directly."""
+                        random_state: int, min_cells: int, coords: np.ndarray, codes: np.ndarray) -> list[tuple]:
+    """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging on
+    the tissue, see :func:`utag.tuning.resolution_for_n_domains`), k-means directly."""
     runs = []
     if "leiden" in methods:
         resolution, labels = resolution_for_n_domains(neighbourhood, n_domains, random_state,
-                                                      backend_kwargs["leiden"], min_domain_size=min_cells)
+                                                      backend_kwargs["leiden"], min_domain_size=min_cells,
+                                                      coords=coords, slide_codes=codes)
         runs.append(("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels)))
     if "kmeans" in methods:
         runs.append(("kmeans", n_domains / 10, {**backend_kwargs["kmeans"], "n_clusters": n_domains}, None))

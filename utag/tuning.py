@@ -33,6 +33,7 @@ __all__ = [
     "sweep",
     "recommended_resolutions",
     "spatial_coherence",
+    "spatial_neighbour_graph",
     "resolution_for_n_domains",
     "merge_to_n_domains",
     "align_labels",
@@ -41,6 +42,7 @@ __all__ = [
     "suggest_max_dist",
     "max_dist_report",
     "neighbourhood_of",
+    "tissue_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,15 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
         )
     return Neighbourhood(np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32),
                          sp.csr_matrix(result.obsp["connectivities"]))
+
+
+def tissue_of(result: AnnData, slide_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(coords, slide_codes)`` of the cells of ``result``: ``obsm['spatial']`` and the
+    slides of ``obs[slide_key]`` (default: the slide key ``utag()`` recorded)."""
+    if slide_key is None:
+        slide_key = result.uns.get("utag", {}).get("slide_key")
+        slide_key = None if slide_key == "None" else slide_key
+    return check.spatial_coordinates(result), check.slide_codes(result, slide_key)[0]
 
 
 def _run_all(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None, progress: bool,
@@ -120,12 +131,9 @@ def resolution_sweep(
     """
     random_state = check.seed(random_state)
     neighbourhood = neighbourhood_of(result)
-    if slide_key is None:
-        slide_key = result.uns.get("utag", {}).get("slide_key")
-        slide_key = None if slide_key == "None" else slide_key
     min_cells = min_domain_cells(min_domain_size, result.n_obs)
-    table, typical = sweep(neighbourhood, check.spatial_coordinates(result), check.slide_codes(result, slide_key)[0],
-                           resolutions, n_runs, random_state, leiden_kwargs, n_jobs, progress, min_cells)
+    table, typical = sweep(neighbourhood, *tissue_of(result, slide_key), resolutions, n_runs, random_state,
+                           leiden_kwargs, n_jobs, progress, min_cells)
     result.uns[key_added] = {"table": table, "labels": typical, "resolutions": table["resolution"].to_numpy()}
     return table
 
@@ -177,6 +185,9 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
 COHERENCE_NEIGHBORS = 200
 #: Cells whose spatial neighbourhoods are sampled in :func:`spatial_coherence`.
 COHERENCE_SAMPLE = 20_000
+#: Spatial neighbours per cell in the graph on which :func:`resolution_for_n_domains`
+#: merges domains when no resolution gives exactly the number asked for.
+MERGE_NEIGHBORS = 10
 
 
 def spatial_coherence(labellings: np.ndarray, coords: np.ndarray, slide_codes: np.ndarray,
@@ -197,31 +208,56 @@ def spatial_coherence(labellings: np.ndarray, coords: np.ndarray, slide_codes: n
     [0.48, -0.01]
     """
     random_state = check.seed(random_state)
-    from scipy.spatial import cKDTree
-
-    from .graph import slide_cells
-
     rng = np.random.default_rng(random_state)
     n_total = len(coords)
     sampled = np.zeros(n_total, dtype=bool)
     sampled[rng.choice(n_total, size=min(n_cells, n_total), replace=False)] = True
-    firsts, seconds = [], []
+    first, second = _same_slide_neighbours(coords, slide_codes, n_neighbors, sampled)
+    if len(first) == 0:
+        return np.zeros(len(labellings))
+    coherence = []
+    for labels in labellings:
+        shares = np.bincount(labels) / len(labels)
+        coherence.append(np.mean(labels[first] == labels[second]) - (shares**2).sum())
+    return np.array(coherence)
+
+
+def _same_slide_neighbours(coords: np.ndarray, slide_codes: np.ndarray, n_neighbors: int,
+                           among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(cell, one of its n_neighbors nearest cells of the same slide)`` for every
+    cell (or the cells flagged in the boolean mask ``among``), as two index arrays."""
+    from scipy.spatial import cKDTree
+
+    from .graph import slide_cells
+
+    coords = np.asarray(coords, dtype=np.float64)
+    firsts, seconds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for cells in slide_cells(np.asarray(slide_codes)):
-        mine = cells[sampled[cells]]
+        mine = cells if among is None else cells[among[cells]]
         k = min(n_neighbors + 1, len(cells))
         if k < 2 or len(mine) == 0:
             continue
         _, nearest = cKDTree(coords[cells]).query(coords[mine], k=k)
         firsts.append(np.repeat(mine, k - 1))
         seconds.append(cells[nearest[:, 1:]].ravel())
-    if not firsts:
-        return np.zeros(len(labellings))
-    first, second = np.concatenate(firsts), np.concatenate(seconds)
-    coherence = []
-    for labels in labellings:
-        shares = np.bincount(labels) / len(labels)
-        coherence.append(np.mean(labels[first] == labels[second]) - (shares**2).sum())
-    return np.array(coherence)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def spatial_neighbour_graph(coords: np.ndarray, slide_codes: np.ndarray,
+                            n_neighbors: int = MERGE_NEIGHBORS) -> sp.csr_matrix:
+    """Symmetric 0/1 graph linking every cell to its ``n_neighbors`` nearest cells of the
+    same slide (and them to it).
+
+    Examples
+    --------
+    >>> coords = np.array([[0.0, 0], [1, 0], [5, 0], [0, 0]])
+    >>> spatial_neighbour_graph(coords, np.array([0, 0, 0, 1]), n_neighbors=1).toarray().astype(int).tolist()
+    [[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    """
+    first, second = _same_slide_neighbours(coords, slide_codes, n_neighbors)
+    n_cells = len(coords)
+    links = sp.csr_matrix((np.ones(len(first)), (first, second)), shape=(n_cells, n_cells))
+    return sp.csr_matrix((links + links.T) > 0, dtype=np.float64)
 
 
 def _peaks(table: pd.DataFrame, scores=None) -> list[int]:
@@ -253,6 +289,9 @@ def resolution_for_n_domains(
     high: float = 20.0,
     max_steps: int = 40,
     min_domain_size: float | None = None,
+    *,
+    coords: np.ndarray | None = None,
+    slide_codes: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Leiden domains, exactly ``n_domains`` of them, and the resolution they come from.
 
@@ -266,7 +305,14 @@ def resolution_for_n_domains(
        one giant domain, then splits it in several at once), the labelling with the
        fewest domains above ``n_domains`` is coarsened: the two domains whose merge
        raises modularity most (or lowers it least) are merged, again and again, until
-       ``n_domains`` are left (:func:`merge_to_n_domains`).
+       ``n_domains`` are left (:func:`merge_to_n_domains`). The modularity is that of the
+       tissue: of the graph linking each cell to its :data:`MERGE_NEIGHBORS` nearest cells
+       of the same slide (:func:`spatial_neighbour_graph`), so the domains that touch most
+       on the tissue merge first. This needs the cells' ``coords`` and ``slide_codes``
+       (taken from ``result`` when it is ``utag()``'s AnnData); without them, the kNN graph
+       of the embedding is used. ``benchmarks/n_domains_routes.py`` compares the two on
+       every labelled dataset (``docs/choosing.md``): merging on the tissue scores higher
+       on most of them.
 
     Returns
     -------
@@ -287,6 +333,8 @@ def resolution_for_n_domains(
     random_state = check.seed(random_state)
     n_domains = check.as_int("n_domains", n_domains)
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
+    if coords is None and isinstance(result, AnnData):
+        coords, slide_codes = tissue_of(result)
     n_cells = neighbourhood.connectivities.shape[0]
     if n_domains > n_cells:
         raise ValueError(f"`n_domains` ({n_domains}) is larger than the number of cells ({n_cells}).")
@@ -313,9 +361,14 @@ def resolution_for_n_domains(
         if found < n_domains:
             logger.warning("even resolution %.4g gives only %d domains (asked for %d)", high, found, n_domains)
             return high, labels
-    logger.info("no resolution gives exactly %d domains; merging the %d domains of resolution %.4g by modularity",
-                n_domains, finer[2], finer[0])
-    return finer[0], merge_to_n_domains(finer[1], neighbourhood.connectivities, n_domains)
+    if coords is None:
+        graph, on = neighbourhood.connectivities, "the kNN graph"
+    else:
+        codes = np.zeros(len(coords), dtype=np.int64) if slide_codes is None else np.asarray(slide_codes)
+        graph, on = spatial_neighbour_graph(coords, codes), "the tissue"
+    logger.info("no resolution gives exactly %d domains; merging the %d domains of resolution %.4g by modularity "
+                "on %s", n_domains, finer[2], finer[0], on)
+    return finer[0], merge_to_n_domains(finer[1], graph, n_domains)
 
 
 def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domains: int) -> np.ndarray:

@@ -227,6 +227,23 @@ def test_n_domains_gives_real_domains_on_the_spleen_subset(spleen_subset):
     assert adjusted_rand_score(truth[scored], result.obs[key].to_numpy()[scored]) > 0.4
 
 
+def test_n_domains_merges_the_domains_that_touch_on_the_tissue():
+    from utag.tuning import neighbourhood_of, spatial_coherence, tissue_of
+
+    # max_steps=0 skips the bisection: the many domains of resolution `high` are merged
+    # down to 4, on the tissue (utag's AnnData carries the coordinates) or, given only the
+    # neighbourhood, on the kNN graph of the embedding
+    tissue = synthetic_tissue(n_cells=6_000, n_slides=2, n_domains=4, layout="islands", random_state=1)
+    result = utag(tissue, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], progress=False)
+    truth = tissue.obs["domain"].to_numpy()
+    _, on_tissue = resolution_for_n_domains(result, 4, high=3.0, max_steps=0)
+    _, on_knn = resolution_for_n_domains(neighbourhood_of(result), 4, high=3.0, max_steps=0)
+    assert on_tissue.max() + 1 == 4 and on_knn.max() + 1 == 4
+    coherence = spatial_coherence(np.stack([on_tissue, on_knn]), *tissue_of(result))
+    assert coherence[0] > coherence[1]
+    assert adjusted_rand_score(truth, on_tissue) > adjusted_rand_score(truth, on_knn) + 0.1
+
+
 def test_n_domains_coarsens_by_modularity_when_counts_jump():
     import scipy.sparse as sp
 
