@@ -64,6 +64,9 @@ _HNSW_PARTS = 2
 #: them already.
 _ROTATE_ABOVE_DIMS = 10
 
+#: Candidates beyond ``n_neighbors`` that the exact search ranks again (:func:`exact_neighbors`).
+_EXACT_SPARE = 8
+
 #: :func:`locality_order` orders cells along this many leading principal axes.
 _LOCALITY_AXES = 3
 
@@ -161,13 +164,73 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     """
     random_state = check.seed(random_state)
     if exact_search(len(embedding), n_neighbors, method):
-        points = _on_principal_axes(embedding) if embedding.shape[1] > _ROTATE_ABOVE_DIMS else embedding
-        distances, indices = cKDTree(points).query(points, k=n_neighbors, workers=n_threads(n_jobs))
-        distances = distances.reshape(len(embedding), -1)
-        indices = indices.reshape(len(embedding), -1)
+        indices, distances = exact_neighbors(embedding, n_neighbors, n_jobs)
     else:
         indices, distances = approximate_neighbors(embedding, n_neighbors, random_state, n_jobs)
     return _self_first(indices.astype(np.int64), distances.astype(np.float32))
+
+
+def exact_neighbors(embedding: np.ndarray, n_neighbors: int, n_jobs: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_neighbors`` nearest cells of every cell, by exact distance, ties going to
+    the cell that comes first: the same neighbours on any CPU.
+
+    A KD-tree proposes :data:`_EXACT_SPARE` more candidates than needed (on the points
+    turned onto their principal axes above :data:`_ROTATE_ABOVE_DIMS` dimensions, which
+    is much faster); their distances are then computed again in the input coordinates,
+    in one fixed order, and each row ranked by (distance, cell). The rotation's rounding
+    depends on the processor's linear-algebra kernels, and neighbourhood compositions of
+    one-hot cell types often lie at exactly the same distance, so without this the tree's
+    choice among tied cells, hence the kNN graph, changed from one machine to another.
+    A row whose tie at the last neighbour runs past the spare candidates takes every
+    cell within that distance (a ball query) before ranking.
+
+    Returns ``(indices, distances)`` as :func:`nearest_neighbors` (before its cell-first fix).
+    """
+    points = np.ascontiguousarray(embedding, dtype=np.float64)
+    n_cells = len(points)
+    k = min(n_neighbors, n_cells)
+    n_candidates = min(k + _EXACT_SPARE, n_cells)
+    searched = _on_principal_axes(embedding) if embedding.shape[1] > _ROTATE_ABOVE_DIMS else points
+    tree = cKDTree(searched)
+    candidates = tree.query(searched, k=n_candidates, workers=n_threads(n_jobs))[1].reshape(n_cells, -1)
+    distances = _pair_distances(points, candidates)
+    order = np.lexsort((candidates, distances), axis=1)
+    candidates = np.take_along_axis(candidates, order, axis=1)
+    distances = np.take_along_axis(distances, order, axis=1)
+    # rows whose last neighbour ties (up to the rotation's rounding) with the last candidate
+    # may have tied cells beyond the candidates: take them all
+    last = distances[:, k - 1]
+    radius = last * (1 + 1e-9) + 1e-12
+    open_rows = np.flatnonzero(distances[:, -1] <= radius) if n_candidates < n_cells else np.zeros(0, int)
+    for row in open_rows:  # rare: a handful of rows in a spleen section
+        ball = np.asarray(tree.query_ball_point(searched[row], radius[row]), dtype=np.int64)
+        ball_distances = _pair_distances(points, ball[None, :], rows=np.array([row]))[0]
+        ranked = np.lexsort((ball, ball_distances))[:n_candidates]
+        candidates[row, :len(ranked)], distances[row, :len(ranked)] = ball[ranked], ball_distances[ranked]
+    return candidates[:, :k], distances[:, :k]
+
+
+@jit
+def _pair_distance_kernel(points, rows, candidates, out):
+    for i in range(candidates.shape[0]):
+        a = rows[i]
+        for j in range(candidates.shape[1]):
+            b = candidates[i, j]
+            total = 0.0
+            for f in range(points.shape[1]):  # one fixed order of the additions
+                difference = points[a, f] - points[b, f]
+                total += difference * difference
+            out[i, j] = np.sqrt(total)
+
+
+def _pair_distances(points: np.ndarray, candidates: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance from cell ``rows[i]`` (default ``i``) to each cell of
+    ``candidates[i]``, float64, the same on any CPU."""
+    rows = np.arange(len(candidates)) if rows is None else rows
+    out = np.empty(candidates.shape, dtype=np.float64)
+    _pair_distance_kernel(points, rows.astype(np.int64), candidates.astype(np.int64), out)
+    return out
 
 
 def _on_principal_axes(points: np.ndarray) -> np.ndarray:

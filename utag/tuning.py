@@ -333,7 +333,7 @@ def resolution_for_n_domains(
     random_state = check.seed(random_state)
     n_domains = check.as_int("n_domains", n_domains)
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
-    if coords is None and isinstance(result, AnnData):
+    if coords is None and isinstance(result, AnnData) and "spatial" in result.obsm:
         coords, slide_codes = tissue_of(result)
     n_cells = neighbourhood.connectivities.shape[0]
     if n_domains > n_cells:

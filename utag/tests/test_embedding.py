@@ -264,3 +264,23 @@ def test_knn_graph_without_neighbours_is_empty():
     assert knn_distances(indices, distances).shape == (3, 3)
     assert knn_distances(indices, distances).nnz == 0
     assert fuzzy_connectivities(indices, distances).nnz == 0
+
+
+def test_exact_neighbours_do_not_depend_on_the_rotations_rounding(monkeypatch):
+    from utag import embedding
+
+    # neighbourhood compositions of one-hot cell types: small fractions, many exact ties
+    rng = np.random.default_rng(0)
+    points = (rng.integers(0, 4, size=(3_000, 14)) / 4).astype(np.float32)
+    indices, distances = embedding.exact_neighbors(points, 15)
+    # another processor's linear algebra rounds the rotated points differently
+    rotate = embedding._on_principal_axes
+    monkeypatch.setattr(embedding, "_on_principal_axes",
+                        lambda p: rotate(p) * (1 + 1e-12 * rng.standard_normal((len(p), p.shape[1]))))
+    again, again_distances = embedding.exact_neighbors(points, 15)
+    np.testing.assert_array_equal(indices, again)
+    np.testing.assert_array_equal(distances, again_distances)
+    # and they are the nearest cells, ties going to the cell that comes first
+    for row in rng.choice(len(points), 50, replace=False):
+        exact = np.sqrt(((points.astype(np.float64) - points[row]) ** 2).sum(axis=1))
+        np.testing.assert_array_equal(indices[row], np.lexsort((np.arange(len(points)), exact))[:15])
