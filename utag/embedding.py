@@ -33,6 +33,7 @@ __all__ = [
     "embed",
     "pca",
     "nearest_neighbors",
+    "exact_neighbors",
     "exact_search",
     "approximate_neighbors",
     "distinct_profile_neighbors",
@@ -186,6 +187,12 @@ def exact_neighbors(embedding: np.ndarray, n_neighbors: int, n_jobs: int | None 
     cell within that distance (a ball query) before ranking.
 
     Returns ``(indices, distances)`` as :func:`nearest_neighbors` (before its cell-first fix).
+
+    Examples
+    --------
+    >>> points = np.array([[0.0], [1.0], [-1.0], [3.0]])  # cells 1 and 2 tie as 0's neighbour
+    >>> exact_neighbors(points, 2)[0].tolist()
+    [[0, 1], [1, 0], [2, 0], [3, 1]]
     """
     points = np.ascontiguousarray(embedding, dtype=np.float64)
     n_cells = len(points)

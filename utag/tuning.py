@@ -63,7 +63,18 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
 
 def tissue_of(result: AnnData, slide_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(coords, slide_codes)`` of the cells of ``result``: ``obsm['spatial']`` and the
-    slides of ``obs[slide_key]`` (default: the slide key ``utag()`` recorded)."""
+    slides of ``obs[slide_key]`` (default: the slide key ``utag()`` recorded).
+
+    Examples
+    --------
+    >>> from utag import utag
+    >>> from utag.datasets import synthetic_tissue
+    >>> result = utag(synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0), slide_key="roi",
+    ...               clustering_method="kmeans", resolutions=[0.3], progress=False)
+    >>> coords, slide_codes = tissue_of(result)
+    >>> coords.shape, sorted(set(slide_codes.tolist()))
+    ((2000, 2), [0, 1])
+    """
     if slide_key is None:
         slide_key = result.uns.get("utag", {}).get("slide_key")
         slide_key = None if slide_key == "None" else slide_key
