@@ -65,8 +65,10 @@ _HNSW_PARTS = 2
 #: them already.
 _ROTATE_ABOVE_DIMS = 10
 
-#: Candidates beyond ``n_neighbors`` that the exact search ranks again (:func:`exact_neighbors`).
-_EXACT_SPARE = 8
+#: Candidates beyond ``n_neighbors`` that the exact search ranks again (:func:`exact_neighbors`):
+#: one shows whether a tie runs past the last neighbour; more only slow the KD-tree down
+#: (the ball query covers the ties), and give the same neighbours.
+_EXACT_SPARE = 1
 
 #: :func:`locality_order` orders cells along this many leading principal axes.
 _LOCALITY_AXES = 3
@@ -176,15 +178,15 @@ def exact_neighbors(embedding: np.ndarray, n_neighbors: int, n_jobs: int | None 
     """The ``n_neighbors`` nearest cells of every cell, by exact distance, ties going to
     the cell that comes first: the same neighbours on any CPU.
 
-    A KD-tree proposes :data:`_EXACT_SPARE` more candidates than needed (on the points
+    A KD-tree proposes one more candidate than needed (on the points
     turned onto their principal axes above :data:`_ROTATE_ABOVE_DIMS` dimensions, which
     is much faster); their distances are then computed again in the input coordinates,
     in one fixed order, and each row ranked by (distance, cell). The rotation's rounding
     depends on the processor's linear-algebra kernels, and neighbourhood compositions of
     one-hot cell types often lie at exactly the same distance, so without this the tree's
     choice among tied cells, hence the kNN graph, changed from one machine to another.
-    A row whose tie at the last neighbour runs past the spare candidates takes every
-    cell within that distance (a ball query) before ranking.
+    A row whose last neighbour ties with the spare candidate takes every cell within that
+    distance (a ball query) before ranking.
 
     Returns ``(indices, distances)`` as :func:`nearest_neighbors` (before its cell-first fix).
 
@@ -205,16 +207,22 @@ def exact_neighbors(embedding: np.ndarray, n_neighbors: int, n_jobs: int | None 
     order = np.lexsort((candidates, distances), axis=1)
     candidates = np.take_along_axis(candidates, order, axis=1)
     distances = np.take_along_axis(distances, order, axis=1)
-    # rows whose last neighbour ties (up to the rotation's rounding) with the last candidate
+    # rows whose last neighbour ties (up to the rotation's rounding) with the spare candidate
     # may have tied cells beyond the candidates: take them all
     last = distances[:, k - 1]
     radius = last * (1 + 1e-9) + 1e-12
     open_rows = np.flatnonzero(distances[:, -1] <= radius) if n_candidates < n_cells else np.zeros(0, int)
-    for row in open_rows:  # rare: a handful of rows in a spleen section
-        ball = np.asarray(tree.query_ball_point(searched[row], radius[row]), dtype=np.int64)
-        ball_distances = _pair_distances(points, ball[None, :], rows=np.array([row]))[0]
-        ranked = np.lexsort((ball, ball_distances))[:n_candidates]
-        candidates[row, :len(ranked)], distances[row, :len(ranked)] = ball[ranked], ball_distances[ranked]
+    if len(open_rows):  # about 1% of the rows of a spleen section
+        balls = tree.query_ball_point(searched[open_rows], radius[open_rows], workers=n_threads(n_jobs))
+        sizes = np.fromiter(map(len, balls), dtype=np.int64, count=len(balls))
+        owners = np.repeat(open_rows, sizes)
+        members = np.concatenate(balls).astype(np.int64)
+        member_distances = _pair_distances(points, members[:, None], rows=owners)[:, 0]
+        ranked = np.lexsort((members, member_distances, owners))  # by row, then distance, then cell
+        rank = np.arange(len(ranked)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # place within its row
+        keep = ranked[rank < k]  # every ball holds the row's k candidates, so each row fills its k places
+        candidates[owners[keep], rank[rank < k]] = members[keep]
+        distances[owners[keep], rank[rank < k]] = member_distances[keep]
     return candidates[:, :k], distances[:, :k]
 
 
