@@ -220,9 +220,10 @@ def exact_neighbors(embedding: np.ndarray, n_neighbors: int, n_jobs: int | None 
         member_distances = _pair_distances(points, members[:, None], rows=owners)[:, 0]
         ranked = np.lexsort((members, member_distances, owners))  # by row, then distance, then cell
         rank = np.arange(len(ranked)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # place within its row
-        keep = ranked[rank < k]  # every ball holds the row's k candidates, so each row fills its k places
-        candidates[owners[keep], rank[rank < k]] = members[keep]
-        distances[owners[keep], rank[rank < k]] = member_distances[keep]
+        placed = rank < k  # every ball holds the row's k candidates, so each row fills its k places
+        keep = ranked[placed]
+        candidates[owners[keep], rank[placed]] = members[keep]
+        distances[owners[keep], rank[placed]] = member_distances[keep]
     return candidates[:, :k], distances[:, :k]
 
 

@@ -344,8 +344,6 @@ def resolution_for_n_domains(
     random_state = check.seed(random_state)
     n_domains = check.as_int("n_domains", n_domains)
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
-    if coords is None and isinstance(result, AnnData) and "spatial" in result.obsm:
-        coords, slide_codes = tissue_of(result)
     n_cells = neighbourhood.connectivities.shape[0]
     if n_domains > n_cells:
         raise ValueError(f"`n_domains` ({n_domains}) is larger than the number of cells ({n_cells}).")
@@ -372,6 +370,8 @@ def resolution_for_n_domains(
         if found < n_domains:
             logger.warning("even resolution %.4g gives only %d domains (asked for %d)", high, found, n_domains)
             return high, labels
+    if coords is None and isinstance(result, AnnData) and "spatial" in result.obsm:
+        coords, slide_codes = tissue_of(result)  # read only here: the bisection rarely ends in a merge
     if coords is None:
         graph, on = neighbourhood.connectivities, "the kNN graph"
     else:
