@@ -50,9 +50,10 @@ def _stages(result) -> str:
 
 
 #: Where each stage of the Dask route runs: on the workers (cost per cell, divided among
-#: them), in the client for every cell, or in the client on the sketch only (fixed).
-WORKER_STAGES = ("graph and message passing", "PCA", "probabilities")
-CLIENT_PER_CELL_STAGES = ("reading coordinates", "sketch", "assigning the other cells")
+#: them), in the client for every cell, or in the client on the sketch only (fixed: the
+#: kNN graph and clustering of the sketch, and the vote's index of the sampled cells).
+WORKER_STAGES = ("graph and message passing", "PCA", "assigning the other cells", "probabilities")
+CLIENT_PER_CELL_STAGES = ("reading coordinates", "sketch")
 
 
 def projection(timings: dict, n_cells: int, workers: int, client_gb: float, targets=(1e8,),

@@ -10,8 +10,9 @@ with :func:`utag.io.read_lazy`, ``utag()`` runs here, on whatever Dask scheduler
    projected on the workers; the client gathers the embedding (``n_comps`` float32 per
    cell, 40 bytes for the default 10);
 3. a sketch of the cells (:func:`utag.sketch.sketch_cells`) is clustered in the client,
-   as ``utag(..., sketch_size=...)`` does in one process, and every other cell is
-   assigned by a vote of its nearest sampled cells;
+   as ``utag(..., sketch_size=...)`` does in one process; every other cell is assigned
+   by a vote of its nearest sampled cells on the workers, block by block, each searching
+   the index of the sampled cells that the client built once (:func:`assign_on_workers`);
 4. the soft assignments are computed block by block on the workers from cluster
    centroids summed over the blocks.
 
@@ -29,6 +30,7 @@ other than ``n_comps``, and sparse chunks. ``uns['utag']`` has no transfer model
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -42,7 +44,7 @@ from .clustering import cluster_sums, soft_block, squared_deviations
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
 from .graph import slide_cells
 from .message_passing import slide_messages
-from .sketch import DEFAULT_SKETCH_SIZE, sketch_size_for
+from .sketch import DEFAULT_SKETCH_SIZE, sketch_size_for, vote, vote_index
 
 __all__ = ["is_lazy", "lazy_sketch_size"]
 
@@ -189,21 +191,57 @@ def _moments(aggregated) -> tuple[np.ndarray, np.ndarray]:
     return total[0] / aggregated.shape[0], total[1] / aggregated.shape[0]
 
 
-def fit_pca(aggregated, n_comps: int, mean: np.ndarray) -> dict:
+def fit_pca(aggregated, n_comps: int, mean: np.ndarray) -> tuple[dict, object]:
     """:func:`utag.embedding.pca` of the Dask array ``aggregated`` (column ``mean`` given):
-    the covariance is summed over its blocks, each block projected where it lies; the
-    embedding is gathered (float32, cells x n_comps)."""
+    the covariance is summed over its blocks, each block projected where it lies. Returns
+    the fit, its embedding gathered (float32, cells x n_comps), and the embedding as it
+    lies on the workers (a persisted Dask array, blocks as ``aggregated``'s)."""
     import dask
 
     n_cells, n_features = aggregated.shape
     n_comps = capped_n_comps(n_comps, n_cells, n_features)
     scatter = _tree_sum([dask.delayed(centred_scatter)(block, mean) for block in aggregated.to_delayed().ravel()])
     components, variance, variance_ratio = principal_axes(scatter.compute() / max(n_cells - 1, 1), n_comps)
-    embedding = aggregated.map_blocks(project, components, mean, dtype=np.float32,
-                                      chunks=(aggregated.chunks[0], (n_comps,))).compute()
+    projected = aggregated.map_blocks(project, components, mean, dtype=np.float32,
+                                      chunks=(aggregated.chunks[0], (n_comps,))).persist()
+    embedding = projected.compute()
     return {"embedding": np.ascontiguousarray(embedding, dtype=np.float32), "components": components.astype(np.float32),
             "variance": variance, "variance_ratio": variance_ratio,
-            "params": {"zero_center": True, "method": "covariance (Dask)"}}
+            "params": {"zero_center": True, "method": "covariance (Dask)"}}, projected
+
+
+def _vote_block(block, others: np.ndarray, index, labellings: list[np.ndarray], n_neighbors: int) -> list:
+    """The vote of a block's unsampled cells (``others``: their mask in the block)."""
+    return vote(index, np.asarray(block)[others], labellings, n_neighbors, n_threads=1)
+
+
+def assign_on_workers(projected, index, embedding: np.ndarray, sample: np.ndarray, labellings: list[np.ndarray],
+                      n_neighbors: int = 15, random_state: int = 0, n_jobs: int | None = None) -> list[np.ndarray]:
+    """:func:`utag.sketch.assign_by_vote`, its searches and votes on the workers: Dask
+    ships ``index`` (:func:`utag.sketch.vote_index` of the ``sample``'s rows of
+    ``embedding``, built once in the client) to the workers, and each block of
+    ``projected`` (the embedding where it lies) votes for its unsampled cells. Each
+    cell's vote depends on that cell alone, so the labels are the in-process route's
+    (``random_state`` and ``n_jobs`` went into the index and are not used here)."""
+    import dask
+
+    index = dask.delayed(index, pure=False)
+    sample_labels = dask.delayed(labellings, pure=False)
+    sampled = np.zeros(len(embedding), dtype=bool)
+    sampled[sample] = True
+    bounds = np.cumsum([0, *projected.chunks[0]])
+    tasks = [dask.delayed(_vote_block)(block, ~sampled[start:stop], index, sample_labels, n_neighbors)
+             for block, start, stop in zip(projected.to_delayed().ravel(), bounds[:-1], bounds[1:])]
+    assigned = []
+    for labels in labellings:
+        full = np.empty(len(embedding), dtype=np.int64)
+        full[sample] = labels
+        assigned.append(full)
+    for voted, start, stop in zip(dask.compute(*tasks), bounds[:-1], bounds[1:]):
+        others = start + np.flatnonzero(~sampled[start:stop])
+        for full, winners in zip(assigned, voted):
+            full[others] = winners
+    return assigned
 
 
 def probabilities(aggregated, labellings: dict[str, np.ndarray], mean: np.ndarray) -> dict[str, np.ndarray]:
@@ -279,7 +317,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
 
         with watch("PCA"):
             mean = _moments(aggregated)[0]  # one pass over the cells serves the PCA and the probabilities
-            fitted = fit_pca(aggregated, p.n_comps, mean)
+            fitted, projected = fit_pca(aggregated, p.n_comps, mean)
         size = lazy_sketch_size(sketch_size, adata.n_obs)
         with watch("sketch"):
             sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
@@ -288,9 +326,14 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             knn_method = "approximate"
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep,
                                     "parc" in p.methods, watch, rows=sample, n_jobs=n_jobs)
-        runs, swept = [], None
+        runs, swept, index = [], None, None
+        if p.methods and embedded.rows is not None:
+            with watch("vote index"):  # in the client, on the sketch only
+                index = vote_index(fitted["embedding"][embedded.rows], p.n_neighbors, random_state)
         if p.methods:
-            runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
+            runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
+                                       assign_by=functools.partial(assign_on_workers, projected, index))
+        del projected, index
         embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {seg.label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
         with watch("probabilities"):

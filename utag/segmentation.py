@@ -591,10 +591,11 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
 
 
 def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.ndarray, random_state: int, n_jobs,
-             progress: bool, watch: Stopwatch) -> tuple[list[tuple], tuple | None]:
+             progress: bool, watch: Stopwatch, assign_by=assign_by_vote) -> tuple[list[tuple], tuple | None]:
     """Every clustering run ``(method, resolution, backend kwargs, labels)`` and the
     resolution sweep, with labels for every cell: those of a sketch
-    (``embedded.rows``) are assigned to the other cells by vote."""
+    (``embedded.rows``) are assigned to the other cells by vote (``assign_by``, as
+    :func:`utag.sketch.assign_by_vote`)."""
     sample = embedded.rows
     neighbourhoods = _neighbourhoods(embedded, sample)
     on = p if sample is None else replace(p, min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
@@ -604,7 +605,7 @@ def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.
     del neighbourhoods  # the clustering backends' copies of the graph
     if sample is not None:
         with watch("assigning the other cells"):
-            runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs)
+            runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs, assign_by)
     return runs, swept
 
 
@@ -616,13 +617,12 @@ def _sketch(embedding: np.ndarray, codes: np.ndarray, p: _Parameters, random_sta
 
 
 def _assign_others(runs: list[tuple], swept, embedded: Embedding, sample: np.ndarray, p: _Parameters,
-                   random_state: int, n_jobs) -> tuple[list[tuple], tuple | None]:
+                   random_state: int, n_jobs, assign_by=assign_by_vote) -> tuple[list[tuple], tuple | None]:
     """The labels of the sketch's runs (and sweep) extended to every cell by vote."""
     labellings = [labels for *_, labels in runs]
     if swept is not None:
         labellings += list(swept[1])
-    assigned = assign_by_vote(embedded.pca["embedding"], sample, labellings, p.n_neighbors, random_state,
-                              n_jobs=n_jobs)
+    assigned = assign_by(embedded.pca["embedding"], sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
     runs = [(*run[:3], relabel_by_size(labels)) for run, labels in zip(runs, assigned[:len(runs)])]
     if swept is not None:
         swept = (swept[0], np.asarray(assigned[len(runs):]))

@@ -19,7 +19,7 @@ from . import _validation as check
 from .embedding import locality_order
 
 __all__ = ["SKETCH_ABOVE", "DEFAULT_SKETCH_SIZE", "sketch_cells", "assign_by_vote", "majority_vote",
-           "sketch_size_for"]
+           "sketch_size_for", "vote", "vote_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,36 +201,57 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
     >>> assign_by_vote(embedding, np.array([0, 1, 2, 3]), [np.array([0, 0, 1, 1])], n_neighbors=2)[0]
     array([0, 0, 1, 1, 0, 1])
     """
-    random_state = check.seed(random_state)
-    import hnswlib
-
     points = np.ascontiguousarray(embedding, dtype=np.float32)
-    k = min(n_neighbors, len(sample))
-    # cells in locality order: the index is built and searched much faster
-    order = locality_order(points)
+    index = vote_index(points[sample], n_neighbors, random_state)
+    order = locality_order(points)  # the other cells searched in locality order: much faster
     sampled = np.zeros(len(points), dtype=bool)
     sampled[sample] = True
-    position = np.empty(len(points), dtype=np.int64)  # a sampled cell's position in `sample`
-    position[sample] = np.arange(len(sample))
-    inserted = position[order[sampled[order]]]
     others = order[~sampled[order]]
-    index = hnswlib.Index(space="l2", dim=points.shape[1])
-    index.init_index(max_elements=len(sample), M=VOTE_M, ef_construction=VOTE_EF_CONSTRUCTION,
-                     random_seed=random_state)
-    index.set_num_threads(1)  # one thread: insertion order, hence the index, is fixed
-    index.add_items(points[sample[inserted]], inserted)
-    index.set_ef(max(VOTE_EF, k))
     assigned = []
     for labels in labellings:
         full = np.empty(len(points), dtype=np.int64)
         full[sample] = labels
         assigned.append(full)
-    labellings = [np.asarray(labels, dtype=np.int64) for labels in labellings]
-    n_labels = [int(labels.max()) + 1 for labels in labellings]
     threads = n_jobs or os.cpu_count() or 1
     for start in range(0, len(others), _VOTE_CHUNK):  # a chunk at a time: the neighbour lists of all
         cells = others[start:start + _VOTE_CHUNK]  # of ten million cells would take gigabytes
-        neighbours = index.knn_query(points[cells], k=k, num_threads=threads)[0].astype(np.int64)
-        for labels, n, full in zip(labellings, n_labels, assigned):
-            full[cells] = majority_vote(labels[neighbours], n)[0]
+        for full, voted in zip(assigned, vote(index, points[cells], labellings, n_neighbors, threads)):
+            full[cells] = voted
     return assigned
+
+
+def vote_index(sampled_points: np.ndarray, n_neighbors: int = 15, random_state: int = 0):
+    """The HNSW index (``hnswlib``) that :func:`vote` searches for ``n_neighbors`` sampled
+    cells: ``sampled_points`` (the sampled cells' rows of the embedding, float32), each
+    labelled by its position there.
+
+    One seeded thread inserts them in their locality order
+    (:func:`utag.embedding.locality_order`), so the index depends only on the sample and
+    ``random_state``; it can be pickled to other processes (the Dask route's workers) and
+    searched there with the same answers.
+    """
+    random_state = check.seed(random_state)
+    import hnswlib
+
+    points = np.ascontiguousarray(sampled_points, dtype=np.float32)
+    order = locality_order(points)
+    index = hnswlib.Index(space="l2", dim=points.shape[1])
+    index.init_index(max_elements=len(points), M=VOTE_M, ef_construction=VOTE_EF_CONSTRUCTION,
+                     random_seed=random_state)
+    index.set_num_threads(1)  # one thread: insertion order, hence the index, is fixed
+    index.add_items(points[order], order)
+    index.set_ef(max(VOTE_EF, min(n_neighbors, len(points))))
+    return index
+
+
+def vote(index, points: np.ndarray, labellings: list[np.ndarray], n_neighbors: int = 15,
+         n_threads: int = 1) -> list[np.ndarray]:
+    """Each labelling's winner for every row of ``points``: the majority among the row's
+    ``n_neighbors`` nearest sampled cells in ``index`` (:func:`vote_index`; ``labellings``
+    give the sampled cells' labels). Each row's answer depends on that row alone, so any
+    split of the cells, searched with any number of threads, gives the same labels."""
+    k = min(n_neighbors, index.get_current_count())
+    neighbours = index.knn_query(np.ascontiguousarray(points, dtype=np.float32), k=k,
+                                 num_threads=n_threads)[0].astype(np.int64)
+    labellings = [np.asarray(labels, dtype=np.int64) for labels in labellings]
+    return [majority_vote(labels[neighbours], int(labels.max()) + 1)[0] for labels in labellings]

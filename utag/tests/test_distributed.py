@@ -80,12 +80,20 @@ def test_every_cell_in_the_sketch_gives_the_unsketched_labels(tissue):
                                   unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
 
 
-def test_a_local_cluster_of_two_worker_processes_gives_the_in_process_result():
+def _no_vote_here(*args, **kwargs):
+    raise AssertionError("the client voted: the vote belongs on the workers")
+
+
+def test_a_local_cluster_of_two_worker_processes_gives_the_in_process_result(monkeypatch):
     from distributed import Client, LocalCluster
+
+    from utag import distributed
 
     tissue = _shuffled_tissue(50_000, n_slides=8, seed=1)
     options = dict(clustering_method=["leiden"], resolutions=[0.1], sketch_size=10_000, **KW)
     expected = utag(tissue, **options)
+    # only this process's module is patched: the workers, fresh processes, vote with the real one
+    monkeypatch.setattr(distributed, "vote", _no_vote_here)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster):
         got = utag(_as_dask(tissue, chunk_rows=10_000), **options)
