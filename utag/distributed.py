@@ -143,6 +143,8 @@ def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.n
     slides = [order[cells] for cells in slide_cells(codes[order])]  # each slide's rows, in the canonical order
     stored = [np.sort(rows) for rows in slides]  # and as they are stored
     for rows, reading, piece in zip(slides, stored, _slide_pieces(features, stored)):
+        # the slide's coordinates ride in the task graph: the recipe kept in the result
+        # must not refer to data scattered to workers that end with the cluster
         task = dask.delayed(_slide_task, nout=2, pure=True)(
             coords[rows], piece, np.searchsorted(reading, rows), background, p.max_dist,
             normalization_mode, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths)
@@ -151,6 +153,21 @@ def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.n
     lazy = da.concatenate(blocks, axis=0)
     aggregated, edges = dask.persist(lazy, edges)
     return aggregated, lazy, int(sum(dask.compute(*edges)))
+
+
+def _to_workers(values: list, broadcast: bool = False) -> list:
+    """``values`` as the tasks will take them: scattered to the workers (every worker with
+    ``broadcast``) when a ``distributed.Client`` is active, so that no large object rides
+    in the task graph through the scheduler; unchanged on Dask's local threads, which
+    share this process's memory. Only for what no kept result refers to: scattered data
+    ends with the cluster."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):  # no distributed, or no client
+        return values
+    return client.scatter(values, broadcast=broadcast, hash=False)
 
 
 def _slide_pieces(array, rows: list[np.ndarray]) -> list:
@@ -225,8 +242,8 @@ def assign_on_workers(projected, index, embedding: np.ndarray, sample: np.ndarra
     (``random_state`` and ``n_jobs`` went into the index and are not used here)."""
     import dask
 
-    index = dask.delayed(index, pure=False)
-    sample_labels = dask.delayed(labellings, pure=False)
+    index, sample_labels = _to_workers([index, labellings], broadcast=True)
+    index, sample_labels = dask.delayed(index, pure=False), dask.delayed(sample_labels, pure=False)
     sampled = np.zeros(len(embedding), dtype=bool)
     sampled[sample] = True
     bounds = np.cumsum([0, *projected.chunks[0]])
