@@ -6,9 +6,6 @@ block-diagonally so that no edge crosses slides. squidpy builds each slide's gra
 (:class:`squidpy.gr.neighbors.RadiusBuilder` with ``set_diag=True``, what
 ``squidpy.gr.spatial_neighbors_radius(adata, radius=max_dist, set_diag=True,
 library_key=slide_key)`` runs per slide), so what utag stores is what squidpy stores.
-Work that keeps no distances (message passing, the analysis functions' edge counts)
-takes the same edges from :func:`radius_pairs`, faster (``benchmarks/radius_pairs.py``); a test checks
-them against squidpy's, pairs at exactly ``max_dist`` included.
 
 Before any graph is built its number of edges is estimated from a sample of cells
 (:func:`estimate_pairs`, a fraction of a second at a million cells), and
@@ -37,9 +34,7 @@ __all__ = [
     "estimate_pairs",
     "LOST_WORKER_HINT",
     "per_slide",
-    "radius_connectivities",
     "radius_graph",
-    "radius_pairs",
     "spatial_graph",
     "SPATIAL_GRAPHS",
     "slide_cells",
@@ -102,59 +97,6 @@ def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
         if kind != "delaunay":
             raise
         return _builder(max_dist).build(coords)
-
-
-#: Slides of fewer cells take squidpy's route in :func:`radius_pairs` too: scikit-learn
-#: compares brute-force distances there (matrix products, other rounding), not its KD-tree's.
-SQUIDPY_ONLY_BELOW = 64
-
-
-def radius_pairs(coords: np.ndarray, max_dist: float) -> np.ndarray:
-    """Edges ``(i, j)``, ``i < j``, sorted, of one slide's radius graph: those of
-    :func:`radius_graph` (squidpy's), found faster (``benchmarks/radius_pairs.py`` times both).
-
-    A scipy KD-tree proposes the pairs within a hair more than ``max_dist``; each is kept
-    by the test scikit-learn's KD-tree makes for squidpy (squared coordinate differences
-    summed axis by axis in float64, at most ``max_dist**2``), so that pairs at exactly
-    ``max_dist``, common on integer pixel coordinates, are decided the same way.
-
-    Examples
-    --------
-    >>> radius_pairs(np.array([[0.0, 0.0], [3.0, 4.0], [3.0, 4.1], [9.0, 9.0]]), max_dist=5.0)
-    array([[0, 1],
-           [1, 2]])
-    """
-    coords = np.ascontiguousarray(coords, dtype=np.float64)
-    if len(coords) < SQUIDPY_ONLY_BELOW or not np.isfinite(max_dist):
-        return upper_pairs(radius_graph(coords, max_dist)[0])
-    candidates = cKDTree(coords).query_pairs(float(max_dist) * (1 + 1e-9), output_type="ndarray")
-    steps = coords[candidates[:, 0]] - coords[candidates[:, 1]]
-    squared = steps[:, 0] * steps[:, 0]
-    for axis in range(1, coords.shape[1]):
-        squared += steps[:, axis] * steps[:, axis]
-    kept = candidates[squared <= float(max_dist) * float(max_dist)]
-    keys = kept[:, 0] * len(coords) + kept[:, 1]  # one integer per pair (i < j): sorting it sorts by (i, j)
-    keys.sort()
-    return np.column_stack(np.divmod(keys, len(coords)))
-
-
-def radius_connectivities(coords: np.ndarray, max_dist: float) -> sp.csr_matrix:
-    """The connectivities of :func:`radius_graph` (float32 0/1, symmetric, self-loops,
-    sorted int32 indices), built from :func:`radius_pairs`: for work that does not keep
-    the graph's distances, such as message passing."""
-    pairs = radius_pairs(coords, max_dist)
-    n_cells = len(coords)
-    # every edge both ways and every self-loop as one integer, row * n + column: sorted,
-    # they are the CSR's entries in order
-    keys = np.concatenate([pairs[:, 0] * n_cells + pairs[:, 1], pairs[:, 1] * n_cells + pairs[:, 0],
-                           np.arange(n_cells, dtype=np.int64) * (n_cells + 1)])
-    keys.sort()
-    rows, columns = np.divmod(keys, n_cells)
-    index = np.int32 if len(keys) < np.iinfo(np.int32).max else np.int64
-    indptr = np.zeros(n_cells + 1, dtype=index)
-    np.cumsum(np.bincount(rows, minlength=n_cells), out=indptr[1:])
-    return sp.csr_matrix((np.ones(len(keys), dtype=np.float32), columns.astype(index), indptr),
-                         shape=(n_cells, n_cells))
 
 
 def graph_params(max_dist: float, kind: str = "radius", n_neighbors: int = 6) -> dict:
@@ -403,7 +345,7 @@ def per_slide(function, items: list, *args, processes: int | None = None, progre
 
 
 def _upper_pairs_of_slide(coords: np.ndarray, max_dist: float) -> np.ndarray:
-    return radius_pairs(coords, max_dist)
+    return upper_pairs(radius_graph(coords, max_dist)[0])
 
 
 def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,

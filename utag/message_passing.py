@@ -26,7 +26,6 @@ from .graph import (
     check_graph_fits,
     combine_slides,
     per_slide,
-    radius_connectivities,
     slide_cells,
     spatial_graph,
 )
@@ -68,10 +67,7 @@ def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm", 
     if kernel_widths is not None:
         return multiscale.slide_blocks(slide, max_dist, kernel_widths, kind, n_neighbors, keep_graph)
     coords, features = slide
-    if kind == "radius" and not keep_graph:  # the same connectivities, without the distances
-        connectivities, distances = radius_connectivities(coords, max_dist), None
-    else:
-        connectivities, distances = spatial_graph(coords, max_dist, kind, n_neighbors)
+    connectivities, distances = spatial_graph(coords, max_dist, kind, n_neighbors)
     n_edges = (connectivities.nnz - len(coords)) // 2
     aggregated = aggregate(connectivities, features, normalization_mode)
     return aggregated, n_edges, ((connectivities, distances) if keep_graph else None)

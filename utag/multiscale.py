@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from ._validation import check_positive
 from .embedding import _chunks
-from .graph import radius_connectivities, spatial_graph
+from .graph import spatial_graph
 
 __all__ = ["FLAVORS", "DEFAULT_WIDTHS", "flavor_widths", "block_scales",
            "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
@@ -158,10 +158,7 @@ def slide_blocks(slide, max_dist: float, widths, kind: str = "radius", n_neighbo
     """
     coords, features = slide
     radius = graph_radius(max_dist, widths)
-    if kind == "radius" and not keep_graph:  # the same connectivities, without the distances
-        connectivities, distances = radius_connectivities(coords, radius), None
-    else:
-        connectivities, distances = spatial_graph(coords, radius, kind, n_neighbors)
+    connectivities, distances = spatial_graph(coords, radius, kind, n_neighbors)
     edges = edge_lengths(np.asarray(coords, dtype=np.float64), connectivities)
     blocks = []
     for width in widths:

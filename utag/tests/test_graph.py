@@ -12,9 +12,7 @@ from utag.graph import (
     GraphTooLargeError,
     check_graph_fits,
     estimate_pairs,
-    radius_connectivities,
     radius_graph,
-    radius_pairs,
     slide_pairs,
     spatial_neighbors,
     upper_pairs,
@@ -274,25 +272,3 @@ def test_cgroup_headroom_v1_takes_the_tightest_ancestor(tmp_path):
     _write(memory / "slurm" / "job_1" / "step_0" / "memory.usage_in_bytes", "1000000000\n")
     assert cgroup_headroom(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == 500_000_000
     assert cgroup_headroom(str(tmp_path / "missing"), str(tmp_path / "fs")) is None
-
-
-@pytest.mark.parametrize("grid", [None, 1.0, 0.5], ids=["float", "integer pixels", "half pixels"])
-def test_radius_pairs_are_squidpys_edges_ties_included(grid):
-    # on integer coordinates many pairs lie at exactly max_dist (3-4-5 triangles): the fast
-    # route must decide them as squidpy's scikit-learn KD-tree does
-    rng = np.random.default_rng(3)
-    coords = rng.uniform(0, 120, size=(3_000, 2))
-    if grid is not None:
-        coords = np.round(coords / grid) * grid
-    ties = 0
-    for max_dist in (5.0, 7.5, 10.0):
-        connectivities, _ = radius_graph(coords, max_dist)
-        expected = upper_pairs(connectivities)
-        steps = coords[expected[:, 0]] - coords[expected[:, 1]]
-        ties += (np.hypot(*steps.T) == max_dist).sum()
-        np.testing.assert_array_equal(radius_pairs(coords, max_dist), expected)
-        fast = radius_connectivities(coords, max_dist)
-        assert fast.dtype == connectivities.dtype and fast.has_sorted_indices
-        for part in ("indptr", "indices", "data"):
-            np.testing.assert_array_equal(getattr(fast, part), getattr(connectivities, part))
-    assert ties > 0 or grid is None  # pairs at exactly the radius were part of the test
