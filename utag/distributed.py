@@ -161,11 +161,15 @@ def _to_workers(values: list, broadcast: bool = False) -> list:
     in the task graph through the scheduler; unchanged on Dask's local threads, which
     share this process's memory. Only for what no kept result refers to: scattered data
     ends with the cluster."""
+    import dask
+
     try:
         from distributed import get_client
 
         client = get_client()
     except (ImportError, ValueError):  # no distributed, or no client
+        return values
+    if dask.base.get_scheduler() != client.get:  # a client exists, but another scheduler is chosen
         return values
     return client.scatter(values, broadcast=broadcast, hash=False)
 

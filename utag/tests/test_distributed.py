@@ -175,3 +175,17 @@ def test_each_slide_task_gets_exactly_its_rows(stored):
     pieces = _slide_pieces(da.from_array(values, chunks=(128, 3)), slides)
     for cells, piece in zip(slides, pieces):
         np.testing.assert_array_equal(piece.compute(), values[cells])
+
+
+def test_another_scheduler_chosen_while_a_client_exists(tissue):
+    # the vote's index goes to the workers by scatter only when the client is the
+    # scheduler in use: futures cannot be read by Dask's threads
+    import dask
+    from distributed import Client, LocalCluster
+
+    options = dict(clustering_method=["kmeans"], resolutions=[0.3], sketch_size=3_000, **KW)
+    expected = utag(tissue, **options)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster), dask.config.set(scheduler="threads"):
+        got = utag(_as_dask(tissue), **options)
+    _assert_same_result(expected, got)
