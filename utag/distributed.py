@@ -44,7 +44,7 @@ from .clustering import cluster_sums, soft_block, squared_deviations
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
 from .graph import slide_cells
 from .message_passing import slide_messages
-from .sketch import DEFAULT_SKETCH_SIZE, sketch_size_for, vote, vote_index
+from .sketch import DEFAULT_SKETCH_SIZE, sampled_labels, sketch_size_for, vote, vote_index
 
 __all__ = ["is_lazy", "lazy_sketch_size"]
 
@@ -253,11 +253,7 @@ def assign_on_workers(projected, index, embedding: np.ndarray, sample: np.ndarra
     bounds = np.cumsum([0, *projected.chunks[0]])
     tasks = [dask.delayed(_vote_block)(block, ~sampled[start:stop], index, sample_labels, n_neighbors)
              for block, start, stop in zip(projected.to_delayed().ravel(), bounds[:-1], bounds[1:])]
-    assigned = []
-    for labels in labellings:
-        full = np.empty(len(embedding), dtype=np.int64)
-        full[sample] = labels
-        assigned.append(full)
+    assigned = sampled_labels(len(embedding), sample, labellings)
     for voted, start, stop in zip(dask.compute(*tasks), bounds[:-1], bounds[1:]):
         others = start + np.flatnonzero(~sampled[start:stop])
         for full, winners in zip(assigned, voted):

@@ -207,16 +207,23 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
     sampled = np.zeros(len(points), dtype=bool)
     sampled[sample] = True
     others = order[~sampled[order]]
-    assigned = []
-    for labels in labellings:
-        full = np.empty(len(points), dtype=np.int64)
-        full[sample] = labels
-        assigned.append(full)
+    assigned = sampled_labels(len(points), sample, labellings)
     threads = n_jobs or os.cpu_count() or 1
     for start in range(0, len(others), _VOTE_CHUNK):  # a chunk at a time: the neighbour lists of all
         cells = others[start:start + _VOTE_CHUNK]  # of ten million cells would take gigabytes
         for full, voted in zip(assigned, vote(index, points[cells], labellings, n_neighbors, threads)):
             full[cells] = voted
+    return assigned
+
+
+def sampled_labels(n_cells: int, sample: np.ndarray, labellings: list[np.ndarray]) -> list[np.ndarray]:
+    """One int64 array of ``n_cells`` per labelling, holding the ``sample``'s labels (the
+    other cells' entries are left for the vote to fill)."""
+    assigned = []
+    for labels in labellings:
+        full = np.empty(n_cells, dtype=np.int64)
+        full[sample] = labels
+        assigned.append(full)
     return assigned
 
 
