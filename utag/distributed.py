@@ -240,12 +240,15 @@ def assign_on_workers(projected, index, embedding: np.ndarray, sample: np.ndarra
                       n_neighbors: int = 15, random_state: int = 0, n_jobs: int | None = None) -> list[np.ndarray]:
     """:func:`utag.sketch.assign_by_vote`, its searches and votes on the workers: Dask
     ships ``index`` (:func:`utag.sketch.vote_index` of the ``sample``'s rows of
-    ``embedding``, built once in the client) to the workers, and each block of
+    ``embedding``, built once in the client; ``None`` when every cell is sampled) to the
+    workers, and each block of
     ``projected`` (the embedding where it lies) votes for its unsampled cells. Each
     cell's vote depends on that cell alone, so the labels are the in-process route's
     (``random_state`` and ``n_jobs`` went into the index and are not used here)."""
     import dask
 
+    if index is None:  # every cell sampled (run() builds no index then): nothing to vote on
+        return sampled_labels(len(embedding), sample, labellings)
     index, sample_labels = _to_workers([index, labellings], broadcast=True)
     index, sample_labels = dask.delayed(index, pure=False), dask.delayed(sample_labels, pure=False)
     sampled = np.zeros(len(embedding), dtype=bool)
@@ -344,7 +347,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep,
                                     "parc" in p.methods, watch, rows=sample, n_jobs=n_jobs)
         runs, swept, index = [], None, None
-        if p.methods and embedded.rows is not None:
+        if p.methods and embedded.rows is not None and len(embedded.rows) < adata.n_obs:
             with watch("vote index"):  # in the client, on the sketch only
                 index = vote_index(fitted["embedding"][embedded.rows], p.n_neighbors, random_state)
         if p.methods:

@@ -202,6 +202,8 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
     array([0, 0, 1, 1, 0, 1])
     """
     points = np.ascontiguousarray(embedding, dtype=np.float32)
+    if len(sample) == len(points):  # every cell sampled: nothing to vote on, no index to build
+        return sampled_labels(len(points), sample, labellings)
     index = vote_index(points[sample], n_neighbors, random_state)
     order = locality_order(points)  # the other cells searched in locality order: much faster
     sampled = np.zeros(len(points), dtype=bool)

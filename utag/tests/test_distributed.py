@@ -78,6 +78,7 @@ def test_every_cell_in_the_sketch_gives_the_unsketched_labels(tissue):
     got = utag(_as_dask(tissue), sketch_size=None, **options)
     np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
                                   unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
+    assert "vote index" not in got.uns["utag"]["timings"]  # nothing to vote on: no index is built
 
 
 def _no_vote_here(*args, **kwargs):
