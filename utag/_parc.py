@@ -70,9 +70,10 @@ def _pruned(adjacency: sp.csr_matrix) -> sp.csr_matrix:
     return pruned
 
 
-def prepare(adjacency: sp.csr_matrix, embedding: np.ndarray) -> tuple:
-    """The pruned graph in :mod:`utag._leiden`'s layout: the same for every resolution."""
-    return _leiden._as_graph(_pruned(adjacency), _leiden.locality_order(embedding))
+def prepare(adjacency: sp.csr_matrix, embedding: np.ndarray, n_jobs: int | None = None) -> tuple:
+    """The pruned graph in :mod:`utag._leiden`'s layout (laid out in ``n_jobs`` threads):
+    the same for every resolution."""
+    return _leiden._as_graph(_pruned(adjacency), _leiden.locality_order(embedding), n_jobs)
 
 
 def _communities(adjacency: sp.csr_matrix, order: np.ndarray | None, resolution: float, n_iterations: int,

@@ -73,24 +73,25 @@ class Neighbourhood:
     _graph: object = field(default=None, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
 
-    def leiden_arrays(self, use_weights: bool = True) -> tuple:
-        """The connectivities in the layout :mod:`utag._leiden` works on (built on first use)."""
+    def leiden_arrays(self, use_weights: bool = True, n_jobs: int | None = None) -> tuple:
+        """The connectivities in the layout :mod:`utag._leiden` works on (built on first
+        use, in ``n_jobs`` threads)."""
         key = ("leiden", use_weights)
         if key not in self._arrays:
             matrix = self.connectivities
             if not use_weights:
                 matrix = matrix.copy()
                 matrix.data[:] = 1.0
-            self._arrays[key] = _leiden._as_graph(matrix, _leiden.locality_order(self.embedding))
+            self._arrays[key] = _leiden._as_graph(matrix, _leiden.locality_order(self.embedding), n_jobs)
         return self._arrays[key]
 
-    def parc_arrays(self) -> tuple:
+    def parc_arrays(self, n_jobs: int | None = None) -> tuple:
         """The Jaccard-pruned connectivities PARC clusters, in :mod:`utag._leiden`'s layout
-        (built on first use, shared by every resolution)."""
+        (built on first use, in ``n_jobs`` threads, shared by every resolution)."""
         if "parc" not in self._arrays:
             from . import _parc
 
-            self._arrays["parc"] = _parc.prepare(self.connectivities, self.embedding)
+            self._arrays["parc"] = _parc.prepare(self.connectivities, self.embedding, n_jobs)
         return self._arrays["parc"]
 
     @property
@@ -309,12 +310,12 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     forked = [i for i, task in enumerate(tasks) if task[0] == "leiden" and not fast(task)]
     large = neighbourhood.connectivities.shape[0] >= FORK_MIN_CELLS
     try:
+        # built once, in n_jobs threads, before the runs share them
+        for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded if tasks[i][0] == "leiden"}:
+            neighbourhood.leiden_arrays(bool(use_weights), n_jobs)
+        if any(tasks[i][0] == "parc" for i in threaded):
+            neighbourhood.parc_arrays(n_jobs)
         if threaded and n_jobs > 1:
-            # built once, before the threads share them
-            for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded if tasks[i][0] == "leiden"}:
-                neighbourhood.leiden_arrays(bool(use_weights))
-            if any(tasks[i][0] == "parc" for i in threaded):
-                neighbourhood.parc_arrays()
             pool = ThreadPoolExecutor(n_jobs)
             try:
                 for i, labels in zip(threaded, pool.map(run, [tasks[i] for i in threaded])):

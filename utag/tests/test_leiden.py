@@ -233,3 +233,16 @@ def test_initial_membership_may_use_any_integer_labels(tissue_graph):
     shifted = _leiden.leiden(tissue_graph, 0.3, random_state=1, initial_membership=start * 1000 + 7)
     plain = _leiden.leiden(tissue_graph, 0.3, random_state=1, initial_membership=start)
     np.testing.assert_array_equal(shifted, plain)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 3])
+def test_nodes_are_renumbered_as_scipy_indexes_them(tissue_graph, n_jobs):
+    # the compiled renumbering (row blocks in threads) against scipy's fancy indexing
+    order = np.random.default_rng(0).permutation(tissue_graph.shape[0])
+    expected = sp.csr_matrix(tissue_graph, dtype=np.float64)[order][:, order].sorted_indices()
+    indptr, indices, weights, node_weights, two_m, _ = _leiden._as_graph(tissue_graph, order, n_jobs)
+    np.testing.assert_array_equal(indptr, expected.indptr)
+    np.testing.assert_array_equal(indices, expected.indices)
+    np.testing.assert_array_equal(weights, expected.data)
+    np.testing.assert_allclose(node_weights, np.asarray(expected.sum(axis=1)).ravel())
+    assert indices.dtype == np.int32 and weights.dtype == np.float64
