@@ -4,7 +4,8 @@ Why a third implementation next to igraph's and leidenalg's: on the kNN graph of
 million cells (1M nodes, ~10M edges) igraph's C ``community_leiden`` takes ~22 s per
 resolution with 2 iterations, Louvain in igraph ~60 s, leidenalg longer still; the same
 algorithm written as tight array loops takes a few seconds, and releases the GIL, so
-several resolutions run side by side in threads on one shared graph.
+several resolutions run in threads on one shared graph (:class:`Run` advances a run one
+level at a time, so that the threads can take turns over the runs).
 
 What is implemented, step by step as in the paper (Algorithm A.2):
 
@@ -307,48 +308,91 @@ def _aggregate(indptr, indices, weights, labels, k):
 
 
 @jit
-def _one_iteration(indptr, indices, weights, node_weights, membership, resolution, state):
-    """One run of the Leiden algorithm from ``membership``; returns (membership, changed)."""
-    level_of_node = np.arange(len(node_weights))
-    community, _ = _consecutive(membership)
-    level_weights = node_weights
-    changed = False
-    while True:
-        changed |= _move_nodes_fast(indptr, indices, weights, level_weights, community, resolution, state)
-        community, n_communities = _consecutive(community)
-        n_level = len(level_weights)
-        if n_communities == n_level:
-            break
-        refined = _refine(indptr, indices, weights, level_weights, community, resolution, state)
-        refined, n_refined = _consecutive(refined)
-        if n_refined == n_level:
-            # refinement merged nothing: aggregate on the communities of step 1 instead,
-            # as igraph and leidenalg do, and go on moving the aggregated nodes
-            refined, n_refined = community.copy(), n_communities
-        aggregated_community = np.empty(n_refined, dtype=np.int64)
-        aggregated_weights = np.zeros(n_refined)
-        for v in range(n_level):
-            aggregated_community[refined[v]] = community[v]
-            aggregated_weights[refined[v]] += level_weights[v]
-        indptr, indices, weights = _aggregate(indptr, indices, weights, refined, n_refined)
-        level_of_node = refined[level_of_node]
-        community = aggregated_community
-        level_weights = aggregated_weights
-    result = community[level_of_node]
-    return result, changed
+def _level(indptr, indices, weights, level_weights, community, level_of_node, resolution, state):
+    """One level of a Leiden iteration: fast local moving of the level's nodes from
+    ``community``, then (unless every community is one node: the iteration is over)
+    refinement and aggregation. Returns ``(moved, finished, community, level_of_node,
+    level_weights, indptr, indices, weights)``: the next level's, or this level's final
+    communities when ``finished``."""
+    moved = _move_nodes_fast(indptr, indices, weights, level_weights, community, resolution, state)
+    community, n_communities = _consecutive(community)
+    n_level = len(level_weights)
+    if n_communities == n_level:
+        return moved, True, community, level_of_node, level_weights, indptr, indices, weights
+    refined = _refine(indptr, indices, weights, level_weights, community, resolution, state)
+    refined, n_refined = _consecutive(refined)
+    if n_refined == n_level:
+        # refinement merged nothing: aggregate on the communities of step 1 instead,
+        # as igraph and leidenalg do, and go on moving the aggregated nodes
+        refined, n_refined = community.copy(), n_communities
+    aggregated_community = np.empty(n_refined, dtype=np.int64)
+    aggregated_weights = np.zeros(n_refined)
+    for v in range(n_level):
+        aggregated_community[refined[v]] = community[v]
+        aggregated_weights[refined[v]] += level_weights[v]
+    indptr, indices, weights = _aggregate(indptr, indices, weights, refined, n_refined)
+    return (moved, False, aggregated_community, refined[level_of_node], aggregated_weights, indptr, indices,
+            weights)
 
 
-@jit
-def _leiden(indptr, indices, weights, node_weights, membership, resolution, n_iterations, seed):
-    state = np.array([seed], dtype=np.uint64)
-    iteration = 0
-    while n_iterations < 0 or iteration < n_iterations:
-        membership, changed = _one_iteration(indptr, indices, weights, node_weights, membership, resolution,
-                                             state)
-        iteration += 1
-        if not changed:
-            break
-    return _consecutive(membership)[0]
+class Run:
+    """One Leiden run on a graph prepared by :func:`_as_graph` (shared read-only between
+    threads), advanced one level at a time by :meth:`step`.
+
+    Several runs can thus share a few threads evenly: a level is the unit of work, and
+    each run's random numbers live in the run, so its labels are the same whichever
+    thread runs which level, and in whatever order the runs take turns.
+    """
+
+    def __init__(self, graph, resolution: float, n_iterations: int, random_state: int,
+                 initial_membership: np.ndarray | None = None):
+        self.indptr, self.indices, self.weights, self.node_weights, two_m, self.order = graph
+        n = len(self.node_weights)
+        if initial_membership is None:
+            self.membership = np.arange(n, dtype=np.int64)
+        else:
+            membership = _membership(initial_membership, n)
+            self.membership = membership if self.order is None else membership[self.order]
+        self.resolution = resolution / two_m if two_m > 0 else 0.0
+        self.n_iterations = int(n_iterations)
+        seed = np.random.SeedSequence(random_state).generate_state(1, dtype=np.uint64)[0]
+        self.state = np.array([seed], dtype=np.uint64)  # the splitmix64 state, advanced in place
+        self.iteration, self.done, self.level = 0, self.n_iterations == 0, None
+        if not self.done:
+            self._start_iteration()
+
+    def _start_iteration(self) -> None:
+        self.level = (self.indptr, self.indices, self.weights, self.node_weights,
+                      _consecutive(self.membership)[0], np.arange(len(self.node_weights)))
+        self.changed = False
+
+    def step(self) -> bool:
+        """Run the next level; returns whether the run is over."""
+        if self.done:
+            return True
+        indptr, indices, weights, level_weights, community, level_of_node = self.level
+        moved, finished, community, level_of_node, level_weights, indptr, indices, weights = _level(
+            indptr, indices, weights, level_weights, community, level_of_node, self.resolution, self.state)
+        self.changed |= moved
+        self.level = (indptr, indices, weights, level_weights, community, level_of_node)
+        if finished:
+            self.membership = community[level_of_node]
+            self.iteration += 1
+            if not self.changed or 0 <= self.n_iterations <= self.iteration:
+                self.done, self.level = True, None
+            else:
+                self._start_iteration()
+        return self.done
+
+    def labels(self) -> np.ndarray:
+        """Community labels ``0..k-1`` in order of first appearance, in the order of the
+        original matrix (once :meth:`step` has returned ``True``)."""
+        labels = _consecutive(self.membership)[0]
+        if self.order is None:
+            return labels
+        original = np.empty_like(labels)
+        original[self.order] = labels
+        return original
 
 
 def leiden(adjacency, resolution: float = 1.0, n_iterations: int = 2, random_state: int = 0,
@@ -455,21 +499,14 @@ def run(graph, resolution: float, n_iterations: int, random_state: int,
         initial_membership: np.ndarray | None = None) -> np.ndarray:
     """Leiden on a graph prepared by :func:`_as_graph` (shared read-only between threads);
     labels in the order of the original matrix."""
-    indptr, indices, weights, node_weights, two_m, order = graph
-    n = len(node_weights)
-    if initial_membership is None:
-        membership = np.arange(n, dtype=np.int64)
-    else:
-        membership = _membership(initial_membership, n)
-        membership = membership if order is None else membership[order]
-    scaled = resolution / two_m if two_m > 0 else 0.0
-    seed = np.uint64(np.random.SeedSequence(random_state).generate_state(1, dtype=np.uint64)[0])
-    labels = _leiden(indptr, indices, weights, node_weights, membership, scaled, int(n_iterations), seed)
-    if order is None:
-        return labels
-    original = np.empty_like(labels)
-    original[order] = labels
-    return original
+    return run_to_end(Run(graph, resolution, n_iterations, random_state, initial_membership))
+
+
+def run_to_end(leiden_run: Run) -> np.ndarray:
+    """The labels of ``leiden_run`` (:meth:`Run.labels`) once every level has run."""
+    while not leiden_run.step():
+        pass
+    return leiden_run.labels()
 
 
 def _membership(initial_membership, n_nodes: int) -> np.ndarray:

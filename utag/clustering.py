@@ -21,6 +21,7 @@ Labels are renumbered by decreasing cluster size (``"0"`` is the largest domain)
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -28,8 +29,8 @@ import math
 import multiprocessing
 import os
 import random
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,17 +134,10 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     random_state = check.seed(random_state)
     kwargs = dict(kwargs)
     flavor = kwargs.pop("flavor", "fast")
+    if flavor == "fast":
+        return _leiden.run_to_end(_fast_leiden_run(neighbourhood, resolution, random_state, kwargs))
     use_weights = kwargs.pop("use_weights", True)
     kwargs.pop("directed", None)  # modularity of a symmetric graph is the same either way
-    if flavor == "fast":
-        n_iterations = kwargs.pop("n_iterations", 2)
-        initial = kwargs.pop("initial_membership", None)
-        if kwargs:
-            raise ValueError(f"`leiden_kwargs` {sorted(kwargs)} are not options of the 'fast' Leiden flavour "
-                             "(it takes n_iterations, use_weights, initial_membership); pass "
-                             "flavor='igraph' or 'leidenalg' to use them.")
-        return _leiden.run(neighbourhood.leiden_arrays(bool(use_weights)), resolution, n_iterations,
-                           random_state, initial)
     weights = "weight" if use_weights else None
     graph = neighbourhood.graph
     if flavor == "igraph":
@@ -162,6 +156,22 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     else:
         raise ValueError(f"`leiden_kwargs['flavor']` must be 'fast', 'igraph' or 'leidenalg', got {flavor!r}.")
     return np.asarray(membership)
+
+
+def _fast_leiden_run(neighbourhood: Neighbourhood, resolution: float, random_state: int,
+                     kwargs: dict) -> _leiden.Run:
+    """The compiled Leiden's run for ``leiden_kwargs`` ``kwargs`` (flavour ``"fast"``),
+    not started yet."""
+    kwargs = {key: value for key, value in kwargs.items() if key not in ("flavor", "directed")}
+    use_weights = kwargs.pop("use_weights", True)  # directed: modularity of a symmetric graph is the same
+    n_iterations = kwargs.pop("n_iterations", 2)
+    initial = kwargs.pop("initial_membership", None)
+    if kwargs:
+        raise ValueError(f"`leiden_kwargs` {sorted(kwargs)} are not options of the 'fast' Leiden flavour "
+                         "(it takes n_iterations, use_weights, initial_membership); pass "
+                         "flavor='igraph' or 'leidenalg' to use them.")
+    return _leiden.Run(neighbourhood.leiden_arrays(bool(use_weights)), resolution, n_iterations, random_state,
+                       initial)
 
 
 @contextlib.contextmanager
@@ -262,10 +272,70 @@ def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random
     fewer than ``min_cells`` cells merged into their neighbours (:func:`merge_small_domains`)."""
     random_state = check.seed(random_state)
     labels = BACKENDS[method](neighbourhood, resolution, random_state=random_state, **kwargs)
+    return _merged(labels, neighbourhood, min_cells)
+
+
+def _merged(labels, neighbourhood: Neighbourhood, min_cells: int) -> np.ndarray:
+    """``labels`` numbered by size, domains of fewer than ``min_cells`` cells merged."""
     labels = np.asarray(labels).ravel()
     if min_cells > 1:
         return merge_small_domains(labels, neighbourhood.connectivities, neighbourhood.embedding, min_cells)
     return relabel_by_size(labels)
+
+
+def _cluster_steps(neighbourhood: Neighbourhood, task: tuple, min_cells: int):
+    """:func:`cluster` for ``task`` as a generator that returns the labels: a compiled
+    Leiden run yields after each level of the algorithm, anything else runs in one step."""
+    method, resolution, seed, kwargs = task
+    if method == "leiden" and kwargs.get("flavor", "fast") == "fast":
+        leiden_run = _fast_leiden_run(neighbourhood, resolution, check.seed(seed), kwargs)
+        while not leiden_run.step():
+            yield
+        return _merged(leiden_run.labels(), neighbourhood, min_cells)
+    return cluster(method, neighbourhood, resolution, seed, min_cells, **kwargs)
+
+
+def _take_turns(steps: list, n_threads: int, on_done=None) -> list:
+    """The return values of the generators ``steps``, each run to its end by ``n_threads``
+    threads that take turns: a thread takes the generator first in line, advances it one
+    step and puts it back at the end of the line. Three Leiden runs thus share two
+    threads evenly instead of two runs first and the third alone. The first error stops
+    every thread after its current step and is raised; so is Ctrl-C."""
+    results: list = [None] * len(steps)
+    line = collections.deque(enumerate(steps))
+    lock, stop, errors = threading.Lock(), threading.Event(), []
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                if not line:
+                    return
+                index, generator = line.popleft()
+            try:
+                next(generator)
+            except StopIteration as end:
+                results[index] = end.value
+                if on_done is not None:
+                    on_done()
+                continue
+            except BaseException as error:  # noqa: BLE001 (raised in the calling thread)
+                errors.append(error)
+                stop.set()
+                return
+            with lock:
+                line.append((index, generator))
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(n_threads, len(steps))))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:  # on Ctrl-C, return at once: each thread ends after its current step
+        stop.set()
+    if errors:
+        raise errors[0]
+    return results
 
 
 # Runs in forked workers read the neighbourhood from here instead of receiving a pickled
@@ -288,13 +358,15 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     (domains under ``min_cells`` cells merged).
 
     The compiled Leiden and PARC (``flavor="fast"``, the default) release the GIL, so their
-    runs share one graph in ``n_jobs`` threads (default: one per core). Other Leiden
+    runs share one graph in ``n_jobs`` threads (default: one per core), which take turns
+    level by level of the Leiden runs (:func:`_take_turns`). Other Leiden
     flavours run in forked worker processes when the graph is large enough (100,000 cells)
     for that to pay; the parc package and k-means run one after the other (scikit-learn
     uses the cores itself).
     Every run is seeded on its own, so the labels do not depend on ``n_jobs``.
     """
-    n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(tasks)))
+    cores = n_jobs or os.cpu_count() or 1
+    n_jobs = max(1, min(cores, len(tasks)))
     bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks)
 
     def run(task):
@@ -310,18 +382,15 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     forked = [i for i, task in enumerate(tasks) if task[0] == "leiden" and not fast(task)]
     large = neighbourhood.connectivities.shape[0] >= FORK_MIN_CELLS
     try:
-        # built once, in n_jobs threads, before the runs share them
+        # built once, in every thread allowed, before the runs share them
         for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded if tasks[i][0] == "leiden"}:
-            neighbourhood.leiden_arrays(bool(use_weights), n_jobs)
+            neighbourhood.leiden_arrays(bool(use_weights), cores)
         if any(tasks[i][0] == "parc" for i in threaded):
-            neighbourhood.parc_arrays(n_jobs)
+            neighbourhood.parc_arrays(cores)
         if threaded and n_jobs > 1:
-            pool = ThreadPoolExecutor(n_jobs)
-            try:
-                for i, labels in zip(threaded, pool.map(run, [tasks[i] for i in threaded])):
-                    results[i] = labels
-            finally:  # on Ctrl-C, return at once: running compiled runs end on their own in seconds
-                pool.shutdown(wait=False, cancel_futures=True)
+            steps = [_cluster_steps(neighbourhood, tasks[i], min_cells) for i in threaded]
+            for i, labels in zip(threaded, _take_turns(steps, n_jobs, bar.update)):
+                results[i] = labels
         if forked and n_jobs > 1 and large and "fork" in multiprocessing.get_all_start_methods():
             neighbourhood.graph  # build once, before forking
             _SHARED.update(neighbourhood=neighbourhood, min_cells=min_cells)

@@ -125,6 +125,46 @@ def test_threads_do_not_change_labels(tissue_graph):
         np.testing.assert_array_equal(a, b)
 
 
+def test_runs_taking_turns_level_by_level_give_each_run_alone(tissue_graph):
+    # three runs advanced one level at a time, in turn, as the threads of cluster_many
+    # advance them: each run's labels are those of the same run alone
+    graph = _leiden._as_graph(tissue_graph)
+    runs = [_leiden.Run(graph, resolution, -1, seed) for resolution, seed in ((0.1, 0), (0.5, 1), (2.0, 2))]
+    n_steps = [0] * len(runs)
+    while not all(run.done for run in runs):
+        for index, run in enumerate(runs):
+            if not run.done:
+                run.step()
+                n_steps[index] += 1
+    assert max(n_steps) > 2  # several levels each: the turns did interleave
+    for run, (resolution, seed) in zip(runs, ((0.1, 0), (0.5, 1), (2.0, 2))):
+        np.testing.assert_array_equal(run.labels(), _leiden.run(graph, resolution, -1, seed))
+
+
+def test_threads_taking_turns_return_in_order_and_raise_the_first_error():
+    from utag.clustering import _take_turns
+
+    def counting(n_steps, value):
+        for _ in range(n_steps):
+            yield
+        return value
+
+    assert _take_turns([counting(n, n * 10) for n in (5, 0, 3, 8)], 3) == [50, 0, 30, 80]
+
+    def failing():
+        yield
+        raise ValueError("bad run")
+
+    with pytest.raises(ValueError, match="bad run"):
+        _take_turns([counting(50, 1), failing(), counting(50, 2)], 2)
+
+
+def test_no_iteration_keeps_the_initial_membership(tissue_graph):
+    start = np.arange(tissue_graph.shape[0]) % 7
+    np.testing.assert_array_equal(_leiden.leiden(tissue_graph, 1.0, n_iterations=0, initial_membership=start),
+                                  start)
+
+
 def test_initial_membership_is_a_starting_point(tissue_graph):
     converged = _leiden.leiden(tissue_graph, 0.3, n_iterations=-1, random_state=0)
     again = _leiden.leiden(tissue_graph, 0.3, n_iterations=1, random_state=9, initial_membership=converged)
