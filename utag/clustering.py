@@ -299,10 +299,13 @@ def _take_turns(steps: list, n_threads: int, on_done=None) -> list:
     """The return values of the generators ``steps``, each run to its end by ``n_threads``
     threads that take turns: a thread takes the generator first in line, advances it one
     step and puts it back at the end of the line. Three Leiden runs thus share two
-    threads evenly instead of two runs first and the third alone. The first error stops
-    every thread after its current step and is raised; so is Ctrl-C."""
+    threads evenly instead of two runs first and the third alone. At most ``n_threads +
+    1`` generators are in the line at a time (each Leiden run in it holds its current
+    level's graph); the next one joins when one ends. The first error stops every thread
+    after its current step and is raised; so is Ctrl-C."""
     results: list = [None] * len(steps)
-    line = collections.deque(enumerate(steps))
+    waiting = collections.deque(enumerate(steps))
+    line = collections.deque(waiting.popleft() for _ in range(min(len(steps), n_threads + 1)))
     lock, stop, errors = threading.Lock(), threading.Event(), []
 
     def work() -> None:
@@ -317,6 +320,9 @@ def _take_turns(steps: list, n_threads: int, on_done=None) -> list:
                 results[index] = end.value
                 if on_done is not None:
                     on_done()
+                with lock:
+                    if waiting:
+                        line.append(waiting.popleft())
                 continue
             except BaseException as error:  # noqa: BLE001 (raised in the calling thread)
                 errors.append(error)

@@ -151,6 +151,18 @@ def test_threads_taking_turns_return_in_order_and_raise_the_first_error():
 
     assert _take_turns([counting(n, n * 10) for n in (5, 0, 3, 8)], 3) == [50, 0, 30, 80]
 
+    started, ended = [], []  # at most n_threads + 1 generators under way at a time
+
+    def tracked(value):
+        started.append(value)
+        assert len(started) - len(ended) <= 3
+        for _ in range(4):
+            yield
+        ended.append(value)
+        return value
+
+    assert _take_turns([tracked(value) for value in range(12)], 2) == list(range(12))
+
     def failing():
         yield
         raise ValueError("bad run")
