@@ -162,8 +162,9 @@ def _fast_leiden_run(neighbourhood: Neighbourhood, resolution: float, random_sta
                      kwargs: dict) -> _leiden.Run:
     """The compiled Leiden's run for ``leiden_kwargs`` ``kwargs`` (flavour ``"fast"``),
     not started yet."""
+    # "directed" makes no difference: the modularity of a symmetric graph is the same either way
     kwargs = {key: value for key, value in kwargs.items() if key not in ("flavor", "directed")}
-    use_weights = kwargs.pop("use_weights", True)  # directed: modularity of a symmetric graph is the same
+    use_weights = kwargs.pop("use_weights", True)
     n_iterations = kwargs.pop("n_iterations", 2)
     initial = kwargs.pop("initial_membership", None)
     if kwargs:
