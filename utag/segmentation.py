@@ -40,6 +40,7 @@ from .tuning import (
     DOMAIN_RADIUS_FACTOR,
     recommended_resolutions,
     resolution_for_n_domains,
+    score_exponents,
     suggest_max_dist,
     sweep,
 )
@@ -137,7 +138,8 @@ def utag(
         One or several positive resolutions (k-means uses ``k = ceil(10 * resolution)``),
         or ``"auto"``: a stability sweep (:func:`utag.tuning.resolution_sweep`, 12
         resolutions x 5 seeded Leiden runs) picks the resolution, and its table is kept
-        in ``uns['utag_resolution_sweep']``.
+        in ``uns['utag_resolution_sweep']``; its score weighs reproducibility less with
+        ``flavor="multiscale"`` (:data:`utag.tuning.SCORE_EXPONENTS`).
     leiden_kwargs
         Passed to the Leiden backend. Default: utag's compiled Leiden, resolutions run in
         parallel threads; ``{"flavor": "igraph"}`` for igraph's, ``{"flavor": "leidenalg"}``
@@ -576,7 +578,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
         with watch("resolution sweep"):
             swept = sweep(neighbourhoods["leiden"], coords, codes, n_runs=5, random_state=random_state,
                           leiden_kwargs=backend_kwargs["leiden"], n_jobs=n_jobs, progress=progress,
-                          min_cells=p.min_cells)
+                          min_cells=p.min_cells, exponents=score_exponents(p.flavor))
         resolutions = recommended_resolutions(swept[0])
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(swept[0].loc[swept[0]["resolution"] == resolutions[0], "n_domains"].iloc[0])

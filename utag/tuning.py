@@ -31,6 +31,7 @@ from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_
 __all__ = [
     "resolution_sweep",
     "sweep",
+    "score_exponents",
     "recommended_resolutions",
     "spatial_coherence",
     "spatial_neighbour_graph",
@@ -49,6 +50,11 @@ logger = logging.getLogger(__name__)
 
 #: Default grid of :func:`resolution_sweep`: 12 resolutions from 0.02 to 2, evenly on a log scale.
 DEFAULT_RESOLUTIONS = tuple(float(r) for r in np.round(np.geomspace(0.02, 2.0, 12), 4))
+#: The sweep's score per flavour of ``utag()``: ``stability**a * agreement**b * coherence``
+#: with these ``(a, b)``. The multiscale features are smoothed over a wider area, so
+#: coarse labellings are reproducible whether or not they are right: reproducibility
+#: weighs less there (chosen on ``benchmarks/resolution.py``, both flavours, two seeds).
+SCORE_EXPONENTS = {"utag": (0.5, 0.5), "multiscale": (0.25, 0.0)}
 
 def neighbourhood_of(result: AnnData) -> Neighbourhood:
     """The embedding and kNN graph ``utag()`` stored in ``result``."""
@@ -100,6 +106,7 @@ def resolution_sweep(
     key_added: str = "utag_resolution_sweep",
     min_domain_size: float | None = None,
     slide_key: str | None = None,
+    flavor: str | None = None,
 ) -> pd.DataFrame:
     """Stability of Leiden domains across seeds and resolutions.
 
@@ -119,14 +126,16 @@ def resolution_sweep(
     * ``score``: ``sqrt(stability * agreement) * spatial_coherence``: high where the
       labelling neither depends on the seed nor changes when the resolution moves a
       little (the geometric mean of the two), and its domains are contiguous regions of
-      tissue; the two aspects weigh the same;
+      tissue; the two aspects weigh the same. For ``flavor="multiscale"``,
+      ``stability**0.25 * spatial_coherence`` (:data:`SCORE_EXPONENTS`);
     * ``recommended``: local maxima of ``score`` among labellings with at least 2
       domains, ``rank`` 1 the best.
 
     The most typical run of every resolution is kept in ``result.uns[key_added]`` with
     the table (``result`` is changed only there). ``n_jobs``: threads for the Leiden runs
     (default: one per core; results do not depend on it). ``slide_key``: the slides of
-    ``result.obsm['spatial']`` (default: the one ``utag()`` recorded). Why this score:
+    ``result.obsm['spatial']`` (default: the one ``utag()`` recorded). ``flavor``: whose
+    score to use (default: the flavour ``utag()`` recorded, else ``"utag"``). Why this score:
     ``benchmarks/resolution.py`` compares it with other criteria on every labelled
     dataset (``docs/choosing.md``).
 
@@ -143,17 +152,35 @@ def resolution_sweep(
     random_state = check.seed(random_state)
     neighbourhood = neighbourhood_of(result)
     min_cells = min_domain_cells(min_domain_size, result.n_obs)
+    if flavor is None:
+        flavor = result.uns.get("utag", {}).get("flavor", "utag")
     table, typical = sweep(neighbourhood, *tissue_of(result, slide_key), resolutions, n_runs, random_state,
-                           leiden_kwargs, n_jobs, progress, min_cells)
+                           leiden_kwargs, n_jobs, progress, min_cells, score_exponents(flavor))
     result.uns[key_added] = {"table": table, "labels": typical, "resolutions": table["resolution"].to_numpy()}
     return table
 
 
+def score_exponents(flavor: str) -> tuple[float, float]:
+    """``(a, b)`` of the sweep's score ``stability**a * agreement**b * spatial_coherence``
+    for ``utag(flavor=...)`` (:data:`SCORE_EXPONENTS`).
+
+    Examples
+    --------
+    >>> score_exponents("utag"), score_exponents("multiscale")
+    ((0.5, 0.5), (0.25, 0.0))
+    """
+    if flavor not in SCORE_EXPONENTS:
+        raise ValueError(f"`flavor` must be one of {list(SCORE_EXPONENTS)}, got {flavor!r}.")
+    return SCORE_EXPONENTS[flavor]
+
+
 def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndarray,
           resolutions=DEFAULT_RESOLUTIONS, n_runs: int = 5, random_state: int = 0, leiden_kwargs: dict | None = None,
-          n_jobs: int | None = None, progress: bool = False, min_cells: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+          n_jobs: int | None = None, progress: bool = False, min_cells: int = 0,
+          exponents: tuple[float, float] = SCORE_EXPONENTS["utag"]) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`resolution_sweep` on arrays: the table and the most typical labelling of
-    every resolution (resolutions x cells)."""
+    every resolution (resolutions x cells). ``exponents``: ``(a, b)`` of the score
+    ``stability**a * agreement**b * spatial_coherence`` (see :func:`score_exponents`)."""
     random_state = check.seed(random_state)
     resolutions = sorted(check.resolution_list(list(resolutions)))
     n_runs = check.as_int("n_runs", n_runs, minimum=2)
@@ -179,8 +206,9 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
         neighbours = ([between[i - 1]] if i > 0 else []) + ([between[i]] if i < len(between) else [])
         row["agreement"] = float(np.mean(neighbours)) if neighbours else np.nan
         row["spatial_coherence"] = float(coherence[i])
-        reproducible = row["stability"] * (row["agreement"] if neighbours else 1.0)
-        row["score"] = np.sqrt(max(reproducible, 0.0)) * max(coherence[i], 0.0)
+        agreement = row["agreement"] if neighbours else 1.0
+        reproducible = max(row["stability"], 0.0) ** exponents[0] * max(agreement, 0.0) ** exponents[1]
+        row["score"] = reproducible * max(coherence[i], 0.0)
     table = pd.DataFrame(rows)
     table["recommended"] = False
     table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")

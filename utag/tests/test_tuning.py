@@ -51,6 +51,26 @@ def test_sweep_is_deterministic(four_domains):
     pd.testing.assert_frame_equal(first, second)
 
 
+def test_sweep_score_weighs_reproducibility_by_flavour(four_domains):
+    adata, result = four_domains
+    tissue = adata[:3_000].copy()
+    multiscale = utag(tissue, slide_key="roi", clustering_method="leiden", resolutions="auto", flavor="multiscale",
+                      progress=False)
+    # utag() recorded the flavour: the sweep it ran and a new one both score as multiscale does
+    for table in (multiscale.uns["utag_resolution_sweep"]["table"],
+                  resolution_sweep(multiscale.copy(), n_runs=5, progress=False)):
+        coherence = table["spatial_coherence"].clip(lower=0)
+        np.testing.assert_allclose(table["score"], table["stability"].clip(lower=0) ** 0.25 * coherence)
+    # the published flavour (and flavor="utag" on a multiscale result) keeps sqrt(stability x agreement)
+    for table in (resolution_sweep(result.copy(), resolutions=[0.05, 0.1, 0.3], n_runs=3, progress=False),
+                  resolution_sweep(multiscale.copy(), resolutions=[0.05, 0.1, 0.3], n_runs=3, flavor="utag",
+                                   progress=False)):
+        reproducible = (table["stability"].clip(lower=0) * table["agreement"].clip(lower=0)) ** 0.5
+        np.testing.assert_allclose(table["score"], reproducible * table["spatial_coherence"].clip(lower=0))
+    with pytest.raises(ValueError, match="flavor"):
+        resolution_sweep(result.copy(), resolutions=[0.05, 0.1], n_runs=2, flavor="banksy", progress=False)
+
+
 def test_sweep_needs_a_utag_result():
     with pytest.raises(ValueError, match="connectivities"):
         resolution_sweep(AnnData(np.zeros((3, 2))))
