@@ -25,7 +25,27 @@ from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote
 
-__all__ = ["build_model", "transfer_labels"]
+__all__ = ["build_model", "transfer_labels", "domain_numbers"]
+
+
+def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
+    """Each cell's domain as a number ``0..n_domains-1``, read from its name (``"0"``,
+    ``"1"``, ...) rather than from its position among the categories, which moves when
+    a subset drops an unused category; ``-1`` where the label is missing.
+
+    Examples
+    --------
+    >>> subset = pd.Series(pd.Categorical(["0", "2", None, "3"], categories=["0", "2", "3"]))
+    >>> domain_numbers(subset, 4).tolist()
+    [0, 2, -1, 3]
+    """
+    names = pd.Series(labels).astype("string")
+    numbers = pd.Categorical(names, categories=[str(i) for i in range(n_domains)]).codes.astype(np.int64)
+    unknown = names.notna().to_numpy() & (numbers < 0)
+    if unknown.any():
+        raise ValueError(f"`{key}` holds labels that are not domains of the model ('0' to '{n_domains - 1}'), "
+                         f"e.g. {names[unknown].iloc[0]!r}: transfer the labellings utag() wrote.")
+    return numbers
 
 
 def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
@@ -120,6 +140,7 @@ def transfer_labels(
     unknown = [k for k in keys if k not in model["centroids"]]
     if unknown:
         raise ValueError(f"`keys` {unknown} are not labellings of the model ({list(model['centroids'])}).")
+    n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=1)
     check.check_n_cells(adata)
     features = [str(f) for f in model["features"]]
     columns = check.channel_indices(adata, features)
@@ -142,18 +163,28 @@ def transfer_labels(
                           obsm={name: value.copy() for name, value in adata.obsm.items()},
                           uns=copy.deepcopy(dict(adata.uns)))
     transferred.obsm["X_pca"] = embedding.astype(np.float32)
-    tree = cKDTree(np.asarray(result.obsm["X_pca"])) if method == "knn" else None
-    if tree is not None:
-        _, neighbours = tree.query(embedding, k=min(n_neighbors, result.n_obs), workers=-1)
-        neighbours = neighbours.reshape(len(embedding), -1)
+    reference = np.asarray(result.obsm["X_pca"]) if method == "knn" else None
+    nearest = {}  # per set of labelled reference cells: the new cells' nearest among them
     for key in keys:
-        centroids = np.asarray(model["centroids"][key])
+        centroids = np.asarray(model["centroids"][key], dtype=np.float64)
         if method == "centroid":
-            # softmax of -||e - c||^2 / 2; the ||e||^2 term is the same for every domain
-            probabilities = softmax(embedding @ centroids.T - 0.5 * (centroids**2).sum(axis=1), axis=1)
+            # softmax of -||e - c||^2 / 2 (the ||e||^2 term is the same for every domain);
+            # an empty domain (consistent_labels can leave one) has no centroid
+            logits = embedding @ np.nan_to_num(centroids).T - 0.5 * (np.nan_to_num(centroids) ** 2).sum(axis=1)
+            logits[:, np.isnan(centroids).any(axis=1)] = -np.inf
+            probabilities = softmax(logits, axis=1)
             labels = probabilities.argmax(axis=1)
         else:  # ties go to the nearest tied cell's domain, whatever the domains' numbers
-            labels, counts = majority_vote(result.obs[key].cat.codes.to_numpy()[neighbours], len(centroids))
+            numbers = domain_numbers(result.obs[key], len(centroids), key)
+            labelled = np.flatnonzero(numbers >= 0)
+            if len(labelled) == 0:
+                raise ValueError(f"`result.obs[{key!r}]` has no labelled cell to vote: transfer another key.")
+            signature = labelled.tobytes()
+            if signature not in nearest:  # cells with a missing label do not vote
+                _, found = cKDTree(reference[labelled]).query(embedding, k=min(n_neighbors, len(labelled)),
+                                                              workers=-1)
+                nearest[signature] = labelled[found.reshape(len(embedding), -1)]
+            labels, counts = majority_vote(numbers[nearest[signature]], len(centroids))
             probabilities = counts / counts.sum(axis=1, keepdims=True)
         categories = [str(i) for i in range(len(centroids))]
         transferred.obs[key] = pd.Categorical.from_codes(labels, categories=categories)

@@ -457,7 +457,12 @@ def align_labels(reference: np.ndarray, labels: np.ndarray) -> np.ndarray:
     >>> align_labels(np.array([0, 0, 1, 1, 2]), np.array([5, 5, 3, 3, 4]) - 3)
     array([0, 0, 1, 1, 2])
     """
-    n_ref, n_new = int(reference.max()) + 1, int(labels.max()) + 1
+    return _alignment(reference, labels, int(reference.max()) + 1, int(labels.max()) + 1)[labels]
+
+
+def _alignment(reference: np.ndarray, labels: np.ndarray, n_ref: int, n_new: int) -> np.ndarray:
+    """The new number of each label ``0..n_new-1`` (see :func:`align_labels`); labels
+    absent from ``labels`` get the last new numbers."""
     overlap = sp.csr_matrix((np.ones(len(labels)), (labels, reference)), shape=(n_new, n_ref)).toarray()
     rows, cols = linear_sum_assignment(-overlap)
     mapping = np.full(n_new, -1)
@@ -467,7 +472,7 @@ def align_labels(reference: np.ndarray, labels: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels, minlength=n_new)
     unmatched = unmatched[np.argsort(-sizes[unmatched], kind="stable")]
     mapping[unmatched] = n_ref + np.arange(len(unmatched))
-    return mapping[labels]
+    return mapping
 
 
 def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[str]:
@@ -479,36 +484,50 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     order they were aligned. The centroids of the transfer model
     (``uns['utag']['model']``) are renumbered too, so :func:`utag.transfer.transfer_labels`
     gives the new numbers afterwards.
+
+    Labels are read by name (``"0"``, ``"1"``, ...), so a subset of a result that dropped
+    unused categories keeps its domains. A domain of the previous labelling that has no
+    partner leaves its number unused: the category stays, empty, with a probability
+    column of zeros (and no centroid). Cells without a label keep none.
     """
+    from .transfer import domain_numbers
+
     if keys is None:
         keys = list(result.uns.get("utag", {}).get("label_keys", []))
         keys.sort(key=method_and_resolution)
     if not keys:
         raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
-    previous = None
+    centroids = result.uns.get("utag", {}).get("model", {}).get("centroids", {})
+    previous, n_previous = None, 0
     for key in keys:
-        codes = result.obs[key].cat.codes.to_numpy().astype(np.int64)
-        names = list(result.obs[key].cat.categories)
+        if key not in result.obs:
+            raise ValueError(f"`keys`: {key!r} is not a column of `result.obs`.")
+        probabilities = result.obsm.get(probabilities_key(key))
+        names = result.obs[key].astype("string")
+        present = names.dropna().unique()
+        if all(name.isdigit() for name in present):  # utag()'s labels: numbers by name
+            n_domains = max([int(name) + 1 for name in present] + [len(centroids[key])] * (key in centroids)
+                            + [np.shape(probabilities)[1]] * (probabilities is not None))
+            codes = domain_numbers(names, n_domains, key)
+        else:  # other labels: numbered in sorted order
+            categorical = pd.Categorical(names)
+            codes, n_domains = categorical.codes.astype(np.int64), len(categorical.categories)
         if previous is not None:
-            aligned = align_labels(previous, codes)
-            source = _source_labels(codes, aligned)  # new label j was old label source[j]
-            probabilities = result.obsm.get(probabilities_key(key))
-            if probabilities is not None and probabilities.shape[1] == len(names):
-                result.obsm[probabilities_key(key)] = np.asarray(probabilities)[:, source]
-            centroids = result.uns.get("utag", {}).get("model", {}).get("centroids", {})
+            both = (codes >= 0) & (previous >= 0)
+            mapping = _alignment(previous[both], codes[both], n_previous, n_domains)
+            source = np.full(int(mapping.max()) + 1, -1)  # new number j was old number source[j] (-1: none)
+            source[mapping] = np.arange(n_domains)
+            if probabilities is not None and np.shape(probabilities)[1] == n_domains:
+                old = np.asarray(probabilities)
+                result.obsm[probabilities_key(key)] = np.where(source >= 0, old[:, np.maximum(source, 0)], 0)
             if key in centroids:
-                centroids[key] = np.asarray(centroids[key])[source]
-            codes = aligned
-        result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
-        previous = codes
+                old = np.asarray(centroids[key], dtype=np.float64)
+                centroids[key] = np.where((source >= 0)[:, None], old[np.maximum(source, 0)], np.nan)
+            codes = np.where(codes >= 0, mapping[np.maximum(codes, 0)], -1)
+            n_domains = len(source)
+        result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(n_domains)])
+        previous, n_previous = codes, n_domains
     return keys
-
-
-def _source_labels(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """For each new label, the old label it came from (``new = mapping[old]``)."""
-    source = np.empty(int(new.max()) + 1, dtype=np.int64)
-    source[new] = old
-    return source
 
 
 def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:

@@ -173,6 +173,57 @@ def test_transfer_to_a_new_slide(four_domains):
         transfer_labels(result, new, method="svm")
 
 
+def test_knn_transfer_reads_domains_by_name_and_skips_missing_labels(four_domains):
+    adata, result = four_domains
+    key = "UTAG Label_leiden_0.1"
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    full = transfer_labels(result, new, keys=key, slide_key="roi").obs[key].astype(str).to_numpy()
+    dropped = result.obs[key].cat.categories[1]
+    # a subset without domain "1": anndata drops the unused category, so "2" sits at position 1
+    subset = result[result.obs[key] != dropped].copy()
+    assert list(subset.obs[key].cat.categories) != list(result.obs[key].cat.categories)
+    moved = transfer_labels(subset, new, keys=key, slide_key="roi").obs[key].astype(str).to_numpy()
+    assert dropped not in set(moved)
+    kept = full != dropped
+    assert (moved[kept] == full[kept]).mean() > 0.95
+    # cells without a label do not vote, whatever the number of those missing
+    unlabelled = result.copy()
+    column = unlabelled.obs[key].astype(object)
+    column[column == dropped] = np.nan
+    unlabelled.obs[key] = pd.Categorical(column, categories=result.obs[key].cat.categories)
+    moved = transfer_labels(unlabelled, new, keys=key, slide_key="roi")
+    assert dropped not in set(moved.obs[key].astype(str))
+    assert np.asarray(moved.obsm[f"{key}_probabilities"])[:, 1].max() == 0
+    with pytest.raises(ValueError, match="n_neighbors"):
+        transfer_labels(result, new, keys=key, slide_key="roi", n_neighbors=0)
+
+
+def test_consistent_labels_from_fine_to_coarse_leaves_numbers_unused(four_domains):
+    adata, _ = four_domains
+    result = utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 1.0], progress=False)
+    fine, coarse = "UTAG Label_leiden_1.0", "UTAG Label_leiden_0.05"
+    n_fine, n_coarse = result.obs[fine].nunique(), result.obs[coarse].nunique()
+    assert n_fine > n_coarse
+    before = result.obs[coarse].to_numpy()
+    consistent_labels(result, keys=[fine, coarse])
+    after = result.obs[coarse]
+    # the coarse domains keep their cells, under the number of the fine domain they overlap most
+    assert adjusted_rand_score(before, after) == 1.0
+    assert after.nunique() == n_coarse and len(after.cat.categories) >= n_coarse
+    probabilities = np.asarray(result.obsm[f"{coarse}_probabilities"])
+    assert probabilities.shape[1] == len(after.cat.categories)
+    empty = ~np.isin(after.cat.categories, after.unique())
+    assert empty.any()  # a fine domain with no coarse partner below the largest number used
+    assert (probabilities[:, empty] == 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    centroids = np.asarray(result.uns["utag"]["model"]["centroids"][coarse])
+    np.testing.assert_array_equal(np.isnan(centroids).any(axis=1), empty)
+    # the centroid transfer never picks an empty domain and gives the cells their own domains back
+    back = transfer_labels(result, result, keys=coarse, slide_key="roi", method="centroid").obs[coarse]
+    assert set(back.unique()) <= set(after.unique())
+    assert (back.to_numpy() == after.to_numpy()).mean() > 0.9
+
+
 def test_max_dist_report_flags_and_suggests():
     adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
     report = max_dist_report(adata, max_dists=[3, 20, 30, 400], slide_key="roi")
