@@ -151,7 +151,14 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
             f"`channels_to_use` names {len(missing)} channels not in `adata.var_names`: "
             f"{missing}. Available: {list(adata.var_names)}."
         )
-    return adata.var_names.get_indexer(channels)
+    if adata.var_names.is_unique:
+        return adata.var_names.get_indexer(channels)
+    names = np.asarray(adata.var_names)
+    ambiguous = [c for c in channels if (names == c).sum() > 1]
+    if ambiguous:
+        raise ValueError(f"`channels_to_use` names {ambiguous}, which `adata.var_names` holds more than once; "
+                         "make the names unique first (`adata.var_names_make_unique()`).")
+    return np.array([np.flatnonzero(names == c)[0] for c in channels])
 
 
 def check_features(features) -> None:

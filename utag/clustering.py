@@ -27,7 +27,6 @@ import io
 import logging
 import math
 import multiprocessing
-import os
 import random
 import threading
 import warnings
@@ -40,7 +39,7 @@ from scipy.special import softmax
 from . import _leiden
 from . import _validation as check
 from ._numba import jit
-from ._parallel import map_processes, map_threads
+from ._parallel import map_processes, map_threads, n_threads
 from ._progress import tqdm
 from .embedding import _chunks
 
@@ -372,7 +371,7 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     uses the cores itself).
     Every run is seeded on its own, so the labels do not depend on ``n_jobs``.
     """
-    cores = n_jobs or os.cpu_count() or 1
+    cores = n_threads(n_jobs)  # None and -1: every core
     n_jobs = max(1, min(cores, len(tasks)))
     bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks)
 

@@ -317,6 +317,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             features, var = features_of(adata, channels_to_use)
             order = canonical_order(codes, coords, features)
             order = np.arange(adata.n_obs) if order is None else order
+            p = seg._membership_at(p, order)
         with watch("graph and message passing"):
             background = None
             if normalization_mode == "l1_norm":

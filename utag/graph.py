@@ -86,22 +86,53 @@ def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
            [1, 1, 1, 0],
            [0, 0, 0, 1]])
     """
-    from scipy.spatial import QhullError
-
     coords = np.ascontiguousarray(coords, dtype=np.float64)
     if kind == "knn" and len(coords) <= n_neighbors:  # every cell is a neighbour of every other
         kind, max_dist = "radius", np.inf
+    if kind == "delaunay":
+        return _delaunay_graph(coords, max_dist)
+    return _builder(max_dist, kind, n_neighbors).build(coords)
+
+
+def _delaunay_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """squidpy's Delaunay graph (edges longer than ``max_dist`` cut) of the distinct
+    positions, constant coordinates (a flat z) left out; cells at the same position share
+    its neighbours and are linked to each other (Qhull would leave all but one out)."""
+    from scipy.spatial import QhullError
+
+    points, position = np.unique(coords, axis=0, return_inverse=True)
+    position = position.ravel()
+    varying = np.ptp(points, axis=0) > 0 if len(points) else np.ones(coords.shape[1], dtype=bool)
     try:
-        return _builder(max_dist, kind, n_neighbors).build(coords)
-    except (QhullError, ValueError):  # no triangulation: fewer than 3 cells, or all on a line
-        if kind != "delaunay":
-            raise
-        return _builder(max_dist).build(coords)
+        connectivities, _ = _builder(max_dist, "delaunay").build(np.ascontiguousarray(points[:, varying]))
+    except (QhullError, ValueError):  # no triangulation: fewer than 3 positions, or all on a line
+        if len(points) >= 3 and varying.sum() >= 2:
+            logger.warning("Delaunay triangulation failed for %d positions; using the radius graph instead",
+                           len(points))
+        connectivities, _ = _builder(max_dist).build(np.ascontiguousarray(points))
+    if len(points) == len(coords) and (position == np.arange(len(coords))).all():
+        pairs = sp.csr_matrix(connectivities)
+    else:
+        at = sp.csr_matrix((np.ones(len(coords)), (np.arange(len(coords)), position)),
+                           shape=(len(coords), len(points)))
+        pairs = sp.csr_matrix(at @ sp.csr_matrix(connectivities) @ at.T)
+    pairs.sum_duplicates()
+    pairs.sort_indices()
+    rows = np.repeat(np.arange(len(coords)), np.diff(pairs.indptr))
+    lengths = np.linalg.norm(coords[rows] - coords[pairs.indices], axis=1)
+    off_diagonal = rows != pairs.indices
+    connectivities = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), pairs.indices, pairs.indptr),
+                                   shape=pairs.shape)
+    distances = sp.csr_matrix((lengths[off_diagonal], (rows[off_diagonal], pairs.indices[off_diagonal])),
+                              shape=pairs.shape)
+    return connectivities, distances
 
 
 def graph_params(max_dist: float, kind: str = "radius", n_neighbors: int = 6) -> dict:
-    """The parameters squidpy records in ``uns['spatial_neighbors']['params']``."""
-    return _builder(max_dist, kind, n_neighbors).uns_params()
+    """The parameters squidpy records in ``uns['spatial_neighbors']['params']`` (tuples
+    as lists, which ``.h5ad`` files can hold)."""
+    params = _builder(max_dist, kind, n_neighbors).uns_params()
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in params.items()}
 
 
 def combine_slides(graphs: list[tuple[sp.csr_matrix, sp.csr_matrix]], slides: list[np.ndarray],

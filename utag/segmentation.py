@@ -261,6 +261,8 @@ def utag(
     check.check_n_cells(adata)
     if n_jobs is not None and n_jobs != -1:
         n_jobs = check.as_int("n_jobs", n_jobs)
+    if processes is not None:  # R's integers arrive as floats (2.0)
+        processes = check.as_int("processes", processes)
     n_jobs = n_jobs if n_jobs is not None else (processes if parallel else 1)
     lazy = distributed.is_lazy(adata)  # Dask arrays: utag.distributed reads the cells slide by slide
     if lazy:
@@ -289,6 +291,7 @@ def utag(
     order = canonical_order(codes, coords, features)  # results must not depend on the order of the rows
     if order is not None:
         coords, codes, features = coords[order], codes[order], features[order]
+        p = _membership_at(p, order)
     watch = Stopwatch(progress, logger)
     try:
         with watch("graph and message passing"):
@@ -479,6 +482,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
                     "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
                     adata.n_obs, sketched)
+    _check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs, kmeans_kwargs)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
@@ -490,6 +494,30 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, sketch_size=sketched,
     )
+
+
+#: Backend keywords utag sets itself, with the parameter of ``utag()`` that sets them.
+RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "random_state",
+                                     "resolution": "resolutions", "resolution_parameter": "resolutions"},
+                   "parc_kwargs": {"random_state": "random_state", "random_seed": "random_state",
+                                   "resolution_parameter": "resolutions", "neighbor_graph": "n_neighbors"},
+                   "kmeans_kwargs": {"random_state": "random_state"}}
+
+
+def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> None:
+    """Refuse backend keywords that ``utag()`` sets itself, and an initial membership
+    that is not one label per cell."""
+    given = {"leiden_kwargs": leiden_kwargs, "parc_kwargs": parc_kwargs, "kmeans_kwargs": kmeans_kwargs}
+    for name, kwargs in given.items():
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"`{name}` must be a dict of keyword arguments, got {type(kwargs).__name__}.")
+        for key, instead in RESERVED_KWARGS[name].items():
+            if key in (kwargs or {}):
+                raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead.")
+    membership = (leiden_kwargs or {}).get("initial_membership")
+    if membership is not None and np.shape(membership) != (n_cells,):
+        raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "
+                         f"order of adata's rows), got shape {np.shape(membership)}.")
 
 
 def _multiscale_var(var: pd.DataFrame, widths) -> pd.DataFrame:
@@ -600,7 +628,8 @@ def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.
     :func:`utag.sketch.assign_by_vote`)."""
     sample = embedded.rows
     neighbourhoods = _neighbourhoods(embedded, sample)
-    on = p if sample is None else replace(p, min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
+    on = p if sample is None else replace(_membership_at(p, sample),
+                                          min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
     where = (coords, codes) if sample is None else (coords[sample], codes[sample])
     runs, swept = _plan_runs(on, neighbourhoods, *where, random_state, n_jobs, progress, watch)
     runs = _cluster_runs(runs, neighbourhoods, random_state, on.min_cells, n_jobs, progress, watch)
@@ -609,6 +638,16 @@ def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.
         with watch("assigning the other cells"):
             runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs, assign_by)
     return runs, swept
+
+
+def _membership_at(p: _Parameters, rows: np.ndarray) -> _Parameters:
+    """``p`` with ``leiden_kwargs['initial_membership']`` (one label per cell) taken at
+    ``rows``: the cells reordered, or the sketch."""
+    leiden = p.backend_kwargs["leiden"]
+    if "initial_membership" not in leiden:
+        return p
+    membership = np.asarray(leiden["initial_membership"])[rows]
+    return replace(p, backend_kwargs={**p.backend_kwargs, "leiden": {**leiden, "initial_membership": membership}})
 
 
 def _sketch(embedding: np.ndarray, codes: np.ndarray, p: _Parameters, random_state: int) -> np.ndarray:

@@ -11,11 +11,11 @@ common ones. The others are assigned by :func:`assign_by_vote`.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from . import _validation as check
+from ._parallel import n_threads
 from .embedding import locality_order
 
 __all__ = ["SKETCH_ABOVE", "DEFAULT_SKETCH_SIZE", "sketch_cells", "assign_by_vote", "majority_vote",
@@ -210,7 +210,7 @@ def assign_by_vote(embedding: np.ndarray, sample: np.ndarray, labellings: list[n
     sampled[sample] = True
     others = order[~sampled[order]]
     assigned = sampled_labels(len(points), sample, labellings)
-    threads = n_jobs or os.cpu_count() or 1
+    threads = n_threads(n_jobs)
     for start in range(0, len(others), _VOTE_CHUNK):  # a chunk at a time: the neighbour lists of all
         cells = others[start:start + _VOTE_CHUNK]  # of ten million cells would take gigabytes
         for full, voted in zip(assigned, vote(index, points[cells], labellings, n_neighbors, threads)):

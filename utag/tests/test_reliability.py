@@ -223,6 +223,55 @@ def test_duplicated_channels_are_a_clear_error(small):
         run_utag(small, channels_to_use=channels, **FAST)
 
 
+@pytest.mark.parametrize("name,kwargs,instead", [
+    ("leiden_kwargs", {"random_state": 1}, "random_state"), ("leiden_kwargs", {"seed": 1}, "random_state"),
+    ("leiden_kwargs", {"resolution": 1.0}, "resolutions"), ("parc_kwargs", {"random_seed": 1}, "random_state"),
+    ("kmeans_kwargs", {"random_state": 1}, "random_state")])
+def test_backend_keywords_that_utag_sets_are_refused_up_front(small, name, kwargs, instead):
+    with pytest.raises(ValueError, match=rf"{name}.*pass `{instead}=`"):
+        run_utag(small, clustering_method="leiden", resolutions=[0.3], **{name: kwargs}, **FAST)
+
+
+def test_initial_membership_follows_the_rows_of_adata(small):
+    # utag() clusters the cells in its own order; a membership given per row must follow them
+    rows = np.random.default_rng(0).permutation(small.n_obs)
+    shuffled = small[rows].copy()
+    membership = shuffled.obs["domain"].cat.codes.to_numpy()
+    kept = run_utag(shuffled, clustering_method="leiden", resolutions=[0.3], **FAST,
+                    leiden_kwargs={"initial_membership": membership, "n_iterations": 0})
+    assert adjusted_rand_score(membership, _labels(kept, "UTAG Label_leiden_0.3")) == 1.0
+    with pytest.raises(ValueError, match="initial_membership.*one label per cell"):
+        run_utag(small, clustering_method="leiden", resolutions=[0.3], **FAST,
+                 leiden_kwargs={"initial_membership": membership[:10]})
+
+
+def test_float_processes_and_every_core_as_minus_one(small, monkeypatch):
+    from utag import clustering
+
+    threads = []
+    take_turns = clustering._take_turns
+    monkeypatch.setattr(clustering, "_take_turns", lambda steps, n, *a: threads.append(n) or take_turns(steps, n, *a))
+    expected = run_utag(small, clustering_method="leiden", resolutions=[0.05, 0.3], n_jobs=2, **FAST)
+    for options in ({"parallel": True, "processes": 2.0}, {"n_jobs": -1}):  # R sends 2 as 2.0
+        got = run_utag(small, clustering_method="leiden", resolutions=[0.05, 0.3], **options, **FAST)
+        for key in expected.uns["utag"]["label_keys"]:
+            assert (_labels(got, key) == _labels(expected, key)).all()
+    assert threads[0] == threads[1] == 2 and threads[2] >= 1 and len(threads) == 3
+
+
+def test_channels_are_found_among_repeated_var_names(small):
+    repeated = small.copy()
+    names = list(repeated.var_names)
+    names[1] = names[0]
+    repeated.var_names = names
+    channels = list(small.var_names[2:6])
+    expected = run_utag(small, channels_to_use=channels, clustering_method="kmeans", resolutions=[0.3], **FAST)
+    got = run_utag(repeated, channels_to_use=channels, clustering_method="kmeans", resolutions=[0.3], **FAST)
+    np.testing.assert_array_equal(got.X, expected.X)
+    with pytest.raises(ValueError, match=rf"channels_to_use.*{names[0]}.*var_names_make_unique"):
+        run_utag(repeated, channels_to_use=[names[0], names[3]], **FAST)
+
+
 def test_more_domains_than_cells_is_a_clear_error(small):
     with pytest.raises(ValueError, match="n_domains=2000.*1500 cells"):
         run_utag(small, n_domains=2_000, resolutions=None, clustering_method="leiden", **FAST)

@@ -50,6 +50,31 @@ def test_delaunay_graph_drops_edges_longer_than_max_dist(points):
     assert distances.max() <= 8
 
 
+def test_delaunay_cells_at_one_position_share_its_neighbours(points):
+    # Qhull leaves repeated points out of the triangulation; each copy gets the position's edges
+    repeated = np.concatenate([points, points[:20]])
+    connectivities, distances = spatial_graph(repeated, max_dist=8, kind="delaunay")
+    alone = _delaunay_brute_force(points, 8)
+    copies = np.concatenate([np.arange(len(points)), np.arange(20)])  # each cell's position
+    expected = alone[np.ix_(copies, copies)]
+    np.testing.assert_array_equal(connectivities.toarray(), expected)
+    assert distances[len(points), 0] == 0 and connectivities[len(points), 0] == 1
+    # a constant third coordinate (a flat z) gives the 2-D triangulation, not the radius graph
+    flat, _ = spatial_graph(np.column_stack([points, np.full(len(points), 3.0)]), max_dist=8, kind="delaunay")
+    np.testing.assert_array_equal(flat.toarray(), alone)
+
+
+def test_delaunay_graph_kept_in_the_result_survives_h5ad(tmp_path):
+    import anndata
+
+    tissue = synthetic_tissue(n_cells=1_000, n_slides=2, random_state=0)
+    result = utag(tissue, slide_key="roi", max_dist=20, spatial_graph="delaunay", keep_spatial_connectivity=True,
+                  clustering_method="kmeans", resolutions=[0.3], progress=False)
+    result.write_h5ad(tmp_path / "delaunay.h5ad")
+    params = anndata.read_h5ad(tmp_path / "delaunay.h5ad").uns["spatial_neighbors"]["params"]
+    assert list(params["radius"]) == [0.0, 20.0]
+
+
 @pytest.mark.parametrize("kind", ["knn", "delaunay"])
 def test_tiny_or_flat_slides_still_get_a_graph(kind):
     for coords in (np.zeros((1, 2)), np.array([[0.0, 0.0], [1.0, 0.0]]),
