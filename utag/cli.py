@@ -79,11 +79,12 @@ def atomic_outputs(paths: list[Path]):
             os.close(handle)
             temporaries.append(Path(temporary))
         yield temporaries
-        mode = 0o666 & ~_umask()
+        umask = _umask()
         moved = []
         try:
             for temporary, path in zip(temporaries, paths):
-                os.chmod(temporary, mode)
+                # as open() and mkdir() would have made them: a store is a directory, which needs x
+                os.chmod(temporary, (0o777 if temporary.is_dir() else 0o666) & ~umask)
                 os.replace(temporary, path)
                 moved.append(path)
         except BaseException:
@@ -191,7 +192,8 @@ def _check_no_missing_markers(adata, name: str) -> None:
     if missing.any():
         raise UsageError(f"{name}: {missing.sum()} marker values are missing (per column: "
                          f"{missing[missing > 0].to_dict()}); UTAG needs every marker of every cell. "
-                         "Fill them in the table or remove those rows.")
+                         "Fill them in the table, remove those rows, or pass --non-numeric drop to leave "
+                         "those cells out.")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -214,7 +216,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     if outputs:
         with atomic_outputs([outputs["--out"]]) as (temporary,):
-            result.write_h5ad(temporary)
+            if temporary.suffix.lower() == ".zarr":
+                write_domains(result, temporary, features=True)
+            else:
+                result.write_h5ad(temporary)
         print(f"\nSaved the result to {args.out}")
     return 0
 
@@ -264,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--id-column", help="table column of cell identifiers (default: row number)")
     run.add_argument("--markers", nargs="+", help="marker columns (default: every numeric column not used above)")
     run.add_argument("--exclude", nargs="+", help="numeric table columns that are not markers (e.g. area)")
-    run.add_argument("--non-numeric", choices=["error", "missing"], default="error",
+    run.add_argument("--non-numeric", choices=["error", "drop", "missing"], default="error",
                      help="marker entries of a table that are not numbers (e.g. '<LOD', '1,5'): error (default) "
-                          "names them and stops; missing reads them as missing values and counts them")
+                          "names them and stops; drop leaves their cells out and counts them; missing reads "
+                          "them as missing values (for a Python user who imputes them: the run itself then stops)")
     run.add_argument("--processes", type=int, help="worker processes for slides (default: one per core)")
     run.add_argument("--dask-scheduler", metavar="ADDRESS|local",
                      help="run on Dask (utag.distributed): 'local' starts a cluster of --processes workers, an "
@@ -280,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run UTAG on the bundled CODEX mouse spleen subset",
                                epilog=EXAMPLES, formatter_class=formatter)
-    demo.add_argument("--out", help="save the result to this .h5ad file")
+    demo.add_argument("--out", help="save the result to this .h5ad file (or .zarr store)")
     _add_common(demo, max_dist=200.0)
     demo.set_defaults(handler=_demo)
     return parser

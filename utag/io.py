@@ -55,7 +55,8 @@ def read_cell_table(
         What to do with marker entries that are not numbers: ``"error"`` (default) raises a
         ValueError naming the column, rows and values; ``"missing"`` reads them as NaN and
         logs how many there were per column. ``utag()`` does not accept NaN, so impute
-        those entries or drop their cells before running it.
+        those entries or drop their cells before running it; ``"drop"`` leaves out the
+        cells with a missing or non-numeric marker entry, and logs how many.
 
     Returns
     -------
@@ -70,8 +71,8 @@ def read_cell_table(
     >>> list(adata.var_names), list(adata.obs.columns), adata.obsm["spatial"].tolist()
     (['CD3', 'CD20'], ['cell', 'x', 'y', 'image', 'area'], [[0.0, 1.0], [5.0, 2.0]])
     """
-    if non_numeric not in ("error", "missing"):
-        raise ValueError(f"`non_numeric` must be 'error' or 'missing', got {non_numeric!r}.")
+    if non_numeric not in ("error", "missing", "drop"):
+        raise ValueError(f"`non_numeric` must be 'error', 'missing' or 'drop', got {non_numeric!r}.")
     table, name = (path, "the table") if isinstance(path, pd.DataFrame) else (_read(Path(path)), Path(path).name)
     exclude_columns = list(exclude_columns or [])
     columns = list(table.columns)
@@ -87,15 +88,25 @@ def read_cell_table(
     if not marker_columns:
         raise ValueError(f"{name} has no numeric marker columns besides {needed}; name them with marker_columns.")
     cells = (table[id_column] if id_column else pd.RangeIndex(len(table))).astype(str)
-    markers = _marker_values(table[marker_columns], pd.Index(cells), id_column or "row", non_numeric, name)
+    markers = _marker_values(table[marker_columns], pd.Index(cells), id_column or "row",
+                             "missing" if non_numeric == "drop" else non_numeric, name, quiet=non_numeric == "drop")
     obs = table.drop(columns=marker_columns)
     obs.index = cells
-    return AnnData(
+    adata = AnnData(
         X=markers,
         obs=obs,
         var=pd.DataFrame(index=[str(c) for c in marker_columns]),
         obsm={"spatial": _coordinates(table, [x_column, y_column], cells, id_column or "row", name)},
     )
+    if non_numeric == "drop":
+        incomplete = np.isnan(markers).any(axis=1)
+        if incomplete.all():
+            raise ValueError(f"{name}: every cell has a missing or non-numeric marker entry; nothing is left.")
+        if incomplete.any():
+            logger.warning("%s: left out %d of %d cells with a missing or non-numeric marker entry "
+                           "(non_numeric='drop')", name, int(incomplete.sum()), len(markers))
+            adata = adata[~incomplete].copy()
+    return adata
 
 
 def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_name: str, name: str) -> np.ndarray:
@@ -135,7 +146,8 @@ def _looks_numeric(column: pd.Series) -> bool:
     return bool(n_numbers > 0 and n_numbers >= text.sum() - commas.sum())
 
 
-def _marker_values(markers: pd.DataFrame, cells: pd.Index, row_name: str, non_numeric: str, name: str) -> np.ndarray:
+def _marker_values(markers: pd.DataFrame, cells: pd.Index, row_name: str, non_numeric: str, name: str,
+                   quiet: bool = False) -> np.ndarray:
     """The markers as a float32 array; entries that are not numbers raise or, if ``non_numeric="missing"``, are NaN.
 
     Columns with more text than numbers raise either way: reading them as missing would lose the marker.
@@ -161,11 +173,12 @@ def _marker_values(markers: pd.DataFrame, cells: pd.Index, row_name: str, non_nu
                  "take columns that are not markers out (exclude_columns/--exclude, or leave them out of "
                  "marker_columns/--markers)"]
         if fixable:
-            fixes.append("pass non_numeric='missing' (--non-numeric missing) to read the few entries that are not "
-                         "numbers in mostly numeric columns as missing values")
+            fixes.append("pass non_numeric='drop' (--non-numeric drop) to leave out the cells with entries that "
+                         "are not numbers in mostly numeric columns, or non_numeric='missing' to read them as "
+                         "missing values and impute them yourself")
         raise ValueError(f"{name}: marker columns must be numeric, but these have entries that are not numbers:\n"
                          + "\n".join(problems) + "\nTo go on: " + "; or ".join(fixes) + ".")
-    if n_missing:
+    if n_missing and not quiet:
         logger.warning("%s: read %d marker entries that are not numbers as missing values (per column: %s). "
                        "utag() does not accept missing values: impute them or drop those cells first, "
                        "e.g. adata = adata[~np.isnan(adata.X).any(axis=1)].copy()",

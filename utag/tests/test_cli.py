@@ -112,13 +112,18 @@ def test_interrupted_write_leaves_no_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_demo_runs_on_bundled_data_and_saves(tmp_path, capsys):
-    out = tmp_path / "demo.h5ad"
-    assert main(["demo", "--quiet", "--resolutions", "0.05", "--out", str(out)]) == 0
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+def test_demo_runs_on_bundled_data_and_saves(tmp_path, capsys, suffix):
+    out = tmp_path / f"demo{suffix}"
+    options = ["--resolutions", "0.05"] if suffix == ".h5ad" else ["--method", "kmeans", "--resolutions", "0.4"]
+    assert main(["demo", "--quiet", *options, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "35,145 cells" in printed and "UTAG Label_leiden_0.05" in printed
-    result = anndata.read_h5ad(out)
-    assert result.n_obs == 35_145 and result.obs["UTAG Label_leiden_0.05"].nunique() >= 2
+    key = "UTAG Label_leiden_0.05" if suffix == ".h5ad" else "UTAG Label_kmeans_0.4"
+    assert "35,145 cells" in printed and key in printed
+    result = anndata.read_h5ad(out) if suffix == ".h5ad" else anndata.read_zarr(out)
+    assert result.n_obs == 35_145 and result.obs[key].nunique() >= 2
+    if suffix == ".zarr":  # a store is a directory: readable and listable, as mkdir would have made it
+        assert out.stat().st_mode & 0o700 == 0o700
 
 
 def test_version_help_and_module_entry_point(capsys):
@@ -243,7 +248,14 @@ def test_non_numeric_marker_entries_stop_the_run_with_rows_and_values(cell_table
         main(argv)
     err = capsys.readouterr().err
     assert "'CD2': 2 of 1500 entries, e.g. cell_id cell7: '<LOD', cell_id cell11: '1,5'" in err
-    assert "--non-numeric missing" in err
+    assert "--non-numeric drop" in err
+    # the suggested fix works: the two cells are left out, counted, and the others keep their order
+    out = tmp_path / "dropped.h5ad"
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        assert main([*argv[:3], str(out), *argv[4:], "--non-numeric", "drop"]) == 0
+    assert "left out 2 of 1500 cells" in caplog.text
+    kept = anndata.read_h5ad(out)
+    assert list(kept.obs_names) == [name for name in table["cell_id"] if name not in ("cell7", "cell11")]
     # read as missing, they are counted; UTAG itself needs every value, which the error says in CLI terms
     with caplog.at_level(logging.WARNING, logger="utag"), pytest.raises(SystemExit):
         main(argv + ["--non-numeric", "missing"])
