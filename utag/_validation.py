@@ -75,12 +75,13 @@ def normalization_mode(value) -> str:
                      "None) adds the neighbours up, which is what the original code did for any other value.")
 
 
-def check_n_cells(adata: AnnData) -> None:
+def check_n_cells(adata: AnnData, features: bool = True) -> None:
+    """An AnnData with cells (and, unless ``features=False``, features)."""
     if not isinstance(adata, AnnData):
         raise ValueError(f"`adata` must be an AnnData object, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError("`adata` has zero cells (n_obs == 0); there is nothing to segment.")
-    if adata.n_vars == 0:
+    if features and adata.n_vars == 0:
         raise ValueError("`adata` has zero features (n_vars == 0); UTAG needs marker intensities.")
 
 

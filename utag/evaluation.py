@@ -150,13 +150,14 @@ def evaluate_clustering(
                 entropy = -np.nansum(np.where(composition > 0, composition * np.log2(composition), 0), axis=1)
             sizes = np.bincount(labels[labels >= 0], minlength=len(names))
             row["celltype_entropy"] = float((entropy * sizes).sum() / max(sizes.sum(), 1))
-        if embedding is not None:
-            sampled = labels[sample]
-            valid = np.unique(sampled[sampled >= 0]).size
-            row["silhouette"] = (float(silhouette_score(np.asarray(embedding)[sample], sampled))
-                                 if 1 < valid < len(sample) else np.nan)
-        if edges is not None:
-            same = labels[edges.source] == labels[edges.target]
+        if embedding is not None:  # cells without a label left out
+            sampled = sample[labels[sample] >= 0]
+            valid = np.unique(labels[sampled]).size
+            row["silhouette"] = (float(silhouette_score(np.asarray(embedding)[sampled], labels[sampled]))
+                                 if 1 < valid < len(sampled) else np.nan)
+        if edges is not None:  # edges between labelled cells
+            labelled = (labels[edges.source] >= 0) & (labels[edges.target] >= 0)
+            same = labels[edges.source[labelled]] == labels[edges.target[labelled]]
             row["spatial_coherence"] = float(same.mean()) if len(same) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)

@@ -436,7 +436,7 @@ def spatial_neighbors(
     >>> float(adata.obsp["spatial_connectivities"].diagonal().min())
     1.0
     """
-    check.check_n_cells(adata)
+    check.check_n_cells(adata, features=False)  # only the coordinates are needed
     max_dist = check.check_positive("max_dist", max_dist)
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)

@@ -247,11 +247,11 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist; read_lazy takes an .h5ad file or a .zarr store.")
-    if path.suffix == ".zarr" or path.is_dir():
+    if path.suffix.lower() == ".zarr" or path.is_dir():
         import zarr
 
         store = zarr.open(str(path), mode="r")
-    elif path.suffix == ".h5ad":
+    elif path.suffix.lower() == ".h5ad":
         import h5py
 
         store = h5py.File(path, "r")

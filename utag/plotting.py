@@ -37,11 +37,15 @@ __all__ = [
 def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     """Colour of each category of ``obs[key]``, stored in ``uns[f"{key}_colors"]``.
 
-    Existing colours of the right length are kept; otherwise scanpy's default palettes
-    are used (or ``palette``: a list of colours or a matplotlib colormap name), and
-    written to ``uns`` (this is the only change made to ``adata``).
+    Existing colours of the right length (one per category, used or not, as scanpy
+    stores them) are kept; otherwise scanpy's default palettes are used (or ``palette``:
+    a list of colours or a matplotlib colormap name), and written to ``uns`` (this is
+    the only change made to ``adata``).
     """
-    _, names = _labels(adata, key)
+    _labels(adata, key)  # checks the key
+    values = adata.obs[key]
+    categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+    names = pd.Index(categorical.cat.categories.astype(str))
     stored = adata.uns.get(f"{key}_colors")
     if palette is None and stored is not None and len(stored) == len(names):
         return dict(zip(names, stored))
@@ -153,13 +157,24 @@ def plot_domains(
     return fig
 
 
+def _choice(name: str, value, table) -> None:
+    """Refuse a ``value`` that is not a key (column) of ``table``, naming those that are."""
+    if value not in table:
+        raise ValueError(f"`{name}` must be one of {list(table)}, got {value!r}.")
+
+
 def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[str, pd.DataFrame]:
     if connectivity is not None:
         return connectivity
     stored = adata.uns.get(f"{domain_key}_connectivity")
     if stored is not None and max_dist is None:
         return stored
-    return domain_connectivity(adata, domain_key, slide_key=slide_key, max_dist=max_dist)
+    counted = domain_connectivity(adata, domain_key, slide_key=slide_key, max_dist=max_dist)
+    if stored is None:  # a plot leaves adata as it was: domain_connectivity stores what it counts
+        del adata.uns[f"{domain_key}_connectivity"]
+    else:
+        adata.uns[f"{domain_key}_connectivity"] = stored
+    return counted
 
 
 def plot_domain_network(
@@ -194,7 +209,10 @@ def plot_domain_network(
     import networkx as nx
 
     random_state = check.seed(random_state)
+    if layout not in ("spring", "circular"):
+        raise ValueError(f"`layout` must be 'spring' or 'circular', got {layout!r}.")
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
+    _choice("weight", weight, tables)
     weights = tables[weight]
     labels, names = _labels(adata, domain_key)
     sizes = np.bincount(labels[labels >= 0], minlength=len(names))
@@ -256,6 +274,7 @@ def plot_chord(
     True
     """
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
+    _choice("weight", weight, tables)
     matrix = np.nan_to_num(np.asarray(tables[weight], dtype=float)).clip(0)
     np.fill_diagonal(matrix, 0)
     names = list(tables[weight].index)
@@ -319,7 +338,9 @@ def plot_composition(
     """
     if kind not in ("heatmap", "bars"):
         raise ValueError(f"`kind` must be 'heatmap' or 'bars', got {kind!r}.")
-    table = domain_composition(adata, domain_key, celltype_key)[value]
+    composition = domain_composition(adata, domain_key, celltype_key)
+    _choice("value", value, composition)
+    table = composition[value]
     fig, ax = (plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
                if ax is None else (ax.figure, ax))
     if kind == "heatmap":
@@ -373,6 +394,7 @@ def plot_colocalization(
     >>> len(plot_colocalization(table).axes)  # 2 domains and a colour bar
     3
     """
+    _choice("value", value, table)
     if cell_types is None:
         types = pd.Index(pd.unique(pd.concat([table["cell_type_a"], table["cell_type_b"]])))
     else:

@@ -370,7 +370,10 @@ def resolution_for_n_domains(
     4
     """
     random_state = check.seed(random_state)
-    n_domains = check.as_int("n_domains", n_domains)
+    n_domains = check.as_int("n_domains", n_domains, minimum=1)
+    low, high = check.check_positive("low", low), check.check_positive("high", high)
+    if low >= high:
+        raise ValueError(f"`low` ({low:g}) must be below `high` ({high:g}).")
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
     n_cells = neighbourhood.connectivities.shape[0]
     if n_domains > n_cells:
@@ -488,7 +491,9 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     Labels are read by name (``"0"``, ``"1"``, ...), so a subset of a result that dropped
     unused categories keeps its domains. A domain of the previous labelling that has no
     partner leaves its number unused: the category stays, empty, with a probability
-    column of zeros (and no centroid). Cells without a label keep none.
+    column of zeros (and no centroid). Cells without a label keep none. Tables counted
+    under the old numbers (``uns[f"{key}_connectivity"]`` and ``..._colocalization``)
+    are removed.
     """
     from .transfer import domain_numbers
 
@@ -526,6 +531,8 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
             codes = np.where(codes >= 0, mapping[np.maximum(codes, 0)], -1)
             n_domains = len(source)
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(n_domains)])
+        for table in ("connectivity", "colocalization"):  # counted under the old numbers
+            result.uns.pop(f"{key}_{table}", None)
         previous, n_previous = codes, n_domains
     return keys
 
@@ -652,6 +659,7 @@ def max_dist_report(
     if max_dists is None:
         max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
     max_dists = [check.check_positive("max_dists", d) for d in max_dists]
+    n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=1)
     widths = {d: multiscale.flavor_widths(flavor, d, kernel_widths) for d in max_dists}
     radii = {d: multiscale.graph_radius(d, widths[d]) for d in max_dists}
     widest = max(radii, key=radii.get)

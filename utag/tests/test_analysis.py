@@ -190,6 +190,29 @@ def test_composition_matches_crosstab():
                                                               adata.obs["cell_type"][mask]).to_numpy())
 
 
+def test_evaluate_clustering_leaves_unlabelled_cells_out():
+    adata = _random_tissue()
+    adata.obsm["X_pca"] = np.random.default_rng(0).normal(size=(adata.n_obs, 3))
+    labelled = adata.obs["domain"].to_numpy() != adata.obs["domain"].cat.categories[0]
+    adata.obs["partial"] = adata.obs["domain"].astype(object).where(labelled)  # one domain not annotated
+    partial = evaluate_clustering(adata, "partial", slide_key="slide", max_dist=12.0, n_silhouette=10_000).iloc[0]
+    only = adata[labelled].copy()
+    alone = evaluate_clustering(only, "domain", slide_key="slide", max_dist=12.0, n_silhouette=10_000).iloc[0]
+    assert partial["silhouette"] == pytest.approx(alone["silhouette"])
+    edges = _brute_edges(adata, 12.0)
+    labels = adata.obs["domain"].to_numpy()
+    both = [(i, j) for i, j in edges if labelled[i] and labelled[j]]
+    assert partial["spatial_coherence"] == pytest.approx(np.mean([labels[i] == labels[j] for i, j in both]))
+
+
+def test_a_result_read_back_without_features_is_analysed(tmp_path):
+    adata = _random_tissue()
+    without_x = AnnData(obs=adata.obs.copy(), obsm={"spatial": adata.obsm["spatial"]})
+    expected = domain_connectivity(adata, "domain", slide_key="slide", max_dist=12.0)["counts"]
+    got = domain_connectivity(without_x, "domain", slide_key="slide", max_dist=12.0)["counts"]
+    pd.testing.assert_frame_equal(got, expected)
+
+
 def test_evaluate_clustering_against_definitions():
     adata = _random_tissue()
     adata.obs["UTAG Label_x_1"] = adata.obs["domain"]

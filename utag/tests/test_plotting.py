@@ -61,6 +61,30 @@ def test_colours_are_stored_and_reused(adata):
     assert domain_colors(adata, "domain")["domain_0"] == "#000000"
 
 
+def test_colours_stay_with_their_domain_when_a_category_is_unused(adata):
+    categories = list(adata.obs["domain"].cat.categories)
+    stored = ["#000000", "#111111", "#222222", "#333333"]
+    cropped = adata[adata.obs["domain"] != categories[2]].copy()
+    cropped.obs["domain"] = cropped.obs["domain"].cat.set_categories(categories)  # kept, unused, as transfer does
+    cropped.uns["domain_colors"] = list(stored)
+    colors = domain_colors(cropped, "domain")
+    assert colors[categories[3]] == "#333333"
+    assert cropped.uns["domain_colors"] == stored  # one colour per category, as scanpy stores them
+
+
+def test_plots_leave_adata_as_it_was_and_name_bad_choices(adata):
+    before = set(adata.uns)
+    plt.close(plot_chord(adata, "domain", slide_key="roi", max_dist=20))
+    plt.close(plot_domain_network(adata, "domain", slide_key="roi", max_dist=20))
+    assert set(adata.uns) - before <= {"domain_colors"}
+    with pytest.raises(ValueError, match="weight.*counts"):
+        plot_chord(adata, "domain", slide_key="roi", max_dist=20, weight="count")
+    with pytest.raises(ValueError, match="layout"):
+        plot_domain_network(adata, "domain", slide_key="roi", max_dist=20, layout="kamada")
+    with pytest.raises(ValueError, match="value"):
+        plot_composition(adata, "domain", "cell_type", value="share")
+
+
 def test_network_and_chord(adata, tmp_path):
     connectivity = domain_connectivity(adata, "domain", slide_key="roi", max_dist=20)
     network = plot_domain_network(adata, "domain", connectivity=connectivity)

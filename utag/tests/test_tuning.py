@@ -330,6 +330,16 @@ def test_n_domains_coarsens_by_modularity_when_counts_jump():
     assert len(set(merged[:10])) == 1 and len(set(merged[10:])) == 1 and merged[0] != merged[10]
 
 
+def test_bad_search_bounds_and_neighbour_counts_are_named(four_domains):
+    adata, result = four_domains
+    for bounds, message in [({"low": -1.0}, "low"), ({"low": 2.0, "high": 1.0}, "low.*below.*high")]:
+        with pytest.raises(ValueError, match=message):
+            resolution_for_n_domains(result, 4, **bounds)
+    for n_neighbors in (0, 2.5):
+        with pytest.raises(ValueError, match="n_neighbors"):
+            max_dist_report(adata, [20], slide_key="roi", n_neighbors=n_neighbors)
+
+
 def test_n_domains_above_the_number_of_cells_is_refused(four_domains):
     _, result = four_domains
     with pytest.raises(ValueError, match="n_domains"):
