@@ -74,9 +74,20 @@ def test_a_table_with_decimal_commas_is_reported_not_read_without_its_markers(ta
     assert "cells.tsv" in str(error.value) and "'x'" not in str(error.value)
 
 
-def test_non_numeric_must_be_error_or_missing(table):
-    with pytest.raises(ValueError, match="`non_numeric` must be 'error' or 'missing'"):
-        read_cell_table(table, non_numeric="drop")
+def test_non_numeric_drop_leaves_those_cells_out_and_says_how_many(table, caplog):
+    odd = _with_entry(_with_entry(table, "<LOD", row=1), "1,5", row=4)
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        adata = read_cell_table(odd, slide_column="image", id_column="cell", non_numeric="drop")
+    kept = [i for i in range(len(table)) if i not in (1, 4)]
+    assert list(adata.obs_names) == table["cell"].iloc[kept].tolist()
+    np.testing.assert_array_equal(adata.X[:, 1], table["CD20"].to_numpy(dtype=np.float32)[kept])
+    np.testing.assert_array_equal(adata.obsm["spatial"][:, 0], table["x"].to_numpy()[kept])
+    assert "left out 2 of" in caplog.text
+
+
+def test_non_numeric_must_be_error_missing_or_drop(table):
+    with pytest.raises(ValueError, match="`non_numeric` must be 'error', 'missing' or 'drop'"):
+        read_cell_table(table, non_numeric="ignore")
 
 
 def test_centroids_that_are_not_numbers_are_an_error_naming_rows_and_values():
