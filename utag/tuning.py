@@ -560,10 +560,10 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: The radius :func:`suggest_max_dist` suggests, in median nearest-cell distances: on every
-#: labelled dataset of ``benchmarks/radius.py`` (CODEX spleen, MERFISH, synthetic IMC-like
-#: tissues) 6 was the best multiple or close to it, while the neighbour counts at the best
-#: radius ranged from ~25 to ~200.
+#: The radius :func:`suggest_max_dist` suggests, in median nearest-cell distances: on most
+#: labelled datasets of ``benchmarks/radius.py`` (CODEX spleen, MERFISH, synthetic IMC-like
+#: tissues) 6 was the best multiple or close to it, and no dataset did best at 2-4
+#: (``docs/choosing.md`` names those where a larger radius did clearly better).
 DOMAIN_RADIUS_FACTOR = 6.0
 
 
