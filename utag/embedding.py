@@ -84,6 +84,23 @@ def _chunks(n_rows: int):
         yield slice(start, min(start + _CHUNK_ROWS, n_rows))
 
 
+def column_mean(features) -> np.ndarray:
+    """Each column's mean, summed in float64, dense or sparse (scipy's sparse
+    ``mean(dtype=np.float64)`` sums in the input's dtype and converts only the result).
+
+    Examples
+    --------
+    >>> rows = np.full((3, 1), 1000.0, dtype=np.float32) + np.array([[0.1], [0.2], [0.3]], dtype=np.float32)
+    >>> bool(np.isclose(column_mean(sp.csr_matrix(rows))[0], column_mean(rows)[0], rtol=1e-12))
+    True
+    """
+    if sp.issparse(features):
+        features = sp.csr_matrix(features)
+        sums = np.bincount(features.indices, weights=features.data.astype(np.float64), minlength=features.shape[1])
+        return sums / max(features.shape[0], 1)
+    return np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
+
+
 def _covariance(features, mean: np.ndarray) -> np.ndarray:
     """Feature covariance in float64, accumulated over row chunks (no full-size copy)."""
     n_rows, n_features = features.shape
@@ -113,7 +130,7 @@ def pca(features, n_comps: int) -> dict:
     (features x n_comps), ``variance`` and ``variance_ratio``. Component signs are
     fixed so that each component's largest loading is positive.
     """
-    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()  # float64 sums, as utag.distributed takes them
+    mean = column_mean(features)  # float64 sums, as utag.distributed takes them
     components, variance, variance_ratio = principal_axes(_covariance(features, mean), n_comps)
     return {
         "embedding": project(features, components, mean),

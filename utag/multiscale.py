@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validation import check_positive
-from .embedding import _chunks
+from .embedding import _chunks, column_mean
 from .graph import spatial_graph
 
 __all__ = ["FLAVORS", "DEFAULT_WIDTHS", "flavor_widths", "block_scales",
@@ -177,9 +177,11 @@ def block_scales(blocks, n_blocks: int) -> np.ndarray:
     """One factor per block (``n_blocks`` equal column blocks of ``blocks``) that brings
     the block's total variance over all cells to 1 (1 where it does not vary)."""
     n_cells = blocks.shape[0]
-    mean = np.asarray(blocks.mean(axis=0, dtype=np.float64)).ravel()
+    mean = column_mean(blocks)
     if sp.issparse(blocks):
-        squares = np.asarray(blocks.multiply(blocks).sum(axis=0, dtype=np.float64)).ravel() / n_cells
+        blocks = sp.csr_matrix(blocks)
+        values = blocks.data.astype(np.float64)
+        squares = np.bincount(blocks.indices, weights=values * values, minlength=blocks.shape[1]) / n_cells
     else:  # a block of rows at a time: no float64 copy of every cell
         squares = sum(np.einsum("ij,ij->j", rows, rows) for rows in
                       (np.asarray(blocks[chunk], dtype=np.float64) for chunk in _chunks(n_cells))) / n_cells

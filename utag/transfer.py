@@ -21,6 +21,7 @@ from scipy.special import softmax
 from . import _validation as check
 from ._keys import probabilities_key
 from .clustering import cluster_means
+from .embedding import column_mean
 from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote
@@ -61,7 +62,7 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
     the blocks; ``feature_names`` are then the input features the blocks are built from.
     """
     embedding = np.asarray(embedding, dtype=np.float64)
-    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
+    mean = column_mean(features)
     return {
         "features": np.asarray(feature_names, dtype=str),
         "mean": mean if background is None else mean + background,

@@ -134,6 +134,23 @@ def test_two_cells_work_with_every_method():
 
 # --- inputs checked at the door -------------------------------------------------------------
 
+@pytest.mark.parametrize("flavor", ["utag", "multiscale"])
+def test_sparse_features_on_a_large_offset_give_the_dense_moments(small, flavor):
+    # scipy's sparse mean(dtype=float64) sums in float32: on raw intensities the PCA and the
+    # multiscale block scales came out far from the dense route's
+    raised = small.copy()
+    raised.X = np.asarray(raised.X, dtype=np.float32) + 1000
+    as_sparse = raised.copy()
+    as_sparse.X = sp.csr_matrix(as_sparse.X)
+    options = dict(clustering_method="kmeans", resolutions=[0.3], flavor=flavor, **FAST)
+    dense, sparse = run_utag(raised, **options), run_utag(as_sparse, **options)
+    np.testing.assert_allclose(sparse.uns["pca"]["variance"], dense.uns["pca"]["variance"], rtol=1e-3)
+    if flavor == "multiscale":
+        np.testing.assert_allclose(sparse.uns["utag"]["multiscale"]["block_scales"],
+                                   dense.uns["utag"]["multiscale"]["block_scales"], rtol=1e-3)
+    np.testing.assert_allclose(sparse.uns["utag"]["model"]["mean"], dense.uns["utag"]["model"]["mean"], rtol=1e-5)
+
+
 def test_r_numbers_as_seeds_give_the_same_result(small):
     key = "UTAG Label_leiden_0.3"
     as_int = run_utag(small, clustering_method="leiden", resolutions=[0.3], random_state=1, **FAST)
