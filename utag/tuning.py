@@ -26,6 +26,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
 from ._keys import method_and_resolution, probabilities_key
+from ._order import canonical_order, rows_back
 from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
 
 __all__ = [
@@ -65,6 +66,21 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
         )
     return Neighbourhood(np.ascontiguousarray(result.obsm["X_pca"], dtype=np.float32),
                          sp.csr_matrix(result.obsp["connectivities"]))
+
+
+def _in_canonical_order(result: AnnData, slide_key: str | None = None):
+    """``(neighbourhood, coords, slide_codes, order)`` of ``result``'s cells in the order
+    ``utag()`` clusters them (:func:`utag._order.canonical_order`, ties at one position
+    broken by the embedding), so that Leiden runs here do not depend on the order of the
+    rows; ``order`` maps back with :func:`utag._order.rows_back` (``None``: already in it)."""
+    neighbourhood = neighbourhood_of(result)
+    coords, codes = tissue_of(result, slide_key)
+    order = canonical_order(codes, coords, neighbourhood.embedding)
+    if order is None:
+        return neighbourhood, coords, codes, None
+    graph = neighbourhood.connectivities[order][:, order]
+    graph.sort_indices()
+    return Neighbourhood(neighbourhood.embedding[order], graph), coords[order], codes[order], order
 
 
 def tissue_of(result: AnnData, slide_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -150,12 +166,13 @@ def resolution_sweep(
     ['resolution', 'n_domains', 'stability', 'agreement']
     """
     random_state = check.seed(random_state)
-    neighbourhood = neighbourhood_of(result)
+    neighbourhood, coords, codes, order = _in_canonical_order(result, slide_key)
     min_cells = min_domain_cells(min_domain_size, result.n_obs)
     if flavor is None:
         flavor = result.uns.get("utag", {}).get("flavor", "utag")
-    table, typical = sweep(neighbourhood, *tissue_of(result, slide_key), resolutions, n_runs, random_state,
+    table, typical = sweep(neighbourhood, coords, codes, resolutions, n_runs, random_state,
                            leiden_kwargs, n_jobs, progress, min_cells, score_exponents(flavor))
+    typical = rows_back(typical, order, axis=1)
     result.uns[key_added] = {"table": table, "labels": typical, "resolutions": table["resolution"].to_numpy()}
     return table
 
@@ -185,7 +202,7 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
     resolutions = sorted(check.resolution_list(list(resolutions)))
     n_runs = check.as_int("n_runs", n_runs, minimum=2)
     kwargs = dict(leiden_kwargs or {})
-    tasks = [(r, random_state + run, kwargs) for r in resolutions for run in range(n_runs)]
+    tasks = [(r, (random_state + run) % 2**32, kwargs) for r in resolutions for run in range(n_runs)]
     runs = np.array(_run_all(neighbourhood, tasks, n_jobs, progress, min_cells))
     runs = runs.reshape(len(resolutions), n_runs, -1)
 
@@ -277,8 +294,13 @@ def _same_slide_neighbours(coords: np.ndarray, slide_codes: np.ndarray, n_neighb
         if k < 2 or len(mine) == 0:
             continue
         _, nearest = cKDTree(coords[cells]).query(coords[mine], k=k)
+        nearest = nearest.reshape(len(mine), k)
+        # the cell itself is left out wherever it comes (a cell at the same position may
+        # come first); where it is not among the k, the farthest is
+        keep = nearest != np.searchsorted(cells, mine)[:, None]
+        keep[keep.all(axis=1), -1] = False
         firsts.append(np.repeat(mine, k - 1))
-        seconds.append(cells[nearest[:, 1:]].ravel())
+        seconds.append(cells[nearest[keep]])
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
@@ -374,6 +396,13 @@ def resolution_for_n_domains(
     low, high = check.check_positive("low", low), check.check_positive("high", high)
     if low >= high:
         raise ValueError(f"`low` ({low:g}) must be below `high` ({high:g}).")
+    if isinstance(result, AnnData) and coords is None and "spatial" in result.obsm:
+        # in the order utag() clusters the cells: the same answer as utag(..., n_domains=K)
+        neighbourhood, coords, slide_codes, order = _in_canonical_order(result)
+        resolution, labels = resolution_for_n_domains(
+            neighbourhood, n_domains, random_state, leiden_kwargs, low, high, max_steps, min_domain_size,
+            coords=coords, slide_codes=slide_codes)
+        return resolution, rows_back(labels, order)
     neighbourhood = result if isinstance(result, Neighbourhood) else neighbourhood_of(result)
     n_cells = neighbourhood.connectivities.shape[0]
     if n_domains > n_cells:

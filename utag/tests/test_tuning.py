@@ -71,6 +71,24 @@ def test_sweep_score_weighs_reproducibility_by_flavour(four_domains):
         resolution_sweep(result.copy(), resolutions=[0.05, 0.1], n_runs=2, flavor="banksy", progress=False)
 
 
+def test_sweep_and_n_domains_do_not_depend_on_the_order_of_the_rows(four_domains):
+    adata, _ = four_domains
+    result = utag(adata, slide_key="roi", clustering_method="leiden", resolutions="auto", n_domains=3,
+                  progress=False)
+    stored = result.uns["utag_resolution_sweep"]
+    # the sweep utag() ran is the sweep resolution_sweep runs on its result ...
+    again = resolution_sweep(result.copy(), n_runs=5, progress=False)
+    pd.testing.assert_frame_equal(again, stored["table"])
+    # ... and on the same cells in another order, with the labels in that order
+    rows = np.random.default_rng(1).permutation(result.n_obs)
+    shuffled = result[rows].copy()
+    pd.testing.assert_frame_equal(resolution_sweep(shuffled, n_runs=5, progress=False), stored["table"])
+    np.testing.assert_array_equal(shuffled.uns["utag_resolution_sweep"]["labels"], stored["labels"][:, rows])
+    key = [k for k in result.uns["utag"]["label_keys"] if result.obs[k].nunique() == 3][0]
+    _, labels = resolution_for_n_domains(shuffled, 3)
+    assert adjusted_rand_score(labels, result.obs[key].to_numpy()[rows]) == 1.0
+
+
 def test_sweep_needs_a_utag_result():
     with pytest.raises(ValueError, match="connectivities"):
         resolution_sweep(AnnData(np.zeros((3, 2))))
