@@ -343,7 +343,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         with watch("sketch"):
             sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
         knn_method = p.knn_method
-        if knn_method == "auto" and size > seg.SKETCH_EXACT_KNN:
+        if knn_method == "auto" and seg.SKETCH_EXACT_KNN < size < adata.n_obs:  # every cell: as unsketched
             knn_method = "approximate"
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep,
                                     "parc" in p.methods, watch, rows=sample, n_jobs=n_jobs)

@@ -321,8 +321,10 @@ def utag(
         if apply_clustering or apply_umap:
             sketching = p.sketch_size and not one_profile  # one profile: one domain, nothing to sample
             knn_method = p.knn_method
-            if sketching and knn_method == "auto" and p.sketch_size > SKETCH_EXACT_KNN:
-                knn_method = "approximate"  # the exact search costs minutes in tens of dimensions
+            if sketching and knn_method == "auto" and SKETCH_EXACT_KNN < p.sketch_size < adata.n_obs:
+                # the exact search costs minutes in tens of dimensions; a "sketch" of every
+                # cell keeps the unsketched route's choice, so that it gives the same labels
+                knn_method = "approximate"
             choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
             embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state,
                              p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=choose, n_jobs=n_jobs)
@@ -347,7 +349,8 @@ def utag(
         if labels:
             model = build_model(aggregated, input_var.index, embedded.pca["embedding"], embedded.pca["components"],
                                 labels, p.max_dist, normalization_mode, background, p.spatial_graph,
-                                p.n_spatial_neighbors, p.kernel_widths, scales)
+                                p.n_spatial_neighbors, p.kernel_widths, scales,
+                                centred=bool(embedded.pca.get("params", {}).get("zero_center", True)))
 
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published

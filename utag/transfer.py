@@ -52,7 +52,7 @@ def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
 def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
                 labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm",
                 background: np.ndarray | None = None, spatial_graph: str = "radius",
-                n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None) -> dict:
+                n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None, centred: bool = True) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
     ``features``: the message-passed features the PCA was fitted on (less ``background``,
@@ -60,9 +60,11 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
     PCA; ``components``: features x components; ``labels``: label codes per ``obs`` key.
     With ``flavor="multiscale"``, ``kernel_widths`` and the ``block_scales`` applied to
     the blocks; ``feature_names`` are then the input features the blocks are built from.
+    ``centred=False``: the PCA was not centred (``pca_kwargs={"zero_center": False}``), so
+    new cells are projected without subtracting the features' mean.
     """
     embedding = np.asarray(embedding, dtype=np.float64)
-    mean = column_mean(features)
+    mean = column_mean(features) if centred else np.zeros(features.shape[1])
     return {
         "features": np.asarray(feature_names, dtype=str),
         "mean": mean if background is None else mean + background,

@@ -81,6 +81,18 @@ def test_every_cell_in_the_sketch_gives_the_unsketched_labels(tissue):
     assert "vote index" not in got.uns["utag"]["timings"]  # nothing to vote on: no index is built
 
 
+def test_a_sketch_of_every_cell_keeps_the_exact_search_of_the_unsketched_route(tissue, monkeypatch):
+    from utag import segmentation
+
+    # above SKETCH_EXACT_KNN a real sketch searches approximately; every cell is no sketch
+    monkeypatch.setattr(segmentation, "SKETCH_EXACT_KNN", 1_000)
+    options = dict(clustering_method=["leiden"], resolutions=[0.1], **KW)
+    unsketched = utag(tissue, sketch_size=None, **options)
+    for got in (utag(tissue, sketch_size=tissue.n_obs, **options), utag(_as_dask(tissue), sketch_size=None, **options)):
+        np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
+                                      unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
+
+
 def _no_vote_here(*args, **kwargs):
     raise AssertionError("the client voted: the vote belongs on the workers")
 

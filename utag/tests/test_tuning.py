@@ -191,6 +191,16 @@ def test_transfer_to_a_new_slide(four_domains):
         transfer_labels(result, new, method="svm")
 
 
+@pytest.mark.parametrize("pca_kwargs", [None, {"zero_center": False}], ids=["centred", "uncentred"])
+def test_transfer_projects_the_reference_cells_onto_their_own_embedding(four_domains, pca_kwargs):
+    adata, _ = four_domains
+    reference = adata[adata.obs["roi"] == "roi_0"].copy()
+    result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], pca_kwargs=pca_kwargs,
+                  progress=False)
+    moved = transfer_labels(result, reference, slide_key="roi", method="centroid")
+    np.testing.assert_allclose(moved.obsm["X_pca"], result.obsm["X_pca"], atol=1e-4)
+
+
 def test_knn_transfer_reads_domains_by_name_and_skips_missing_labels(four_domains):
     adata, result = four_domains
     key = "UTAG Label_leiden_0.1"
