@@ -34,6 +34,7 @@ import functools
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
@@ -108,6 +109,9 @@ def features_of(adata: AnnData, channels_to_use):
     import dask.array as da
 
     columns = check.channel_indices(adata, channels_to_use)
+    if sp.issparse(adata.X):  # in memory beside Dask coordinates: the Dask route takes dense chunks
+        raise ValueError("adata.X is sparse while obsm['spatial'] is a Dask array; the Dask route takes dense "
+                         "features: pass adata.X as a dense (or Dask) array, or the coordinates in memory.")
     features = adata.X if _is_dask(adata.X) else da.from_array(np.asarray(adata.X), chunks=(65_536, -1))
     if type(features._meta).__module__.split(".")[0] == "scipy":
         raise ValueError("adata.X is a Dask array of sparse chunks; the Dask route takes dense chunks "

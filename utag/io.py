@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from . import _validation as check
 from ._keys import label_columns
 
 __all__ = ["read_cell_table", "labels_table", "read_lazy", "write_domains"]
@@ -242,7 +243,10 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
     ('Array', (1000, 40))
     """
     import anndata
+    import dask.array as da
     from anndata.experimental import read_elem_lazy
+
+    chunk_rows = check.as_int("chunk_rows", chunk_rows, minimum=1)
 
     path = Path(path)
     if not path.exists():
@@ -259,14 +263,21 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
         raise ValueError(f"{path}: read_lazy takes an .h5ad file or a .zarr store (by its suffix).")
     if "obsm" not in store or "spatial" not in store["obsm"]:
         raise ValueError(f"{path} has no obsm['spatial']: store the cell centroids there.")
+    if "X" not in store:
+        raise ValueError(f"{path} has no X: store the markers in X (e.g. adata.X = adata.layers[...]).")
     if dict(store["X"].attrs).get("encoding-type", "array") != "array":
         raise ValueError(f"{path}: X is stored sparse; the Dask route takes dense features.")
     n_features, spatial = store["X"].shape[1], store["obsm"]["spatial"]
+    if dict(spatial.attrs).get("encoding-type", "array") == "dataframe":  # centroids are small: read them
+        coords = np.asarray(anndata.io.read_elem(spatial), dtype=np.float64)
+        spatial_array = da.from_array(coords, chunks=(chunk_rows, coords.shape[1]))
+    else:
+        spatial_array = read_elem_lazy(spatial, chunks=(chunk_rows, spatial.shape[1]))
     return AnnData(
         X=read_elem_lazy(store["X"], chunks=(chunk_rows, n_features)),
         obs=anndata.io.read_elem(store["obs"]),
         var=anndata.io.read_elem(store["var"]),
-        obsm={"spatial": read_elem_lazy(spatial, chunks=(chunk_rows, spatial.shape[1]))},
+        obsm={"spatial": spatial_array},
     )
 
 
@@ -291,11 +302,12 @@ def write_domains(result: AnnData, path, features: bool = False) -> None:
     import dask.array as da
 
     obsm = {key: value.compute() if isinstance(value, da.Array) else value for key, value in result.obsm.items()}
+    obsp = dict(result.obsp)  # the graphs uns['neighbors'] and uns['spatial_neighbors'] point to
     if features:
         written = AnnData(X=result.X, obs=result.obs, var=result.var, obsm=obsm, varm=dict(result.varm),
-                          uns=dict(result.uns))
+                          obsp=obsp, uns=dict(result.uns))
     else:
-        written = AnnData(obs=result.obs, obsm=obsm, uns=dict(result.uns))
+        written = AnnData(obs=result.obs, obsm=obsm, obsp=obsp, uns=dict(result.uns))
     with warnings.catch_warnings():  # anndata's and zarr's notices of defaults that will change
         for notice in ("Writing zarr v2", "zarr v3 autosharding", "Consolidated metadata"):
             warnings.filterwarnings("ignore", message=notice)

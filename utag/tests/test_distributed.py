@@ -2,6 +2,7 @@
 import anndata
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 
 from utag import utag
@@ -132,6 +133,38 @@ def test_input_read_lazily_from_disk_gives_the_in_memory_result(tissue, tmp_path
     np.testing.assert_array_equal(back.obs["UTAG Label_kmeans_0.4"].to_numpy(),
                                   got.obs["UTAG Label_kmeans_0.4"].to_numpy())
     assert back.X is None  # the labels only, unless features=True
+
+
+def test_odd_stores_read_lazily_or_refused_with_the_fix(tissue, tmp_path):
+    import scipy.sparse as sp
+
+    # centroids stored as a DataFrame are read (they are small); a store without X is named
+    framed = tissue.copy()
+    framed.obsm["spatial"] = pd.DataFrame(np.asarray(tissue.obsm["spatial"]), index=tissue.obs_names,
+                                          columns=["x", "y"])
+    framed.write_h5ad(tmp_path / "framed.h5ad")
+    lazy = read_lazy(tmp_path / "framed.h5ad", chunk_rows=5_000)
+    np.testing.assert_array_equal(np.asarray(lazy.obsm["spatial"]), np.asarray(tissue.obsm["spatial"]))
+    anndata.AnnData(obs=tissue.obs, obsm={"spatial": np.asarray(tissue.obsm["spatial"])}).write_h5ad(
+        tmp_path / "no_x.h5ad")
+    with pytest.raises(ValueError, match="has no X"):
+        read_lazy(tmp_path / "no_x.h5ad")
+    with pytest.raises(ValueError, match="chunk_rows"):
+        read_lazy(tmp_path / "framed.h5ad", chunk_rows=0)
+    # sparse features in memory beside Dask coordinates: named, with the fix
+    mixed = tissue.copy()
+    mixed.X = sp.csr_matrix(np.asarray(tissue.X))
+    mixed.obsm["spatial"] = da.from_array(np.asarray(tissue.obsm["spatial"]), chunks=(4_000, -1))
+    with pytest.raises(ValueError, match="sparse.*dense"):
+        utag(mixed, clustering_method=["kmeans"], resolutions=[0.3], **KW)
+
+
+def test_written_domains_keep_the_graphs_their_records_point_to(tissue, tmp_path):
+    result = utag(tissue, clustering_method=["kmeans"], resolutions=[0.3], keep_spatial_connectivity=True, **KW)
+    write_domains(result, tmp_path / "domains.zarr")
+    back = anndata.read_zarr(tmp_path / "domains.zarr")
+    for key in ("connectivities", "spatial_connectivities"):
+        assert (back.obsp[key] != result.obsp[key]).nnz == 0
 
 
 @pytest.mark.parametrize("option", [dict(keep_spatial_connectivity=True), dict(apply_umap=True),
