@@ -650,8 +650,10 @@ def max_dist_report(
     For every slide and candidate: neighbours per cell (median, 10th and 90th
     percentiles; the cell itself not counted), the share of isolated cells, the share of
     the slide a median neighbourhood covers, and the share of cells whose message-passed
-    profile is identical to more than ``n_neighbors`` others' (those form cliques in the
-    kNN graph; ``utag()`` then builds it over distinct profiles). ``flags`` names what is
+    profile is shared by at least ``n_neighbors`` cells, itself included (its nearest
+    cells in the kNN graph are then all copies of it; ``utag()`` then builds the graph
+    over distinct profiles). The pooled row counts copies across slides, as the joint
+    kNN graph sees them. ``flags`` names what is
     wrong: ``isolated`` (> 10% of cells alone), ``few neighbours`` (median < 3),
     ``most of slide`` (median neighbourhood > 25% of the slide), ``identical profiles``
     (> 5% of cells). The row ``slide == "all"`` pools the slides, and ``suggested`` marks
@@ -687,7 +689,14 @@ def max_dist_report(
     nearest = _median_nearest_distance(coords, slides)
     if max_dists is None:
         max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
-    max_dists = [check.check_positive("max_dists", d) for d in max_dists]
+        if kernel_widths is not None:  # candidates too small for the widths asked for are left out
+            widest_width = max(float(w) for w in np.atleast_1d(kernel_widths))
+            max_dists = max_dists[max_dists * multiscale.MAX_WIDTH >= widest_width]
+            if not len(max_dists):
+                max_dists = [widest_width / multiscale.MAX_WIDTH]
+    max_dists = [check.check_positive("max_dists", d) for d in np.atleast_1d(np.asarray(max_dists, dtype=object))]
+    if not max_dists:
+        raise ValueError("`max_dists` is empty: pass the radii to compare, or None for the default candidates.")
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=1)
     widths = {d: multiscale.flavor_widths(flavor, d, kernel_widths) for d in max_dists}
     radii = {d: multiscale.graph_radius(d, widths[d]) for d in max_dists}
@@ -695,16 +704,16 @@ def max_dist_report(
     check_graph_fits(coords, codes, widest, MESSAGE_PASSING_BYTES_PER_PAIR, radius_per_max_dist=radii[widest] / widest)
     rows = []
     for max_dist in max_dists:
-        degrees, tied = np.zeros(len(coords)), np.zeros(len(coords), dtype=bool)
-        for slide, cells in zip(names, slides):
+        degrees, profiles = np.zeros(len(coords)), [None] * len(slides)
+        for position, (slide, cells) in enumerate(zip(names, slides)):
             aggregated, _, (connectivities, _) = slide_messages((coords[cells], features[cells]), max_dist,
                                                                 keep_graph=True, kernel_widths=widths[max_dist])
             degrees[cells] = np.diff(connectivities.indptr) - 1  # self-loops are not neighbours
-            aggregated = aggregated.toarray() if sp.issparse(aggregated) else aggregated
-            _, inverse, counts = np.unique(aggregated, axis=0, return_inverse=True, return_counts=True)
-            tied[cells] = counts[inverse.ravel()] > n_neighbors
-            rows.append(_report_row(str(slide), max_dist, degrees[cells], tied[cells]))
+            profiles[position] = aggregated.toarray() if sp.issparse(aggregated) else np.asarray(aggregated)
+            rows.append(_report_row(str(slide), max_dist, degrees[cells], _tied(profiles[position], n_neighbors)))
         if len(slides) > 1:
+            tied = np.zeros(len(coords), dtype=bool)
+            tied[np.concatenate(slides)] = _tied(np.concatenate(profiles), n_neighbors)
             rows.append(_report_row("all", max_dist, degrees, tied, slide_size=np.mean([len(c) for c in slides])))
     report = pd.DataFrame(rows)
     report.insert(2, "graph_radius", report["max_dist"].map(radii))
@@ -714,6 +723,12 @@ def max_dist_report(
     if len(clean) and nearest > 0:
         report.loc[(np.log(clean["max_dist"] / _domain_radius(nearest))).abs().idxmin(), "suggested"] = True
     return report
+
+
+def _tied(profiles: np.ndarray, n_neighbors: int) -> np.ndarray:
+    """Whether each row's profile is shared by at least ``n_neighbors`` rows (itself included)."""
+    _, inverse, counts = np.unique(profiles, axis=0, return_inverse=True, return_counts=True)
+    return counts[inverse.ravel()] >= n_neighbors
 
 
 def _report_row(slide: str, max_dist: float, degrees: np.ndarray, tied: np.ndarray, slide_size=None) -> dict:

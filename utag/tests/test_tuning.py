@@ -358,6 +358,36 @@ def test_n_domains_coarsens_by_modularity_when_counts_jump():
     assert len(set(merged[:10])) == 1 and len(set(merged[10:])) == 1 and merged[0] != merged[10]
 
 
+def test_max_dist_report_counts_copies_across_slides_as_the_joint_knn_graph_does():
+    # 20 isolated cells of one type, 10 per slide: no slide holds 15 copies, the cohort does
+    profiles = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (20, 1))
+    cells = AnnData(profiles, obs=pd.DataFrame({"slide": ["a"] * 10 + ["b"] * 10}, index=[str(i) for i in range(20)]),
+                    obsm={"spatial": np.column_stack([np.arange(20) * 100.0, np.zeros(20)])})
+    report = max_dist_report(cells, 20, slide_key="slide")  # one radius as a number
+    assert report.set_index("slide")["identical_profiles"].to_dict() == {"a": 0.0, "b": 0.0, "all": 1.0}
+    # ten copies fill the 10 nearest cells of each: tied on every slide
+    report = max_dist_report(cells, [20], slide_key="slide", n_neighbors=10)
+    assert (report["identical_profiles"] == 1.0).all()
+    with pytest.raises(ValueError, match="max_dists"):
+        max_dist_report(cells, [], slide_key="slide")
+
+
+def test_sweep_seeds_wrap_and_cells_at_one_position_are_not_their_own_neighbours(four_domains):
+    from utag.tuning import spatial_coherence, spatial_neighbour_graph
+
+    _, result = four_domains
+    table = resolution_sweep(result.copy(), resolutions=[0.05, 0.3], n_runs=2, random_state=2**32 - 1,
+                             progress=False)  # the second run's seed wraps to 0
+    assert len(table) == 2
+    # two cells at each position: each has the other, never itself, among its neighbours
+    coords = np.repeat(np.random.default_rng(0).uniform(0, 100, size=(500, 2)), 2, axis=0)
+    codes = np.zeros(len(coords), dtype=np.int64)
+    graph = spatial_neighbour_graph(coords, codes, n_neighbors=3)
+    assert graph.diagonal().sum() == 0 and (graph[np.arange(0, 1000, 2), np.arange(1, 1000, 2)] == 1).all()
+    shuffled = np.random.default_rng(1).integers(0, 4, size=len(coords))
+    assert abs(spatial_coherence(shuffled[None], coords, codes, n_neighbors=3)[0]) < 0.02
+
+
 def test_bad_search_bounds_and_neighbour_counts_are_named(four_domains):
     adata, result = four_domains
     for bounds, message in [({"low": -1.0}, "low"), ({"low": 2.0, "high": 1.0}, "low.*below.*high")]:
