@@ -48,14 +48,16 @@ def as_float(value) -> float:
     return float(str(single)) if np.isfinite(single) and float(single) == value else value
 
 
-def check_positive(name: str, value) -> float:
+#: What :func:`check_positive` says of a distance that is not positive.
+DISTANCE_HINT = ("It is a distance in the units of `obsm['spatial']` (e.g. pixels); for IMC (1 px = 1 um) "
+                 "10-40 is typical.")
+
+
+def check_positive(name: str, value, hint: str = DISTANCE_HINT) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
     if value <= 0:
-        raise ValueError(
-            f"`{name}` must be > 0, got {value!r}. It is a distance in the units of "
-            "`obsm['spatial']` (e.g. pixels); for IMC (1 px = 1 um) 10-40 is typical."
-        )
+        raise ValueError(f"`{name}` must be > 0, got {value!r}. {hint}")
     return as_float(value)
 
 
@@ -143,6 +145,18 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
     channels = list(channels_to_use)
     if not channels:
         raise ValueError("`channels_to_use` is empty; pass None to use every feature.")
+    if all(isinstance(c, (bool, np.bool_)) for c in channels):  # a mask over the features
+        if len(channels) != adata.n_vars:
+            raise ValueError(f"`channels_to_use` is a mask of {len(channels)} values for {adata.n_vars} features; "
+                             "give one per feature, or the channels' names.")
+        channels = list(adata.var_names[np.asarray(channels, dtype=bool)])
+        if not channels:
+            raise ValueError("`channels_to_use` selects no feature; pass None to use every feature.")
+    elif all(isinstance(c, numbers.Integral) for c in channels) and not adata.var_names.isin(channels).any():
+        outside = [int(c) for c in channels if not -adata.n_vars <= c < adata.n_vars]
+        if outside:  # positions, as the original's adata[:, channels_to_use] took them
+            raise ValueError(f"`channels_to_use` positions {outside} are outside the {adata.n_vars} features.")
+        channels = list(adata.var_names[np.asarray(channels, dtype=np.int64)])
     repeated = sorted({c for c in channels if channels.count(c) > 1}, key=channels.index)
     if repeated:
         raise ValueError(f"`channels_to_use` names {repeated} more than once; name each channel once.")
@@ -209,7 +223,11 @@ def resolution_list(resolutions) -> list[float]:
     if isinstance(resolutions, (str, bytes, dict)) or not isinstance(resolutions, Iterable):
         raise ValueError(f"`resolutions` must be a number, a list of numbers or 'auto', got {resolutions!r}.")
     resolutions = list(resolutions)
-    values = [check_positive("resolutions", r) for r in resolutions]
+    values = []
+    for resolution in resolutions:
+        value = check_positive("resolutions", resolution, hint="Typical resolutions are 0.01-2, e.g. [0.05, 0.1, 0.3].")
+        # whole numbers stay whole, so that their keys read as the original's str(resolution): "_1"
+        values.append(int(resolution) if isinstance(resolution, numbers.Integral) else value)
     if not values:
         raise ValueError("`resolutions` is empty; pass e.g. `resolutions=[0.05, 0.1, 0.3]`.")
     return list(dict.fromkeys(values))

@@ -67,8 +67,8 @@ def synthetic_tissue(
     n_markers = as_int("n_markers", n_markers)
     n_domains = as_int("n_domains", n_domains)
     n_cell_types = as_int("n_cell_types", n_cell_types, minimum=2)
-    cell_area = check_positive("cell_area", cell_area)
-    domain_size = check_positive("domain_size", domain_size)
+    cell_area = check_positive("cell_area", cell_area, hint="It is an area in squared coordinate units.")
+    domain_size = check_positive("domain_size", domain_size, hint="It is a length in coordinate units.")
     if n_slides > n_cells:
         raise ValueError(f"`n_slides` ({n_slides}) cannot exceed `n_cells` ({n_cells}).")
     if layout not in _LAYOUTS:

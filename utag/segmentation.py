@@ -67,7 +67,7 @@ def utag(
     apply_umap: bool = False,
     umap_kwargs: dict = {},  # noqa: B006
     apply_clustering: bool = True,
-    clustering_method=["leiden", "parc", "kmeans"],  # noqa: B006
+    clustering_method=["leiden", "parc"],  # noqa: B006  (the original's default)
     resolutions=[0.05, 0.1, 0.3, 1.0],  # noqa: B006
     leiden_kwargs: dict | None = None,
     parc_kwargs: dict | None = None,
@@ -133,7 +133,8 @@ def utag(
         Cluster the embedding (default True). If False only message passing is done
         (plus the embedding when ``apply_umap``).
     clustering_method
-        One or several of ``"leiden"``, ``"parc"``, ``"kmeans"`` (case-insensitive).
+        One or several of ``"leiden"``, ``"parc"``, ``"kmeans"`` (case-insensitive);
+        default ``["leiden", "parc"]``, the original's.
     resolutions
         One or several positive resolutions (k-means uses ``k = ceil(10 * resolution)``),
         or ``"auto"``: a stability sweep (:func:`utag.tuning.resolution_sweep`, 12
@@ -150,9 +151,9 @@ def utag(
         runs the ``parc`` package instead of utag's array implementation of its steps; see
         :func:`utag.clustering.parc`.
     parallel, processes
-        Process slides in ``processes`` worker processes (default: one per core, at most
-        one per slide), and run clustering resolutions in as many threads. Results are
-        identical to ``parallel=False``.
+        Process slides in ``processes`` worker processes (default, or ``-1`` as in the
+        original: one per core, at most one per slide), and run clustering resolutions in
+        as many threads. Results are identical to ``parallel=False``.
     n_neighbors
         Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
     knn_method
@@ -261,6 +262,8 @@ def utag(
     check.check_n_cells(adata)
     if n_jobs is not None and n_jobs != -1:
         n_jobs = check.as_int("n_jobs", n_jobs)
+    if processes is not None and processes == -1:  # the original's "all available"
+        processes = None
     if processes is not None:  # R's integers arrive as floats (2.0)
         processes = check.as_int("processes", processes)
     n_jobs = n_jobs if n_jobs is not None else (processes if parallel else 1)
@@ -461,7 +464,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
     exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method
-    if processes is not None:
+    if processes is not None and processes != -1:
         check.as_int("processes", processes)
     if spatial_graph not in SPATIAL_GRAPHS:
         raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")

@@ -393,7 +393,8 @@ def resolution_for_n_domains(
     """
     random_state = check.seed(random_state)
     n_domains = check.as_int("n_domains", n_domains, minimum=1)
-    low, high = check.check_positive("low", low), check.check_positive("high", high)
+    hint = "`low` and `high` bound the resolutions searched."
+    low, high = check.check_positive("low", low, hint), check.check_positive("high", high, hint)
     if low >= high:
         raise ValueError(f"`low` ({low:g}) must be below `high` ({high:g}).")
     if isinstance(result, AnnData) and coords is None and "spatial" in result.obsm:

@@ -289,6 +289,29 @@ def test_channels_are_found_among_repeated_var_names(small):
         run_utag(repeated, channels_to_use=[names[0], names[3]], **FAST)
 
 
+def test_the_original_defaults_and_spellings(small):
+    import inspect
+
+    # the original's default methods, whole-number resolutions keyed as str() wrote them,
+    # processes=-1 for every core, channels by position or by mask
+    assert inspect.signature(run_utag).parameters["clustering_method"].default == ["leiden", "parc"]
+    result = run_utag(small, clustering_method="kmeans", resolutions=[1, 0.3], processes=-1, **FAST)
+    assert result.uns["utag"]["label_keys"] == ["UTAG Label_kmeans_1", "UTAG Label_kmeans_0.3"]
+    assert result.obs["UTAG Label_kmeans_1"].nunique() == 10
+    by_name = run_utag(small, channels_to_use=list(small.var_names[2:5]), clustering_method="kmeans",
+                       resolutions=[0.3], **FAST)
+    mask = np.isin(np.arange(small.n_vars), [2, 3, 4])
+    for channels in ([2, 3, 4], mask):
+        got = run_utag(small, channels_to_use=channels, clustering_method="kmeans", resolutions=[0.3], **FAST)
+        assert list(got.var_names) == list(by_name.var_names)
+        np.testing.assert_array_equal(_labels(got, "UTAG Label_kmeans_0.3"), _labels(by_name, "UTAG Label_kmeans_0.3"))
+    with pytest.raises(ValueError, match="positions.*outside"):
+        run_utag(small, channels_to_use=[0, 99], **FAST)
+    with pytest.raises(ValueError, match=r"resolutions.*> 0.*0\.05") as error:
+        run_utag(small, clustering_method="kmeans", resolutions=[0], **FAST)
+    assert "distance" not in str(error.value)
+
+
 def test_more_domains_than_cells_is_a_clear_error(small):
     with pytest.raises(ValueError, match="n_domains=2000.*1500 cells"):
         run_utag(small, n_domains=2_000, resolutions=None, clustering_method="leiden", **FAST)
