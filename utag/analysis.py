@@ -178,11 +178,19 @@ def domain_connectivity(
     >>> bool((np.diag(result["ratio"]) > 1).all())  # domains are spatially coherent
     True
     """
+    result = _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)
+    adata.uns[key_added or f"{domain_key}_connectivity"] = result
+    return result
+
+
+def _connectivity_tables(adata: AnnData, domain_key: str, slide_key: str | None, max_dist: float | None,
+                         graph_key: str = "spatial_connectivities") -> dict[str, pd.DataFrame]:
+    """What :func:`domain_connectivity` returns, without storing it in ``adata``."""
     edges = spatial_edges(adata, slide_key, max_dist, graph_key)
     labels, names = _labels(adata, domain_key)
     per_slide, expected = _grouped_label_counts(edges, labels, len(names))
     counts, expected_total = per_slide.sum(axis=0), expected.sum(axis=0)
-    result = {
+    return {
         "counts": _square(counts, names),
         "expected": _square(expected_total, names),
         "ratio": _square(np.divide(counts, expected_total, out=np.full(counts.shape, np.nan),
@@ -191,8 +199,6 @@ def domain_connectivity(
         "per_slide": _tidy({"count": per_slide, "expected": expected},
                            {"slide": edges.slide_names.astype(str), "domain_a": names, "domain_b": names}),
     }
-    adata.uns[key_added or f"{domain_key}_connectivity"] = result
-    return result
 
 
 def _grouped_label_counts(edges: Edges, labels: np.ndarray, n_labels: int):

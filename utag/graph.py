@@ -110,12 +110,9 @@ def _delaunay_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix,
             logger.warning("Delaunay triangulation failed for %d positions; using the radius graph instead",
                            len(points))
         connectivities, _ = _builder(max_dist).build(np.ascontiguousarray(points))
-    if len(points) == len(coords) and (position == np.arange(len(coords))).all():
-        pairs = sp.csr_matrix(connectivities)
-    else:
-        at = sp.csr_matrix((np.ones(len(coords)), (np.arange(len(coords)), position)),
-                           shape=(len(coords), len(points)))
-        pairs = sp.csr_matrix(at @ sp.csr_matrix(connectivities) @ at.T)
+    # each cell takes the edges of its position (cells at one position are linked through its self-loop)
+    at = sp.csr_matrix((np.ones(len(coords)), (np.arange(len(coords)), position)), shape=(len(coords), len(points)))
+    pairs = sp.csr_matrix(at @ sp.csr_matrix(connectivities) @ at.T)
     pairs.sum_duplicates()
     pairs.sort_indices()
     rows = np.repeat(np.arange(len(coords)), np.diff(pairs.indptr))

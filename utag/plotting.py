@@ -20,7 +20,7 @@ from matplotlib.patches import PathPatch, Wedge
 from matplotlib.path import Path
 
 from . import _validation as check
-from .analysis import _labels, domain_composition, domain_connectivity
+from .analysis import _connectivity_tables, _labels, domain_composition
 
 __all__ = [
     "domain_colors",
@@ -169,12 +169,7 @@ def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[
     stored = adata.uns.get(f"{domain_key}_connectivity")
     if stored is not None and max_dist is None:
         return stored
-    counted = domain_connectivity(adata, domain_key, slide_key=slide_key, max_dist=max_dist)
-    if stored is None:  # a plot leaves adata as it was: domain_connectivity stores what it counts
-        del adata.uns[f"{domain_key}_connectivity"]
-    else:
-        adata.uns[f"{domain_key}_connectivity"] = stored
-    return counted
+    return _connectivity_tables(adata, domain_key, slide_key, max_dist)  # counted, not stored
 
 
 def plot_domain_network(

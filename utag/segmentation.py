@@ -262,7 +262,7 @@ def utag(
     check.check_n_cells(adata)
     if n_jobs is not None and n_jobs != -1:
         n_jobs = check.as_int("n_jobs", n_jobs)
-    if processes is not None and processes == -1:  # the original's "all available"
+    if processes == -1:  # the original's "all available"
         processes = None
     if processes is not None:  # R's integers arrive as floats (2.0)
         processes = check.as_int("processes", processes)
@@ -279,7 +279,7 @@ def utag(
     p = _check_parameters(
         adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
-        parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, processes=processes, n_neighbors=n_neighbors,
+        parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, n_neighbors=n_neighbors,
         knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, normalization_mode=normalization_mode, sketch_size=sketch_size,
@@ -438,7 +438,7 @@ class _Parameters:
 
 
 def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
-                      clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs, processes,
+                      clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,
                       n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
                       n_spatial_neighbors, flavor, kernel_widths, normalization_mode, sketch_size,
                       apply_umap) -> _Parameters:
@@ -464,8 +464,6 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
     exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method
-    if processes is not None and processes != -1:
-        check.as_int("processes", processes)
     if spatial_graph not in SPATIAL_GRAPHS:
         raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)

@@ -169,12 +169,14 @@ def transfer_labels(
     reference = np.asarray(result.obsm["X_pca"]) if method == "knn" else None
     nearest = {}  # per set of labelled reference cells: the new cells' nearest among them
     for key in keys:
-        centroids = np.asarray(model["centroids"][key], dtype=np.float64)
+        centroids = np.array(model["centroids"][key], dtype=np.float64)  # a copy: empty rows are zeroed below
         if method == "centroid":
             # softmax of -||e - c||^2 / 2 (the ||e||^2 term is the same for every domain);
             # an empty domain (consistent_labels can leave one) has no centroid
-            logits = embedding @ np.nan_to_num(centroids).T - 0.5 * (np.nan_to_num(centroids) ** 2).sum(axis=1)
-            logits[:, np.isnan(centroids).any(axis=1)] = -np.inf
+            empty = np.isnan(centroids).any(axis=1)
+            centroids[empty] = 0
+            logits = embedding @ centroids.T - 0.5 * (centroids**2).sum(axis=1)
+            logits[:, empty] = -np.inf
             probabilities = softmax(logits, axis=1)
             labels = probabilities.argmax(axis=1)
         else:  # ties go to the nearest tied cell's domain, whatever the domains' numbers

@@ -57,6 +57,7 @@ DEFAULT_RESOLUTIONS = tuple(float(r) for r in np.round(np.geomspace(0.02, 2.0, 1
 #: weighs less there (chosen on ``benchmarks/resolution.py``, both flavours, two seeds).
 SCORE_EXPONENTS = {"utag": (0.5, 0.5), "multiscale": (0.25, 0.0)}
 
+
 def neighbourhood_of(result: AnnData) -> Neighbourhood:
     """The embedding and kNN graph ``utag()`` stored in ``result``."""
     if "connectivities" not in result.obsp or "X_pca" not in result.obsm:
