@@ -198,21 +198,29 @@ def _parc_small_pop_fix(small_pop: int):
             del parc_module.small_pop
 
 
+#: PARC's ``small_pop`` as the original ``utag()`` passes it (``PARC(..., small_pop=1000)``;
+#: the ``parc`` package's own default is 10): cells of clusters smaller than this join
+#: their kNN neighbours' most common larger cluster.
+ORIGINAL_PARC_SMALL_POP = 1000
+
+
 def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0, **kwargs) -> np.ndarray:
     """PARC clusters of the embedding, reusing the kNN graph.
 
     ``kwargs``: ``flavor`` (``"fast"`` default: PARC's steps on array kernels,
     :mod:`utag._parc`, minutes faster at a million cells; ``"parc"``: the ``parc`` package);
-    ``too_big_factor`` (0.4), ``small_pop`` (10), ``n_iter_leiden`` (5); with
-    ``flavor="parc"`` any other keyword of ``parc.PARC``.
+    ``too_big_factor`` (0.4), ``small_pop`` (1000, :data:`ORIGINAL_PARC_SMALL_POP`, as the
+    original ``utag()`` passes it), ``n_iter_leiden`` (5); with ``flavor="parc"`` any other
+    keyword of ``parc.PARC``.
     """
     random_state = check.seed(random_state)
     kwargs = dict(kwargs)
+    kwargs.setdefault("small_pop", ORIGINAL_PARC_SMALL_POP)
     flavor = kwargs.pop("flavor", "fast")
     if flavor == "fast":
         from . import _parc
 
-        options = {"too_big_factor": kwargs.pop("too_big_factor", 0.4), "small_pop": kwargs.pop("small_pop", 10),
+        options = {"too_big_factor": kwargs.pop("too_big_factor", 0.4), "small_pop": kwargs.pop("small_pop"),
                    "n_iterations": kwargs.pop("n_iter_leiden", 5)}
         if kwargs:
             raise ValueError(f"`parc_kwargs` {sorted(kwargs)} are not options of the 'fast' PARC flavour (it takes "

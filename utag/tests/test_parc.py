@@ -44,8 +44,8 @@ def test_pruning_keeps_the_edges_above_the_median():
 def test_fast_parc_agrees_with_the_parc_package():
     neighbourhood, truth = _blobs([500, 300, 200, 150])
     for resolution in (0.1, 1.0):
-        ours = cluster("parc", neighbourhood, resolution, random_state=0)
-        theirs = cluster("parc", neighbourhood, resolution, random_state=0, flavor="parc")
+        ours = cluster("parc", neighbourhood, resolution, random_state=0, small_pop=10)
+        theirs = cluster("parc", neighbourhood, resolution, random_state=0, flavor="parc", small_pop=10)
         # at resolution 1 both split the blobs into ~15 pieces, never across blobs
         assert abs(ours.max() - theirs.max()) <= max(2, 0.2 * theirs.max())
         assert adjusted_rand_score(truth, ours) == pytest.approx(adjusted_rand_score(truth, theirs), abs=0.05)
@@ -64,18 +64,40 @@ def test_too_big_cluster_is_clustered_again(monkeypatch):
         return original(adjacency, *args)
 
     monkeypatch.setattr(_parc, "_communities", spy)
-    labels = cluster("parc", neighbourhood, 0.1, random_state=0)
+    labels = cluster("parc", neighbourhood, 0.1, random_state=0, small_pop=10)
     assert len(calls) == 2 and calls[0] == 2000 and calls[1] > 0.4 * 2000  # the big cluster was re-clustered
-    theirs = cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc")
+    theirs = cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc", small_pop=10)
     assert adjusted_rand_score(labels, theirs) == 1.0 == adjusted_rand_score(labels, truth)
 
 
 def test_no_cluster_is_smaller_than_small_pop():
     neighbourhood, _ = _blobs([500, 300, 200, 150])
-    labels = cluster("parc", neighbourhood, 3.0, random_state=0)
+    labels = cluster("parc", neighbourhood, 3.0, random_state=0, small_pop=10)
     assert np.bincount(labels).min() >= 10
     unfixed = _parc._communities(neighbourhood.connectivities, None, 3.0, 5, 0)
     assert np.bincount(unfixed).min() < 10  # there were small clusters to reassign
+
+
+def test_parc_defaults_to_the_original_small_pop(monkeypatch):
+    # the original utag() calls PARC(..., small_pop=1000), not the package's default of 10
+    import parc
+
+    neighbourhood, truth = _blobs([1500, 300, 200], seed=3)
+    default = cluster("parc", neighbourhood, 0.1, random_state=0)
+    np.testing.assert_array_equal(default, cluster("parc", neighbourhood, 0.1, random_state=0, small_pop=1000))
+    # the re-clustered big blob leaves a piece of < 1000 cells, which then joins the rest again
+    assert adjusted_rand_score(truth, default) == 1.0
+    assert adjusted_rand_score(truth, cluster("parc", neighbourhood, 0.1, random_state=0, small_pop=10)) < 0.9
+    seen = []
+
+    class Spy(parc.PARC):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["small_pop"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(parc, "PARC", Spy)
+    cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc")
+    assert seen == [1000]
 
 
 def test_fast_parc_is_deterministic():
