@@ -5,9 +5,10 @@
 * The k nearest neighbours of every cell, on the message-passed features when there
   are at most 50 and in PCA space otherwise (``use_rep``): exact (KD-tree, on the points
   turned onto their principal axes above 10 dimensions) up to
-  :data:`EXACT_NEIGHBORS_MAX_CELLS` cells, approximate above (HNSW graphs from
-  ``hnswlib``, which PARC already depends on; ~98% of the exact neighbours at a million
-  cells in PCA space, where the KD-tree would take two minutes on two cores).
+  :data:`EXACT_NEIGHBORS_MAX_CELLS` cells where the KD-tree is quick
+  (:func:`exact_search`), approximate otherwise (HNSW graphs from ``hnswlib``, which
+  PARC already depends on; ~98% of the exact neighbours at a million cells in PCA space,
+  where the KD-tree would take two minutes on two cores).
 * UMAP's fuzzy-simplicial-set weights on those neighbours, the connectivities scanpy's
   ``sc.pp.neighbors`` computes; ``utag/tests/test_embedding.py`` checks them against
   ``umap.umap_.fuzzy_simplicial_set``.
@@ -34,6 +35,8 @@ __all__ = [
     "pca",
     "nearest_neighbors",
     "exact_neighbors",
+    "check_knn_method",
+    "effective_dimensions",
     "exact_search",
     "approximate_neighbors",
     "distinct_profile_neighbors",
@@ -50,6 +53,18 @@ logger = logging.getLogger(__name__)
 #: KD-tree search in 10 dimensions grows faster than n log n (3 s at 100,000 cells,
 #: 120 s at 1,000,000 on 2 cores); HNSW takes ~25 s at 1,000,000.
 EXACT_NEIGHBORS_MAX_CELLS = 200_000
+
+#: Below :data:`EXACT_NEIGHBORS_MAX_CELLS`, ``method="auto"`` still searches exactly only
+#: where the KD-tree is quick. A query visits on the order of ``2**d`` leaves in ``d``
+#: effective dimensions (:func:`effective_dimensions`), and at most every cell, so the
+#: search costs about ``n_cells * min(2**d, n_cells)``; above this budget HNSW is used. The budget keeps every labelled
+#: dataset of ``benchmarks/`` exact (the largest, 20,000 synthetic cells in 11 effective
+#: dimensions, is 4.1e7) and turns to HNSW where the KD-tree takes tens of seconds (100,000
+#: cells with 40 markers: 2e8); ``benchmarks/knn_methods.py`` measures both searches.
+EXACT_SEARCH_BUDGET = 5e7
+
+#: :func:`effective_dimensions` counts the principal axes holding this share of the variance.
+EFFECTIVE_VARIANCE = 0.95
 KNN_METHODS = ("auto", "exact", "approximate")
 
 #: HNSW settings: links per node, candidate list while building, candidate list while
@@ -166,7 +181,7 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     """The ``n_neighbors`` nearest cells of every cell (itself first, at distance 0).
 
     ``method``: ``"exact"`` (KD-tree), ``"approximate"`` (:func:`approximate_neighbors`)
-    or ``"auto"`` (exact up to :data:`EXACT_NEIGHBORS_MAX_CELLS` cells); ``n_jobs``
+    or ``"auto"`` (exact where the KD-tree is quick, :func:`exact_search`); ``n_jobs``
     threads (``None``: every core), with the same result for any number.
 
     Returns ``(indices, distances)`` of shape (n_cells, n_neighbors), int64 and float32,
@@ -183,7 +198,7 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     ([[0, 1], [1, 0], [2, 1]], [[0.0, 1.0], [0.0, 1.0], [0.0, 4.0]])
     """
     random_state = check.seed(random_state)
-    if exact_search(len(embedding), n_neighbors, method):
+    if exact_search(embedding, n_neighbors, method):
         indices, distances = exact_neighbors(embedding, n_neighbors, n_jobs)
     else:
         indices, distances = approximate_neighbors(embedding, n_neighbors, random_state, n_jobs)
@@ -278,12 +293,57 @@ def _on_principal_axes(points: np.ndarray) -> np.ndarray:
     return (points.astype(np.float64) - mean) @ axes
 
 
-def exact_search(n_cells: int, n_neighbors: int, method: str = "auto") -> bool:
-    """Whether :func:`nearest_neighbors` searches exactly for these sizes and ``method``
-    (raises ``ValueError`` for an unknown ``method``)."""
+def check_knn_method(method: str) -> str:
+    """``method`` if it is one of :data:`KNN_METHODS`, else a ``ValueError`` naming them."""
     if method not in KNN_METHODS:
         raise ValueError(f"kNN method (`knn_method`) must be 'auto', 'exact' or 'approximate', got {method!r}.")
-    return method == "exact" or n_neighbors >= n_cells or (method == "auto" and n_cells <= EXACT_NEIGHBORS_MAX_CELLS)
+    return method
+
+
+def exact_search(points: np.ndarray, n_neighbors: int, method: str = "auto") -> bool:
+    """Whether :func:`nearest_neighbors` searches the rows of ``points`` exactly.
+
+    ``"exact"``, or ``n_neighbors`` covering every cell: yes; ``"approximate"``: no;
+    ``"auto"``: up to :data:`EXACT_NEIGHBORS_MAX_CELLS` cells, when
+    ``n_cells * min(2**d, n_cells)`` (``d`` the :func:`effective_dimensions`) is within
+    :data:`EXACT_SEARCH_BUDGET` (always below about 7,000 cells).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> exact_search(rng.normal(size=(60_000, 3)), 15), exact_search(rng.normal(size=(60_000, 20)), 15)
+    (True, False)
+    """
+    n_cells = len(points)
+    if check_knn_method(method) == "exact" or n_neighbors >= n_cells:
+        return True
+    if method == "approximate" or n_cells > EXACT_NEIGHBORS_MAX_CELLS:
+        return False
+    def cost(dimensions):  # a query visits at most every cell
+        return n_cells * min(2.0**dimensions, n_cells)
+
+    if cost(points.shape[1]) <= EXACT_SEARCH_BUDGET:  # cheap whatever the spread
+        return True
+    return cost(effective_dimensions(points)) <= EXACT_SEARCH_BUDGET
+
+
+def effective_dimensions(points: np.ndarray) -> int:
+    """How many principal axes of ``points`` hold :data:`EFFECTIVE_VARIANCE` of their
+    variance (0 when all points are equal): what a KD-tree's cost grows with.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> flat = np.column_stack([rng.normal(size=1_000), rng.normal(size=1_000), np.zeros(1_000)])
+    >>> effective_dimensions(flat), effective_dimensions(rng.normal(size=(1_000, 8)))
+    (2, 8)
+    """
+    mean = points.mean(axis=0, dtype=np.float64)
+    variance = np.sort(np.clip(np.linalg.eigvalsh(_covariance(points, mean)), 0, None))[::-1]
+    if variance.sum() <= 0:
+        return 0
+    held = np.cumsum(variance) / variance.sum()
+    return int(min(np.searchsorted(held, EFFECTIVE_VARIANCE) + 1, len(variance)))
 
 
 def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state: int = 0,
@@ -646,19 +706,22 @@ def representation(use_rep: str | None, n_features: int) -> str:
 
 def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0,
               n_jobs: int | None = None):
-    """``(connectivities, distances, tied)``: the UMAP-weighted kNN graph of ``points``,
-    built over distinct profiles when many cells share one (``tied`` cells); ``n_jobs``
-    threads (the same graph for any number)."""
+    """``(connectivities, distances, tied, method)``: the UMAP-weighted kNN graph of
+    ``points``, built over distinct profiles when many cells share one (``tied`` cells),
+    and the search used (``"exact"`` or ``"approximate"``, :func:`exact_search`);
+    ``n_jobs`` threads (the same graph for any number)."""
     random_state = check.seed(random_state)
     k = min(n_neighbors, len(points))
-    indices, distances = nearest_neighbors(points, k, knn_method, random_state, n_jobs)
+    # decided once, on every cell, for the search over distinct profiles too
+    method = "exact" if exact_search(points, k, knn_method) else "approximate"
+    indices, distances = nearest_neighbors(points, k, method, random_state, n_jobs)
     tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
     if tied:
         logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
                        "building the kNN graph over distinct profiles so that they do not form "
                        "disconnected cliques", tied, k - 1)
-        indices, distances = distinct_profile_neighbors(points, k, knn_method, random_state, n_jobs)
-    return fuzzy_connectivities(indices, distances, n_jobs), knn_distances(indices, distances), tied
+        indices, distances = distinct_profile_neighbors(points, k, method, random_state, n_jobs)
+    return fuzzy_connectivities(indices, distances, n_jobs), knn_distances(indices, distances), tied, method
 
 
 @dataclass
@@ -765,10 +828,9 @@ def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: 
     n_graph = n_cells if rows is None else len(rows)
     k = min(n_neighbors, n_graph)
     with watch("kNN graph"):
-        connectivities, distances, tied = knn_graph(points, k, knn_method, random_state, n_jobs)
+        connectivities, distances, tied, search = knn_graph(points, k, knn_method, random_state, n_jobs)
     params = {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": use_rep,
-              "random_state": random_state, "distinct_profiles": bool(tied),
-              "knn": "exact" if exact_search(n_graph, k, knn_method) else "approximate"}
+              "random_state": random_state, "distinct_profiles": bool(tied), "knn": search}
     on_pca = connectivities
     if use_rep != "X_pca" and pca_graph:
         with watch("kNN graph of the PCA (PARC)"):

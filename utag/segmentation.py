@@ -30,7 +30,7 @@ from .clustering import (
     relabel_by_size,
     soft_assignments,
 )
-from .embedding import Embedding, embed, exact_search, representation
+from .embedding import Embedding, check_knn_method, embed, representation
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPHS, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
 from .message_passing import as_float32, pass_messages
 from .sketch import assign_by_vote, sketch_cells, sketch_size_for
@@ -147,7 +147,8 @@ def utag(
         for the original (much slower) implementation, ``{"n_iterations": -1}`` to iterate
         to convergence; see :func:`utag.clustering.leiden`.
     parc_kwargs
-        Passed to the PARC backend (e.g. ``{"small_pop": 50}``); ``{"flavor": "parc"}``
+        Passed to the PARC backend (e.g. ``{"small_pop": 50}``; default ``small_pop`` 1000,
+        as the original ``utag()`` passes it to PARC); ``{"flavor": "parc"}``
         runs the ``parc`` package instead of utag's array implementation of its steps; see
         :func:`utag.clustering.parc`.
     parallel, processes
@@ -158,8 +159,11 @@ def utag(
         Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
     knn_method
         ``"exact"`` (KD-tree), ``"approximate"`` (HNSW, ~98% of the exact neighbours) or
-        ``"auto"`` (default: exact up to 200,000 cells, approximate above, where the exact
-        search grows to minutes); see :func:`utag.embedding.nearest_neighbors`.
+        ``"auto"`` (default: exact where the KD-tree is quick, that is up to 200,000 cells
+        and ``n_cells * min(2**d, n_cells)`` within 5e7 for ``d`` effective dimensions, approximate
+        otherwise, where the exact search grows to minutes); see
+        :func:`utag.embedding.exact_search`. ``uns['neighbors']['params']['knn']`` records
+        which search ran.
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``.
     n_domains
@@ -463,7 +467,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                     DOMAIN_RADIUS_FACTOR)
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
-    exact_search(adata.n_obs, n_neighbors, knn_method)  # rejects an unknown knn_method
+    check_knn_method(knn_method)
     if spatial_graph not in SPATIAL_GRAPHS:
         raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)

@@ -219,7 +219,7 @@ def assert_undirected_graph(connectivities: sp.spmatrix, n_cells: int):
 @pytest.mark.parametrize("name", DEGENERATE_TISSUES)
 def test_knn_graph_of_a_degenerate_tissue(name):
     points = DEGENERATE_TISSUES[name].astype(np.float32)
-    connectivities, distances, _ = knn_graph(points, 15)
+    connectivities, distances, _, _ = knn_graph(points, 15)
     assert_undirected_graph(connectivities, len(points))
     assert distances.shape == (len(points), len(points))
     n_profiles = len(np.unique(points, axis=0))
@@ -284,3 +284,35 @@ def test_exact_neighbours_do_not_depend_on_the_rotations_rounding(monkeypatch):
     for row in rng.choice(len(points), 50, replace=False):
         exact = np.sqrt(((points.astype(np.float64) - points[row]) ** 2).sum(axis=1))
         np.testing.assert_array_equal(indices[row], np.lexsort((np.arange(len(points)), exact))[:15])
+
+
+def test_effective_dimensions_count_the_axes_that_hold_the_spread():
+    from utag.embedding import effective_dimensions
+
+    rng = np.random.default_rng(0)
+    # 4 strong axes, turned into 30 dimensions, plus faint noise in all 30
+    strong = rng.normal(size=(5_000, 4)) * np.array([5.0, 4.0, 3.0, 3.0])
+    rotation = np.linalg.qr(rng.normal(size=(30, 30)))[0]
+    points = np.hstack([strong, np.zeros((5_000, 26))]) @ rotation + rng.normal(scale=0.01, size=(5_000, 30))
+    assert effective_dimensions(points) == 4
+    assert effective_dimensions(rng.normal(size=(5_000, 30))) >= 27  # noise fills every axis
+    assert effective_dimensions(np.ones((10, 5))) == 0
+
+
+def test_auto_search_is_exact_only_where_the_kd_tree_is_cheap(monkeypatch):
+    from utag import embedding
+
+    rng = np.random.default_rng(1)
+    flat = np.hstack([rng.normal(size=(3_000, 2)), np.zeros((3_000, 18))]).astype(np.float32)
+    spread = rng.normal(size=(3_000, 20)).astype(np.float32)
+    monkeypatch.setattr(embedding, "EXACT_SEARCH_BUDGET", 3_000 * 2**6)
+    assert embedding.exact_search(flat, 15) and not embedding.exact_search(spread, 15)
+    assert embedding.exact_search(spread, 15, "exact") and not embedding.exact_search(flat, 15, "approximate")
+    # the graph is the one of the search chosen, and says which it was
+    for points, search in [(flat, "exact"), (spread, "approximate")]:
+        connectivities, _, _, used = knn_graph(points, 15)
+        assert used == search
+        np.testing.assert_array_equal(connectivities.toarray(), knn_graph(points, 15, search)[0].toarray())
+    # past the size limit the search is approximate however few the dimensions
+    monkeypatch.setattr(embedding, "EXACT_NEIGHBORS_MAX_CELLS", 2_000)
+    assert not embedding.exact_search(flat, 15)

@@ -76,7 +76,7 @@ def _killed_at_high_resolution(method, neighbourhood, resolution, *args, **kwarg
 
 def test_cluster_many_raises_when_a_forked_leiden_worker_dies(monkeypatch):
     tissue = synthetic_tissue(n_cells=600, n_slides=1, n_markers=6, n_domains=2, n_cell_types=3, random_state=0)
-    neighbourhood = clustering.Neighbourhood(*_knn(tissue.X))
+    neighbourhood = clustering.Neighbourhood(tissue.X, _knn(tissue.X)[0])
 
     monkeypatch.setattr(clustering, "FORK_MIN_CELLS", 0)
     monkeypatch.setattr(clustering, "cluster", _killed_at_high_resolution)
