@@ -7,13 +7,14 @@ Usage (from the repository root, with utag installed; nothing else running)::
 
 On a synthetic tissue (40 markers, ``max_dist=20``, as ``benchmarks/workers.py``) the
 message-passed features go through the steps ``utag()`` takes after the PCA: the kNN
-search (``utag.embedding.nearest_neighbors``: exact up to 200,000 cells, two HNSW indices
-above), the UMAP weights of each cell's neighbours (``membership_strengths``), their fuzzy
-union into a symmetric graph (``_fuzzy_union``: a transpose of the edges, then the rows),
-and the soft assignments of three labellings (``feature_scale`` once, then
-``soft_assignments`` for 4, 6 and 12 random domains: the time does not depend on where
-the domains are). Every step runs with ``n_jobs`` 1 and 2 after a warm-up on a small
-tissue that compiles the numba code; the script checks that both give the same arrays.
+search (``utag.embedding.nearest_neighbors``: exact where the KD-tree is quick, two HNSW
+indices otherwise, :func:`utag.embedding.exact_search`), the UMAP weights of each cell's
+neighbours (``membership_strengths``), their fuzzy union into a symmetric graph
+(``_fuzzy_union``: a transpose of the edges, then the rows), and the soft assignments of
+three labellings (``feature_scale`` once, then ``soft_assignments`` for 4, 6 and 12
+random domains: the time does not depend on where the domains are). Every step runs with
+``n_jobs`` 1 and 2 after a warm-up on a small tissue that compiles the numba code; the
+script checks that both give the same arrays.
 """
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def parity(dataset, resolutions, seeds, recheck_seeds) -> list[dict]:
         fast["verdict"], reference["verdict"] = verdict(fast, reference), ""
         fast["on fresh seeds"] = reference["on fresh seeds"] = ""
         if fast["verdict"] != "ok" and recheck_seeds:
-            # 20 comparisons of two noisy means each: a few miss by chance; a real gap misses again
+            # 30 cases of two noisy comparisons each: a few miss by chance; a real gap misses again
             fast["on fresh seeds"] = verdict(*(runs_of(neighbourhood, truth, resolution, flavor, recheck_seeds)
                                                for flavor in FLAVORS))
         rows += [fast, reference]

@@ -108,7 +108,7 @@ def _reassign_small(adjacency: sp.csr_matrix, labels: np.ndarray, small_pop: int
 
 
 def parc(adjacency: sp.csr_matrix, embedding: np.ndarray, resolution: float = 1.0, random_state: int = 0,
-         too_big_factor: float = 0.4, small_pop: int = 10, n_iterations: int = 5, small_pop_rounds: int = 5,
+         too_big_factor: float = 0.4, small_pop: int = 1000, n_iterations: int = 5, small_pop_rounds: int = 5,
          prepared: tuple | None = None) -> np.ndarray:
     """PARC clusters of the cells of a kNN graph (see the module docstring).
 

@@ -211,7 +211,12 @@ def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
     :mod:`utag._parc`, minutes faster at a million cells; ``"parc"``: the ``parc`` package);
     ``too_big_factor`` (0.4), ``small_pop`` (1000, :data:`ORIGINAL_PARC_SMALL_POP`, as the
     original ``utag()`` passes it), ``n_iter_leiden`` (5); with ``flavor="parc"`` any other
-    keyword of ``parc.PARC``.
+    keyword of ``parc.PARC``. The ``parc`` package goes on moving the cells of small
+    clusters until none is left or ``time_smallpop`` seconds (15) have passed; a cluster
+    below ``small_pop`` with no larger neighbour never goes away, so with 1000 each call
+    of that flavour usually takes those 15 s more (``time_smallpop`` shortens it; the
+    number of passes then depends on the machine's speed). The fast flavour makes a
+    fixed number of passes.
     """
     random_state = check.seed(random_state)
     kwargs = dict(kwargs)
@@ -547,7 +552,7 @@ def _softmax_rows(block, mean, sd, centroids, half_norms):
 
 #: Default smallest domain, as a fraction of the cells (see :func:`merge_small_domains`).
 MIN_DOMAIN_SIZE = 0.002
-#: ... but never fewer cells than this (PARC's ``small_pop``).
+#: ... but never fewer cells than this (the ``parc`` package's default ``small_pop``).
 MIN_DOMAIN_CELLS = 10
 
 

@@ -835,5 +835,5 @@ def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: 
     if use_rep != "X_pca" and pca_graph:
         with watch("kNN graph of the PCA (PARC)"):
             pca_points = fitted["embedding"] if rows is None else fitted["embedding"][rows]
-            on_pca = knn_graph(pca_points, k, knn_method, random_state, n_jobs)[0]
+            on_pca, _, _, params["knn_pca"] = knn_graph(pca_points, k, knn_method, random_state, n_jobs)
     return Embedding(fitted, connectivities, distances, params, on_pca, rows)

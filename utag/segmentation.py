@@ -162,8 +162,10 @@ def utag(
         ``"auto"`` (default: exact where the KD-tree is quick, that is up to 200,000 cells
         and ``n_cells * min(2**d, n_cells)`` within 5e7 for ``d`` effective dimensions, approximate
         otherwise, where the exact search grows to minutes); see
-        :func:`utag.embedding.exact_search`. ``uns['neighbors']['params']['knn']`` records
-        which search ran.
+        :func:`utag.embedding.exact_search`; a sketch of more than 50,000 cells is always
+        searched approximately. Without a sketch, ``uns['neighbors']['params']['knn']``
+        records which search ran (``'knn_pca'``: that of the principal components' graph
+        for PARC and k-means, when it is a separate one).
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``.
     n_domains
@@ -181,7 +183,8 @@ def utag(
         Domains smaller than this are merged into the domain their cells link to most in
         the kNN graph, for every method (:func:`utag.clustering.merge_small_domains`);
         below 1 a fraction of the cells, from 1 a number of cells, ``0`` keeps every
-        domain. Default (``None``): 0.2% of the cells, at least 10 (PARC's ``small_pop``).
+        domain. Default (``None``): 0.2% of the cells, at least 10 (the ``parc`` package's
+        default ``small_pop``).
     random_state
         Seed for every random step (Leiden, PARC, k-means, UMAP): a whole number (R's
         ``1``, sent as ``1.0``, works). Default 0. ``None`` draws a fresh seed, recorded in

@@ -32,7 +32,7 @@ def blobs():
     ("leiden", {"flavor": "igraph"}),
     ("leiden", {"flavor": "leidenalg"}),
     ("parc", {}),
-    ("parc", {"flavor": "parc"}),
+    ("parc", {"flavor": "parc", "time_smallpop": 1}),  # the package's small-cluster loop: 15 s by default
     ("kmeans", {}),
 ])
 def test_every_backend_separates_blobs(blobs, method, kwargs):
@@ -103,7 +103,7 @@ def test_parc_backend_survives_a_dominant_cluster(parc_trigger, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PARC, "run_toobig_subPARC", spy)
-    labels = cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc")
+    labels = cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc", time_smallpop=1)
     assert calls and calls[0] > 0.4 * len(truth)  # the buggy code path really ran
     assert labels.shape == truth.shape and labels.max() >= 2
     import parc._parc
@@ -192,7 +192,7 @@ def test_min_domain_size_as_fraction_or_cells():
     assert min_domain_cells(0.01, 5_000) == 50
     assert min_domain_cells(25, 5_000) == 25
     assert min_domain_cells(0, 5_000) == 0
-    assert min_domain_cells(None, 1_000) == 10  # PARC's small_pop at least
+    assert min_domain_cells(None, 1_000) == 10  # the parc package's default small_pop at least
     assert min_domain_cells(None, 100_000) == 200
     for bad in (-1, float("nan"), "5", True):
         with pytest.raises(ValueError, match="min_domain_size"):

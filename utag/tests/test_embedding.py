@@ -297,6 +297,10 @@ def test_effective_dimensions_count_the_axes_that_hold_the_spread():
     assert effective_dimensions(points) == 4
     assert effective_dimensions(rng.normal(size=(5_000, 30))) >= 27  # noise fills every axis
     assert effective_dimensions(np.ones((10, 5))) == 0
+    # variances 10, 10 and 1: two axes hold 95.2% of the spread, not yet 99%
+    scaled = rng.normal(size=(20_000, 3))
+    scaled = (scaled - scaled.mean(axis=0)) / scaled.std(axis=0) * np.sqrt([10.0, 10.0, 1.0])
+    assert effective_dimensions(scaled) == 2
 
 
 def test_auto_search_is_exact_only_where_the_kd_tree_is_cheap(monkeypatch):

@@ -213,3 +213,34 @@ def test_parallel_run_after_openmp_in_this_process_finishes(tmp_path):
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == 0 and "finished" in output, errors[-2000:]
+
+
+_RUN_IN_A_PROCESS = textwrap.dedent("""
+    import multiprocessing, sys, time
+
+    def work(queue):
+        from utag._parallel import map_processes
+
+        queue.put(map_processes(abs, [-1, -2, -3], n_workers=2))
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        child = context.Process(target=work, args=(queue,))
+        child.start()
+        print(queue.get(), flush=True)
+        started = time.perf_counter()
+        child.join(timeout=120)
+        print(f"ended after {time.perf_counter() - started:.1f} s" if child.exitcode is not None else "still running")
+""")
+
+
+def test_a_process_that_used_the_workers_ends_at_once(tmp_path):
+    # multiprocessing joins a process's children as it ends; idle loky workers would
+    # keep such a process alive for IDLE_WORKER_SECONDS (5 minutes)
+    script = tmp_path / "run.py"
+    script.write_text(_RUN_IN_A_PROCESS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    lines = done.stdout.split("\n")
+    assert lines[0] == "[1, 2, 3]", done.stderr[-2000:]
+    assert lines[1].startswith("ended after") and float(lines[1].split()[2]) < 30

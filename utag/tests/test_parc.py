@@ -96,7 +96,7 @@ def test_parc_defaults_to_the_original_small_pop(monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(parc, "PARC", Spy)
-    cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc")
+    cluster("parc", neighbourhood, 0.1, random_state=0, flavor="parc", time_smallpop=1)
     assert seen == [1000]
 
 

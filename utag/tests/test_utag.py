@@ -358,6 +358,28 @@ def test_knn_graph_on_features_up_to_50_as_scanpy_chooses(tissue):
         _run(tissue, use_rep="X_umap")
 
 
+def test_the_kNN_search_that_ran_is_recorded(monkeypatch):
+    from utag import embedding
+    from utag.embedding import fuzzy_connectivities, nearest_neighbors
+
+    # 40 noisy markers spread over more axes than the 10 principal components hold: a
+    # budget that the message-passed features exceed and the components meet
+    tissue = _in_canonical_order(synthetic_tissue(n_cells=3_000, n_slides=2, n_markers=40, random_state=4))
+
+    def cost(points):
+        return len(points) * min(2.0 ** embedding.effective_dimensions(np.asarray(points)), len(points))
+
+    features = _run(tissue, clustering_method=["leiden"], resolutions=[0.1])
+    budget = cost(features.obsm["X_pca"])
+    assert budget < cost(features.X)
+    monkeypatch.setattr(embedding, "EXACT_SEARCH_BUDGET", budget)
+    result = _run(tissue, clustering_method=["leiden", "parc"], resolutions=[0.1])
+    params = result.uns["neighbors"]["params"]
+    assert (params["knn"], params["knn_pca"]) == ("approximate", "exact")
+    indices, distances = nearest_neighbors(np.asarray(result.X), 15, "approximate")
+    assert abs(result.obsp["connectivities"] - fuzzy_connectivities(indices, distances)).max() < 1e-4
+
+
 def test_parc_and_kmeans_cluster_the_pca_whatever_use_rep(tissue):
     kwargs = dict(clustering_method=["parc", "kmeans"], resolutions=[0.3])
     default = _run(tissue, **kwargs)
