@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import sys
 import time
 from importlib.metadata import version
 
@@ -129,7 +130,16 @@ def main() -> None:
         print("\n\n" + "\n\n".join(compared))
     if args.out:
         with open(args.out, "a") as handle:
-            handle.write("\n\n".join(sections) + "\n\n")
+            handle.write("\n\n".join([command_line(), *sections]) + "\n\n")
+
+
+def command_line() -> str:
+    """How this run was started, without ``--out FILE``, as the tables' first line."""
+    words = sys.argv[1:]
+    if "--out" in words:
+        del words[words.index("--out"):words.index("--out") + 2]
+    words = [word for word in words if not word.startswith("--out=")]
+    return f"`python benchmarks/run.py {' '.join(words)}`"
 
 
 def time_utag(adata, args, memory, flavor: str):
