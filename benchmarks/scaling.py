@@ -4,7 +4,8 @@ Usage (from the repository root)::
 
     python benchmarks/scaling.py --cells 1e4 1e5 1e6
 
-Every size runs in a fresh process (so that its peak memory is its own) on IMC-like
+After a small run that fills numba's cache (a fresh checkout compiles its code on first
+use), every size runs in a fresh process (so that its peak memory is its own) on IMC-like
 synthetic data with one slide per ~6,667 cells, ``max_dist=20``, Leiden at 0.05, 0.1 and
 0.3. Prints a markdown table of seconds and peak resident memory per size, and the
 exponent ``b`` of ``seconds ~ cells^b`` (and of memory) fitted by least squares on the
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--out", help="also append the table to this markdown file")
     args = parser.parse_args()
     sizes = [int(n) for n in args.cells]
+    measure(2_000)  # compiles the numba code into its cache, which a fresh checkout lacks
     runs = [measure(n) for n in sizes]
     seconds, memory = zip(*runs)
     lines = ["| cells | seconds | peak memory (GB) |", "| ---: | ---: | ---: |"]
@@ -63,7 +65,8 @@ def main() -> None:
     over = ", ".join(f"{n:,}" for n in sizes)
     lines += ["", f"Fitted exponent over {over} cells: time {exponent(sizes, seconds):.2f}, "
               f"peak memory {exponent(sizes, memory):.2f} (n log n: {n_log_n:.2f})."]
-    table = provenance() + "\n\n" + "\n".join(lines)
+    command = f"`python benchmarks/scaling.py --cells {' '.join(f'{n:.0e}'.replace('+0', '') for n in sizes)}`"
+    table = command + "\n\n" + provenance() + "\n\n" + "\n".join(lines)
     print(table)
     if args.out:
         with open(args.out, "a") as handle:
