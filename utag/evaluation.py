@@ -45,7 +45,8 @@ def evaluate_performance(
         ``obs`` column of the slide; adds one row per slide besides the pooled row.
     ignore_labels
         Reference label (a string) or labels whose cells are left out of the scores
-        (unannotated cells); cells without a reference label (NaN/None) always are.
+        (unannotated cells); cells without a reference label (NaN/None) always are, and
+        so are cells without a predicted label. A slide with no cell left gets NaN scores.
 
     Returns
     -------
@@ -74,7 +75,8 @@ def evaluate_performance(
     if ignore_labels is None or isinstance(ignore_labels, str):
         ignore_labels = [] if ignore_labels is None else [ignore_labels]
     truth = adata.obs[truth_key].astype(str).to_numpy()
-    scored = adata.obs[truth_key].notna().to_numpy() & ~np.isin(truth, [str(label) for label in ignore_labels])
+    ignored = np.isin(truth, [str(label) for label in ignore_labels]) | adata.obs[truth_key].isin(ignore_labels)
+    scored = adata.obs[truth_key].notna().to_numpy() & ~np.asarray(ignored)
     if not scored.any():
         raise ValueError(f"No cell has a reference label in `adata.obs[{truth_key!r}]` outside `ignore_labels` "
                          f"{list(ignore_labels)}.")
@@ -85,10 +87,14 @@ def evaluate_performance(
     rows = []
     for key in pred_keys:
         predicted = adata.obs[key].astype(str).to_numpy()
+        labelled = adata.obs[key].notna().to_numpy()  # cells without a domain are left out
         for slide, cells in groups:
+            cells = cells & labelled
             row = {"pred_key": key, "slide": slide, "n_cells": int(cells.sum()),
                    "n_domains": int(pd.unique(predicted[cells]).size)}
-            row.update({name: float(score(truth[cells], predicted[cells])) for name, score in SCORES.items()})
+            # no cell to score: no score (sklearn would call two empty labellings identical)
+            row.update({name: float(score(truth[cells], predicted[cells])) if cells.any() else np.nan
+                        for name, score in SCORES.items()})
             rows.append(row)
     return pd.DataFrame(rows)
 

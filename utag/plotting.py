@@ -122,7 +122,9 @@ def plot_domains(
     rgba = to_rgba_array([colors[n] for n in names] + ["lightgrey"])  # last: missing label
     codes, slide_names = check.slide_codes(adata, slide_key)
     if slides is not None:
-        wanted = [str(s) for s in ([slides] if isinstance(slides, str) else slides)]
+        wanted = [str(s) for s in _as_list(slides)]
+        if not wanted:
+            raise ValueError("`slides` is empty: name at least one slide, or pass None for every slide.")
         unknown = sorted(set(wanted) - set(slide_names.astype(str)))
         if unknown:
             raise ValueError(f"`slides` {unknown} are not in `obs[{slide_key!r}]` ({list(slide_names)}).")
@@ -157,19 +159,58 @@ def plot_domains(
     return fig
 
 
+def _as_list(values) -> list:
+    """``values`` as a list: a string or any single value (an integer slide name) is one item."""
+    if isinstance(values, str) or not pd.api.types.is_list_like(values):
+        return [values]
+    return list(values)
+
+
+def _check_selection(name: str, chosen, known) -> None:
+    """Refuse an empty selection or one naming values not in ``known``."""
+    if not len(chosen):
+        raise ValueError(f"`{name}` is empty: name at least one, or pass None for all.")
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise ValueError(f"`{name}` {unknown} are not in the table (it has {sorted(known)}).")
+
+
 def _choice(name: str, value, table) -> None:
     """Refuse a ``value`` that is not a key (column) of ``table``, naming those that are."""
     if value not in table:
         raise ValueError(f"`{name}` must be one of {list(table)}, got {value!r}.")
 
 
-def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[str, pd.DataFrame]:
-    if connectivity is not None:
-        return connectivity
-    stored = adata.uns.get(f"{domain_key}_connectivity")
-    if stored is not None and max_dist is None:
-        return stored
-    return _connectivity_tables(adata, domain_key, slide_key, max_dist)  # counted, not stored
+#: The domain x domain tables of :func:`utag.analysis.domain_connectivity` a plot can draw.
+SQUARE_TABLES = ("counts", "expected", "ratio", "log2_ratio")
+
+
+def _connectivity(adata, domain_key, connectivity, slide_key, max_dist,
+                  graph_key: str = "spatial_connectivities") -> dict[str, pd.DataFrame]:
+    """The connectivity tables to draw: ``connectivity`` if given; else counted anew (not
+    stored) from the current labels, with ``max_dist`` or the stored spatial graph; else
+    the tables :func:`utag.analysis.domain_connectivity` stored, if they are of the
+    current domains and slides (they may have been counted before the labels changed or
+    the cells were subset)."""
+    if connectivity is None and (max_dist is not None or graph_key in adata.obsp):
+        return _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)
+    tables = connectivity if connectivity is not None else adata.uns.get(f"{domain_key}_connectivity")
+    if tables is None:
+        return _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)  # names what is missing
+    _, names = _labels(adata, domain_key)
+    counted = [str(name) for name in tables["counts"].index] if "counts" in tables else None
+    # tables counted per slide on slides of which only some are left: the cells were subset
+    slides = set(np.asarray(check.slide_codes(adata, slide_key)[1], dtype=str))
+    counted_slides = set(tables["per_slide"]["slide"].astype(str)) if "per_slide" in tables else set()
+    subset = connectivity is None and bool(counted_slides & slides) and not counted_slides <= slides
+    if counted != list(names) or subset:
+        source = "`connectivity`" if connectivity is not None else f"`uns[{domain_key + '_connectivity'!r}]`"
+        what = (f"slides {sorted(counted_slides)}, of which {sorted(counted_slides & slides)} are left" if subset
+                else f"domains {counted}, now {list(names)}")
+        raise ValueError(f"{source} was counted for other domains or cells than `obs[{domain_key!r}]` holds now "
+                         f"({what}): pass `max_dist` to count the contacts of these cells, or run "
+                         "`utag.analysis.domain_connectivity` again.")
+    return tables
 
 
 def plot_domain_network(
@@ -186,8 +227,10 @@ def plot_domain_network(
 ) -> Figure:
     """Domain adjacency as a network: node area = cells, edge width = connectivity.
 
-    ``connectivity`` is the output of :func:`utag.analysis.domain_connectivity`
-    (computed if absent, from ``obsp`` or with ``max_dist``). ``weight`` picks the table
+    ``connectivity`` is the output of :func:`utag.analysis.domain_connectivity`; if absent
+    the contacts are counted from the current labels (with ``max_dist``, or the spatial
+    graph in ``obsp``), else the tables ``domain_connectivity`` stored are drawn if they
+    are of these domains and slides. ``weight`` picks the table
     that sets edge widths (``"counts"``: number of contacts; ``"log2_ratio"``: contact
     above chance, with ``min_weight=0`` only pairs that touch more than chance); edges
     whose weight is ``<= min_weight`` are not drawn. ``layout``: ``"spring"`` (weighted)
@@ -207,7 +250,7 @@ def plot_domain_network(
     if layout not in ("spring", "circular"):
         raise ValueError(f"`layout` must be 'spring' or 'circular', got {layout!r}.")
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
-    _choice("weight", weight, tables)
+    _choice("weight", weight, SQUARE_TABLES)
     weights = tables[weight]
     labels, names = _labels(adata, domain_key)
     sizes = np.bincount(labels[labels >= 0], minlength=len(names))
@@ -269,7 +312,7 @@ def plot_chord(
     True
     """
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
-    _choice("weight", weight, tables)
+    _choice("weight", weight, SQUARE_TABLES)
     matrix = np.nan_to_num(np.asarray(tables[weight], dtype=float)).clip(0)
     np.fill_diagonal(matrix, 0)
     names = list(tables[weight].index)
@@ -335,6 +378,9 @@ def plot_composition(
         raise ValueError(f"`kind` must be 'heatmap' or 'bars', got {kind!r}.")
     composition = domain_composition(adata, domain_key, celltype_key)
     _choice("value", value, composition)
+    if kind == "bars" and value == "enrichment":
+        raise ValueError("`value='enrichment'` (log2 fold changes, negative for depleted cell types) is drawn as "
+                         "a heatmap: pass kind='heatmap', or kind='bars' with value='proportions' or 'counts'.")
     table = composition[value]
     fig, ax = (plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
                if ax is None else (ax.figure, ax))
@@ -390,12 +436,17 @@ def plot_colocalization(
     3
     """
     _choice("value", value, table)
+    known_types = pd.unique(pd.concat([table["cell_type_a"], table["cell_type_b"]]).astype(str))
     if cell_types is None:
-        types = pd.Index(pd.unique(pd.concat([table["cell_type_a"], table["cell_type_b"]])))
+        types = pd.Index(known_types)
     else:
-        types = pd.Index([str(t) for t in cell_types])
-        table = table[table["cell_type_a"].isin(types) & table["cell_type_b"].isin(types)]
-    domains = list(pd.unique(table["domain"])) if domains is None else list(domains)
+        types = pd.Index([str(t) for t in _as_list(cell_types)])
+        _check_selection("cell_types", types, known_types)
+        table = table[table["cell_type_a"].astype(str).isin(types) & table["cell_type_b"].astype(str).isin(types)]
+    known_domains = pd.unique(table["domain"].astype(str))
+    domains = list(known_domains) if domains is None else [str(d) for d in _as_list(domains)]
+    _check_selection("domains", domains, known_domains)
+    table = table.assign(domain=table["domain"].astype(str))
     limit = max(float(np.nanmax(np.abs(table[value]))), 1e-9)
     ncols = min(ncols, len(domains))
     nrows = math.ceil(len(domains) / ncols)
@@ -404,7 +455,7 @@ def plot_colocalization(
                              layout="constrained")
     for ax, domain in zip(axes.flat, domains):
         rows = table[table["domain"] == domain]
-        a, b = types.get_indexer(rows["cell_type_a"]), types.get_indexer(rows["cell_type_b"])
+        a, b = types.get_indexer(rows["cell_type_a"].astype(str)), types.get_indexer(rows["cell_type_b"].astype(str))
         square = np.full((len(types), len(types)), np.nan)
         square[a, b] = square[b, a] = rows[value].to_numpy()
         image = ax.imshow(square, cmap="RdBu_r", vmin=-limit, vmax=limit)

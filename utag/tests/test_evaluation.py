@@ -34,3 +34,22 @@ def test_scores_match_scikit_learn_per_slide_and_pooled():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="no column"):
         evaluate_performance(_labelled(), "domain")
+
+
+def test_numeric_reference_labels_are_ignored_as_asked():
+    # integer labels with a missing one become floats: 0.0 must still match ignore_labels=[0]
+    truth = np.array([1, 1, 2, 2, 0, 0, np.nan])
+    obs = pd.DataFrame({"truth": truth, "UTAG Label_x": ["a", "a", "b", "b", "a", "b", "a"]},
+                       index=[str(i) for i in range(7)])
+    row = evaluate_performance(AnnData(np.zeros((7, 1)), obs=obs), "truth", ignore_labels=[0]).iloc[0]
+    assert row["n_cells"] == 4 and row["adjusted_rand"] == 1.0
+
+
+def test_cells_without_a_predicted_domain_and_empty_slides_are_not_scored():
+    obs = pd.DataFrame({"truth": list("aaabbb") + ["NoAnnotation"] * 2,
+                        "UTAG Label_x": ["0", "0", None, "1", "1", None, "0", "1"],
+                        "slide": ["s1"] * 6 + ["s2"] * 2}, index=[str(i) for i in range(8)])
+    table = evaluate_performance(AnnData(np.zeros((8, 1)), obs=obs), "truth", batch_key="slide").set_index("slide")
+    assert table.loc["all", "n_cells"] == 4 and table.loc["all", "n_domains"] == 2
+    assert table.loc["all", "adjusted_rand"] == 1.0
+    assert table.loc["s2", "n_cells"] == 0 and table.loc["s2", ["rand", "adjusted_rand", "nmi"]].isna().all()

@@ -140,3 +140,44 @@ def test_resolution_sweep_and_hierarchy_plots(tmp_path):
     assert len(ax.collections) == 3
     assert len(ax.lines) == result.obs[keys[1]].nunique() + result.obs[keys[2]].nunique()
     assert _ink(fig, tmp_path) > 0.02
+
+
+def test_network_and_chord_do_not_draw_tables_of_other_labels_or_cells(adata):
+    stored = domain_connectivity(adata, "domain", slide_key="roi", max_dist=20)
+    one_slide = adata[adata.obs["roi"] == "roi_0"].copy()
+    with pytest.raises(ValueError, match="domain_connectivity"):
+        plot_domain_network(one_slide, "domain", slide_key="roi")
+    # with max_dist the contacts of these cells are counted: fewer than the stored ones
+    fig = plot_chord(one_slide, "domain", slide_key="roi", max_dist=20)
+    plt.close(fig)
+    renamed = adata.copy()
+    renamed.obs["domain"] = renamed.obs["domain"].cat.rename_categories(list("ABCD"))
+    for plot in (plot_domain_network, plot_chord):
+        with pytest.raises(ValueError, match="other domains"):
+            plot(renamed, "domain", slide_key="roi")
+        with pytest.raises(ValueError, match="other domains"):
+            plot(renamed, "domain", connectivity=stored)
+        with pytest.raises(ValueError, match="weight"):
+            plot(adata, "domain", slide_key="roi", weight="per_slide")
+    plt.close(plot_domain_network(adata, "domain", slide_key="roi"))  # the stored tables still serve their labels
+
+
+def test_integer_labels_and_selections(adata, tmp_path):
+    numbered = adata.copy()
+    numbered.obs["domain"] = numbered.obs["domain"].cat.codes.astype(int)
+    numbered.obs["roi"] = numbered.obs["roi"].cat.codes.astype(int) + 1
+    fig = plot_domains(numbered, "domain", slide_key="roi", slides=2)
+    assert [ax.get_title() for ax in fig.axes] == ["2"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="slides"):
+        plot_domains(numbered, "domain", slide_key="roi", slides=[])
+    table = measure_per_domain_cell_type_colocalization(numbered, "domain", "cell_type", max_dist=20,
+                                                        n_permutations=5)
+    fig = plot_colocalization(table, domains=[0, 1])
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["0", "1"]
+    assert _ink(fig, tmp_path) > 0.05  # the panels are drawn, not blank
+    for bad in ({"domains": []}, {"domains": [7]}, {"cell_types": ["nope"]}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            plot_colocalization(table, **bad)
+    with pytest.raises(ValueError, match="heatmap"):
+        plot_composition(adata, "domain", "cell_type", kind="bars", value="enrichment")
