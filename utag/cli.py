@@ -130,6 +130,13 @@ def _run(args: argparse.Namespace) -> int:
     elif suffix == ".h5ad":
         adata = anndata.read_h5ad(source)
     if suffix == ".h5ad":
+        table_only = {"--exclude": args.exclude is not None, "--id-column": args.id_column is not None,
+                      "--x-column": args.x_column != "x", "--y-column": args.y_column != "y",
+                      "--non-numeric": args.non_numeric != "error"}
+        if any(table_only.values()):
+            raise UsageError(f"{', '.join(o for o, given in table_only.items() if given)} apply to cell tables "
+                             f"(.csv, .tsv, .parquet), not to {source.name}: an AnnData holds its markers in X "
+                             "(choose them with --markers) and its centroids in obsm['spatial'].")
         if args.markers:
             missing = [m for m in args.markers if m not in adata.var_names]
             if missing:

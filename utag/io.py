@@ -47,11 +47,14 @@ def read_cell_table(
         Columns of marker intensities, in that order, for ``X``. Default: every column
         other than the ones named here and ``exclude_columns`` whose entries are numbers,
         or at least half of whose filled entries are (a few like ``"<LOD"`` or ``"1,5"``
-        do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``.
+        do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``, and so
+        do, with a log message, empty columns and a row index written with the table
+        (``Unnamed: 0`` counting 0, 1, 2, ...).
     exclude_columns
         Numeric columns that are not markers (cell area, eccentricity, ...); kept in ``obs``.
     id_column
-        Column of cell identifiers for ``obs_names`` (default: the row number).
+        Column of cell identifiers for ``obs_names``, read as text (``"00012"`` stays so);
+        each cell needs one, and no two the same. Default: the row number.
     non_numeric
         What to do with marker entries that are not numbers: ``"error"`` (default) raises a
         ValueError naming the column, rows and values; ``"missing"`` reads them as NaN and
@@ -74,7 +77,9 @@ def read_cell_table(
     """
     if non_numeric not in ("error", "missing", "drop"):
         raise ValueError(f"`non_numeric` must be 'error', 'missing' or 'drop', got {non_numeric!r}.")
-    table, name = (path, "the table") if isinstance(path, pd.DataFrame) else (_read(Path(path)), Path(path).name)
+    text_columns = [c for c in (id_column, slide_column) if c is not None]  # "00012" stays "00012"
+    table, name = ((path, "the table") if isinstance(path, pd.DataFrame)
+                   else (_read(Path(path), text_columns), Path(path).name))
     exclude_columns = list(exclude_columns or [])
     columns = list(table.columns)
     needed = [c for c in [x_column, y_column, slide_column, id_column] if c is not None]
@@ -83,16 +88,16 @@ def read_cell_table(
         raise ValueError(f"{name} has no column(s) {missing}; its columns are {columns}. Name the right ones "
                          "(x_column/y_column/slide_column/marker_columns; --x-column etc. on the command line).")
     if marker_columns is None:
-        used = set(needed) | set(exclude_columns)
+        used = set(needed) | set(exclude_columns) | _not_markers(table, name)
         marker_columns = [c for c in columns if c not in used and _looks_numeric(table[c])]
     marker_columns = list(marker_columns)
     if not marker_columns:
         raise ValueError(f"{name} has no numeric marker columns besides {needed}; name them with marker_columns.")
-    cells = (table[id_column] if id_column else pd.RangeIndex(len(table))).astype(str)
+    cells = _cell_names(table, id_column, name)
     markers = _marker_values(table[marker_columns], pd.Index(cells), id_column or "row",
                              "missing" if non_numeric == "drop" else non_numeric, name, quiet=non_numeric == "drop")
     obs = table.drop(columns=marker_columns)
-    obs.index = cells
+    obs.index = pd.Index(cells.to_numpy(), name=None)  # a named index clashing with its column cannot be written
     adata = AnnData(
         X=markers,
         obs=obs,
@@ -108,6 +113,45 @@ def read_cell_table(
                            "(non_numeric='drop')", name, int(incomplete.sum()), len(markers))
             adata = adata[~incomplete].copy()
     return adata
+
+
+def _cell_names(table: pd.DataFrame, id_column: str | None, name: str) -> pd.Index:
+    """The cells' names: ``id_column`` as text (each present and unique), else the row numbers."""
+    if id_column is None:
+        return pd.Index(pd.RangeIndex(len(table)).astype(str))
+    ids = table[id_column]
+    empty = ids.isna() | ids.astype(str).str.strip().eq("")
+    if empty.any():
+        rows = np.flatnonzero(empty.to_numpy())
+        raise ValueError(f"{name}: the id column {id_column!r} (id_column, --id-column) is empty in {rows.size} "
+                         f"rows, e.g. rows {rows[:5].tolist()}; fill them, or leave id_column out to name the "
+                         "cells by row number.")
+    cells = pd.Index(ids.astype(str).to_numpy())
+    if cells.has_duplicates:
+        repeated = cells[cells.duplicated()].unique()
+        raise ValueError(f"{name}: the id column {id_column!r} (id_column, --id-column) repeats "
+                         f"{len(repeated)} ids, e.g. {repeated[:5].tolist()}; cells need unique ids (with "
+                         "several images, ids often repeat per image: leave id_column out to name the cells "
+                         "by row number).")
+    return cells
+
+
+def _not_markers(table: pd.DataFrame, name: str) -> set:
+    """Columns that look numeric but are no markers: a row index that pandas wrote with the
+    table (``Unnamed: 0`` counting 0, 1, 2, ...) and columns with no entry at all; each
+    is logged and kept in ``obs`` (name it in ``marker_columns`` to use it)."""
+    left_out = set()
+    for column in table.columns:
+        entries = table[column]
+        if entries.isna().all() or entries.astype(str).str.strip().eq("").all():
+            logger.warning("%s: column %r is empty; it is not a marker (kept in obs)", name, column)
+            left_out.add(column)
+        elif (str(column).startswith("Unnamed: ") and pd.api.types.is_integer_dtype(entries.dtype)
+              and np.array_equal(entries.to_numpy(), np.arange(len(entries)))):
+            logger.warning("%s: column %r counts the rows (a row index written with the table, e.g. by "
+                           "DataFrame.to_csv); it is not a marker (kept in obs)", name, column)
+            left_out.add(column)
+    return left_out
 
 
 def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_name: str, name: str) -> np.ndarray:
@@ -187,7 +231,7 @@ def _marker_values(markers: pd.DataFrame, cells: pd.Index, row_name: str, non_nu
     return np.column_stack(values)
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _read(path: Path, text_columns: list[str] = ()) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise ValueError(f"{path.name}: unknown table type {suffix!r}; use .csv, .tsv, .txt or .parquet.")
@@ -196,7 +240,7 @@ def _read(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         except ImportError as error:
             raise ImportError(f"reading {path.name} needs pyarrow: pip install pyarrow ({error})") from None
-    return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix])
+    return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={column: str for column in text_columns})
 
 
 def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[str] | None = None) -> pd.DataFrame:

@@ -146,6 +146,11 @@ def transfer_labels(
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=1)
     check.check_n_cells(adata)
     features = [str(f) for f in model["features"]]
+    lacking = [f for f in features if f not in set(map(str, adata.var_names))]
+    if lacking:
+        raise ValueError(f"`adata` lacks {len(lacking)} of the {len(features)} features the domains were learned on "
+                         f"({lacking[:10]}{' ...' if len(lacking) > 10 else ''}); the new cells need every one of "
+                         "them, named as in the reference (adata.var_names).")
     columns = check.channel_indices(adata, features)
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)

@@ -200,7 +200,7 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
     every resolution (resolutions x cells). ``exponents``: ``(a, b)`` of the score
     ``stability**a * agreement**b * spatial_coherence`` (see :func:`score_exponents`)."""
     random_state = check.seed(random_state)
-    resolutions = sorted(check.resolution_list(list(resolutions)))
+    resolutions = sorted(check.resolution_list(resolutions))
     n_runs = check.as_int("n_runs", n_runs, minimum=2)
     kwargs = dict(leiden_kwargs or {})
     tasks = [(r, (random_state + run) % 2**32, kwargs) for r in resolutions for run in range(n_runs)]
@@ -690,7 +690,12 @@ def max_dist_report(
     slides = slide_cells(codes)
     nearest = _median_nearest_distance(coords, slides)
     if max_dists is None:
-        max_dists = np.round(nearest * np.array([1, 1.5, 2, 3, 4, 6, 8, 12]), 2)
+        if nearest <= 0:
+            raise ValueError("The default candidates are multiples of the median distance from a cell to its "
+                             "nearest cell, which is 0 here (most cells share a position, or no slide has two "
+                             "cells): pass `max_dists` as a list of radii.")
+        # 3 significant digits, whatever the unit (cells 0.01 mm apart as well as 10 um)
+        max_dists = np.array([float(f"{nearest * f:.3g}") for f in (1, 1.5, 2, 3, 4, 6, 8, 12)])
         if kernel_widths is not None:  # candidates too small for the widths asked for are left out
             widest_width = max(float(w) for w in np.atleast_1d(kernel_widths))
             max_dists = max_dists[max_dists * multiscale.MAX_WIDTH >= widest_width]

@@ -278,3 +278,29 @@ def test_run_with_the_multiscale_flavour_matches_the_python_call(cell_table, tmp
     assert written.uns["utag"]["flavor"] == "multiscale" and written.n_vars == 18
     np.testing.assert_array_equal(written.obs["UTAG Label_kmeans_0.3"].to_numpy(),
                                   expected.obs["UTAG Label_kmeans_0.3"].to_numpy())
+
+
+def test_run_with_integer_ids_and_a_written_row_index(cell_table, tmp_path):
+    # MCMICRO-style integer CellIDs, with leading zeros here, and the row index pandas writes by default
+    path, table = cell_table
+    numbered = table.assign(cell_id=[f"{i + 1:05d}" for i in range(len(table))])
+    csv = tmp_path / "numbered.csv"
+    numbered.to_csv(csv)  # index=True: an "Unnamed: 0" column counting the rows
+    out = tmp_path / "numbered.h5ad"
+    assert main(["run", str(csv), "--out", str(out), "--x-column", "X_centroid", "--y-column", "Y_centroid",
+                 "--slide-column", "image", "--id-column", "cell_id", "--exclude", "area", "--quiet",
+                 "--method", "kmeans", "--resolutions", "0.3"]) == 0
+    result = anndata.read_h5ad(out)
+    assert list(result.obs_names) == list(numbered["cell_id"])  # "00001", not 1
+    assert list(result.var_names) == [f"CD{i}" for i in range(6)]  # the row index is not a marker
+
+
+def test_run_refuses_table_options_for_h5ad(cell_table, tmp_path, capsys):
+    adata = synthetic_tissue(n_cells=300, n_slides=1, n_markers=4, random_state=0)
+    source = tmp_path / "cells.h5ad"
+    adata.write_h5ad(source)
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(source), "--out", str(tmp_path / "o.h5ad"), "--exclude", "marker_0", "--id-column", "c"])
+    assert stopped.value.code == 2
+    assert "--exclude, --id-column apply to cell tables" in capsys.readouterr().err
+    assert not (tmp_path / "o.h5ad").exists()

@@ -36,10 +36,10 @@ def test_a_few_entries_that_are_not_numbers_are_an_error_naming_column_rows_and_
 
 
 def test_text_columns_still_go_to_obs(table):
-    table["empty"] = np.nan  # entirely empty: a numeric column, kept as a marker
+    table["empty"] = np.nan  # entirely empty: no marker (utag() could not use it), kept in obs
     adata = read_cell_table(table, slide_column="image", id_column="cell")
-    assert list(adata.var_names) == ["CD3", "CD20", "empty"]
-    assert list(adata.obs.columns) == ["cell", "x", "y", "image", "cell_type"]
+    assert list(adata.var_names) == ["CD3", "CD20"]
+    assert list(adata.obs.columns) == ["cell", "x", "y", "image", "cell_type", "empty"]
 
 
 def test_non_numeric_missing_reads_those_entries_as_nan_and_says_how_many(table, caplog):
@@ -95,3 +95,20 @@ def test_centroids_that_are_not_numbers_are_an_error_naming_rows_and_values():
                           "CD3": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match=r"centroid column 'x'.*cell b: '2,5'"):
         read_cell_table(table, id_column="cell")
+
+
+def test_ids_must_be_present_and_unique(table):
+    with pytest.raises(ValueError, match="id_column.*repeats 1 ids.*'c1'"):
+        read_cell_table(table.assign(cell=["c0", "c1", "c1", "c3", "c4"]), slide_column="image", id_column="cell")
+    with pytest.raises(ValueError, match="id_column.*empty in 1 rows"):
+        read_cell_table(table.assign(cell=["c0", None, "c2", "c3", "c4"]), slide_column="image", id_column="cell")
+    # integer ids name the cells as text, and the AnnData can be written
+    adata = read_cell_table(table.assign(cell=[10, 11, 12, 13, 14]), slide_column="image", id_column="cell")
+    assert list(adata.obs_names) == ["10", "11", "12", "13", "14"] and adata.obs.index.name is None
+
+
+def test_empty_columns_are_not_markers(table, caplog):
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        adata = read_cell_table(table.assign(CD45=np.nan), slide_column="image", id_column="cell")
+    assert list(adata.var_names) == ["CD3", "CD20"] and "CD45" in adata.obs
+    assert "'CD45' is empty" in caplog.text

@@ -402,3 +402,26 @@ def test_n_domains_above_the_number_of_cells_is_refused(four_domains):
     _, result = four_domains
     with pytest.raises(ValueError, match="n_domains"):
         resolution_for_n_domains(result, result.n_obs + 1)
+
+
+def test_max_dist_report_candidates_in_any_unit():
+    # cells about 0.01 apart (mm) get the same candidates as cells 10 apart (um), scaled
+    adata = synthetic_tissue(n_cells=1_500, n_slides=1, random_state=0)
+    in_mm = adata.copy()
+    in_mm.obsm["spatial"] = adata.obsm["spatial"] * 1e-3
+    um = max_dist_report(adata)["max_dist"].to_numpy()
+    mm = max_dist_report(in_mm)["max_dist"].to_numpy()
+    assert len(set(mm)) == len(mm) == 8
+    np.testing.assert_allclose(mm, um * 1e-3, rtol=0.01)
+    stacked = adata.copy()
+    stacked.obsm["spatial"] = np.zeros_like(adata.obsm["spatial"])
+    with pytest.raises(ValueError, match="pass `max_dists`"):
+        max_dist_report(stacked)
+
+
+def test_sweep_takes_one_resolution_and_transfer_names_missing_features(four_domains):
+    adata, result = four_domains
+    table = resolution_sweep(result.copy(), resolutions=0.1, n_runs=2, progress=False)
+    assert list(table["resolution"]) == [0.1]
+    with pytest.raises(ValueError, match="lacks 1 of the .* features"):
+        transfer_labels(result, adata[:, 1:].copy(), slide_key="roi")
