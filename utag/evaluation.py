@@ -2,6 +2,8 @@
 compartments, :func:`evaluate_performance`) and without them (:func:`evaluate_clustering`)."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -72,7 +74,7 @@ def evaluate_performance(
         raise ValueError(f"`adata.obs` has no column(s) {missing}; columns: {list(adata.obs.columns)}.")
     if not pred_keys:
         raise ValueError("No predicted labels: pass `pred_keys` or run `utag()` first.")
-    if ignore_labels is None or isinstance(ignore_labels, str):
+    if ignore_labels is None or isinstance(ignore_labels, (str, numbers.Number)):
         ignore_labels = [] if ignore_labels is None else [ignore_labels]
     truth = adata.obs[truth_key].astype(str).to_numpy()
     ignored = np.isin(truth, [str(label) for label in ignore_labels]) | adata.obs[truth_key].isin(ignore_labels)

@@ -77,7 +77,7 @@ def read_cell_table(
     """
     if non_numeric not in ("error", "missing", "drop"):
         raise ValueError(f"`non_numeric` must be 'error', 'missing' or 'drop', got {non_numeric!r}.")
-    text_columns = [c for c in (id_column, slide_column) if c is not None]  # "00012" stays "00012"
+    text_columns = [id_column] if id_column is not None else []  # "00012" stays "00012"
     table, name = ((path, "the table") if isinstance(path, pd.DataFrame)
                    else (_read(Path(path), text_columns), Path(path).name))
     exclude_columns = list(exclude_columns or [])
@@ -143,7 +143,7 @@ def _not_markers(table: pd.DataFrame, name: str) -> set:
     left_out = set()
     for column in table.columns:
         entries = table[column]
-        if entries.isna().all() or entries.astype(str).str.strip().eq("").all():
+        if entries.isna().all() or (entries.dtype == object and entries.astype(str).str.strip().eq("").all()):
             logger.warning("%s: column %r is empty; it is not a marker (kept in obs)", name, column)
             left_out.add(column)
         elif (str(column).startswith("Unnamed: ") and pd.api.types.is_integer_dtype(entries.dtype)

@@ -181,36 +181,37 @@ def _choice(name: str, value, table) -> None:
         raise ValueError(f"`{name}` must be one of {list(table)}, got {value!r}.")
 
 
-#: The domain x domain tables of :func:`utag.analysis.domain_connectivity` a plot can draw.
-SQUARE_TABLES = ("counts", "expected", "ratio", "log2_ratio")
-
-
-def _connectivity(adata, domain_key, connectivity, slide_key, max_dist,
-                  graph_key: str = "spatial_connectivities") -> dict[str, pd.DataFrame]:
+def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[str, pd.DataFrame]:
     """The connectivity tables to draw: ``connectivity`` if given; else counted anew (not
-    stored) from the current labels, with ``max_dist`` or the stored spatial graph; else
-    the tables :func:`utag.analysis.domain_connectivity` stored, if they are of the
-    current domains and slides (they may have been counted before the labels changed or
-    the cells were subset)."""
-    if connectivity is None and (max_dist is not None or graph_key in adata.obsp):
-        return _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)
+    stored) with ``max_dist``; else the tables :func:`utag.analysis.domain_connectivity`
+    stored; else counted from the spatial graph in ``obsp``. Given or stored tables must
+    be of the current domains (they may have been counted before the labels changed):
+    they are put in the current order of the domains."""
+    if connectivity is None and max_dist is not None:
+        return _connectivity_tables(adata, domain_key, slide_key, max_dist)
     tables = connectivity if connectivity is not None else adata.uns.get(f"{domain_key}_connectivity")
     if tables is None:
-        return _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)  # names what is missing
+        return _connectivity_tables(adata, domain_key, slide_key, max_dist)
     _, names = _labels(adata, domain_key)
-    counted = [str(name) for name in tables["counts"].index] if "counts" in tables else None
-    # tables counted per slide on slides of which only some are left: the cells were subset
-    slides = set(np.asarray(check.slide_codes(adata, slide_key)[1], dtype=str))
-    counted_slides = set(tables["per_slide"]["slide"].astype(str)) if "per_slide" in tables else set()
-    subset = connectivity is None and bool(counted_slides & slides) and not counted_slides <= slides
-    if counted != list(names) or subset:
+    square = _square_tables(tables)
+    counted = {str(name) for name in tables[square[0]].index} if square else set()
+    if counted != set(names):
         source = "`connectivity`" if connectivity is not None else f"`uns[{domain_key + '_connectivity'!r}]`"
-        what = (f"slides {sorted(counted_slides)}, of which {sorted(counted_slides & slides)} are left" if subset
-                else f"domains {counted}, now {list(names)}")
-        raise ValueError(f"{source} was counted for other domains or cells than `obs[{domain_key!r}]` holds now "
-                         f"({what}): pass `max_dist` to count the contacts of these cells, or run "
-                         "`utag.analysis.domain_connectivity` again.")
-    return tables
+        raise ValueError(f"{source} was counted for other domains than `obs[{domain_key!r}]` holds now (domains "
+                         f"{sorted(counted)}, now {list(names)}): pass `max_dist` to count the contacts of these "
+                         "cells, or run `utag.analysis.domain_connectivity` again.")
+    in_order = {}
+    for key, table in tables.items():
+        if key in square:
+            table = table.rename(index=str, columns=str)
+            table = table.reindex(index=list(names), columns=list(names))
+        in_order[key] = table
+    return in_order
+
+
+def _square_tables(tables: dict) -> list[str]:
+    """The names of the domain x domain tables among ``tables`` (all but ``per_slide``)."""
+    return [key for key, table in tables.items() if key != "per_slide" and isinstance(table, pd.DataFrame)]
 
 
 def plot_domain_network(
@@ -228,9 +229,9 @@ def plot_domain_network(
     """Domain adjacency as a network: node area = cells, edge width = connectivity.
 
     ``connectivity`` is the output of :func:`utag.analysis.domain_connectivity`; if absent
-    the contacts are counted from the current labels (with ``max_dist``, or the spatial
-    graph in ``obsp``), else the tables ``domain_connectivity`` stored are drawn if they
-    are of these domains and slides. ``weight`` picks the table
+    the contacts are counted with ``max_dist``, else the tables ``domain_connectivity``
+    stored are drawn (they must be of the current domains), else they are counted from
+    the spatial graph in ``obsp``. ``weight`` picks the table
     that sets edge widths (``"counts"``: number of contacts; ``"log2_ratio"``: contact
     above chance, with ``min_weight=0`` only pairs that touch more than chance); edges
     whose weight is ``<= min_weight`` are not drawn. ``layout``: ``"spring"`` (weighted)
@@ -250,7 +251,7 @@ def plot_domain_network(
     if layout not in ("spring", "circular"):
         raise ValueError(f"`layout` must be 'spring' or 'circular', got {layout!r}.")
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
-    _choice("weight", weight, SQUARE_TABLES)
+    _choice("weight", weight, _square_tables(tables))
     weights = tables[weight]
     labels, names = _labels(adata, domain_key)
     sizes = np.bincount(labels[labels >= 0], minlength=len(names))
@@ -312,7 +313,7 @@ def plot_chord(
     True
     """
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
-    _choice("weight", weight, SQUARE_TABLES)
+    _choice("weight", weight, _square_tables(tables))
     matrix = np.nan_to_num(np.asarray(tables[weight], dtype=float)).clip(0)
     np.fill_diagonal(matrix, 0)
     names = list(tables[weight].index)

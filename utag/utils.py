@@ -138,10 +138,7 @@ def _names_in_order(values: pd.Series) -> list:
 
 
 def _square(counts: np.ndarray, names: list) -> pd.DataFrame:
-    """A labels x labels table, named by the labels as text: ``uns`` keyed by numbers
-    could not be written to ``.h5ad``."""
-    names = pd.Index([str(name) for name in names])
-    return pd.DataFrame(counts.astype(float), index=names, columns=names)
+    return pd.DataFrame(counts.astype(float), index=pd.Index(names), columns=pd.Index(names))
 
 
 def _domain_pair_counts(adata: AnnData, slide_key: str, domain_key: str):
@@ -281,7 +278,7 @@ def celltype_connectivity(
     counts = _label_pair_counts(edges.source[inside], edges.target[inside], _codes(cell_types, type_names),
                                 len(type_names), domain_codes, len(domain_names))
     adata.uns[f"{domain_key}_celltype_adjacency_matrix"] = {
-        str(domain): _square(table, type_names) for domain, table in zip(domain_names, counts)
+        domain: _square(table, type_names) for domain, table in zip(domain_names, counts)
     }
     return adata
 

@@ -8,7 +8,6 @@ tissue with about 5 neighbours per cell at the original's radius of 40.
 import importlib
 import inspect
 
-import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -450,18 +449,3 @@ def test_the_script_writes_only_where_the_original_wrote(ran):
                                                 "UTAG Label_celltype_adjacency_matrix", "spatial"}
     assert not adata.obsp and not adata.layers
 
-
-def test_tables_of_integer_labels_can_be_saved_and_drawn(tissue, tmp_path):
-    from utag.vizualize import draw_network
-
-    adata = tissue.copy()
-    adata.obs["UTAG Label"] = adata.obs["UTAG Label"].cat.codes.astype(int)
-    adata.obs["cell type"] = adata.obs["celltype"].astype("category").cat.codes.astype(int)
-    utag.utils.domain_connectivity(adata)
-    utag.utils.celltype_connectivity(adata, celltype_key="cell type")
-    adata.write_h5ad(tmp_path / "tables.h5ad")  # uns keyed by numbers could not be written
-    back = anndata.read_h5ad(tmp_path / "tables.h5ad")
-    table = back.uns["UTAG Label_domain_adjacency_matrix"]
-    assert list(table.index) == [str(code) for code in sorted(adata.obs["UTAG Label"].unique())]
-    assert sorted(back.uns["UTAG Label_celltype_adjacency_matrix"]) == sorted(table.index)
-    assert len(draw_network(adata, figsize=(3, 3), dpi=50).axes[0].collections[0].get_offsets()) == len(table)

@@ -142,14 +142,8 @@ def test_resolution_sweep_and_hierarchy_plots(tmp_path):
     assert _ink(fig, tmp_path) > 0.02
 
 
-def test_network_and_chord_do_not_draw_tables_of_other_labels_or_cells(adata):
+def test_network_and_chord_do_not_draw_tables_of_other_labels(adata):
     stored = domain_connectivity(adata, "domain", slide_key="roi", max_dist=20)
-    one_slide = adata[adata.obs["roi"] == "roi_0"].copy()
-    with pytest.raises(ValueError, match="domain_connectivity"):
-        plot_domain_network(one_slide, "domain", slide_key="roi")
-    # with max_dist the contacts of these cells are counted: fewer than the stored ones
-    fig = plot_chord(one_slide, "domain", slide_key="roi", max_dist=20)
-    plt.close(fig)
     renamed = adata.copy()
     renamed.obs["domain"] = renamed.obs["domain"].cat.rename_categories(list("ABCD"))
     for plot in (plot_domain_network, plot_chord):
@@ -159,7 +153,15 @@ def test_network_and_chord_do_not_draw_tables_of_other_labels_or_cells(adata):
             plot(renamed, "domain", connectivity=stored)
         with pytest.raises(ValueError, match="weight"):
             plot(adata, "domain", slide_key="roi", weight="per_slide")
-    plt.close(plot_domain_network(adata, "domain", slide_key="roi"))  # the stored tables still serve their labels
+    # domains put in another order still match their tables, which are reordered with them
+    reordered = adata.copy()
+    reordered.obs["domain"] = reordered.obs["domain"].cat.reorder_categories(
+        list(reversed(reordered.obs["domain"].cat.categories)))
+    fig = plot_chord(reordered, "domain", slide_key="roi")
+    plt.close(fig)
+    # any other square table of the same domains can weigh the ribbons
+    custom = {**stored, "jaccard": stored["ratio"] / stored["ratio"].to_numpy().max()}
+    plt.close(plot_chord(adata, "domain", connectivity=custom, weight="jaccard"))
 
 
 def test_integer_labels_and_selections(adata, tmp_path):
