@@ -7,9 +7,9 @@ first one. Forked workers also inherit the parent's OpenMP runtime, and the firs
 OpenMP loop in such a worker (scikit-learn's radius search in squidpy's graph builder)
 waits forever once the parent has run one (k-means, a serial utag() run).
 
-:func:`map_processes` therefore runs its items in loky's process pool (the one joblib
-uses, shipped with scikit-learn): fresh worker processes, kept for the next call, that
-need no ``if __name__ == "__main__"`` guard in scripts. A dead worker is noticed: the
+:func:`map_processes` therefore runs its items in a loky process pool (loky is joblib's
+engine, shipped with scikit-learn; the pool is utag's own, not the one joblib shares):
+fresh worker processes, kept for the next call, that need no ``if __name__ == "__main__"`` guard in scripts. A dead worker is noticed: the
 error names the item that worker held, the signal that ended it and what to change. On
 ``KeyboardInterrupt`` every worker is stopped before it is re-raised; workers ignore
 SIGINT themselves, the main process decides. ``start="fork"`` (for work that shares a
@@ -122,18 +122,43 @@ def _executor(n_workers: int, start: str):
     if start == "fork" and "fork" in multiprocessing.get_all_start_methods():
         return ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_ignore_sigint)
-    from joblib.externals.loky import get_reusable_executor
+    return _own_executor(n_workers)
 
-    executor = get_reusable_executor(n_workers, timeout=IDLE_WORKER_SECONDS, initializer=_ignore_sigint)
-    _stop_at_exit(executor)
+
+#: utag's own loky pool: ``(process id, workers, executor)``.
+_pool: list = []
+
+
+def _own_executor(n_workers: int):
+    """A loky process pool of ``n_workers``, kept for the next call of this process.
+
+    It is utag's own, not loky's shared ``get_reusable_executor()``: joblib takes that
+    one over for ``joblib.Parallel`` and expects it to be its own kind, so sharing it made
+    every ``Parallel(n_jobs=2)`` after ``utag()`` fail. A pool whose workers broke, or of
+    another size, is replaced.
+    """
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    if _pool:
+        pid, workers, executor = _pool[0]
+        flags = getattr(executor, "_flags", None)
+        usable = flags is not None and not flags.broken and not flags.shutdown
+        if pid == os.getpid() and workers == n_workers and usable:
+            return executor
+        if pid == os.getpid():
+            _stop_quietly(executor)
+        _pool.clear()
+    executor = ProcessPoolExecutor(n_workers, timeout=IDLE_WORKER_SECONDS, initializer=_ignore_sigint)
+    _pool.append((os.getpid(), n_workers, executor))
+    _stop_at_exit()
     return executor
 
 
-_stopped_at_exit: dict = {}
+_stopping_at_exit: set = set()
 
 
-def _stop_at_exit(executor) -> None:
-    """Stop ``executor``'s idle workers when this process ends.
+def _stop_at_exit() -> None:
+    """Stop the pool's idle workers when this process ends.
 
     A process that multiprocessing started (a ``Process``, a pool's worker) joins its
     children as it ends, and idle loky workers only leave after
@@ -142,9 +167,15 @@ def _stop_at_exit(executor) -> None:
     """
     from multiprocessing import util
 
-    key = (os.getpid(), id(executor))
-    if key not in _stopped_at_exit:
-        _stopped_at_exit[key] = util.Finalize(None, _stop_quietly, args=(executor,), exitpriority=100)
+    if os.getpid() not in _stopping_at_exit:
+        _stopping_at_exit.add(os.getpid())
+        util.Finalize(None, _stop_pool, exitpriority=100)
+
+
+def _stop_pool() -> None:
+    if _pool and _pool[0][0] == os.getpid():
+        _stop_quietly(_pool[0][2])
+    _pool.clear()
 
 
 def _stop_quietly(executor) -> None:

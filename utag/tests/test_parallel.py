@@ -244,3 +244,12 @@ def test_a_process_that_used_the_workers_ends_at_once(tmp_path):
     lines = done.stdout.split("\n")
     assert lines[0] == "[1, 2, 3]", done.stderr[-2000:]
     assert lines[1].startswith("ended after") and float(lines[1].split()[2]) < 30
+
+
+def test_joblib_still_works_after_the_slide_workers():
+    # utag keeps its own pool: joblib takes loky's shared one over and expects its own kind
+    from joblib import Parallel, delayed
+
+    assert map_processes(abs, [-1, -2, -3], n_workers=2) == [1, 2, 3]
+    assert Parallel(n_jobs=2)(delayed(abs)(i) for i in [-4, -5]) == [4, 5]
+    assert map_processes(abs, [-6, -7], n_workers=2) == [6, 7]  # and the pool is there for the next call
