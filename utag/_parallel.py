@@ -9,13 +9,14 @@ waits forever once the parent has run one (k-means, a serial utag() run).
 
 :func:`map_processes` therefore runs its items in a loky process pool (loky is joblib's
 engine, shipped with scikit-learn; the pool is utag's own, not the one joblib shares):
-fresh worker processes, kept for the next call, that need no ``if __name__ == "__main__"`` guard in scripts. A dead worker is noticed: the
-error names the item that worker held, the signal that ended it and what to change. On
-``KeyboardInterrupt`` every worker is stopped before it is re-raised; workers ignore
-SIGINT themselves, the main process decides. ``start="fork"`` (for work that shares a
-large object with its workers and runs no OpenMP) forks a pool for the call instead, and
-so does every call from R: reticulate's process carries R's ``LD_LIBRARY_PATH``, which
-makes a fresh Python load the system's libpython instead of its own.
+fresh worker processes, kept for the next call, that need no ``if __name__ ==
+"__main__"`` guard in scripts. A dead worker is noticed: the error names the item that
+worker held, the signal that ended it and what to change. On ``KeyboardInterrupt`` every
+worker is stopped before it is re-raised; workers ignore SIGINT themselves, the main
+process decides. ``start="fork"`` (for work that shares a large object with its workers
+and runs no OpenMP) forks a pool for the call instead, and so does every call from R:
+reticulate's process carries R's ``LD_LIBRARY_PATH``, which makes a fresh Python load
+the system's libpython instead of its own.
 """
 from __future__ import annotations
 

@@ -253,3 +253,31 @@ def test_joblib_still_works_after_the_slide_workers():
     assert map_processes(abs, [-1, -2, -3], n_workers=2) == [1, 2, 3]
     assert Parallel(n_jobs=2)(delayed(abs)(i) for i in [-4, -5]) == [4, 5]
     assert map_processes(abs, [-6, -7], n_workers=2) == [6, 7]  # and the pool is there for the next call
+
+
+_FORKED_AFTER_THE_POOL = textwrap.dedent("""
+    import multiprocessing
+
+    from utag._parallel import map_processes
+
+    def work(queue):
+        queue.put(map_processes(abs, [-1, -2, -3], n_workers=2))
+
+    if __name__ == "__main__":
+        print(map_processes(abs, [-4, -5], n_workers=2), flush=True)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=work, args=(queue,))
+        child.start()
+        print(queue.get(timeout=120), flush=True)
+        child.join(timeout=60)
+        print("ended" if child.exitcode == 0 else "still running")
+""")
+
+
+def test_a_forked_process_gets_a_pool_of_its_own(tmp_path):
+    # a forked child inherits the parent's pool object, whose workers are not its children
+    script = tmp_path / "run.py"
+    script.write_text(_FORKED_AFTER_THE_POOL)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split("\n")[:3] == ["[4, 5]", "[1, 2, 3]", "ended"], done.stderr[-2000:]
