@@ -124,12 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     lazy = suffix == ".zarr" or args.dask_scheduler is not None
     if lazy and suffix not in (".h5ad", ".zarr"):
         raise UsageError(f"--dask-scheduler reads an .h5ad file or a .zarr store, got {source.name}.")
-    if lazy:
-        adata = read_lazy(source)
-        suffix = ".h5ad"  # the same options as an .h5ad file
-    elif suffix == ".h5ad":
-        adata = anndata.read_h5ad(source)
-    if suffix == ".h5ad":
+    if suffix in (".h5ad", ".zarr"):  # before reading it: a large file takes a while
         table_only = {"--exclude": args.exclude is not None, "--id-column": args.id_column is not None,
                       "--x-column": args.x_column != "x", "--y-column": args.y_column != "y",
                       "--non-numeric": args.non_numeric != "error"}
@@ -137,6 +132,12 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{', '.join(o for o, given in table_only.items() if given)} apply to cell tables "
                              f"(.csv, .tsv, .parquet), not to {source.name}: an AnnData holds its markers in X "
                              "(choose them with --markers) and its centroids in obsm['spatial'].")
+    if lazy:
+        adata = read_lazy(source)
+        suffix = ".h5ad"  # the same options as an .h5ad file
+    elif suffix == ".h5ad":
+        adata = anndata.read_h5ad(source)
+    if suffix == ".h5ad":
         if args.markers:
             missing = [m for m in args.markers if m not in adata.var_names]
             if missing:

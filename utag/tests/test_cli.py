@@ -299,8 +299,11 @@ def test_run_refuses_table_options_for_h5ad(cell_table, tmp_path, capsys):
     adata = synthetic_tissue(n_cells=300, n_slides=1, n_markers=4, random_state=0)
     source = tmp_path / "cells.h5ad"
     adata.write_h5ad(source)
-    with pytest.raises(SystemExit) as stopped:
-        main(["run", str(source), "--out", str(tmp_path / "o.h5ad"), "--exclude", "marker_0", "--id-column", "c"])
-    assert stopped.value.code == 2
-    assert "--exclude, --id-column apply to cell tables" in capsys.readouterr().err
-    assert not (tmp_path / "o.h5ad").exists()
+    (tmp_path / "empty.zarr").mkdir()  # refused before it is read: an empty store is never opened
+    for name in ("cells.h5ad", "empty.zarr"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["run", str(tmp_path / name), "--out", str(tmp_path / "o.h5ad"), "--exclude", "marker_0",
+                  "--id-column", "c"])
+        assert stopped.value.code == 2
+        assert "--exclude, --id-column apply to cell tables" in capsys.readouterr().err
+        assert not (tmp_path / "o.h5ad").exists()
