@@ -147,7 +147,7 @@ def _own_executor(n_workers: int):
         if pid == os.getpid() and workers == n_workers and usable:
             return executor
         if pid == os.getpid():
-            _stop_quietly(executor)
+            _stop(executor)
         _pool.clear()
     executor = ProcessPoolExecutor(n_workers, timeout=IDLE_WORKER_SECONDS, initializer=_ignore_sigint)
     _pool.append((os.getpid(), n_workers, executor))
@@ -175,13 +175,8 @@ def _stop_at_exit() -> None:
 
 def _stop_pool() -> None:
     if _pool and _pool[0][0] == os.getpid():
-        _stop_quietly(_pool[0][2])
+        _stop(_pool[0][2])
     _pool.clear()
-
-
-def _stop_quietly(executor) -> None:
-    with contextlib.suppress(Exception):
-        executor.shutdown(wait=True, kill_workers=True)
 
 
 def _map_pool(function, items, args, n_workers, names, what, hint, bar, start) -> list:

@@ -57,10 +57,11 @@ EXACT_NEIGHBORS_MAX_CELLS = 200_000
 #: Below :data:`EXACT_NEIGHBORS_MAX_CELLS`, ``method="auto"`` still searches exactly only
 #: where the KD-tree is quick. A query visits on the order of ``2**d`` leaves in ``d``
 #: effective dimensions (:func:`effective_dimensions`), and at most every cell, so the
-#: search costs about ``n_cells * min(2**d, n_cells)``; above this budget HNSW is used. The budget keeps every labelled
-#: dataset of ``benchmarks/`` exact (the largest, 20,000 synthetic cells in 11 effective
-#: dimensions, is 4.1e7) and turns to HNSW where the KD-tree takes tens of seconds (100,000
-#: cells with 40 markers: 2e8); ``benchmarks/knn_methods.py`` measures both searches.
+#: search costs about ``n_cells * min(2**d, n_cells)``; above this budget HNSW is used.
+#: The budget keeps every labelled dataset of ``benchmarks/`` exact (the largest, 20,000
+#: synthetic cells in 11 effective dimensions, is 4.1e7) and turns to HNSW where the
+#: KD-tree takes tens of seconds (100,000 cells with 40 markers: 5.1e7 and more);
+#: ``benchmarks/knn_methods.py`` measures both searches.
 EXACT_SEARCH_BUDGET = 5e7
 
 #: :func:`effective_dimensions` counts the principal axes holding this share of the variance.
@@ -319,6 +320,7 @@ def exact_search(points: np.ndarray, n_neighbors: int, method: str = "auto") -> 
         return True
     if method == "approximate" or n_cells > EXACT_NEIGHBORS_MAX_CELLS:
         return False
+
     def cost(dimensions):  # a query visits at most every cell
         return n_cells * min(2.0**dimensions, n_cells)
 
@@ -338,8 +340,7 @@ def effective_dimensions(points: np.ndarray) -> int:
     >>> effective_dimensions(flat), effective_dimensions(rng.normal(size=(1_000, 8)))
     (2, 8)
     """
-    mean = points.mean(axis=0, dtype=np.float64)
-    variance = np.sort(np.clip(np.linalg.eigvalsh(_covariance(points, mean)), 0, None))[::-1]
+    variance = np.sort(np.clip(np.linalg.eigvalsh(_covariance(points, column_mean(points))), 0, None))[::-1]
     if variance.sum() <= 0:
         return 0
     held = np.cumsum(variance) / variance.sum()

@@ -123,11 +123,7 @@ def plot_domains(
     codes, slide_names = check.slide_codes(adata, slide_key)
     if slides is not None:
         wanted = [str(s) for s in _as_list(slides)]
-        if not wanted:
-            raise ValueError("`slides` is empty: name at least one slide, or pass None for every slide.")
-        unknown = sorted(set(wanted) - set(slide_names.astype(str)))
-        if unknown:
-            raise ValueError(f"`slides` {unknown} are not in `obs[{slide_key!r}]` ({list(slide_names)}).")
+        _check_selection("slides", wanted, slide_names.astype(str), where=f"`obs[{slide_key!r}]`")
         panels = [int(np.flatnonzero(slide_names.astype(str) == s)[0]) for s in wanted]
     else:
         panels = list(range(len(slide_names)))
@@ -166,13 +162,13 @@ def _as_list(values) -> list:
     return list(values)
 
 
-def _check_selection(name: str, chosen, known) -> None:
-    """Refuse an empty selection or one naming values not in ``known``."""
+def _check_selection(name: str, chosen, known, where: str = "the table") -> None:
+    """Refuse an empty selection or one naming values not in ``known`` (those of ``where``)."""
     if not len(chosen):
         raise ValueError(f"`{name}` is empty: name at least one, or pass None for all.")
     unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise ValueError(f"`{name}` {unknown} are not in the table (it has {sorted(known)}).")
+        raise ValueError(f"`{name}` {unknown} are not in {where} ({list(known)}).")
 
 
 def _choice(name: str, value, table) -> None:
@@ -437,17 +433,18 @@ def plot_colocalization(
     3
     """
     _choice("value", value, table)
-    known_types = pd.unique(pd.concat([table["cell_type_a"], table["cell_type_b"]]).astype(str))
+    # names as text throughout: integer labels and selections of them match
+    table = table.assign(**{column: table[column].astype(str) for column in ("domain", "cell_type_a", "cell_type_b")})
+    known_types = pd.unique(pd.concat([table["cell_type_a"], table["cell_type_b"]]))
     if cell_types is None:
         types = pd.Index(known_types)
     else:
         types = pd.Index([str(t) for t in _as_list(cell_types)])
         _check_selection("cell_types", types, known_types)
-        table = table[table["cell_type_a"].astype(str).isin(types) & table["cell_type_b"].astype(str).isin(types)]
-    known_domains = pd.unique(table["domain"].astype(str))
+        table = table[table["cell_type_a"].isin(types) & table["cell_type_b"].isin(types)]
+    known_domains = pd.unique(table["domain"])
     domains = list(known_domains) if domains is None else [str(d) for d in _as_list(domains)]
     _check_selection("domains", domains, known_domains)
-    table = table.assign(domain=table["domain"].astype(str))
     limit = max(float(np.nanmax(np.abs(table[value]))), 1e-9)
     ncols = min(ncols, len(domains))
     nrows = math.ceil(len(domains) / ncols)
@@ -456,7 +453,7 @@ def plot_colocalization(
                              layout="constrained")
     for ax, domain in zip(axes.flat, domains):
         rows = table[table["domain"] == domain]
-        a, b = types.get_indexer(rows["cell_type_a"].astype(str)), types.get_indexer(rows["cell_type_b"].astype(str))
+        a, b = types.get_indexer(rows["cell_type_a"]), types.get_indexer(rows["cell_type_b"])
         square = np.full((len(types), len(types)), np.nan)
         square[a, b] = square[b, a] = rows[value].to_numpy()
         image = ax.imshow(square, cmap="RdBu_r", vmin=-limit, vmax=limit)
