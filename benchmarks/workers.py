@@ -7,10 +7,12 @@ Usage (from the repository root, with utag installed)::
 
 On a synthetic tissue (40 markers, 5 domains, ``max_dist=20``), ``utag()`` with Leiden at
 resolutions 0.05, 0.1 and 0.3 runs with ``processes=w, n_jobs=w`` for each number of
-workers ``w`` (after a small warm-up run that compiles the numba code and starts the
-worker processes). Per stage (``uns['utag']['timings']``): seconds with each number of
-workers and the speed-up. The labels must be the same with any number of workers; the
-script checks it.
+workers ``w``. Before each timed run, a small run with the same ``w`` compiles the numba
+code and starts the ``w`` worker processes that the timed run then uses, as a second
+call in a notebook would; a second small run right after it shows what starting them
+cost (the first call's extra seconds, a row of its own, not in the total). Per stage
+(``uns['utag']['timings']``): seconds with each number of workers and the speed-up.
+The labels must be the same with any number of workers; the script checks it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from utag import utag
 from utag.datasets import synthetic_tissue
 
 RESOLUTIONS = [0.05, 0.1, 0.3]
+#: The row of the seconds that starting the worker processes adds to the first call.
+START_UP = "starting the workers (first call only; not in the total)"
 
 
 def column(workers: int) -> str:
@@ -33,39 +37,19 @@ def column(workers: int) -> str:
 
 def table(timings: dict[int, dict[str, float]], totals: dict[int, float]) -> list[dict]:
     """Rows of stage seconds per number of workers (ascending), with the speed-up from the
-    fewest to the most workers."""
+    fewest to the most workers; the total, then the workers' start-up (no speed-up)."""
     counts = sorted(timings)
     first, last = counts[0], counts[-1]
+    speed_up = f"speed-up {first} → {last}"
     rows = []
-    for stage in timings[first]:
+    for stage in [stage for stage in timings[first] if stage != START_UP]:
         row = {"stage": stage, **{column(w): timings[w].get(stage, float("nan")) for w in counts}}
-        row[f"speed-up {first} → {last}"] = row[column(first)] / max(row[column(last)], 1e-9)
+        row[speed_up] = row[column(first)] / max(row[column(last)], 1e-9)
         rows.append(row)
-    return rows + [{"stage": "**utag() total**", **{column(w): totals[w] for w in counts},
-                    f"speed-up {first} → {last}": totals[first] / totals[last]}]
-
-
-def rerender(path: str) -> None:
-    """Rewrite the table in ``path`` (written by this script) from its own seconds: the
-    derived speed-up column of tables written before it was computed right (it divided a
-    column picked in set order by the last one)."""
-    lines = open(path).read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| stage"))
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
-    counts = [int(name.split()[0]) for name in header[1:] if "worker" in name]
-    timings = {w: {} for w in counts}
-    totals = {}
-    for line in lines[start + 2:end]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        for w, value in zip(counts, cells[1:]):
-            if cells[0] == "**utag() total**":
-                totals[w] = float(value)
-            else:
-                timings[w][cells[0]] = float(value)
-    lines[start:end] = markdown(table(timings, totals), digits=2).splitlines()
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    rows.append({"stage": "**utag() total**", **{column(w): totals[w] for w in counts},
+                 speed_up: totals[first] / totals[last]})
+    rows.append({"stage": START_UP, **{column(w): timings[w][START_UP] for w in counts}, speed_up: "-"})
+    return rows
 
 
 def main() -> None:
@@ -74,24 +58,25 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=150)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", help="also write the table to this markdown file")
-    parser.add_argument("--rerender", metavar="FILE", help="recompute the speed-up column of a "
-                        "table this script wrote (it used to divide a column picked in set order), then exit")
     args = parser.parse_args()
-    if args.rerender:
-        rerender(args.rerender)
-        return
 
     options = dict(slide_key="roi", max_dist=20, clustering_method="leiden", resolutions=RESOLUTIONS, progress=False)
-    warm = synthetic_tissue(n_cells=6_000, n_slides=2, random_state=1)
-    for workers in args.workers:
-        utag(warm, processes=workers, n_jobs=workers, **options)
+    most = max(args.workers)  # the small runs have a slide for each worker: each worker starts
+    warm = synthetic_tissue(n_cells=max(6_000, 500 * most), n_slides=max(2, most), random_state=1)
+    utag(warm, processes=1, n_jobs=1, **options)  # compiles the numba code
     adata = synthetic_tissue(n_cells=int(args.cells), n_slides=args.slides, random_state=0)
     timings, totals, labels = {}, {}, {}
     for workers in args.workers:
+        started = time.perf_counter()  # starts a pool of `workers` processes (none for one)
+        utag(warm, processes=workers, n_jobs=workers, **options)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        utag(warm, processes=workers, n_jobs=workers, **options)
+        start_up = max(first - (time.perf_counter() - started), 0.0)
         started = time.perf_counter()
         result = utag(adata, processes=workers, n_jobs=workers, **options)
         totals[workers] = time.perf_counter() - started
-        timings[workers] = dict(result.uns["utag"]["timings"])
+        timings[workers] = {**result.uns["utag"]["timings"], START_UP: start_up}
         labels[workers] = [result.obs[key].to_numpy() for key in result.uns["utag"]["label_keys"]]
         print(f"{workers} workers: {totals[workers]:.2f} s,",
               ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings[workers].items()), flush=True)

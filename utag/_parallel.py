@@ -21,6 +21,7 @@ the system's libpython instead of its own.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
 import signal
@@ -135,8 +136,10 @@ def _own_executor(n_workers: int):
 
     It is utag's own, not loky's shared ``get_reusable_executor()``: joblib takes that
     one over for ``joblib.Parallel`` and expects it to be its own kind, so sharing it made
-    every ``Parallel(n_jobs=2)`` after ``utag()`` fail. A pool whose workers broke, or of
-    another size, is replaced.
+    every ``Parallel(n_jobs=2)`` after ``utag()`` fail. A pool of at least ``n_workers``
+    is kept (:func:`_map_pool` keeps no more than ``n_workers`` items in it at a time):
+    starting workers costs seconds each, as each imports squidpy. A pool whose workers
+    broke, or a smaller one, is replaced.
     """
     from joblib.externals.loky import ProcessPoolExecutor
 
@@ -144,7 +147,7 @@ def _own_executor(n_workers: int):
         pid, workers, executor = _pool[0]
         flags = getattr(executor, "_flags", None)
         usable = flags is not None and not flags.broken and not flags.shutdown
-        if pid == os.getpid() and workers == n_workers and usable:
+        if pid == os.getpid() and workers >= n_workers and usable:
             return executor
         if pid == os.getpid():
             _stop(executor)
@@ -183,15 +186,20 @@ def _map_pool(function, items, args, n_workers, names, what, hint, bar, start) -
     executor = _executor(n_workers, start)
     results: list = [None] * len(items)
     processes: list = []
+    waiting = iter(enumerate(items))
     with tempfile.TemporaryDirectory(prefix="utag-workers-") as markers:
         try:
-            pending = {executor.submit(_call, i, markers, function, item, args): i for i, item in enumerate(items)}
+            # at most n_workers items in the pool at a time (it may have more workers)
+            pending = {executor.submit(_call, i, markers, function, item, args): i
+                       for i, item in itertools.islice(waiting, n_workers)}
             processes = list((getattr(executor, "_processes", None) or {}).values())
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     results[pending.pop(future)] = future.result()
                     bar.update()
+                for i, item in itertools.islice(waiting, len(done)):
+                    pending[executor.submit(_call, i, markers, function, item, args)] = i
         except BrokenProcessPool as error:
             with contextlib.suppress(Exception):  # the pool's manager thread stops and reaps the other workers
                 executor.shutdown(wait=True)

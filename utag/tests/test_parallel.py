@@ -281,3 +281,24 @@ def test_a_forked_process_gets_a_pool_of_its_own(tmp_path):
     script.write_text(_FORKED_AFTER_THE_POOL)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.stdout.split("\n")[:3] == ["[4, 5]", "[1, 2, 3]", "ended"], done.stderr[-2000:]
+
+
+def _hold(item: tuple[str, int]) -> int:
+    """Leave a file in the folder while holding the item, and return the process id."""
+    folder, index = item
+    marker = Path(folder, str(index))
+    marker.touch()
+    time.sleep(0.3)
+    running = len(list(Path(folder).iterdir()))
+    marker.unlink()
+    return running * 10**7 + os.getpid()
+
+
+def test_a_larger_pool_is_kept_and_runs_no_more_items_at_once_than_asked(tmp_path):
+    # starting workers costs seconds (each imports squidpy): a call for fewer workers
+    # uses the pool that a call for more started, but keeps to its own number
+    map_processes(_hold, [(str(tmp_path), i) for i in range(4)], n_workers=4)
+    big = set(map_processes(_hold, [(str(tmp_path), i) for i in range(4)], n_workers=4))
+    small = map_processes(_hold, [(str(tmp_path), i) for i in range(6)], n_workers=2)
+    assert max(value // 10**7 for value in small) <= 2
+    assert {value % 10**7 for value in small} <= {value % 10**7 for value in big}
