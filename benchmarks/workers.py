@@ -10,8 +10,10 @@ resolutions 0.05, 0.1 and 0.3 runs with ``processes=w, n_jobs=w`` for each numbe
 workers ``w``. Before each timed run, a small run with the same ``w`` compiles the numba
 code and starts the ``w`` worker processes that the timed run then uses, as a second
 call in a notebook would; a second small run right after it shows what starting them
-cost (the first call's extra seconds, a row of its own, not in the total). Per stage
-(``uns['utag']['timings']``): seconds with each number of workers and the speed-up.
+cost (the first call's extra seconds, a row of its own, not in the total). The numbers
+of workers take turns for ``--repeats`` rounds (3: a shared machine's speed drifts by
+10-20% between runs). Per stage (``uns['utag']['timings']``): the median seconds with
+each number of workers and the speed-up.
 The labels must be the same with any number of workers; the script checks it.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from utag.datasets import synthetic_tissue
 RESOLUTIONS = [0.05, 0.1, 0.3]
 #: The row of the seconds that starting the worker processes adds to the first call.
 START_UP = "starting the workers (first call only; not in the total)"
+TOTAL = "utag() total"
 
 
 def column(workers: int) -> str:
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--cells", type=float, default=1e6)
     parser.add_argument("--slides", type=int, default=150)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per number of workers (median)")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args()
 
@@ -66,24 +70,32 @@ def main() -> None:
     utag(warm, processes=1, n_jobs=1, **options)  # compiles the numba code
     adata = synthetic_tissue(n_cells=int(args.cells), n_slides=args.slides, random_state=0)
     timings, totals, labels = {}, {}, {}
-    for workers in args.workers:
-        started = time.perf_counter()  # starts a pool of `workers` processes (none for one)
-        utag(warm, processes=workers, n_jobs=workers, **options)
-        first = time.perf_counter() - started
-        started = time.perf_counter()
-        utag(warm, processes=workers, n_jobs=workers, **options)
-        start_up = max(first - (time.perf_counter() - started), 0.0)
-        started = time.perf_counter()
-        result = utag(adata, processes=workers, n_jobs=workers, **options)
-        totals[workers] = time.perf_counter() - started
-        timings[workers] = {**result.uns["utag"]["timings"], START_UP: start_up}
-        labels[workers] = [result.obs[key].to_numpy() for key in result.uns["utag"]["label_keys"]]
-        print(f"{workers} workers: {totals[workers]:.2f} s,",
-              ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings[workers].items()), flush=True)
-        del result
+    runs: dict[int, list[dict]] = {w: [] for w in args.workers}
+    start_up: dict[int, float] = {}
+    for repeat in range(args.repeats):  # the numbers of workers take turns
+        for workers in args.workers:
+            if repeat == 0:  # starts a pool of `workers` processes (none for one), timed against a second call
+                started = time.perf_counter()
+                utag(warm, processes=workers, n_jobs=workers, **options)
+                first = time.perf_counter() - started
+                started = time.perf_counter()
+                utag(warm, processes=workers, n_jobs=workers, **options)
+                start_up[workers] = max(first - (time.perf_counter() - started), 0.0)
+            started = time.perf_counter()
+            result = utag(adata, processes=workers, n_jobs=workers, **options)
+            runs[workers].append({**result.uns["utag"]["timings"], TOTAL: time.perf_counter() - started})
+            labels.setdefault(workers, [result.obs[key].to_numpy() for key in result.uns["utag"]["label_keys"]])
+            stages = ", ".join(f"{stage} {value:.2f}" for stage, value in runs[workers][-1].items())
+            print(f"{workers} workers: {stages}", flush=True)
+            del result
+    for workers, measured in runs.items():
+        timings[workers] = {stage: float(np.median([run[stage] for run in measured])) for stage in measured[0]}
+        totals[workers] = timings[workers].pop(TOTAL)
+        timings[workers][START_UP] = start_up[workers]
     same = all(np.array_equal(a, b) for w in args.workers[1:] for a, b in zip(labels[args.workers[0]], labels[w]))
     text = (f"{int(args.cells):,} cells, {args.slides} slides, Leiden at {', '.join(map(str, RESOLUTIONS))}; "
-            f"workers = `processes` = `n_jobs`. Labels identical with every number of workers: "
+            f"median of {args.repeats} runs per number of workers, taking turns; workers = `processes` = `n_jobs`. "
+            f"Labels identical with every number of workers: "
             f"{'yes' if same else 'NO'}.\n\n" + markdown(table(timings, totals), digits=2) + "\n\n" + provenance())
     publish(args.out, "workers.py", text, None if same else "the labels differ between numbers of workers")
 
