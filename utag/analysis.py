@@ -166,7 +166,9 @@ def domain_connectivity(
     * ``ratio``: ``counts / expected`` (> 1: the domains touch more than chance);
     * ``log2_ratio``: ``log2((counts + 1) / (expected + 1))``;
     * ``per_slide``: tidy table (``slide``, ``domain_a``, ``domain_b``, ``count``,
-      ``expected``).
+      ``expected``);
+    * ``cells``: the cells of each domain (column ``cells``), which tells the plots
+      whether stored tables are of the cells they draw.
 
     Examples
     --------
@@ -198,6 +200,8 @@ def _connectivity_tables(adata: AnnData, domain_key: str, slide_key: str | None,
         "log2_ratio": _square(np.log2((counts + 1) / (expected_total + 1)), names),
         "per_slide": _tidy({"count": per_slide, "expected": expected},
                            {"slide": edges.slide_names.astype(str), "domain_a": names, "domain_b": names}),
+        "cells": pd.DataFrame({"cells": np.bincount(labels[labels >= 0], minlength=len(names))},
+                              index=pd.Index(names, name="domain")),
     }
 
 

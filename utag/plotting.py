@@ -188,7 +188,7 @@ def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[
     tables = connectivity if connectivity is not None else adata.uns.get(f"{domain_key}_connectivity")
     if tables is None:
         return _connectivity_tables(adata, domain_key, slide_key, max_dist)
-    _, names = _labels(adata, domain_key)
+    codes, names = _labels(adata, domain_key)
     square = _square_tables(tables)
     counted = {str(name) for name in tables[square[0]].index} if square else set()
     if counted != set(names):
@@ -196,6 +196,12 @@ def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[
         raise ValueError(f"{source} was counted for other domains than `obs[{domain_key!r}]` holds now (domains "
                          f"{sorted(counted)}, now {list(names)}): pass `max_dist` to count the contacts of these "
                          "cells, or run `utag.analysis.domain_connectivity` again.")
+    if connectivity is None and "cells" in tables:  # stored for other cells (a subset, say)?
+        stored = tables["cells"]["cells"].rename(index=str).reindex(list(names)).fillna(-1).to_numpy()
+        if not np.array_equal(stored, np.bincount(codes[codes >= 0], minlength=len(names))):
+            raise ValueError(f"`uns[{domain_key + '_connectivity'!r}]` was counted for other cells than `adata` "
+                             "holds now (a subset?): pass `max_dist` to count the contacts of these cells, or run "
+                             "`utag.analysis.domain_connectivity` again.")
     in_order = {}
     for key, table in tables.items():
         if key in square:
@@ -206,8 +212,9 @@ def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[
 
 
 def _square_tables(tables: dict) -> list[str]:
-    """The names of the domain x domain tables among ``tables`` (all but ``per_slide``)."""
-    return [key for key, table in tables.items() if key != "per_slide" and isinstance(table, pd.DataFrame)]
+    """The names of the domain x domain tables among ``tables`` (all but ``per_slide`` and ``cells``)."""
+    return [key for key, table in tables.items()
+            if key not in ("per_slide", "cells") and isinstance(table, pd.DataFrame)]
 
 
 def plot_domain_network(

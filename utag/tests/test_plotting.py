@@ -162,6 +162,13 @@ def test_network_and_chord_do_not_draw_tables_of_other_labels(adata):
     # any other square table of the same domains can weigh the ribbons
     custom = {**stored, "jaccard": stored["ratio"] / stored["ratio"].to_numpy().max()}
     plt.close(plot_chord(adata, "domain", connectivity=custom, weight="jaccard"))
+    # half of the cells, every domain kept: the tables of all cells are not theirs
+    half = adata[::2].copy()
+    for plot in (plot_domain_network, plot_chord):
+        with pytest.raises(ValueError, match="other cells"):
+            plot(half, "domain", slide_key="roi")
+        plt.close(plot(half, "domain", slide_key="roi", max_dist=20))
+        plt.close(plot(adata, "domain", slide_key="roi"))
 
 
 def test_integer_labels_and_selections(adata, tmp_path):
