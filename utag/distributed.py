@@ -116,6 +116,8 @@ def features_of(adata: AnnData, channels_to_use):
     if type(features._meta).__module__.split(".")[0] == "scipy":
         raise ValueError("adata.X is a Dask array of sparse chunks; the Dask route takes dense chunks "
                          "(adata.X = adata.X.map_blocks(lambda block: block.toarray())).")
+    if features.dtype != bool:  # as in memory: True/False count as 1/0, other non-numbers are refused
+        check.check_features(np.empty(0, dtype=features.dtype))
     if columns is not None:
         features = features[:, columns]
     var = adata.var if columns is None else adata.var.iloc[columns]

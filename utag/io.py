@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -325,11 +328,15 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
     )
 
 
-def write_domains(result: AnnData, path, features: bool = False) -> None:
+def write_domains(result: AnnData, path, features: bool = False, overwrite: bool = False) -> None:
     """Write what ``utag()`` found to a ``.zarr`` store: ``obs`` (with the domain labels),
     ``obsm`` (PCA, soft assignments, coordinates) and ``uns``; with ``features``, also
     the message-passed features ``X``, computed chunk by chunk when they are a Dask array.
     Read it back with ``anndata.read_zarr``.
+
+    A ``path`` that holds anything (a file, a store: the one a lazy result was read
+    from, say) is refused unless ``overwrite=True``; the store is then written beside it
+    and put in its place once complete, so a lazy result can be written over its input.
 
     Examples
     --------
@@ -343,6 +350,26 @@ def write_domains(result: AnnData, path, features: bool = False) -> None:
     >>> anndata.read_zarr(path).obs["UTAG Label_kmeans_0.3"].nunique()
     3
     """
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):  # nothing there to lose
+        _write_store(result, path, features)
+    elif not overwrite:
+        raise ValueError(f"`path` {str(path)!r} already exists: pass overwrite=True to replace it, or another path.")
+    else:  # beside it first: a lazy result may still read its features from `path`
+        beside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".zarr", dir=path.parent))
+        try:
+            _write_store(result, beside, features)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            os.replace(beside, path)
+        finally:
+            shutil.rmtree(beside, ignore_errors=True)
+
+
+def _write_store(result: AnnData, path: Path, features: bool) -> None:
+    """:func:`write_domains` into ``path`` (absent, or an empty folder)."""
     import dask.array as da
 
     obsm = {key: value.compute() if isinstance(value, da.Array) else value for key, value in result.obsm.items()}

@@ -26,6 +26,7 @@ from .clustering import (
     Neighbourhood,
     cluster_many,
     feature_scale,
+    merge_small_domains,
     min_domain_cells,
     relabel_by_size,
     soft_assignments,
@@ -674,8 +675,12 @@ def _assign_others(runs: list[tuple], swept, embedded: Embedding, sample: np.nda
     labellings = [labels for *_, labels in runs]
     if swept is not None:
         labellings += list(swept[1])
-    assigned = assign_by(embedded.pca["embedding"], sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
-    runs = [(*run[:3], relabel_by_size(labels)) for run, labels in zip(runs, assigned[:len(runs)])]
+    embedding = embedded.pca["embedding"]
+    assigned = assign_by(embedding, sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
+    # the vote can leave a domain below min_cells of all cells: it joins the nearest (no kNN graph of all cells)
+    no_links = sp.csr_matrix((len(embedding), len(embedding)), dtype=np.float32)
+    runs = [(*run[:3], merge_small_domains(labels, no_links, embedding, p.min_cells))
+            for run, labels in zip(runs, assigned[:len(runs)])]
     if swept is not None:
         swept = (swept[0], np.asarray(assigned[len(runs):]))
     return runs, swept
@@ -803,6 +808,7 @@ def _store_embedding(result: AnnData, embedded: Embedding) -> None:
     result.varm["PCs"] = embedded.pca["components"]
     result.uns["pca"] = {key: value for key, value in embedded.pca.items() if key not in ("embedding", "components")}
     if embedded.connectivities is None:  # a sketch: the kNN graph is of the sampled cells only
+        result.uns.pop("neighbors", None)  # the input's, pointing to a graph the result does not hold
         return
     result.obsp["connectivities"] = embedded.connectivities
     result.obsp["distances"] = embedded.distances

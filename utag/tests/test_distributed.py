@@ -235,3 +235,32 @@ def test_another_scheduler_chosen_while_a_client_exists(tissue):
             Client(cluster), dask.config.set(scheduler="threads"):
         got = utag(_as_dask(tissue), **options)
     _assert_same_result(expected, got)
+
+
+def test_writing_over_a_store_needs_overwrite_and_keeps_a_lazy_input_whole(tissue, tmp_path):
+    # anndata empties a store before writing it: a lazy result written over the store it
+    # reads its features from used to write zeros, and anything at the path was lost
+    cells = tmp_path / "cells.zarr"
+    write_domains(tissue, cells, features=True)
+    options = dict(clustering_method=["kmeans"], resolutions=[0.4], **KW)
+    got = utag(read_lazy(cells, chunk_rows=5_000), **options)
+    with pytest.raises(ValueError, match="overwrite=True"):
+        write_domains(got, cells, features=True)
+    np.testing.assert_array_equal(np.asarray(anndata.read_zarr(cells).X), np.asarray(tissue.X))  # untouched
+    write_domains(got, cells, features=True, overwrite=True)
+    back = anndata.read_zarr(cells)
+    np.testing.assert_allclose(np.asarray(back.X), np.asarray(utag(tissue, **options).X), rtol=1e-6, atol=1e-6)
+    assert [path.name for path in tmp_path.iterdir()] == ["cells.zarr"]  # nothing left beside it
+    (tmp_path / "empty.zarr").mkdir()  # an empty folder (the command line's temporary store) is written into
+    write_domains(got, tmp_path / "empty.zarr")
+    assert anndata.read_zarr(tmp_path / "empty.zarr").n_obs == tissue.n_obs
+
+
+@pytest.mark.parametrize("dtype", [complex, str])
+def test_dask_features_that_are_not_real_numbers_are_refused_as_in_memory(tissue, dtype):
+    odd = tissue.copy()
+    odd.X = np.asarray(tissue.X).astype(dtype)
+    with pytest.raises(ValueError, match="real numbers"):
+        utag(odd, clustering_method=["kmeans"], resolutions=[0.4], **KW)
+    with pytest.raises(ValueError, match="real numbers"):  # was cast to float32 without a word
+        utag(_as_dask(odd), clustering_method=["kmeans"], resolutions=[0.4], **KW)

@@ -170,3 +170,20 @@ def test_majority_vote_does_not_depend_on_how_labels_are_numbered():
     assert first_rank == best_first
     renumber = rng.permutation(5)
     assert (majority_vote(renumber[votes], 5)[0] == renumber[winners]).all()
+
+
+def test_a_sketch_keeps_domains_of_at_least_min_domain_size_and_no_stale_graph_entry():
+    import scipy.sparse as sp
+
+    # PARC at a high resolution on a 10% sketch: the vote left a 23-cell domain where
+    # every domain should hold at least min_domain_size (0.2%, 40 cells) of all cells
+    tissue = synthetic_tissue(n_cells=20_000, n_slides=2, random_state=0)
+    # the input's uns['neighbors'] points to its obsp graph, as scanpy.pp.neighbors leaves it
+    tissue.obsp["connectivities"] = tissue.obsp["distances"] = sp.identity(tissue.n_obs, format="csr")
+    tissue.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances"}
+    result = utag(tissue, clustering_method="parc", resolutions=[1.0], sketch_size=0.1, **KW)
+    sizes = result.obs["UTAG Label_parc_1.0"].value_counts()
+    assert sizes.min() >= result.uns["utag"]["min_domain_cells"] == 40
+    assert list(sizes) == sorted(sizes, reverse=True)  # numbered by size after merging
+    assert result.obsm["UTAG Label_parc_1.0_probabilities"].shape[1] == len(sizes)
+    assert "neighbors" not in result.uns and "connectivities" not in result.obsp
