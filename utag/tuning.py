@@ -245,6 +245,9 @@ COHERENCE_SAMPLE = 20_000
 #: Spatial neighbours per cell in the graph on which :func:`resolution_for_n_domains`
 #: merges domains when no resolution gives exactly the number asked for.
 MERGE_NEIGHBORS = 10
+#: Resolutions :func:`resolution_for_n_domains` tries over its whole range when the
+#: bisection found no labelling with more domains than asked for.
+_FALLBACK_GRID = 16
 
 
 def spatial_coherence(labellings: np.ndarray, coords: np.ndarray, slide_codes: np.ndarray,
@@ -362,7 +365,10 @@ def resolution_for_n_domains(
        ``min_domain_size``, as in ``utag()``, and below a tenth of an equal share,
        ``n_cells / (10 * n_domains)``, so that every domain holds a real share of the
        tissue; see :func:`utag.clustering.merge_small_domains`), until a resolution gives
-       exactly ``n_domains``.
+       exactly ``n_domains``. After that merging the count can fall again at high
+       resolutions (on small data every domain is small there): when no resolution of
+       the bisection, nor ``high``, gave more than ``n_domains``, resolutions spread over
+       the whole range are tried as well.
     2. When the count jumps past ``n_domains`` (at low resolutions Leiden often keeps
        one giant domain, then splits it in several at once), the labelling with the
        fewest domains above ``n_domains`` is coarsened: the two domains whose merge
@@ -394,6 +400,7 @@ def resolution_for_n_domains(
     """
     random_state = check.seed(random_state)
     n_domains = check.as_int("n_domains", n_domains, minimum=1)
+    max_steps = check.as_int("max_steps", max_steps, minimum=0)
     hint = "`low` and `high` bound the resolutions searched."
     low, high = check.check_positive("low", low, hint), check.check_positive("high", high, hint)
     if low >= high:
@@ -417,21 +424,38 @@ def resolution_for_n_domains(
         labels = cluster("leiden", neighbourhood, resolution, random_state, min_cells, **kwargs)
         return labels.max() + 1, labels
 
-    finer = None  # the labelling with the fewest domains above n_domains
+    finer = coarser = None  # the labellings with the fewest domains above n_domains, the most below
+
+    def look(resolution):
+        nonlocal finer, coarser
+        found, labels = count(resolution)
+        if found > n_domains and (finer is None or found < finer[2]):
+            finer = (resolution, labels, found)
+        if found < n_domains and (coarser is None or found > coarser[2]):
+            coarser = (resolution, labels, found)
+        return found, labels
+
+    searched = (low, high)
     for _ in range(max_steps):
         middle = math.sqrt(low * high)
-        found, labels = count(middle)
+        found, labels = look(middle)
         if found == n_domains:
             return middle, labels
-        if found > n_domains and (finer is None or found < finer[2]):
-            finer = (middle, labels, found)
         low, high = (middle, high) if found < n_domains else (low, middle)
     if finer is None:
-        found, labels = count(high)
-        finer = (high, labels, found)
-        if found < n_domains:
-            logger.warning("even resolution %.4g gives only %d domains (asked for %d)", high, found, n_domains)
+        found, labels = look(high)
+        if found == n_domains:
             return high, labels
+    if finer is None:
+        # after small domains are merged, the count can fall again at high resolutions
+        # (every domain small), which the bisection took for "too few": look over the range
+        for resolution in np.geomspace(*searched, _FALLBACK_GRID):
+            found, labels = look(float(resolution))
+            if found == n_domains:
+                return float(resolution), labels
+    if finer is None:
+        logger.warning("no resolution gives more than %d domains (asked for %d)", coarser[2], n_domains)
+        return coarser[0], coarser[1]
     if coords is None and isinstance(result, AnnData) and "spatial" in result.obsm:
         coords, slide_codes = tissue_of(result)  # read only here: the bisection rarely ends in a merge
     if coords is None:

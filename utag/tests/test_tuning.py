@@ -425,3 +425,15 @@ def test_sweep_takes_one_resolution_and_transfer_names_missing_features(four_dom
     assert list(table["resolution"]) == [0.1]
     with pytest.raises(ValueError, match="lacks 1 of the .* features"):
         transfer_labels(result, adata[:, 1:].copy(), slide_key="roi")
+
+
+def test_n_domains_is_found_where_the_count_falls_again_at_high_resolutions():
+    # on 150 cells, after small domains are merged, resolution 3 gives 8 domains and 20
+    # gives 2: the bisection took 20 for "too few" and returned its 2 domains
+    tissue = synthetic_tissue(n_cells=150, n_slides=1, random_state=0)
+    result = utag(tissue, slide_key="roi", clustering_method="leiden", resolutions=None, n_domains=8,
+                  progress=False)
+    key = result.uns["utag"]["label_keys"][0]
+    assert result.obs[key].nunique() == 8
+    with pytest.raises(ValueError, match="max_steps"):
+        resolution_for_n_domains(result, 8, max_steps=-1)
