@@ -176,6 +176,23 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
     return np.array([np.flatnonzero(names == c)[0] for c in channels])
 
 
+def feature_matrix(adata, columns: np.ndarray | None):
+    """``adata.X`` (its ``columns`` in that order; all if ``None``) in memory and checked
+    (:func:`check_features`), also from a backed file, which reads columns only in
+    increasing order; booleans (one-hot cell types) as 0/1 float32."""
+    if not adata.isbacked:
+        features = adata.X if columns is None else adata.X[:, columns]
+    elif columns is None:
+        features = adata.X[:, :]
+    else:
+        increasing = np.unique(columns)
+        features = adata.X[:, increasing][:, np.searchsorted(increasing, columns)]
+    if features.dtype == bool:
+        features = features.astype(np.float32)
+    check_features(features)
+    return features
+
+
 def check_features(features) -> None:
     values = features.data if sp.issparse(features) else np.asarray(features)
     if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):

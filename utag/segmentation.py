@@ -720,12 +720,8 @@ def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, b
 def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
     """The feature matrix to aggregate (float32) and the matching ``var`` table."""
     columns = check.channel_indices(adata, channels_to_use)
-    features = _read_columns(adata, columns)
+    features = as_float32(check.feature_matrix(adata, columns))
     var = adata.var if columns is None else adata.var.iloc[columns]
-    if features.dtype == bool:  # one-hot cell types stored as booleans
-        features = features.astype(np.float32)
-    check.check_features(features)
-    features = as_float32(features)
     if filter_by_variance:
         mean = np.asarray(features.mean(axis=0)).ravel()
         squares = features.multiply(features) if sp.issparse(features) else features * features
@@ -737,17 +733,6 @@ def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
             logger.info("filter_by_variance keeps %d of %d features", keep.size, len(std))
             features, var = features[:, keep], var.iloc[keep]
     return features, var.copy()
-
-
-def _read_columns(adata: AnnData, columns: np.ndarray | None):
-    """``adata.X`` (the ``columns``, in that order) in memory, also from a backed file,
-    which reads columns only in increasing order."""
-    if not adata.isbacked:
-        return adata.X if columns is None else adata.X[:, columns]
-    if columns is None:
-        return adata.X[:, :]
-    increasing = np.unique(columns)
-    return adata.X[:, increasing][:, np.searchsorted(increasing, columns)]
 
 
 def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:

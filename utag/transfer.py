@@ -154,8 +154,7 @@ def transfer_labels(
     columns = check.channel_indices(adata, features)
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)
-    matrix = adata.X[:, columns]
-    check.check_features(matrix)
+    matrix = check.feature_matrix(adata, columns)
     widths = tuple(float(w) for w in model.get("kernel_widths", [])) or None
     aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
                                      n_jobs != 1, n_jobs, progress,

@@ -710,7 +710,7 @@ def max_dist_report(
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
     columns = check.channel_indices(adata, channels_to_use)
-    features = as_float32(adata.X if columns is None else adata.X[:, columns])
+    features = as_float32(check.feature_matrix(adata, columns))
     slides = slide_cells(codes)
     nearest = _median_nearest_distance(coords, slides)
     if max_dists is None:

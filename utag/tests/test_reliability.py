@@ -18,6 +18,8 @@ import utag
 from utag import utag as run_utag
 from utag.clustering import soft_assignments
 from utag.datasets import synthetic_tissue
+from utag.transfer import transfer_labels
+from utag.tuning import max_dist_report
 
 FAST = {"slide_key": "roi", "max_dist": 20, "progress": False}
 
@@ -357,7 +359,28 @@ def test_backed_h5ad_with_channels_in_any_order(small, tmp_path, sparse):
         expected = run_utag(stored, channels_to_use=chosen, **options)
         assert list(got.var_names) == list(expected.var_names)
         np.testing.assert_array_equal(got.obs["UTAG Label_kmeans_0.3"], expected.obs["UTAG Label_kmeans_0.3"])
+    # transfer and the radius report read the columns they need in the model's order too
+    # (a backed file reads columns only in increasing order: they raised a TypeError)
+    model = run_utag(stored, channels_to_use=channels, **options)
+    key = "UTAG Label_kmeans_0.3"
+    np.testing.assert_array_equal(transfer_labels(model, backed, slide_key="roi").obs[key],
+                                  transfer_labels(model, stored, slide_key="roi").obs[key])
+    pd.testing.assert_frame_equal(
+        max_dist_report(backed, max_dists=[20], slide_key="roi", channels_to_use=channels),
+        max_dist_report(stored, max_dists=[20], slide_key="roi", channels_to_use=channels))
     backed.file.close()
+
+
+def test_transfer_reads_boolean_features_as_zero_and_one(small):
+    as_bool = small[:, :6].copy()
+    as_bool.X = np.asarray(as_bool.X) > np.median(np.asarray(as_bool.X))
+    as_float = as_bool.copy()
+    as_float.X = as_bool.X.astype(np.float32)
+    options = {"clustering_method": "kmeans", "resolutions": [0.3], **FAST}
+    model = run_utag(as_bool, **options)  # utag() reads them as 0 and 1; transfer refused them
+    key = "UTAG Label_kmeans_0.3"
+    np.testing.assert_array_equal(transfer_labels(model, as_bool, slide_key="roi").obs[key],
+                                  transfer_labels(model, as_float, slide_key="roi").obs[key])
 
 
 # --- evaluation ---------------------------------------------------------------------------
