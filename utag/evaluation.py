@@ -120,7 +120,7 @@ def evaluate_clustering(
     * ``celltype_entropy``: mean over cells of the entropy (bits) of the cell-type mix of
       their domain (needs ``celltype_key``; low: domains are made of few cell types);
     * ``silhouette``: silhouette score in ``obsm[use_rep]`` on a seeded subsample of
-      ``n_silhouette`` cells;
+      ``n_silhouette`` cells (left out when the default ``"X_pca"`` is absent);
     * ``spatial_coherence``: share of spatial edges whose two cells share a domain (needs
       a spatial graph: ``max_dist``, or the one in ``obsp[graph_key]``, see
       :func:`utag.analysis.spatial_edges`).
@@ -144,6 +144,9 @@ def evaluate_clustering(
         domain_keys = [domain_keys]
     if not domain_keys:
         raise ValueError("No labellings to evaluate: pass `domain_keys` or run `utag()` first.")
+    n_silhouette = check.as_int("n_silhouette", n_silhouette, minimum=2)
+    if use_rep not in adata.obsm and use_rep != "X_pca":  # without the default one, no silhouette
+        raise ValueError(f"`use_rep` {use_rep!r} is not in `adata.obsm` ({list(adata.obsm)}).")
     has_graph = max_dist is not None or graph_key in adata.obsp
     edges = spatial_edges(adata, slide_key, max_dist, graph_key) if has_graph else None
     embedding = adata.obsm[use_rep] if use_rep in adata.obsm else None

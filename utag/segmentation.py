@@ -780,6 +780,9 @@ def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
     for key, codes in labels.items():
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
         result.obsm[probabilities_key(key)] = probabilities[key]
+        for table in ("connectivity", "colocalization"):  # counted on the labels of an earlier run
+            result.uns.pop(f"{key}_{table}", None)
+    result.uns.pop("utag_resolution_sweep", None)  # an earlier run's
     if swept is not None:
         table, typical = swept
         result.uns["utag_resolution_sweep"] = {"table": table, "labels": typical,

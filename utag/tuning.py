@@ -60,6 +60,10 @@ SCORE_EXPONENTS = {"utag": (0.5, 0.5), "multiscale": (0.25, 0.0)}
 
 def neighbourhood_of(result: AnnData) -> Neighbourhood:
     """The embedding and kNN graph ``utag()`` stored in ``result``."""
+    if "sketch" in result.uns.get("utag", {}) and "connectivities" not in result.obsp:
+        raise ValueError("`result` comes from a sketch (utag(..., sketch_size=...)), which keeps no kNN graph of "
+                         "all cells: run utag() with sketch_size=None for this, or use resolutions='auto' and "
+                         "n_domains in that call, which work on the sketch.")
     if "connectivities" not in result.obsp or "X_pca" not in result.obsm:
         raise ValueError(
             "`result` has no kNN graph (obsp['connectivities']) or embedding (obsm['X_pca']). "
@@ -597,7 +601,8 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
 
     ``keys``: labellings from coarse to fine. One row per (coarse key, fine key, fine
     domain): its ``parent`` (the coarse domain holding most of its cells), ``n_cells``
-    and ``purity`` (share of its cells inside the parent; 1 = perfectly nested).
+    and ``purity`` (share of its cells inside the parent; 1 = perfectly nested), over the
+    cells labelled in both.
 
     Examples
     --------
@@ -606,9 +611,12 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
     >>> domain_hierarchy(anndata.AnnData(obs=obs), ["a", "b"])[["domain", "parent", "purity"]].values.tolist()
     [['0', '0', 1.0], ['1', '0', 1.0], ['2', '1', 1.0]]
     """
+    missing = [key for key in keys if key not in result.obs]
+    if missing:
+        raise ValueError(f"`keys` {missing} are not columns of `result.obs`.")
     rows = []
-    for coarse, fine in zip(keys[:-1], keys[1:]):
-        table = pd.crosstab(result.obs[fine].astype(str), result.obs[coarse].astype(str))
+    for coarse, fine in zip(keys[:-1], keys[1:]):  # cells without a label in either are left out
+        table = pd.crosstab(result.obs[fine].astype("string"), result.obs[coarse].astype("string"))
         for domain, counts in table.iterrows():
             rows.append({"coarse_key": coarse, "fine_key": fine, "domain": domain, "parent": counts.idxmax(),
                          "n_cells": int(counts.sum()), "purity": float(counts.max() / counts.sum())})

@@ -205,6 +205,20 @@ def test_evaluate_clustering_leaves_unlabelled_cells_out():
     assert partial["spatial_coherence"] == pytest.approx(np.mean([labels[i] == labels[j] for i, j in both]))
 
 
+def test_evaluate_clustering_checks_its_sample_size_and_representation():
+    adata = _random_tissue()
+    adata.obsm["X_pca"] = np.random.default_rng(0).normal(size=(adata.n_obs, 3))
+    # R passes 1e4 as a float; -5 used to score all cells but 5, 0 to give NaN silently
+    assert evaluate_clustering(adata, "domain", n_silhouette=1e4)["silhouette"].notna().all()
+    for bad in (-5, 0, 2.5):
+        with pytest.raises(ValueError, match="n_silhouette"):
+            evaluate_clustering(adata, "domain", n_silhouette=bad)
+    with pytest.raises(ValueError, match="X_umap"):  # named, but absent: not a silent missing column
+        evaluate_clustering(adata, "domain", use_rep="X_umap")
+    del adata.obsm["X_pca"]
+    assert "silhouette" not in evaluate_clustering(adata, "domain")  # the default, absent: left out
+
+
 def test_a_result_read_back_without_features_is_analysed(tmp_path):
     adata = _random_tissue()
     without_x = AnnData(obs=adata.obs.copy(), obsm={"spatial": adata.obsm["spatial"]})

@@ -83,6 +83,10 @@ def test_auto_resolution_and_n_domains_work_on_the_sketch(tissue):
                  **KW)
     for key in exact.uns["utag"]["label_keys"]:
         assert exact.obs[key].nunique() == 4
+    from utag.tuning import resolution_sweep
+
+    with pytest.raises(ValueError, match="sketch_size=None"):  # it said to pass utag()'s AnnData, which it is
+        resolution_sweep(exact)
 
 
 def test_small_sketches_have_the_size_asked_for():

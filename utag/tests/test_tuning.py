@@ -437,3 +437,18 @@ def test_n_domains_is_found_where_the_count_falls_again_at_high_resolutions():
     assert result.obs[key].nunique() == 8
     with pytest.raises(ValueError, match="max_steps"):
         resolution_for_n_domains(result, 8, max_steps=-1)
+
+
+def test_domain_hierarchy_leaves_unlabelled_cells_out():
+    import anndata
+
+    from utag.tuning import domain_hierarchy
+
+    obs = pd.DataFrame({"a": ["0", "0", "0", None, "1", "1", "1"], "b": ["0", "0", "1", "1", None, "2", "2"]},
+                       index=list("abcdefg"))
+    table = domain_hierarchy(anndata.AnnData(obs=obs), ["a", "b"])
+    # no domain called "None"; domain 1's cell without a coarse label is not another parent
+    assert table[["domain", "parent", "n_cells", "purity"]].values.tolist() == [
+        ["0", "0", 2, 1.0], ["1", "0", 1, 1.0], ["2", "1", 2, 1.0]]
+    with pytest.raises(ValueError, match="keys"):
+        domain_hierarchy(anndata.AnnData(obs=obs), ["a", "c"])

@@ -403,3 +403,17 @@ def test_no_domain_below_min_domain_size(tissue):
     merged = _run(tissue, clustering_method=["leiden"], resolutions=[3.0], min_domain_size=50)
     assert kept.obs["UTAG Label_leiden_3.0"].value_counts().min() < 50  # 0 keeps every domain
     assert merged.obs["UTAG Label_leiden_3.0"].nunique() < kept.obs["UTAG Label_leiden_3.0"].nunique()
+
+
+def test_a_run_on_a_result_drops_the_tables_of_the_labels_it_replaces(tissue):
+    from utag.analysis import domain_connectivity, measure_per_domain_cell_type_colocalization
+
+    key = "UTAG Label_kmeans_0.3"
+    first = _run(tissue)
+    domain_connectivity(first, key, slide_key="roi", max_dist=20)
+    measure_per_domain_cell_type_colocalization(first, key, "cell_type", slide_key="roi", max_dist=20, n_permutations=5)
+    first.uns["utag_resolution_sweep"] = {"table": pd.DataFrame({"resolution": [0.3]})}
+    again = _run(first, max_dist=40)
+    # the tables of the old labels would be drawn and read as those of the new ones
+    assert f"{key}_connectivity" not in again.uns and f"{key}_colocalization" not in again.uns
+    assert "utag_resolution_sweep" not in again.uns
