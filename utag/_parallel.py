@@ -132,14 +132,16 @@ _pool: list = []
 
 
 def _own_executor(n_workers: int):
-    """A loky process pool of ``n_workers``, kept for the next call of this process.
+    """A loky process pool of at least ``n_workers``, kept for the next call of this process.
 
     It is utag's own, not loky's shared ``get_reusable_executor()``: joblib takes that
     one over for ``joblib.Parallel`` and expects it to be its own kind, so sharing it made
     every ``Parallel(n_jobs=2)`` after ``utag()`` fail. A pool of at least ``n_workers``
-    is kept (:func:`_map_pool` keeps no more than ``n_workers`` items in it at a time):
-    starting workers costs seconds each, as each imports squidpy. A pool whose workers
-    broke, or a smaller one, is replaced.
+    is used again (:func:`_map_pool` keeps no more than ``n_workers`` items in it at a
+    time) while all its workers are alive: starting workers costs seconds each, as each
+    imports squidpy. A pool whose workers broke or left (idle for
+    :data:`IDLE_WORKER_SECONDS`: loky would start them all again), or a smaller one, is
+    replaced by one of ``n_workers``.
     """
     from joblib.externals.loky import ProcessPoolExecutor
 
@@ -147,7 +149,8 @@ def _own_executor(n_workers: int):
         pid, workers, executor = _pool[0]
         flags = getattr(executor, "_flags", None)
         usable = flags is not None and not flags.broken and not flags.shutdown
-        if pid == os.getpid() and workers >= n_workers and usable:
+        whole = len(getattr(executor, "_processes", None) or {}) == workers
+        if pid == os.getpid() and workers >= n_workers and usable and (whole or workers == n_workers):
             return executor
         if pid == os.getpid():
             _stop(executor)

@@ -177,9 +177,9 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
 
 
 def feature_matrix(adata, columns: np.ndarray | None):
-    """``adata.X`` (its ``columns`` in that order; all if ``None``) in memory and checked
-    (:func:`check_features`), also from a backed file, which reads columns only in
-    increasing order; booleans (one-hot cell types) as 0/1 float32."""
+    """``adata.X`` (its ``columns`` in that order; all if ``None``), checked
+    (:func:`check_features`): read into memory from a backed file, which reads columns
+    only in increasing order; booleans (one-hot cell types) as 0/1 float32."""
     if not adata.isbacked:
         features = adata.X if columns is None else adata.X[:, columns]
     elif columns is None:

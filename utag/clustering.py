@@ -596,8 +596,9 @@ def _label_links(indptr, indices, data, labels, n_labels):  # one pass over the 
 
 
 def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embedding: np.ndarray,
-                        min_cells: int) -> np.ndarray:
-    """Merge every domain of fewer than ``min_cells`` cells into the domain it links to most.
+                        min_cells: int, keep: int = 1) -> np.ndarray:
+    """Merge every domain of fewer than ``min_cells`` cells into the domain it links to most,
+    as long as more than ``keep`` domains are left.
 
     Small domains are merged one at a time, smallest first: each joins the domain with
     which its cells share the most kNN edge weight (a domain that is not small if it
@@ -620,11 +621,11 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
         return labels
     links = domain_links(connectivities, labels, n_labels)
     np.fill_diagonal(links, 0.0)
-    centroids = cluster_means(np.asarray(embedding, dtype=np.float64), labels)
+    centroids = cluster_means(np.asarray(embedding), labels)  # float64 sums of blocks: no float64 copy
     alive = np.ones(n_labels, dtype=bool)
     mapping = np.arange(n_labels)
     for label in np.argsort(sizes, kind="stable"):  # smallest first (ties: larger label first)
-        if sizes[label] >= min_cells or alive.sum() == 1:
+        if sizes[label] >= min_cells or alive.sum() <= keep:
             continue
         alive[label] = False
         row = np.where(alive, links[label], 0.0)

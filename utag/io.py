@@ -337,6 +337,7 @@ def write_domains(result: AnnData, path, features: bool = False, overwrite: bool
     A ``path`` that holds anything (a file, a store: the one a lazy result was read
     from, say) is refused unless ``overwrite=True``; the store is then written beside it
     and put in its place once complete, so a lazy result can be written over its input.
+    Lazy AnnData read from the old store then read the new one.
 
     Examples
     --------
@@ -357,15 +358,26 @@ def write_domains(result: AnnData, path, features: bool = False, overwrite: bool
         raise ValueError(f"`path` {str(path)!r} already exists: pass overwrite=True to replace it, or another path.")
     else:  # beside it first: a lazy result may still read its features from `path`
         beside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".zarr", dir=path.parent))
+        old = beside.with_name(beside.name + ".old")
         try:
             _write_store(result, beside, features)
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            os.replace(beside, path)
+            os.replace(path, old)  # the old store (or file, or link) stays whole until the new one is in place
+            try:
+                os.replace(beside, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _remove(old)
         finally:
-            shutil.rmtree(beside, ignore_errors=True)
+            _remove(beside)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (not what it points to) or a folder, if there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_store(result: AnnData, path: Path, features: bool) -> None:

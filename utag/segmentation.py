@@ -677,10 +677,13 @@ def _assign_others(runs: list[tuple], swept, embedded: Embedding, sample: np.nda
         labellings += list(swept[1])
     embedding = embedded.pca["embedding"]
     assigned = assign_by(embedding, sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
-    # the vote can leave a domain below min_cells of all cells: it joins the nearest (no kNN graph of all cells)
+    # the vote can leave a domain below min_cells of all cells: it joins the nearest (no kNN graph of
+    # all cells); the runs for n_domains (planned last) keep their n_domains
     no_links = sp.csr_matrix((len(embedding), len(embedding)), dtype=np.float32)
-    runs = [(*run[:3], merge_small_domains(labels, no_links, embedding, p.min_cells))
-            for run, labels in zip(runs, assigned[:len(runs)])]
+    n_fixed = 0 if p.n_domains is None else len({"leiden", "kmeans"} & set(p.methods))
+    keep = [1] * (len(runs) - n_fixed) + [p.n_domains] * n_fixed
+    runs = [(*run[:3], merge_small_domains(labels, no_links, embedding, p.min_cells, floor))
+            for run, labels, floor in zip(runs, assigned[:len(runs)], keep)]
     if swept is not None:
         swept = (swept[0], np.asarray(assigned[len(runs):]))
     return runs, swept

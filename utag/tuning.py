@@ -453,7 +453,7 @@ def resolution_for_n_domains(
     if finer is None:
         # after small domains are merged, the count can fall again at high resolutions
         # (every domain small), which the bisection took for "too few": look over the range
-        for resolution in np.geomspace(*searched, _FALLBACK_GRID):
+        for resolution in np.geomspace(*searched, _FALLBACK_GRID)[:-1]:  # `high` was looked at
             found, labels = look(float(resolution))
             if found == n_domains:
                 return float(resolution), labels

@@ -250,10 +250,15 @@ def test_writing_over_a_store_needs_overwrite_and_keeps_a_lazy_input_whole(tissu
     write_domains(got, cells, features=True, overwrite=True)
     back = anndata.read_zarr(cells)
     np.testing.assert_allclose(np.asarray(back.X), np.asarray(utag(tissue, **options).X), rtol=1e-6, atol=1e-6)
-    assert [path.name for path in tmp_path.iterdir()] == ["cells.zarr"]  # nothing left beside it
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cells.zarr"]  # nothing left beside it
     (tmp_path / "empty.zarr").mkdir()  # an empty folder (the command line's temporary store) is written into
     write_domains(got, tmp_path / "empty.zarr")
     assert anndata.read_zarr(tmp_path / "empty.zarr").n_obs == tissue.n_obs
+    link = tmp_path / "link.zarr"  # a link is replaced, not what it points to
+    link.symlink_to(cells)
+    write_domains(got, link, overwrite=True)
+    assert not link.is_symlink() and anndata.read_zarr(link).n_obs == tissue.n_obs and back.X is not None
+    assert anndata.read_zarr(cells).X is not None
 
 
 @pytest.mark.parametrize("dtype", [complex, str])

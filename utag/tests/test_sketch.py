@@ -191,3 +191,12 @@ def test_a_sketch_keeps_domains_of_at_least_min_domain_size_and_no_stale_graph_e
     assert list(sizes) == sorted(sizes, reverse=True)  # numbered by size after merging
     assert result.obsm["UTAG Label_parc_1.0_probabilities"].shape[1] == len(sizes)
     assert "neighbors" not in result.uns and "connectivities" not in result.obsp
+
+
+def test_the_merge_after_the_vote_keeps_n_domains():
+    # with a large min_domain_size the vote's small domains were merged below n_domains
+    tissue = synthetic_tissue(n_cells=20_000, n_slides=2, random_state=0)
+    result = utag(tissue, clustering_method=["kmeans"], resolutions=None, n_domains=6, min_domain_size=0.08,
+                  sketch_size=0.1, **KW)
+    for key in result.uns["utag"]["label_keys"]:
+        assert result.obs[key].nunique() == 6
