@@ -117,10 +117,14 @@ def _run(args: argparse.Namespace) -> int:
     from . import utag
 
     outputs = _output_paths(args)
+    resolutions = _resolutions(args.resolutions)
     source = Path(args.input)
     suffix = source.suffix.lower()
     if not (source.is_file() or (suffix == ".zarr" and source.is_dir())):
         raise UsageError(f"input {source} does not exist.")
+    overwritten = [option for option, path in outputs.items() if path.resolve() == source.resolve()]
+    if overwritten:
+        raise UsageError(f"{' and '.join(overwritten)} name the input {source}; give the output another name.")
     lazy = suffix == ".zarr" or args.dask_scheduler is not None
     if lazy and suffix not in (".h5ad", ".zarr"):
         raise UsageError(f"--dask-scheduler reads an .h5ad file or a .zarr store, got {source.name}.")
@@ -156,8 +160,8 @@ def _run(args: argparse.Namespace) -> int:
     with _dask_client(args.dask_scheduler, args.processes):
         result = utag(adata, channels_to_use=args.markers if suffix == ".h5ad" else None,
                       slide_key=args.slide_key, max_dist=args.max_dist, clustering_method=args.method,
-                      resolutions=args.resolutions, processes=args.processes, random_state=args.random_state,
-                      flavor=args.flavor, progress=not args.quiet)
+                      resolutions=resolutions, processes=args.processes,
+                      random_state=args.random_state, flavor=args.flavor, progress=not args.quiet)
     keys = result.uns["utag"]["label_keys"]
     _say(args, f"UTAG took {time.perf_counter() - started:.1f} s; domains per labelling: "
                + ", ".join(f"{k}: {result.obs[k].nunique()}" for k in keys))
@@ -215,12 +219,13 @@ def _demo(args: argparse.Namespace) -> int:
           f"slides {', '.join(adata.obs['slide'].cat.categories)}")
     started = time.perf_counter()
     result = utag(adata, slide_key="slide", max_dist=args.max_dist, clustering_method=args.method,
-                  resolutions=args.resolutions, random_state=args.random_state, progress=not args.quiet,
+                  resolutions=_resolutions(args.resolutions), random_state=args.random_state, progress=not args.quiet,
                   flavor=args.flavor)
     elapsed = time.perf_counter() - started
     scores = evaluate_performance(result, truth_key="domain")
     table = scores[["pred_key", "n_domains", "adjusted_rand", "nmi"]].round(3)
-    print(f"\nUTAG (max_dist={args.max_dist:g} px) took {elapsed:.1f} s. Agreement with the expert compartments:")
+    max_dist = result.uns["utag"]["max_dist"]
+    print(f"\nUTAG (max_dist={max_dist:g} px) took {elapsed:.1f} s. Agreement with the expert compartments:")
     print(table.to_string(index=False))
     if outputs:
         with atomic_outputs([outputs["--out"]]) as (temporary,):
@@ -238,17 +243,37 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, max_dist: float) -> None:
-    parser.add_argument("--max-dist", type=float, default=max_dist,
-                        help=f"neighbourhood radius in the units of the coordinates (default {max_dist:g})")
+    parser.add_argument("--max-dist", type=_number_or_auto, default=max_dist,
+                        help=f"neighbourhood radius in the units of the coordinates, or 'auto' (chosen from the "
+                             f"cells' spacing) (default {max_dist:g})")
     parser.add_argument("--method", nargs="+", default=["leiden"], choices=["leiden", "parc", "kmeans"],
                         help="clustering method(s) (default leiden)")
-    parser.add_argument("--resolutions", nargs="+", type=float, default=[0.05, 0.1, 0.3],
-                        help="clustering resolution(s) (default 0.05 0.1 0.3)")
+    parser.add_argument("--resolutions", nargs="+", type=_number_or_auto, default=[0.05, 0.1, 0.3],
+                        help="clustering resolution(s), or 'auto' (one chosen by a sweep) (default 0.05 0.1 0.3)")
     parser.add_argument("--flavor", choices=["utag", "multiscale"], default="utag",
                         help="utag: the published neighbourhood mean (default); multiscale: Gaussian means at "
                              "max_dist/4, max_dist/2 and max_dist side by side")
     parser.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
+def _number_or_auto(text: str):
+    """A command-line number, or ``"auto"``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def _resolutions(values: list):
+    """``--resolutions`` as ``utag()`` takes them: ``"auto"`` alone, or numbers."""
+    if "auto" in values:
+        if len(values) > 1:
+            raise UsageError("--resolutions auto chooses one resolution: give 'auto' alone, or numbers.")
+        return "auto"
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,8 +51,9 @@ def read_cell_table(
         other than the ones named here and ``exclude_columns`` whose entries are numbers,
         or at least half of whose filled entries are (a few like ``"<LOD"`` or ``"1,5"``
         do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``, and so
-        do, with a log message, empty columns and a row index written with the table
-        (``Unnamed: 0`` counting 0, 1, 2, ...).
+        do, with a log message, empty columns and columns of cell ids: unique whole
+        numbers in a column named ``Unnamed: ...`` (a row index written with the table)
+        or ending in ``id`` (``CellID``, ``cell_id``, ...).
     exclude_columns
         Numeric columns that are not markers (cell area, eccentricity, ...); kept in ``obs``.
     id_column
@@ -80,10 +81,14 @@ def read_cell_table(
     """
     if non_numeric not in ("error", "missing", "drop"):
         raise ValueError(f"`non_numeric` must be 'error', 'missing' or 'drop', got {non_numeric!r}.")
-    text_columns = [id_column] if id_column is not None else []  # "00012" stays "00012"
+    text_columns = [c for c in (id_column, slide_column) if c is not None]  # "00012" stays "00012"
     table, name = ((path, "the table") if isinstance(path, pd.DataFrame)
                    else (_read(Path(path), text_columns), Path(path).name))
-    exclude_columns = list(exclude_columns or [])
+    exclude_columns = _names(exclude_columns)
+    marker_columns = None if marker_columns is None else _names(marker_columns)
+    repeated = sorted({c for c in marker_columns or [] if marker_columns.count(c) > 1})
+    if repeated:
+        raise ValueError(f"`marker_columns` names {repeated} more than once; name each marker once.")
     columns = list(table.columns)
     needed = [c for c in [x_column, y_column, slide_column, id_column] if c is not None]
     missing = [c for c in needed + list(marker_columns or []) + exclude_columns if c not in columns]
@@ -149,12 +154,23 @@ def _not_markers(table: pd.DataFrame, name: str) -> set:
         if entries.isna().all() or (entries.dtype == object and entries.astype(str).str.strip().eq("").all()):
             logger.warning("%s: column %r is empty; it is not a marker (kept in obs)", name, column)
             left_out.add(column)
-        elif (str(column).startswith("Unnamed: ") and pd.api.types.is_integer_dtype(entries.dtype)
-              and np.array_equal(entries.to_numpy(), np.arange(len(entries)))):
-            logger.warning("%s: column %r counts the rows (a row index written with the table, e.g. by "
-                           "DataFrame.to_csv); it is not a marker (kept in obs)", name, column)
+        elif _looks_like_ids(column, entries):
+            logger.warning("%s: column %r holds cell ids (unique whole numbers; a row index written with the "
+                           "table, e.g. by DataFrame.to_csv, or an id column); it is not a marker (kept in obs; "
+                           "name it in marker_columns to use it)", name, column)
             left_out.add(column)
     return left_out
+
+
+def _looks_like_ids(column, entries: pd.Series) -> bool:
+    """Unique whole numbers in a column named ``Unnamed: ...`` or ending in ``id``."""
+    named = str(column).startswith("Unnamed: ") or str(column).lower().rstrip().endswith("id")
+    return bool(named and pd.api.types.is_integer_dtype(entries.dtype) and entries.is_unique)
+
+
+def _names(value) -> list:
+    """A column name or a list of them, as a list."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_name: str, name: str) -> np.ndarray:
@@ -253,7 +269,8 @@ def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[st
     every ``obs`` column starting with ``"UTAG Label_"``); ``include``: other ``obs``
     columns to add first (e.g. the slide). Columns are plain strings, not pandas
     categoricals, which keeps the table easy to write to CSV and to hand to R: reticulate
-    1.28 (Debian 12) cannot convert categorical columns under NumPy 2.
+    1.28 (Debian 12) cannot convert categorical columns under NumPy 2. A cell without a
+    label has an empty string.
 
     Examples
     --------
@@ -264,12 +281,20 @@ def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[st
     """
     if keys is None:
         keys = list(adata.uns.get("utag", {}).get("label_keys", [])) or label_columns(adata)
-    columns = list(include or []) + list(keys)
+    columns = _names(include) + _names(keys)
     missing = [c for c in columns if c not in adata.obs.columns]
     if missing:
         raise ValueError(f"`adata.obs` has no column(s) {missing}; columns: {list(adata.obs.columns)}.")
-    return pd.DataFrame({c: adata.obs[c].astype(str).to_numpy(dtype=object) for c in columns},
-                        index=adata.obs_names.copy())
+    return pd.DataFrame({c: _as_text(adata.obs[c]) for c in columns}, index=adata.obs_names.copy())
+
+
+def _as_text(column: pd.Series) -> np.ndarray:
+    """Entries as strings, missing ones as empty strings (an empty cell in CSV; reticulate
+    cannot convert ``None`` in a column of strings); whole numbers held as floats without ``.0``."""
+    values = column.astype(object) if isinstance(column.dtype, pd.CategoricalDtype) else column
+    if pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(values.dropna(), 1) == 0):
+        values = values.astype("Int64")
+    return values.astype("string").to_numpy(dtype=object, na_value="")
 
 
 def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:

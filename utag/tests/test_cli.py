@@ -307,3 +307,38 @@ def test_run_refuses_table_options_for_h5ad(cell_table, tmp_path, capsys):
         assert stopped.value.code == 2
         assert "--exclude, --id-column apply to cell tables" in capsys.readouterr().err
         assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_run_never_writes_over_its_input(cell_table, tmp_path, capsys):
+    path, table = cell_table
+    source = tmp_path / "cells.csv"
+    table.to_csv(source, index=False)
+    before = source.read_bytes()
+    common = ["--x-column", "X_centroid", "--y-column", "Y_centroid", "--quiet"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(source), "--out", str(tmp_path / "o.h5ad"), "--labels-csv", str(source), *common])
+    assert stopped.value.code == 2 and "name the input" in capsys.readouterr().err
+    assert source.read_bytes() == before
+    h5ad = tmp_path / "cells.h5ad"
+    synthetic_tissue(n_cells=300, n_slides=1, n_markers=4, random_state=0).write_h5ad(h5ad)
+    before = h5ad.read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(h5ad), "--out", str(tmp_path / "." / "cells.h5ad"), "--quiet"])
+    assert stopped.value.code == 2 and "name the input" in capsys.readouterr().err
+    assert h5ad.read_bytes() == before
+
+
+def test_run_takes_auto_for_the_resolution_and_the_radius(cell_table, tmp_path, capsys):
+    path, _ = cell_table
+    out = tmp_path / "auto.h5ad"
+    assert main(["run", str(path), "--out", str(out), "--x-column", "X_centroid", "--y-column", "Y_centroid",
+                 "--slide-column", "image", "--exclude", "area", "--id-column", "cell_id", "--quiet",
+                 "--max-dist", "auto", "--resolutions", "auto"]) == 0
+    result = anndata.read_h5ad(out)
+    assert len(result.uns["utag"]["label_keys"]) == 1 and result.uns["utag"]["max_dist"] > 0
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--out", str(out), "--resolutions", "auto", "0.1"])
+    assert "give 'auto' alone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--out", str(out), "--max-dist", "far"])
+    assert "a number or 'auto'" in capsys.readouterr().err

@@ -112,3 +112,36 @@ def test_empty_columns_are_not_markers(table, caplog):
         adata = read_cell_table(table.assign(CD45=np.nan), slide_column="image", id_column="cell")
     assert list(adata.var_names) == ["CD3", "CD20"] and "CD45" in adata.obs
     assert "'CD45' is empty" in caplog.text
+
+
+def test_columns_of_cell_ids_are_not_markers(table, tmp_path, caplog):
+    # MCMICRO's CellID counting from 1, and the row index to_csv writes for a filtered table
+    filtered = table.assign(CellID=np.arange(1, 6))
+    path = tmp_path / "cells.csv"
+    filtered.iloc[::2].to_csv(path)  # "Unnamed: 0" holds 0, 2, 4
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        adata = read_cell_table(path, slide_column="image", id_column="cell")
+    assert list(adata.var_names) == ["CD3", "CD20"]
+    assert "'CellID' holds cell ids" in caplog.text and "'Unnamed: 0' holds cell ids" in caplog.text
+    named = read_cell_table(filtered, slide_column="image", id_column="cell", marker_columns=["CD3", "CellID"])
+    assert list(named.var_names) == ["CD3", "CellID"]  # named, it is used
+
+
+def test_slide_names_stay_text_and_column_names_may_be_one_string(table, tmp_path):
+    path = tmp_path / "cells.csv"
+    table.assign(image=["001", "001", "010", "010", "010"]).to_csv(path, index=False)
+    adata = read_cell_table(path, slide_column="image", exclude_columns="CD20")
+    assert adata.obs["image"].tolist() == ["001", "001", "010", "010", "010"]  # not 1 and 10
+    assert list(adata.var_names) == ["CD3"]  # "CD20", not the letters C, D, 2, 0
+    with pytest.raises(ValueError, match="more than once"):
+        read_cell_table(table, marker_columns=["CD3", "CD3"])
+
+
+def test_labels_table_writes_missing_labels_as_empty_and_whole_numbers_without_a_point():
+    from anndata import AnnData
+
+    from utag.io import labels_table
+
+    obs = pd.DataFrame({"k": pd.Categorical(["0", None, "1"]), "f": [1.0, np.nan, 2.0]}, index=list("abc"))
+    table = labels_table(AnnData(np.zeros((3, 1)), obs=obs), keys="k", include="f")
+    assert table.to_dict("list") == {"f": ["1", "", "2"], "k": ["0", "", "1"]}  # not "nan", "1.0"
