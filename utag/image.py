@@ -53,7 +53,7 @@ def rgb_image(
     stack = np.moveaxis(np.asarray(image), channel_axis, 0)
     if stack.ndim != 3:
         raise ValueError(f"`image` must have 3 dimensions (channels, height, width); got shape {stack.shape}.")
-    channels = list(channels)
+    channels = [channels] if isinstance(channels, (str, int, np.integer)) else list(channels)
     if not 1 <= len(channels) <= 3:
         raise ValueError(f"`channels` needs 1 to 3 entries (red, green, blue), got {len(channels)}.")
     low, high = percentiles
@@ -66,7 +66,7 @@ def rgb_image(
         if channel is None:
             continue
         if isinstance(channel, str):
-            names = list(channel_names or [])
+            names = [] if channel_names is None else [str(name) for name in channel_names]
             if channel not in names:
                 raise ValueError(f"channel {channel!r} is not in `channel_names` ({names}).")
             channel = names.index(channel)
@@ -75,7 +75,9 @@ def rgb_image(
         values = stack[int(channel)].astype(np.float32)
         if log_transform:
             values = np.log1p(np.clip(values, 0, None))
-        bottom, top = np.percentile(values, [low, high])
+        finite = np.isfinite(values)  # a NaN pixel must not blank the channel: it is drawn black
+        bottom, top = np.percentile(values[finite], [low, high]) if finite.any() else (0.0, 0.0)
+        values = np.where(finite, values, bottom)
         scaled = np.clip((values - bottom) / (top - bottom), 0, 1) if top > bottom else np.zeros_like(values)
         rgb[..., colour] = scaled ** (1.0 / gamma)
     return rgb

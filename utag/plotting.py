@@ -121,7 +121,10 @@ def plot_domains(
     colors = domain_colors(adata, key)
     rgba = to_rgba_array([colors[n] for n in names] + ["lightgrey"])  # last: missing label
     codes, slide_names = check.slide_codes(adata, slide_key)
+    ncols = check.as_int("ncols", ncols, minimum=1)
     if slides is not None:
+        if slide_key is None:
+            raise ValueError("`slides` picks slides by name: pass `slide_key`, the obs column naming them.")
         wanted = [str(s) for s in _as_list(slides)]
         _check_selection("slides", wanted, slide_names.astype(str), where=f"`obs[{slide_key!r}]`")
         panels = [int(np.flatnonzero(slide_names.astype(str) == s)[0]) for s in wanted]
@@ -490,7 +493,16 @@ def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
     ...     "recommended": [False, True, False], "rank": [None, 1, None]})
     >>> len(plot_resolution_sweep(table).axes)
     2
+
+    The sweep ``utag(..., resolutions="auto")`` stored is drawn too:
+    ``plot_resolution_sweep(result.uns["utag_resolution_sweep"])``.
     """
+    if isinstance(table, dict) and "table" in table:  # what utag() stores in uns['utag_resolution_sweep']
+        table = table["table"]
+    needed = [c for c in ("resolution", "n_domains", "recommended") if c not in getattr(table, "columns", [])]
+    if needed:
+        raise ValueError(f"`table` lacks the column(s) {needed}: pass the table of utag.tuning.resolution_sweep, "
+                         "or result.uns['utag_resolution_sweep'].")
     fig, ax = (plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax))
     columns = [("stability", "o-"), ("agreement", "s--"), ("spatial_coherence", "^:"), ("score", "D-")]
     for column, style in columns:
@@ -530,14 +542,17 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
     """
     from .tuning import domain_hierarchy
 
+    keys = _as_list(keys)
+    if not keys:
+        raise ValueError("`keys` needs at least one labelling (obs column), coarse to fine.")
     hierarchy = domain_hierarchy(adata, keys)
     fig, ax = (plt.subplots(figsize=(8, 1.2 + 1.3 * len(keys))) if ax is None else (ax.figure, ax))
     positions: dict[tuple[str, str], float] = {}
-    sizes = adata.obs[keys[0]].astype(str).value_counts()
+    sizes = adata.obs[keys[0]].astype("string").value_counts()  # cells without a label are not drawn
     order = sorted(sizes.index, key=lambda d: (len(d), d))
     positions.update({(keys[0], d): (i + 0.5) / len(order) for i, d in enumerate(order)})
     for level, key in enumerate(keys):
-        counts = adata.obs[key].astype(str).value_counts()
+        counts = adata.obs[key].astype("string").value_counts()
         if level > 0:
             rows = hierarchy[hierarchy["fine_key"] == key]
             rows = rows.assign(anchor=[positions[(keys[level - 1], p)] for p in rows["parent"]])
@@ -547,7 +562,7 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
                 ax.plot([row.anchor, positions[(key, row.domain)]], [-(level - 1), -level], color="grey",
                         linewidth=0.5 + 6 * row.n_cells * row.purity / adata.n_obs, zorder=1)
         colors = domain_colors(adata, key)
-        domains = list(counts.index)
+        domains = [d for d in counts.index if (key, d) in positions]  # drawn: those with a parent
         ax.scatter([positions[(key, d)] for d in domains], [-level] * len(domains),
                    s=[50 + 1500 * counts[d] / adata.n_obs for d in domains],
                    c=[colors.get(d, "grey") for d in domains], edgecolors="black", linewidths=0.5, zorder=2)

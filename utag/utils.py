@@ -517,6 +517,6 @@ def filter_kwargs(kwargs: dict[str, tp.Any], callabl: tp.Callable, exclude=None)
     from inspect import signature
 
     parameters = signature(callabl).parameters
-    if "kwargs" in parameters:
-        return kwargs
-    return {key: value for key, value in kwargs.items() if key in parameters and key not in (exclude or [])}
+    takes_any = any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters.values())
+    return {key: value for key, value in kwargs.items()
+            if (takes_any or key in parameters) and key not in (exclude or [])}

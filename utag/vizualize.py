@@ -364,6 +364,10 @@ def adj2chord(
     import matplotlib.pyplot as plt
 
     matrix = pd.DataFrame(adjacency_matrix)
+    if set(matrix.columns) != set(matrix.index):
+        raise ValueError("`adjacency_matrix` must have the same domains as rows and columns, got rows "
+                         f"{list(matrix.index)} and columns {list(matrix.columns)}.")
+    matrix = matrix.loc[:, list(matrix.index)]  # columns in the rows' order
     names = [str(label) for label in matrix.index]
     links = matrix.fillna(0).to_numpy(dtype=float).astype(int)
     links = pd.DataFrame(np.where(links >= CHORD_MIN_LINK, links, 0), index=names, columns=names)

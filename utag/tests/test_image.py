@@ -67,3 +67,15 @@ def test_scanpy_draws_domains_over_the_attached_image(stack):
     axes = sc.pl.spatial(adata, color="domain", library_id="roi_0", img_key="hires", spot_size=2, show=False)
     assert len(axes[0].images) == 1 and axes[0].images[0].get_array().shape == (40, 60, 3)
     assert len(axes[0].collections) >= 1
+
+
+def test_one_channel_by_name_names_as_an_index_and_a_nan_pixel(stack):
+    import pandas as pd
+
+    names = pd.Index(["DNA", "CD45", "CD3", "CD20"])  # e.g. adata.var_names
+    np.testing.assert_allclose(rgb_image(stack, "CD3", channel_names=names), rgb_image(stack, [2]))
+    holed = stack.copy()
+    holed[2, 0, 0] = np.nan
+    red = rgb_image(holed, [2])[..., 0]
+    assert red[0, 0] == 0 and red.max() == 1  # one NaN pixel blanked the whole channel
+    np.testing.assert_allclose(red[1:], rgb_image(stack, [2])[..., 0][1:], atol=0.02)

@@ -449,3 +449,16 @@ def test_the_script_writes_only_where_the_original_wrote(ran):
                                                 "UTAG Label_celltype_adjacency_matrix", "spatial"}
     assert not adata.obsp and not adata.layers
 
+
+
+def test_adj2chord_lines_columns_up_with_rows_and_filter_kwargs_excludes_with_kwargs():
+    from utag.utils import filter_kwargs
+    from utag.vizualize import adj2chord
+
+    table = pd.DataFrame([[50, 10, 0], [10, 40, 7], [0, 7, 30]], index=list("abc"), columns=list("abc"))
+    shuffled = table.loc[["c", "a", "b"], ["b", "c", "a"]]
+    arcs = [(p.theta1, p.theta2) for p in adj2chord(table.loc[["c", "a", "b"]], size=200).axes[0].patches
+            if isinstance(p, Wedge)]
+    assert arcs == [(p.theta1, p.theta2) for p in adj2chord(shuffled, size=200).axes[0].patches
+                    if isinstance(p, Wedge)]
+    assert filter_kwargs({"a": 1, "b": 2}, lambda a, **kwargs: 0, exclude=["a"]) == {"b": 2}

@@ -83,6 +83,10 @@ def test_plots_leave_adata_as_it_was_and_name_bad_choices(adata):
         plot_domain_network(adata, "domain", slide_key="roi", max_dist=20, layout="kamada")
     with pytest.raises(ValueError, match="value"):
         plot_composition(adata, "domain", "cell_type", value="share")
+    with pytest.raises(ValueError, match="ncols"):  # was a ZeroDivisionError
+        plot_domains(adata, "domain", slide_key="roi", ncols=0)
+    with pytest.raises(ValueError, match="slide_key"):  # said the slide was not in obs[None]
+        plot_domains(adata, "domain", slides=["roi_0"])
 
 
 def test_network_and_chord(adata, tmp_path):
@@ -190,3 +194,23 @@ def test_integer_labels_and_selections(adata, tmp_path):
             plot_colocalization(table, **bad)
     with pytest.raises(ValueError, match="heatmap"):
         plot_composition(adata, "domain", "cell_type", kind="bars", value="enrichment")
+
+
+def test_hierarchy_and_sweep_plots_take_unlabelled_cells_and_the_stored_sweep(adata):
+    from utag import utag
+    from utag.plotting import plot_domain_hierarchy, plot_resolution_sweep
+
+    labelled = adata.copy()
+    fine = labelled.obs["domain"].astype(str).to_numpy(dtype=object)
+    fine[::7] = None
+    labelled.obs["fine"] = fine
+    ax = plot_domain_hierarchy(labelled, ["domain", "fine"]).axes[0]  # raised a KeyError for 'nan'
+    assert [text.get_text() for text in ax.texts].count("nan") == 0
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="keys"):
+        plot_domain_hierarchy(labelled, [])
+    result = utag(adata, slide_key="roi", max_dist=20, clustering_method="leiden", resolutions="auto",
+                  progress=False)
+    plt.close(plot_resolution_sweep(result.uns["utag_resolution_sweep"]))  # raised KeyError 'resolution'
+    with pytest.raises(ValueError, match="resolution_sweep"):
+        plot_resolution_sweep(result.uns["utag_resolution_sweep"]["table"].drop(columns="resolution"))
