@@ -8,6 +8,7 @@ tissue with about 5 neighbours per cell at the original's radius of 40.
 import importlib
 import inspect
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -456,9 +457,10 @@ def test_adj2chord_lines_columns_up_with_rows_and_filter_kwargs_excludes_with_kw
     from utag.vizualize import adj2chord
 
     table = pd.DataFrame([[50, 10, 0], [10, 40, 7], [0, 7, 30]], index=list("abc"), columns=list("abc"))
-    shuffled = table.loc[["c", "a", "b"], ["b", "c", "a"]]
-    arcs = [(p.theta1, p.theta2) for p in adj2chord(table.loc[["c", "a", "b"]], size=200).axes[0].patches
-            if isinstance(p, Wedge)]
-    assert arcs == [(p.theta1, p.theta2) for p in adj2chord(shuffled, size=200).axes[0].patches
-                    if isinstance(p, Wedge)]
+    def arcs(matrix):
+        fig = adj2chord(matrix, size=200)
+        plt.close(fig)
+        return [(p.theta1, p.theta2) for p in fig.axes[0].patches if isinstance(p, Wedge)]
+
+    assert arcs(table.loc[["c", "a", "b"]]) == arcs(table.loc[["c", "a", "b"], ["b", "c", "a"]])
     assert filter_kwargs({"a": 1, "b": 2}, lambda a, **kwargs: 0, exclude=["a"]) == {"b": 2}
