@@ -192,9 +192,11 @@ def _map_pool(function, items, args, n_workers, names, what, hint, bar, start) -
     waiting = iter(enumerate(items))
     with tempfile.TemporaryDirectory(prefix="utag-workers-") as markers:
         try:
-            # at most n_workers items in the pool at a time (it may have more workers)
+            # a pool of more workers gets at most n_workers items at a time; one of n_workers gets them
+            # all at once, so that each worker finds its next item sent while it works on one
+            window = n_workers if getattr(executor, "_max_workers", n_workers) > n_workers else len(items)
             pending = {executor.submit(_call, i, markers, function, item, args): i
-                       for i, item in itertools.islice(waiting, n_workers)}
+                       for i, item in itertools.islice(waiting, window)}
             processes = list((getattr(executor, "_processes", None) or {}).values())
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
