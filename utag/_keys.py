@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from anndata import AnnData
 
-__all__ = ["DEFAULT_SAVE_KEY", "label_columns", "label_key", "method_and_resolution", "probabilities_key"]
+__all__ = ["DEFAULT_SAVE_KEY", "label_columns", "label_key", "method_and_resolution", "probabilities_key",
+           "written_labels"]
 
 #: Prefix of the label columns (``utag(save_key=...)``).
 DEFAULT_SAVE_KEY = "UTAG Label"
@@ -34,3 +35,10 @@ def method_and_resolution(key: str) -> tuple[str, float]:
 def label_columns(adata: AnnData, save_key: str = DEFAULT_SAVE_KEY) -> list[str]:
     """The ``obs`` columns that hold labellings written with ``save_key``."""
     return [c for c in adata.obs.columns if str(c).startswith(f"{save_key}_")]
+
+
+def written_labels(adata: AnnData) -> list[str]:
+    """The labellings ``utag()`` wrote (``uns['utag']['label_keys']``, whatever its
+    ``save_key``), else the ``obs`` columns named with the default ``save_key``."""
+    keys = [str(key) for key in adata.uns.get("utag", {}).get("label_keys", []) if key in adata.obs]
+    return keys or label_columns(adata)

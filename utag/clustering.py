@@ -491,20 +491,25 @@ def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1,
 
 
 def feature_scale(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Each feature's mean and standard deviation (float64; a zero deviation replaced by 1),
-    by which :func:`soft_assignments` z-scores the features; dense blocks of rows in
-    ``n_jobs`` threads, summed in order (the same numbers for any number)."""
+    """Each feature's mean and standard deviation (:func:`feature_spread`, a zero deviation
+    replaced by 1), by which :func:`soft_assignments` z-scores the features."""
+    mean, sd = feature_spread(features, n_jobs)
+    sd[sd == 0] = 1.0
+    return mean, sd
+
+
+def feature_spread(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and standard deviation, float64 (deviations from the mean for
+    dense features, so a bright, flat channel keeps its small spread); dense blocks of
+    rows in ``n_jobs`` threads, summed in order (the same numbers for any number)."""
     if sp.issparse(features):
         features = sp.csr_matrix(features, dtype=np.float64)
         mean = np.asarray(features.mean(axis=0)).ravel()
         mean_sq = np.asarray(features.multiply(features).mean(axis=0)).ravel()
-        sd = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
-    else:
-        mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
-        squares = map_threads(lambda rows: squared_deviations(features[rows], mean), _chunks(len(features)), n_jobs)
-        sd = np.sqrt(sum(squares) / len(features))
-    sd[sd == 0] = 1.0
-    return mean, sd
+        return mean, np.sqrt(np.clip(mean_sq - mean**2, 0, None))
+    mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
+    squares = map_threads(lambda rows: squared_deviations(features[rows], mean), _chunks(len(features)), n_jobs)
+    return mean, np.sqrt(sum(squares) / max(len(features), 1))
 
 
 def squared_deviations(block: np.ndarray, mean: np.ndarray) -> np.ndarray:

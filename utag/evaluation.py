@@ -10,7 +10,7 @@ from anndata import AnnData
 from sklearn import metrics
 
 from . import _validation as check
-from ._keys import label_columns
+from ._keys import written_labels
 from .analysis import _labels, domain_composition, spatial_edges
 
 __all__ = ["SCORES", "evaluate_clustering", "evaluate_performance"]
@@ -41,8 +41,8 @@ def evaluate_performance(
     truth_key
         ``obs`` column of the reference labels.
     pred_keys
-        ``obs`` column(s) of predicted labels; default every column starting with
-        ``"UTAG Label_"``.
+        ``obs`` column(s) of predicted labels; default the labellings ``utag()`` wrote
+        (whatever its ``save_key``), else every column starting with ``"UTAG Label_"``.
     batch_key
         ``obs`` column of the slide; adds one row per slide besides the pooled row.
     ignore_labels
@@ -66,7 +66,7 @@ def evaluate_performance(
     1.0
     """
     if pred_keys is None:
-        pred_keys = label_columns(adata)
+        pred_keys = written_labels(adata)
     elif isinstance(pred_keys, str):
         pred_keys = [pred_keys]
     missing = [k for k in [truth_key, *pred_keys, *([batch_key] if batch_key else [])] if k not in adata.obs]
@@ -139,7 +139,7 @@ def evaluate_clustering(
 
     random_state = check.seed(random_state)
     if domain_keys is None:
-        domain_keys = label_columns(adata)
+        domain_keys = written_labels(adata)
     elif isinstance(domain_keys, str):
         domain_keys = [domain_keys]
     if not domain_keys:

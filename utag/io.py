@@ -13,7 +13,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _validation as check
-from ._keys import label_columns
+from ._keys import written_labels
 
 __all__ = ["read_cell_table", "labels_table", "read_lazy", "write_domains"]
 
@@ -280,7 +280,7 @@ def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[st
     {'roi': ['r1', 'r2'], 'UTAG Label_leiden_0.1': ['0', '1']}
     """
     if keys is None:
-        keys = list(adata.uns.get("utag", {}).get("label_keys", [])) or label_columns(adata)
+        keys = written_labels(adata)
     columns = _names(include) + _names(keys)
     missing = [c for c in columns if c not in adata.obs.columns]
     if missing:

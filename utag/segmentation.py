@@ -26,6 +26,7 @@ from .clustering import (
     Neighbourhood,
     cluster_many,
     feature_scale,
+    feature_spread,
     merge_small_domains,
     min_domain_cells,
     relabel_by_size,
@@ -510,7 +511,8 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
 
 #: Backend keywords utag sets itself, with the parameter of ``utag()`` that sets them.
 RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "random_state",
-                                     "resolution": "resolutions", "resolution_parameter": "resolutions"},
+                                     "resolution": "resolutions", "resolution_parameter": "resolutions",
+                                     "weights": "leiden_kwargs['use_weights']"},
                    "parc_kwargs": {"random_state": "random_state", "random_seed": "random_state",
                                    "resolution_parameter": "resolutions", "neighbor_graph": "n_neighbors"},
                    "kmeans_kwargs": {"random_state": "random_state"}}
@@ -726,9 +728,7 @@ def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
     features = as_float32(check.feature_matrix(adata, columns))
     var = adata.var if columns is None else adata.var.iloc[columns]
     if filter_by_variance:
-        mean = np.asarray(features.mean(axis=0)).ravel()
-        squares = features.multiply(features) if sp.issparse(features) else features * features
-        std = np.sqrt(np.clip(np.asarray(squares.mean(axis=0)).ravel() - mean**2, 0, None))
+        std = feature_spread(features)[1]
         keep = np.flatnonzero(std > np.median(std))
         if keep.size == 0:
             logger.warning("filter_by_variance: all features have the same variance; keeping all of them")
@@ -780,10 +780,18 @@ def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
         store_spatial_graph(result, graph, graph_radius, "spatial", *graph_kind)
     if embedded is not None:
         _store_embedding(result, embedded)
+    else:  # the input's PCA is of other features
+        result.obsm.pop("X_pca", None)
+        result.uns.pop("pca", None)
+    for name in [name for name, entry in result.uns.items()  # the input's graphs are not carried over
+                 if isinstance(entry, dict) and "connectivities_key" in entry
+                 and entry["connectivities_key"] not in result.obsp]:
+        del result.uns[name]
     for key, codes in labels.items():
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
         result.obsm[probabilities_key(key)] = probabilities[key]
-        for table in ("connectivity", "colocalization"):  # counted on the labels of an earlier run
+        for table in ("connectivity", "colocalization", "domain_adjacency_matrix", "celltype_adjacency_matrix",
+                      "colors"):  # of the labels of an earlier run
             result.uns.pop(f"{key}_{table}", None)
     result.uns.pop("utag_resolution_sweep", None)  # an earlier run's
     if swept is not None:
@@ -799,7 +807,6 @@ def _store_embedding(result: AnnData, embedded: Embedding) -> None:
     result.varm["PCs"] = embedded.pca["components"]
     result.uns["pca"] = {key: value for key, value in embedded.pca.items() if key not in ("embedding", "components")}
     if embedded.connectivities is None:  # a sketch: the kNN graph is of the sampled cells only
-        result.uns.pop("neighbors", None)  # the input's, pointing to a graph the result does not hold
         return
     result.obsp["connectivities"] = embedded.connectivities
     result.obsp["distances"] = embedded.distances

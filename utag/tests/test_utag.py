@@ -417,3 +417,40 @@ def test_a_run_on_a_result_drops_the_tables_of_the_labels_it_replaces(tissue):
     # the tables of the old labels would be drawn and read as those of the new ones
     assert f"{key}_connectivity" not in again.uns and f"{key}_colocalization" not in again.uns
     assert "utag_resolution_sweep" not in again.uns
+
+
+def test_variance_filter_sees_the_spread_of_a_bright_flat_channel():
+    # sqrt(E[x^2] - mean^2) in float32 lost the spread of a channel near 1e4 and kept it
+    rng = np.random.default_rng(0)
+    n_cells = 3_000
+    tissue = synthetic_tissue(n_cells=n_cells, n_slides=1, n_markers=4, random_state=0)
+    tissue.X = np.column_stack([1e4 + 0.1 * rng.normal(size=n_cells), rng.normal(size=n_cells),
+                                2 * rng.normal(size=n_cells), 3 * rng.normal(size=n_cells)]).astype(np.float32)
+    result = _run(tissue, filter_by_variance=True)
+    assert list(result.var_names) == list(tissue.var_names[[2, 3]])
+
+
+def test_the_result_carries_no_stale_graphs_pca_or_tables_of_the_input():
+    import scipy.sparse as sp
+
+    from utag.evaluation import evaluate_clustering
+    from utag.utils import domain_connectivity as original_connectivity
+
+    tissue = synthetic_tissue(n_cells=1_500, n_slides=3, random_state=0)
+    tissue.obsp["connectivities"] = tissue.obsp["spatial_connectivities"] = sp.identity(tissue.n_obs, format="csr")
+    tissue.uns["neighbors"] = {"connectivities_key": "connectivities"}
+    tissue.uns["spatial_neighbors"] = {"connectivities_key": "spatial_connectivities"}
+    tissue.obsm["X_pca"] = np.zeros((tissue.n_obs, 2))
+    bare = _run(tissue, apply_clustering=False)
+    assert "neighbors" not in bare.uns and "spatial_neighbors" not in bare.uns and "X_pca" not in bare.obsm
+    key = "dom_kmeans_0.3"
+    first = _run(tissue, save_key="dom")
+    assert "neighbors" in first.uns and first.uns["neighbors"]["connectivities_key"] in first.obsp
+    original_connectivity(first, slide_key="roi", domain_key=key)
+    again = _run(first, save_key="dom", max_dist=40)
+    assert f"{key}_domain_adjacency_matrix" not in again.uns
+    # the evaluation helpers find labellings written under another save_key
+    assert evaluate_performance(again, "domain")["pred_key"].tolist() == [key]
+    assert evaluate_clustering(again)["domain_key"].tolist() == [key]
+    with pytest.raises(ValueError, match="use_weights"):  # a TypeError after all the work before
+        _run(tissue, clustering_method="leiden", leiden_kwargs={"flavor": "igraph", "weights": None})
