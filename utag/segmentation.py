@@ -518,6 +518,12 @@ RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "ra
                    "kmeans_kwargs": {"random_state": "random_state"}}
 
 
+#: Backend keywords that take whole numbers, with their smallest value (-1: leidenalg's "until stable").
+WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -1},
+                       "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -1},
+                       "kmeans_kwargs": {"max_iter": 1}}
+
+
 def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> None:
     """Refuse backend keywords that ``utag()`` sets itself, and an initial membership
     that is not one label per cell."""
@@ -528,6 +534,13 @@ def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwarg
         for key, instead in RESERVED_KWARGS[name].items():
             if key in (kwargs or {}):
                 raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead.")
+        for key, minimum in WHOLE_NUMBER_KWARGS.get(name, {}).items():  # before any work, naming the keyword
+            if key in (kwargs or {}):
+                check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
+    partition_type = (leiden_kwargs or {}).get("partition_type")
+    if partition_type is not None and not callable(partition_type):
+        raise ValueError("`leiden_kwargs['partition_type']` must be a leidenalg partition class (e.g. "
+                         f"leidenalg.RBConfigurationVertexPartition), got {partition_type!r}.")
     membership = (leiden_kwargs or {}).get("initial_membership")
     if membership is not None and np.shape(membership) != (n_cells,):
         raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "

@@ -251,6 +251,22 @@ def test_backend_keywords_that_utag_sets_are_refused_up_front(small, name, kwarg
         run_utag(small, clustering_method="leiden", resolutions=[0.3], **{name: kwargs}, **FAST)
 
 
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("leiden_kwargs", {"n_iterations": "x"}, r"leiden_kwargs\['n_iterations'\]"),
+    ("parc_kwargs", {"small_pop": "a"}, r"parc_kwargs\['small_pop'\]"),
+    ("kmeans_kwargs", {"max_iter": 0}, r"kmeans_kwargs\['max_iter'\]"),
+    ("leiden_kwargs", {"flavor": "leidenalg", "partition_type": "x"}, "partition class")])
+def test_backend_keywords_of_the_wrong_kind_are_named_before_any_work(small, name, kwargs, message, monkeypatch):
+    import utag.segmentation as segmentation
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("message passing ran before the check")
+
+    monkeypatch.setattr(segmentation, "pass_messages", no_work)
+    with pytest.raises(ValueError, match=message):
+        run_utag(small, clustering_method="leiden", resolutions=[0.3], **{name: kwargs}, **FAST)
+
+
 def test_initial_membership_follows_the_rows_of_adata(small):
     # utag() clusters the cells in its own order; a membership given per row must follow them
     rows = np.random.default_rng(0).permutation(small.n_obs)
