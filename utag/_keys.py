@@ -39,6 +39,7 @@ def label_columns(adata: AnnData, save_key: str = DEFAULT_SAVE_KEY) -> list[str]
 
 def written_labels(adata: AnnData) -> list[str]:
     """The labellings ``utag()`` wrote (``uns['utag']['label_keys']``, whatever its
-    ``save_key``), else the ``obs`` columns named with the default ``save_key``."""
+    ``save_key``), then the other ``obs`` columns named with the default ``save_key``
+    (those of an earlier run)."""
     keys = [str(key) for key in adata.uns.get("utag", {}).get("label_keys", []) if key in adata.obs]
-    return keys or label_columns(adata)
+    return keys + [key for key in label_columns(adata) if key not in keys]  # and an earlier run's

@@ -122,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     suffix = source.suffix.lower()
     if not (source.is_file() or (suffix == ".zarr" and source.is_dir())):
         raise UsageError(f"input {source} does not exist.")
-    overwritten = [option for option, path in outputs.items() if path.resolve() == source.resolve()]
+    overwritten = [option for option, path in outputs.items()  # samefile: also on case-insensitive disks
+                   if path.resolve() == source.resolve() or (path.exists() and os.path.samefile(path, source))]
     if overwritten:
         raise UsageError(f"{' and '.join(overwritten)} name the input {source}; give the output another name.")
     lazy = suffix == ".zarr" or args.dask_scheduler is not None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -164,7 +165,9 @@ def _not_markers(table: pd.DataFrame, name: str) -> set:
 
 def _looks_like_ids(column, entries: pd.Series) -> bool:
     """Unique whole numbers in a column named ``Unnamed: ...`` or ending in ``id``."""
-    named = str(column).startswith("Unnamed: ") or str(column).lower().rstrip().endswith("id")
+    name = str(column).strip()  # "CellID", "cell_id", "Object ID"; not "Amyloid" or "Lipid"
+    named = name.startswith("Unnamed: ") or re.search(r"(^|[\s_.\-])id$", name, re.IGNORECASE) is not None \
+        or re.search(r"[a-z0-9](ID|Id)$", name) is not None
     return bool(named and pd.api.types.is_integer_dtype(entries.dtype) and entries.is_unique)
 
 
@@ -291,8 +294,13 @@ def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[st
 def _as_text(column: pd.Series) -> np.ndarray:
     """Entries as strings, missing ones as empty strings (an empty cell in CSV; reticulate
     cannot convert ``None`` in a column of strings); whole numbers held as floats without ``.0``."""
-    values = column.astype(object) if isinstance(column.dtype, pd.CategoricalDtype) else column
-    if pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(values.dropna(), 1) == 0):
+    values = column
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        float_categories = pd.api.types.is_float_dtype(values.cat.categories.dtype)
+        values = values.astype("float64" if float_categories else object)
+    finite = values.dropna()
+    if pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(finite, 1) == 0) \
+            and np.all(np.abs(finite) < 2**53):  # whole numbers that an Int64 holds exactly
         values = values.astype("Int64")
     return values.astype("string").to_numpy(dtype=object, na_value="")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -495,7 +496,8 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
                     "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
                     adata.n_obs, sketched)
-    _check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs, kmeans_kwargs)
+    leiden_kwargs, parc_kwargs, kmeans_kwargs = _check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
+                                                                      kmeans_kwargs)
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
@@ -518,25 +520,31 @@ RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "ra
                    "kmeans_kwargs": {"random_state": "random_state"}}
 
 
-#: Backend keywords that take whole numbers, with their smallest value (-1: leidenalg's "until stable").
-WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -1},
-                       "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -1},
-                       "kmeans_kwargs": {"max_iter": 1}}
+#: Backend keywords that take whole numbers, with their smallest value (a negative number
+#: of Leiden iterations: until nothing changes).
+WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -sys.maxsize},
+                       "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -sys.maxsize},
+                       "kmeans_kwargs": {"max_iter": 1, "n_clusters": 1}}
 
 
-def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> None:
-    """Refuse backend keywords that ``utag()`` sets itself, and an initial membership
-    that is not one label per cell."""
+def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> tuple[dict, dict, dict]:
+    """Refuse backend keywords that ``utag()`` sets itself, whole-number keywords that are
+    not, and an initial membership that is not one label per cell. Returns copies of the
+    three dicts with those whole numbers as ints (R sends ``2`` as ``2.0``)."""
     given = {"leiden_kwargs": leiden_kwargs, "parc_kwargs": parc_kwargs, "kmeans_kwargs": kmeans_kwargs}
+    checked = {}
     for name, kwargs in given.items():
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ValueError(f"`{name}` must be a dict of keyword arguments, got {type(kwargs).__name__}.")
+        kwargs = dict(kwargs or {})
         for key, instead in RESERVED_KWARGS[name].items():
-            if key in (kwargs or {}):
+            if key in kwargs:
                 raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead.")
         for key, minimum in WHOLE_NUMBER_KWARGS.get(name, {}).items():  # before any work, naming the keyword
-            if key in (kwargs or {}):
-                check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
+            if key in kwargs:
+                kwargs[key] = check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
+        checked[name] = kwargs
+    leiden_kwargs = checked["leiden_kwargs"]
     partition_type = (leiden_kwargs or {}).get("partition_type")
     if partition_type is not None and not callable(partition_type):
         raise ValueError("`leiden_kwargs['partition_type']` must be a leidenalg partition class (e.g. "
@@ -545,6 +553,7 @@ def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwarg
     if membership is not None and np.shape(membership) != (n_cells,):
         raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "
                          f"order of adata's rows), got shape {np.shape(membership)}.")
+    return checked["leiden_kwargs"], checked["parc_kwargs"], checked["kmeans_kwargs"]
 
 
 def _multiscale_var(var: pd.DataFrame, widths) -> pd.DataFrame:

@@ -125,6 +125,10 @@ def test_columns_of_cell_ids_are_not_markers(table, tmp_path, caplog):
     assert "'CellID' holds cell ids" in caplog.text and "'Unnamed: 0' holds cell ids" in caplog.text
     named = read_cell_table(filtered, slide_column="image", id_column="cell", marker_columns=["CD3", "CellID"])
     assert list(named.var_names) == ["CD3", "CellID"]  # named, it is used
+    # markers whose names end in "id" but are no ids keep their place
+    stains = table.assign(Amyloid=[3, 1, 4, 5, 9], Lipid=[2, 7, 1, 8, 6])
+    assert list(read_cell_table(stains, slide_column="image", id_column="cell").var_names) == [
+        "CD3", "CD20", "Amyloid", "Lipid"]
 
 
 def test_slide_names_stay_text_and_column_names_may_be_one_string(table, tmp_path):
@@ -145,3 +149,6 @@ def test_labels_table_writes_missing_labels_as_empty_and_whole_numbers_without_a
     obs = pd.DataFrame({"k": pd.Categorical(["0", None, "1"]), "f": [1.0, np.nan, 2.0]}, index=list("abc"))
     table = labels_table(AnnData(np.zeros((3, 1)), obs=obs), keys="k", include="f")
     assert table.to_dict("list") == {"f": ["1", "", "2"], "k": ["0", "", "1"]}  # not "nan", "1.0"
+    obs = pd.DataFrame({"big": [1e20, 2.0, np.nan], "cat": pd.Categorical([1.0, 2.0, np.nan])}, index=list("abc"))
+    table = labels_table(AnnData(np.zeros((3, 1)), obs=obs), keys=["big", "cat"])
+    assert table.to_dict("list") == {"big": ["1e+20", "2.0", ""], "cat": ["1", "2", ""]}

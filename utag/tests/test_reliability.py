@@ -428,3 +428,15 @@ def test_import_works_where_numba_cannot_cache():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "4"
+
+
+def test_whole_number_backend_keywords_take_r_numbers_and_any_negative_iteration_count(small):
+    options = {"resolutions": [0.3], **FAST}
+    expected = run_utag(small, clustering_method="leiden", leiden_kwargs={"flavor": "igraph", "n_iterations": 2},
+                        **options)
+    got = run_utag(small, clustering_method="leiden", leiden_kwargs={"flavor": "igraph", "n_iterations": 2.0},
+                   **options)  # as R sends 2: igraph refused the float after all the work
+    key = "UTAG Label_leiden_0.3"
+    np.testing.assert_array_equal(got.obs[key], expected.obs[key])
+    run_utag(small, clustering_method="leiden", leiden_kwargs={"n_iterations": -2}, **options)  # until stable
+    run_utag(small, clustering_method="kmeans", kmeans_kwargs={"max_iter": 300.0}, **options)

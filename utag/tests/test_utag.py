@@ -454,3 +454,12 @@ def test_the_result_carries_no_stale_graphs_pca_or_tables_of_the_input():
     assert evaluate_clustering(again)["domain_key"].tolist() == [key]
     with pytest.raises(ValueError, match="use_weights"):  # a TypeError after all the work before
         _run(tissue, clustering_method="leiden", leiden_kwargs={"flavor": "igraph", "weights": None})
+
+
+def test_the_evaluation_helpers_score_the_labellings_of_an_earlier_run_too(tissue):
+    from utag.evaluation import evaluate_clustering
+
+    again = _run(_run(tissue), resolutions=[0.5])  # keeps the first run's column, lists only its own
+    keys = ["UTAG Label_kmeans_0.5", "UTAG Label_kmeans_0.3"]
+    assert evaluate_performance(again, "domain")["pred_key"].tolist() == keys
+    assert evaluate_clustering(again)["domain_key"].tolist() == keys
