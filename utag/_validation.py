@@ -16,6 +16,13 @@ from anndata import AnnData
 CLUSTERING_METHODS = ("leiden", "parc", "kmeans")
 
 
+def as_list(values) -> list:
+    """``values`` as a list: a string or any single value (an integer slide name) is one item."""
+    if isinstance(values, str) or not pd.api.types.is_list_like(values):
+        return [values]
+    return list(values)
+
+
 def as_int(name: str, value, minimum: int = 1) -> int:
     """Accept ints and integral floats (R sends ``10`` as ``10.0``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import TABLE_SUFFIXES, labels_table, read_cell_table, read_lazy, write_domains
+from .io import TABLE_SUFFIXES, labels_table, read_cell_table, read_lazy, remove_path, write_domains
 
 __all__ = ["main", "build_parser"]
 
@@ -89,19 +88,11 @@ def atomic_outputs(paths: list[Path]):
                 moved.append(path)
         except BaseException:
             for path in moved:  # all outputs or none
-                _remove(path)
+                remove_path(path)
             raise
     finally:
         for temporary in temporaries:
-            _remove(temporary)
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or a directory (a .zarr store), if there."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+            remove_path(temporary)
 
 
 def _umask() -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
+from . import _validation as check
+
 __all__ = ["rgb_image", "add_spatial_image"]
 
 
@@ -53,7 +55,7 @@ def rgb_image(
     stack = np.moveaxis(np.asarray(image), channel_axis, 0)
     if stack.ndim != 3:
         raise ValueError(f"`image` must have 3 dimensions (channels, height, width); got shape {stack.shape}.")
-    channels = [channels] if isinstance(channels, (str, int, np.integer)) else list(channels)
+    channels = check.as_list(channels)
     if not 1 <= len(channels) <= 3:
         raise ValueError(f"`channels` needs 1 to 3 entries (red, green, blue), got {len(channels)}.")
     low, high = percentiles

@@ -54,7 +54,7 @@ def read_cell_table(
         do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``, and so
         do, with a log message, empty columns and columns of cell ids: unique whole
         numbers in a column named ``Unnamed: ...`` (a row index written with the table)
-        or ending in ``id`` (``CellID``, ``cell_id``, ...).
+        or ending in ``id`` as a word of its own (``CellID``, ``cell_id``; not ``Lipid``).
     exclude_columns
         Numeric columns that are not markers (cell area, eccentricity, ...); kept in ``obs``.
     id_column
@@ -146,9 +146,9 @@ def _cell_names(table: pd.DataFrame, id_column: str | None, name: str) -> pd.Ind
 
 
 def _not_markers(table: pd.DataFrame, name: str) -> set:
-    """Columns that look numeric but are no markers: a row index that pandas wrote with the
-    table (``Unnamed: 0`` counting 0, 1, 2, ...) and columns with no entry at all; each
-    is logged and kept in ``obs`` (name it in ``marker_columns`` to use it)."""
+    """Columns that look numeric but are no markers: columns of cell ids
+    (:func:`_looks_like_ids`) and columns with no entry at all; each is logged and kept in
+    ``obs`` (name it in ``marker_columns`` to use it)."""
     left_out = set()
     for column in table.columns:
         entries = table[column]
@@ -164,7 +164,8 @@ def _not_markers(table: pd.DataFrame, name: str) -> set:
 
 
 def _looks_like_ids(column, entries: pd.Series) -> bool:
-    """Unique whole numbers in a column named ``Unnamed: ...`` or ending in ``id``."""
+    """Unique whole numbers in a column named ``Unnamed: ...`` (a row index pandas wrote
+    with the table) or ending in ``id`` as a word of its own (``CellID``, ``cell_id``)."""
     name = str(column).strip()  # "CellID", "cell_id", "Object ID"; not "Amyloid" or "Lipid"
     named = name.startswith("Unnamed: ") or re.search(r"(^|[\s_.\-])id$", name, re.IGNORECASE) is not None \
         or re.search(r"[a-z0-9](ID|Id)$", name) is not None
@@ -172,8 +173,8 @@ def _looks_like_ids(column, entries: pd.Series) -> bool:
 
 
 def _names(value) -> list:
-    """A column name or a list of them, as a list."""
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
+    """A column name or a list of them, as a list (``None``: none)."""
+    return [] if value is None else check.as_list(value)
 
 
 def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_name: str, name: str) -> np.ndarray:
@@ -400,13 +401,13 @@ def write_domains(result: AnnData, path, features: bool = False, overwrite: bool
             except BaseException:
                 os.replace(old, path)
                 raise
-            _remove(old)
+            remove_path(old)
         finally:
-            _remove(beside)
+            remove_path(beside)
 
 
-def _remove(path: Path) -> None:
-    """Remove a file, a link (not what it points to) or a folder, if there."""
+def remove_path(path: Path) -> None:
+    """Remove a file, a link (not what it points to) or a folder (a .zarr store), if there."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():

@@ -125,7 +125,7 @@ def plot_domains(
     if slides is not None:
         if slide_key is None:
             raise ValueError("`slides` picks slides by name: pass `slide_key`, the obs column naming them.")
-        wanted = [str(s) for s in _as_list(slides)]
+        wanted = [str(s) for s in check.as_list(slides)]
         _check_selection("slides", wanted, slide_names.astype(str), where=f"`obs[{slide_key!r}]`")
         panels = [int(np.flatnonzero(slide_names.astype(str) == s)[0]) for s in wanted]
     else:
@@ -156,13 +156,6 @@ def plot_domains(
     if legend:
         _legend(fig, colors, key)
     return fig
-
-
-def _as_list(values) -> list:
-    """``values`` as a list: a string or any single value (an integer slide name) is one item."""
-    if isinstance(values, str) or not pd.api.types.is_list_like(values):
-        return [values]
-    return list(values)
 
 
 def _check_selection(name: str, chosen, known, where: str = "the table") -> None:
@@ -449,11 +442,11 @@ def plot_colocalization(
     if cell_types is None:
         types = pd.Index(known_types)
     else:
-        types = pd.Index([str(t) for t in _as_list(cell_types)])
+        types = pd.Index([str(t) for t in check.as_list(cell_types)])
         _check_selection("cell_types", types, known_types)
         table = table[table["cell_type_a"].isin(types) & table["cell_type_b"].isin(types)]
     known_domains = pd.unique(table["domain"])
-    domains = list(known_domains) if domains is None else [str(d) for d in _as_list(domains)]
+    domains = list(known_domains) if domains is None else [str(d) for d in check.as_list(domains)]
     _check_selection("domains", domains, known_domains)
     limit = max(float(np.nanmax(np.abs(table[value]))), 1e-9)
     ncols = min(ncols, len(domains))
@@ -542,7 +535,7 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
     """
     from .tuning import domain_hierarchy
 
-    keys = _as_list(keys)
+    keys = check.as_list(keys)
     if not keys:
         raise ValueError("`keys` needs at least one labelling (obs column), coarse to fine.")
     hierarchy = domain_hierarchy(adata, keys)

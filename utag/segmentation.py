@@ -504,8 +504,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains, max_dist=max_dist,
         n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps, pca_kwargs=pca_kwargs,
         use_rep=representation(use_rep, n_features), min_cells=min_domain_cells(min_domain_size, adata.n_obs),
-        backend_kwargs={"leiden": dict(leiden_kwargs or {}), "parc": dict(parc_kwargs or {}),
-                        "kmeans": dict(kmeans_kwargs or {})},
+        backend_kwargs={"leiden": leiden_kwargs, "parc": parc_kwargs, "kmeans": kmeans_kwargs},  # checked copies
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, sketch_size=sketched,
     )
@@ -545,11 +544,11 @@ def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwarg
                 kwargs[key] = check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
         checked[name] = kwargs
     leiden_kwargs = checked["leiden_kwargs"]
-    partition_type = (leiden_kwargs or {}).get("partition_type")
+    partition_type = leiden_kwargs.get("partition_type")
     if partition_type is not None and not callable(partition_type):
         raise ValueError("`leiden_kwargs['partition_type']` must be a leidenalg partition class (e.g. "
                          f"leidenalg.RBConfigurationVertexPartition), got {partition_type!r}.")
-    membership = (leiden_kwargs or {}).get("initial_membership")
+    membership = leiden_kwargs.get("initial_membership")
     if membership is not None and np.shape(membership) != (n_cells,):
         raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "
                          f"order of adata's rows), got shape {np.shape(membership)}.")
