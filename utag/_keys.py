@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from anndata import AnnData
 
-__all__ = ["DEFAULT_SAVE_KEY", "label_columns", "label_key", "method_and_resolution", "probabilities_key",
-           "written_labels"]
+__all__ = ["DEFAULT_SAVE_KEY", "TABLES_OF_LABELS", "drop_tables_of", "label_columns", "label_key",
+           "method_and_resolution", "probabilities_key", "written_labels"]
 
 #: Prefix of the label columns (``utag(save_key=...)``).
 DEFAULT_SAVE_KEY = "UTAG Label"
+#: Tables counted per domain of the labelling in ``obs[key]``, stored as
+#: ``uns[f"{key}_{table}"]`` (by :mod:`utag.analysis` and the original API in :mod:`utag.utils`).
+TABLES_OF_LABELS = ("connectivity", "colocalization", "domain_adjacency_matrix", "celltype_adjacency_matrix")
 
 
 def label_key(save_key: str, method: str, resolution: float) -> str:
@@ -43,3 +46,11 @@ def written_labels(adata: AnnData) -> list[str]:
     (those of an earlier run)."""
     keys = [str(key) for key in adata.uns.get("utag", {}).get("label_keys", []) if key in adata.obs]
     return keys + [key for key in label_columns(adata) if key not in keys]  # and an earlier run's
+
+
+def drop_tables_of(adata: AnnData, key: str, colors: bool = False) -> None:
+    """Remove from ``adata.uns`` the tables counted under the labels of ``obs[key]``
+    (:data:`TABLES_OF_LABELS`), when those labels change; ``colors``: scanpy's
+    ``uns[f"{key}_colors"]`` too."""
+    for table in TABLES_OF_LABELS + ("colors",) * colors:
+        adata.uns.pop(f"{key}_{table}", None)

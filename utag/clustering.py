@@ -280,19 +280,21 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
 
 
 def cluster(method: str, neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
-            min_cells: int = 0, **kwargs) -> np.ndarray:
+            min_cells: int = 0, *, keep: int = 1, **kwargs) -> np.ndarray:
     """Integer labels (0 = largest cluster) from the backend named ``method``, domains of
-    fewer than ``min_cells`` cells merged into their neighbours (:func:`merge_small_domains`)."""
+    fewer than ``min_cells`` cells merged into their neighbours while more than ``keep``
+    are left (:func:`merge_small_domains`)."""
     random_state = check.seed(random_state)
     labels = BACKENDS[method](neighbourhood, resolution, random_state=random_state, **kwargs)
-    return _merged(labels, neighbourhood, min_cells)
+    return _merged(labels, neighbourhood, min_cells, keep)
 
 
-def _merged(labels, neighbourhood: Neighbourhood, min_cells: int) -> np.ndarray:
-    """``labels`` numbered by size, domains of fewer than ``min_cells`` cells merged."""
+def _merged(labels, neighbourhood: Neighbourhood, min_cells: int, keep: int = 1) -> np.ndarray:
+    """``labels`` numbered by size, domains of fewer than ``min_cells`` cells merged while
+    more than ``keep`` are left."""
     labels = np.asarray(labels).ravel()
     if min_cells > 1:
-        return merge_small_domains(labels, neighbourhood.connectivities, neighbourhood.embedding, min_cells)
+        return merge_small_domains(labels, neighbourhood.connectivities, neighbourhood.embedding, min_cells, keep)
     return relabel_by_size(labels)
 
 

@@ -20,11 +20,12 @@ from anndata import AnnData
 
 from . import _validation as check
 from . import distributed, multiscale
-from ._keys import DEFAULT_SAVE_KEY, label_key, probabilities_key
+from ._keys import DEFAULT_SAVE_KEY, drop_tables_of, label_key, probabilities_key
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
 from .clustering import (
     Neighbourhood,
+    cluster,
     cluster_many,
     feature_scale,
     feature_spread,
@@ -175,7 +176,8 @@ def utag(
         Also (or, with ``resolutions=None``, only) find exactly this many domains: Leiden
         at the resolution found by bisection (:func:`utag.tuning.resolution_for_n_domains`),
         k-means with ``k = n_domains``; written under the usual key with that resolution.
-        Every domain then holds at least a tenth of an equal share of the cells.
+        Leiden's domains then each hold at least a tenth of an equal share of the cells;
+        k-means keeps its ``n_domains`` domains even where some are below ``min_domain_size``.
     use_rep
         What the kNN graph that Leiden clusters is built on: ``None`` (default) chooses as
         ``scanpy.pp.neighbors`` with its default ``use_rep``, as the original UTAG did: the
@@ -650,7 +652,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):
-            runs += _runs_for_n_domains(neighbourhoods["leiden"], p.n_domains, p.methods, backend_kwargs,
+            runs += _runs_for_n_domains(neighbourhoods, p.n_domains, p.methods, backend_kwargs,
                                         random_state, p.min_cells, coords, codes)
     return runs, swept
 
@@ -728,18 +730,26 @@ def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, mi
     return done
 
 
-def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
+def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_kwargs: dict,
                         random_state: int, min_cells: int, coords: np.ndarray, codes: np.ndarray) -> list[tuple]:
     """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging on
-    the tissue, see :func:`utag.tuning.resolution_for_n_domains`), k-means directly."""
+    the tissue, see :func:`utag.tuning.resolution_for_n_domains`), k-means directly (its
+    domains below ``min_cells`` merged only while more than ``n_domains`` are left: the
+    number asked for wins over the minimum size)."""
     runs = []
     if "leiden" in methods:
-        resolution, labels = resolution_for_n_domains(neighbourhood, n_domains, random_state,
+        resolution, labels = resolution_for_n_domains(neighbourhoods["leiden"], n_domains, random_state,
                                                       backend_kwargs["leiden"], min_domain_size=min_cells,
                                                       coords=coords, slide_codes=codes)
         runs.append(("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels)))
     if "kmeans" in methods:
-        runs.append(("kmeans", n_domains / 10, {**backend_kwargs["kmeans"], "n_clusters": n_domains}, None))
+        kwargs = {**backend_kwargs["kmeans"], "n_clusters": n_domains}
+        labels = cluster("kmeans", neighbourhoods["kmeans"], n_domains / 10, random_state, min_cells,
+                         keep=n_domains, **kwargs)
+        if np.bincount(labels).min() < min_cells:
+            logger.info("n_domains=%d: k-means keeps domains below min_domain_size (%d cells) to give %d",
+                        n_domains, min_cells, n_domains)
+        runs.append(("kmeans", n_domains / 10, kwargs, labels))
     return runs
 
 
@@ -811,9 +821,7 @@ def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
     for key, codes in labels.items():
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
         result.obsm[probabilities_key(key)] = probabilities[key]
-        for table in ("connectivity", "colocalization", "domain_adjacency_matrix", "celltype_adjacency_matrix",
-                      "colors"):  # of the labels of an earlier run
-            result.uns.pop(f"{key}_{table}", None)
+        drop_tables_of(result, key, colors=True)  # of the labels of an earlier run
     result.uns.pop("utag_resolution_sweep", None)  # an earlier run's
     if swept is not None:
         table, typical = swept

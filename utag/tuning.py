@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
-from ._keys import method_and_resolution, probabilities_key
+from ._keys import drop_tables_of, method_and_resolution, probabilities_key
 from ._order import canonical_order, rows_back
 from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
 
@@ -551,8 +551,9 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     unused categories keeps its domains. A domain of the previous labelling that has no
     partner leaves its number unused: the category stays, empty, with a probability
     column of zeros (and no centroid). Cells without a label keep none. Tables counted
-    under the old numbers (``uns[f"{key}_connectivity"]`` and ``..._colocalization``)
-    are removed.
+    under the old numbers (``uns[f"{key}_connectivity"]``, ``..._colocalization`` and the
+    original API's ``..._domain_adjacency_matrix`` and ``..._celltype_adjacency_matrix``,
+    :data:`utag._keys.TABLES_OF_LABELS`) are removed; colours stay with the numbers.
     """
     from .transfer import domain_numbers
 
@@ -590,8 +591,7 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
             codes = np.where(codes >= 0, mapping[np.maximum(codes, 0)], -1)
             n_domains = len(source)
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(n_domains)])
-        for table in ("connectivity", "colocalization"):  # counted under the old numbers
-            result.uns.pop(f"{key}_{table}", None)
+        drop_tables_of(result, key)  # counted under the old numbers (colours follow the numbers)
         previous, n_previous = codes, n_domains
     return keys
 

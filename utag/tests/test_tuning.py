@@ -226,6 +226,24 @@ def test_knn_transfer_reads_domains_by_name_and_skips_missing_labels(four_domain
         transfer_labels(result, new, keys=key, slide_key="roi", n_neighbors=0)
 
 
+def test_consistent_labels_drops_the_tables_counted_under_the_old_numbers(four_domains):
+    from utag.utils import celltype_connectivity, domain_connectivity
+
+    adata, _ = four_domains
+    result = utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 1.0], progress=False)
+    coarse, fine = "UTAG Label_leiden_0.05", "UTAG Label_leiden_1.0"
+    result.obs["cell_type"] = pd.Categorical(np.asarray(adata.X).argmax(axis=1).astype(str))
+    for key in (coarse, fine):  # the original API's tables, and colours
+        domain_connectivity(result, slide_key="roi", domain_key=key)
+        celltype_connectivity(result, slide_key="roi", domain_key=key, celltype_key="cell_type")
+        result.uns[f"{key}_colors"] = ["#000000"] * result.obs[key].nunique()
+    consistent_labels(result, keys=[coarse, fine])
+    for key in (coarse, fine):
+        assert f"{key}_domain_adjacency_matrix" not in result.uns
+        assert f"{key}_celltype_adjacency_matrix" not in result.uns
+        assert f"{key}_colors" in result.uns  # colours follow the numbers
+
+
 def test_consistent_labels_from_fine_to_coarse_leaves_numbers_unused(four_domains):
     adata, _ = four_domains
     result = utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 1.0], progress=False)
@@ -386,6 +404,20 @@ def test_sweep_seeds_wrap_and_cells_at_one_position_are_not_their_own_neighbours
     assert graph.diagonal().sum() == 0 and (graph[np.arange(0, 1000, 2), np.arange(1, 1000, 2)] == 1).all()
     shuffled = np.random.default_rng(1).integers(0, 4, size=len(coords))
     assert abs(spatial_coherence(shuffled[None], coords, codes, n_neighbors=3)[0]) < 0.02
+
+
+def test_kmeans_n_domains_gives_the_number_asked_for_even_below_the_minimum_size():
+    # 400 cells: the default minimum domain size is 10 cells, and k-means with k=30 makes
+    # domains below it; they used to be merged, leaving fewer domains than asked for
+    adata = synthetic_tissue(n_cells=400, n_slides=1, random_state=0)
+    for n_domains in (12, 30):
+        result = utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=None, n_domains=n_domains,
+                      progress=False)
+        labels = result.obs[result.uns["utag"]["label_keys"][0]]
+        assert labels.nunique() == n_domains
+    # without n_domains, k-means' small domains are still merged
+    result = utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[3.0], progress=False)
+    assert result.obs["UTAG Label_kmeans_3.0"].value_counts().min() >= 10
 
 
 def test_bad_search_bounds_and_neighbour_counts_are_named(four_domains):
