@@ -100,7 +100,7 @@ def _random_order(n, state):
 @jit
 def _consecutive(labels):
     """Relabel to ``0..k-1`` in order of first appearance; returns (labels, k)."""
-    mapping = np.full(labels.max() + 1, -1, dtype=np.int64)
+    mapping = np.full(labels.max() + 1 if len(labels) else 0, -1, dtype=np.int64)
     relabelled = np.empty(len(labels), dtype=np.int64)
     k = 0
     for i in range(len(labels)):
@@ -347,6 +347,9 @@ class Run:
     def __init__(self, graph, resolution: float, n_iterations: int, random_state: int,
                  initial_membership: np.ndarray | None = None):
         self.indptr, self.indices, self.weights, self.node_weights, two_m, self.order = graph
+        if not (np.isfinite(resolution) and resolution >= 0):  # negative: one community; NaN: none
+            raise ValueError(f"The Leiden `resolution` must be a finite number >= 0 (typically 0.01-2), "
+                             f"got {resolution!r}.")
         n = len(self.node_weights)
         if initial_membership is None:
             self.membership = np.arange(n, dtype=np.int64)

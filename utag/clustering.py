@@ -148,6 +148,7 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
         import leidenalg
 
         partition_type = kwargs.pop("partition_type", leidenalg.RBConfigurationVertexPartition)
+        _check_takes_resolution(partition_type)
         kwargs.setdefault("n_iterations", -1)
         membership = leidenalg.find_partition(
             graph, partition_type, weights=weights, resolution_parameter=resolution, seed=random_state, **kwargs
@@ -155,6 +156,25 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     else:
         raise ValueError(f"`leiden_kwargs['flavor']` must be 'fast', 'igraph' or 'leidenalg', got {flavor!r}.")
     return np.asarray(membership)
+
+
+def _check_takes_resolution(partition_type) -> None:
+    """A ``ValueError`` naming the fix when the leidenalg ``partition_type`` has no
+    ``resolution_parameter`` (e.g. ``ModularityVertexPartition``), which utag passes for
+    each of its resolutions; leidenalg would raise a ``TypeError`` about the keyword."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(partition_type).parameters
+    except (TypeError, ValueError):  # no signature to read: let leidenalg judge
+        return
+    if "resolution_parameter" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    name = getattr(partition_type, "__name__", repr(partition_type))
+    raise ValueError(f"`leiden_kwargs['partition_type']` {name} takes no resolution, but Leiden runs at each of "
+                     "`resolutions`: use leidenalg.RBConfigurationVertexPartition (modularity at a resolution; "
+                     "at 1.0 it is ModularityVertexPartition) or another partition with a resolution_parameter "
+                     "(CPMVertexPartition, RBERVertexPartition).")
 
 
 def _fast_leiden_run(neighbourhood: Neighbourhood, resolution: float, random_state: int,
@@ -506,9 +526,17 @@ def feature_spread(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.nda
     rows in ``n_jobs`` threads, summed in order (the same numbers for any number)."""
     if sp.issparse(features):
         features = sp.csr_matrix(features, dtype=np.float64)
+        if not features.has_canonical_format:  # one entry per cell and feature, on a copy
+            features = features.copy()
+            features.sum_duplicates()
+        n_cells, n_features = features.shape
         mean = np.asarray(features.mean(axis=0)).ravel()
-        mean_sq = np.asarray(features.multiply(features).mean(axis=0)).ravel()
-        return mean, np.sqrt(np.clip(mean_sq - mean**2, 0, None))
+        # deviations of the stored values, and of the implicit zeros (E[x^2] - E[x]^2 cancels
+        # the spread of a bright, flat channel away)
+        squares = np.bincount(features.indices, weights=(features.data - mean[features.indices]) ** 2,
+                              minlength=n_features)
+        zeros = n_cells - np.bincount(features.indices, minlength=n_features)
+        return mean, np.sqrt((squares + zeros * mean**2) / max(n_cells, 1))
     mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
     squares = map_threads(lambda rows: squared_deviations(features[rows], mean), _chunks(len(features)), n_jobs)
     return mean, np.sqrt(sum(squares) / max(len(features), 1))

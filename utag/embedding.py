@@ -199,6 +199,7 @@ def nearest_neighbors(embedding: np.ndarray, n_neighbors: int, method: str = "au
     ([[0, 1], [1, 0], [2, 1]], [[0.0, 1.0], [0.0, 1.0], [0.0, 4.0]])
     """
     random_state = check.seed(random_state)
+    n_neighbors = check.as_int("n_neighbors", n_neighbors)
     if exact_search(embedding, n_neighbors, method):
         indices, distances = exact_neighbors(embedding, n_neighbors, n_jobs)
     else:
@@ -243,7 +244,10 @@ def exact_neighbors(embedding: np.ndarray, n_neighbors: int, n_jobs: int | None 
     # rows whose last neighbour ties (up to the rotation's rounding) with the spare candidate
     # may have tied cells beyond the candidates: take them all
     last = distances[:, k - 1]
-    radius = last * (1 + 1e-9) + 1e-12
+    # the rotation rounds each coordinate by up to ~1e-15 of the largest one: a ball of a
+    # fixed 1e-12 slack missed duplicates of bright cells (then listed twice in a row)
+    slack = 1e-9 * max(float(np.abs(searched).max(initial=0.0)), 1e-3)
+    radius = last * (1 + 1e-9) + slack
     open_rows = np.flatnonzero(distances[:, -1] <= radius) if n_candidates < n_cells else np.zeros(0, int)
     if len(open_rows):  # about 1% of the rows of a spleen section
         balls = tree.query_ball_point(searched[open_rows], radius[open_rows], workers=n_threads(n_jobs))
@@ -780,21 +784,24 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
           watch=None, rows=None, n_jobs: int | None = None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
-    ``n_comps`` is capped below the numbers of features and cells (but at least 1); any
-    ``pca_kwargs`` (or more than :data:`MAX_COVARIANCE_FEATURES` features) send the PCA
-    through ``scanpy.pp.pca``, unless there is one feature or none varies
-    (:func:`_fit_pca`). The kNN graph is built on ``use_rep`` (``"X"``: the features,
-    ``"X_pca"``: the PCA); ``pca_graph`` also builds one on the PCA when ``use_rep`` is
-    ``"X"`` (what PARC and k-means cluster). ``watch``: a :class:`utag._progress.Stopwatch`.
-    ``rows``: build the kNN graphs on these cells only (a sketch; the PCA is of every
-    cell), or a function choosing them from the PCA embedding; kept in ``rows``.
-    ``n_jobs``: threads for the kNN graphs (``None``: every core; the same graphs for any
-    number).
+    ``n_comps`` (or ``pca_kwargs['n_comps']``, as ``utag()`` takes it) is capped below the
+    numbers of features and cells (but at least 1); any other ``pca_kwargs`` (or more than
+    :data:`MAX_COVARIANCE_FEATURES` features) send the PCA through ``scanpy.pp.pca``,
+    unless there is one feature or none varies (:func:`_fit_pca`). The kNN graph is built
+    on ``use_rep`` (``"X"``: the features, ``"X_pca"``: the PCA); ``pca_graph`` also
+    builds one on the PCA when ``use_rep`` is ``"X"`` (what PARC and k-means cluster).
+    ``watch``: a :class:`utag._progress.Stopwatch`. ``rows``: build the kNN graphs on these
+    cells only (a sketch; the PCA is of every cell), or a function choosing them from the
+    PCA embedding; kept in ``rows``. ``n_jobs``: threads for the kNN graphs (``None``:
+    every core; the same graphs for any number).
     """
     random_state = check.seed(random_state)
+    n_neighbors = check.as_int("n_neighbors", n_neighbors)
     watch = watch or Stopwatch()
+    pca_kwargs = dict(pca_kwargs or {})
+    n_comps = pca_kwargs.pop("n_comps", n_comps)  # as utag() takes it (capped; no reason for scanpy's PCA)
     with watch("PCA"):
-        fitted = _fit_pca(features, capped_n_comps(n_comps, *features.shape), random_state, dict(pca_kwargs or {}))
+        fitted = _fit_pca(features, capped_n_comps(n_comps, *features.shape), random_state, pca_kwargs)
         fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
     if callable(rows):
         with watch("sketch"):

@@ -30,7 +30,9 @@ from ._parallel import map_processes
 __all__ = [
     "GraphTooLargeError",
     "check_graph_fits",
+    "check_knn_graph_fits",
     "combine_slides",
+    "count_edges",
     "estimate_pairs",
     "LOST_WORKER_HINT",
     "per_slide",
@@ -97,32 +99,80 @@ def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
 def _delaunay_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """squidpy's Delaunay graph (edges longer than ``max_dist`` cut) of the distinct
     positions, constant coordinates (a flat z) left out; cells at the same position share
-    its neighbours and are linked to each other (Qhull would leave all but one out)."""
+    its neighbours and are linked to each other (Qhull would leave all but one out), and so
+    do cells at a position Qhull leaves out of the triangulation, too close to another to
+    tell apart (about 1e-13 of the slide's size), with those of the nearest position in it.
+    Positions Qhull cannot triangulate, on a line or (in 3-D) a tilted plane, get the
+    Delaunay graph within it (:func:`_flat_delaunay`)."""
     from scipy.spatial import QhullError
 
     points, position = np.unique(coords, axis=0, return_inverse=True)
     position = position.ravel()
     varying = np.ptp(points, axis=0) > 0 if len(points) else np.ones(coords.shape[1], dtype=bool)
-    try:
-        connectivities, _ = _builder(max_dist, "delaunay").build(np.ascontiguousarray(points[:, varying]))
-    except (QhullError, ValueError):  # no triangulation: fewer than 3 positions, or all on a line
-        if len(points) >= 3 and varying.sum() >= 2:
-            logger.warning("Delaunay triangulation failed for %d positions; using the radius graph instead",
-                           len(points))
+    reduced = np.ascontiguousarray(points[:, varying])
+    try:  # the whole triangulation: its edges are cut below, once left-out positions have their place
+        connectivities, _ = _builder(np.inf, "delaunay").build(reduced)
+    except (QhullError, ValueError):  # fewer than 3 positions, or all on a line (in 3-D: on a plane)
+        connectivities = _flat_delaunay(reduced)
+    if connectivities is None:
+        logger.warning("Delaunay triangulation failed for %d positions; using the radius graph instead",
+                       len(points))
         connectivities, _ = _builder(max_dist).build(np.ascontiguousarray(points))
+        cut = False
+    else:
+        position = _triangulated_positions(connectivities, reduced)[position]
+        cut = True
     # each cell takes the edges of its position (cells at one position are linked through its self-loop)
     at = sp.csr_matrix((np.ones(len(coords)), (np.arange(len(coords)), position)), shape=(len(coords), len(points)))
     pairs = sp.csr_matrix(at @ sp.csr_matrix(connectivities) @ at.T)
     pairs.sum_duplicates()
     pairs.sort_indices()
-    rows = np.repeat(np.arange(len(coords)), np.diff(pairs.indptr))
-    lengths = np.linalg.norm(coords[rows] - coords[pairs.indices], axis=1)
-    off_diagonal = rows != pairs.indices
-    connectivities = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), pairs.indices, pairs.indptr),
-                                   shape=pairs.shape)
-    distances = sp.csr_matrix((lengths[off_diagonal], (rows[off_diagonal], pairs.indices[off_diagonal])),
+    rows, columns = np.repeat(np.arange(len(coords)), np.diff(pairs.indptr)), pairs.indices
+    lengths = np.linalg.norm(coords[rows] - coords[columns], axis=1)
+    if cut:  # what squidpy's DelaunayBuilder(radius=max_dist) cuts: edges longer than max_dist
+        kept = (rows == columns) | (lengths <= max_dist)
+        rows, columns, lengths = rows[kept], columns[kept], lengths[kept]
+    off_diagonal = rows != columns
+    connectivities = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)), shape=pairs.shape)
+    distances = sp.csr_matrix((lengths[off_diagonal], (rows[off_diagonal], columns[off_diagonal])),
                               shape=pairs.shape)
     return connectivities, distances
+
+
+def _flat_delaunay(points: np.ndarray) -> sp.csr_matrix | None:
+    """The Delaunay graph (self-loops included) of positions Qhull cannot triangulate
+    because they span fewer dimensions than they have: one or two positions, positions on
+    a line (each linked to the next along it: a circle through two others holds the ones
+    between them) or, in 3-D, on a tilted plane (the triangulation within the plane).
+    ``None`` when they are not flat."""
+    if len(points) < 2:
+        return sp.identity(len(points), dtype=np.float32, format="csr")
+    centred = points - points.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > 1e-9 * singular[0]).sum())
+    if rank >= 2:  # a plane in 3-D: triangulate within it
+        from scipy.spatial import QhullError
+
+        if rank == points.shape[1]:  # not flat: Qhull failed for another reason
+            return None
+        try:
+            return _builder(np.inf, "delaunay").build(np.ascontiguousarray(centred @ axes[:rank].T))[0]
+        except (QhullError, ValueError):
+            return None
+    order = np.argsort(centred @ axes[0])
+    step = sp.csr_matrix((np.ones(len(points) - 1), (order[:-1], order[1:])), shape=(len(points),) * 2)
+    return sp.csr_matrix(step + step.T + sp.identity(len(points)), dtype=np.float32)
+
+
+def _triangulated_positions(connectivities: sp.csr_matrix, points: np.ndarray) -> np.ndarray:
+    """Each position's place in the triangulation ``connectivities`` of ``points``: itself,
+    or, for a position Qhull left out (no edge but its self-loop), the nearest one in it."""
+    place = np.arange(len(points))
+    left_out = np.diff(connectivities.indptr) <= 1
+    if left_out.any() and not left_out.all():
+        vertices = np.flatnonzero(~left_out)
+        place[left_out] = vertices[cKDTree(points[vertices]).query(points[left_out])[1]]
+    return place
 
 
 def graph_params(max_dist: float, kind: str = "radius", n_neighbors: int = 6) -> dict:
@@ -137,6 +187,14 @@ def combine_slides(graphs: list[tuple[sp.csr_matrix, sp.csr_matrix]], slides: li
     """The slides' graphs as one block-diagonal graph in the input's cell order, as squidpy
     combines libraries (``slides``: each slide's cell indices, as :func:`slide_cells` gives)."""
     return _builder(max_dist).combine(graphs, np.concatenate(slides))
+
+
+def count_edges(connectivities: sp.csr_matrix, kind: str = "radius") -> int:
+    """Pairs of distinct cells one slide's graph of kind ``kind`` (with every self-loop)
+    links; a kNN graph's pair counts once whether one or both cells hold the other."""
+    if kind == "knn":  # directed: i may hold j without j holding i
+        connectivities = sp.csr_matrix(connectivities).maximum(sp.csr_matrix(connectivities).T)
+    return (connectivities.nnz - connectivities.shape[0]) // 2
 
 
 def upper_pairs(connectivities: sp.csr_matrix) -> np.ndarray:
@@ -261,6 +319,39 @@ def _slides_side_by_side(points: np.ndarray, codes: np.ndarray, max_dist: float)
     shifted = points - low[slide]
     shifted[:, 0] += start[slide]
     return shifted, min(max_dist, diagonal * (1 + 1e-6))
+
+
+def check_knn_graph_fits(codes: np.ndarray, n_neighbors: int, max_dist: float,
+                         bytes_per_pair: float = MESSAGE_PASSING_BYTES_PER_PAIR, bytes_per_cell: float = 0.0,
+                         fraction: float | None = None) -> float | None:
+    """Raise :class:`GraphTooLargeError` if the graph linking each cell to its
+    ``n_neighbors`` nearest cells of its slide would not fit in memory (as
+    :func:`check_graph_fits` for the radius graph; the pairs are known exactly: at most
+    ``n_neighbors`` per cell, fewer on a slide of fewer cells). The error names
+    ``n_spatial_neighbors``, the keyword of ``utag()``, and the largest value that fits.
+    Returns the number of pairs, or ``None`` when the available memory is unknown."""
+    fraction = MEMORY_FRACTION if fraction is None else fraction
+    available = available_memory()
+    if available is None:
+        return None
+    sizes = np.bincount(np.asarray(codes))
+
+    def pairs(k):
+        return float(np.minimum(k, np.maximum(sizes - 1, 0)) @ sizes)
+
+    n_pairs = pairs(n_neighbors)
+    required = bytes_per_pair * n_pairs + bytes_per_cell * len(codes)
+    budget = fraction * available
+    if required <= budget:
+        return n_pairs
+    fitting = int((budget - bytes_per_cell * len(codes)) // (bytes_per_pair * len(codes))) if len(codes) else 0
+    hint = (f"pass `n_spatial_neighbors={fitting}` or fewer" if fitting >= 1
+            else "no number of spatial neighbours fits: use a machine with more memory or fewer cells")
+    raise GraphTooLargeError(
+        f"`n_spatial_neighbors={n_neighbors}` implies about {_format_count(n_pairs)} spatial edges "
+        f"(~{_format_bytes(required)} to build the graph), but only {_format_bytes(available)} of memory is "
+        f"available ({fraction:.0%} of it may be used); building it would get the process killed: {hint}.",
+        max_dist, n_pairs, required, available, None)
 
 
 def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,

@@ -24,7 +24,9 @@ from .graph import (
     MESSAGE_PASSING_BYTES_PER_FEATURE,
     MESSAGE_PASSING_BYTES_PER_PAIR,
     check_graph_fits,
+    check_knn_graph_fits,
     combine_slides,
+    count_edges,
     per_slide,
     slide_cells,
     spatial_graph,
@@ -68,7 +70,7 @@ def slide_messages(slide, max_dist: float, normalization_mode: str = "l1_norm", 
         return multiscale.slide_blocks(slide, max_dist, kernel_widths, kind, n_neighbors, keep_graph)
     coords, features = slide
     connectivities, distances = spatial_graph(coords, max_dist, kind, n_neighbors)
-    n_edges = (connectivities.nnz - len(coords)) // 2
+    n_edges = count_edges(connectivities, kind)
     aggregated = aggregate(connectivities, features, normalization_mode)
     return aggregated, n_edges, ((connectivities, distances) if keep_graph else None)
 
@@ -103,7 +105,8 @@ def pass_messages(
     aggregated
         Float32 matrix in the input's cell order (dense if ``features`` is dense).
     n_edges
-        Number of spatial edges (pairs of cells within ``max_dist`` on the same slide).
+        Number of spatial edges: pairs of cells of one slide that the graph links (within
+        ``max_dist`` for the radius graph; once per pair for the directed kNN graph).
     graph
         With ``keep_graph``: ``(connectivities, distances)`` of all slides, block-diagonal
         in the input's cell order, as squidpy stores them; else ``None``.
@@ -122,8 +125,10 @@ def pass_messages(
     bytes_per_cell = MESSAGE_PASSING_BYTES_PER_CELL + MESSAGE_PASSING_BYTES_PER_FEATURE * n_outputs
     normalization_mode = normalization_mode_name(normalization_mode)
     radius = multiscale.graph_radius(max_dist, kernel_widths)
-    if spatial_graph_kind == "radius":  # the others have a few edges per cell
+    if spatial_graph_kind == "radius":
         check_graph_fits(coords, codes, max_dist, bytes_per_pair, bytes_per_cell, radius_per_max_dist=radius / max_dist)
+    elif spatial_graph_kind == "knn":  # Delaunay has a few edges per cell
+        check_knn_graph_fits(codes, n_spatial_neighbors, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
     results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from ._validation import check_positive
 from .embedding import _chunks, column_mean
-from .graph import spatial_graph
+from .graph import count_edges, spatial_graph
 
 __all__ = ["FLAVORS", "DEFAULT_WIDTHS", "flavor_widths", "block_scales",
            "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
@@ -122,7 +122,10 @@ def gaussian_kernel(edges: sp.csr_matrix, width: float) -> sp.csr_matrix:
     """Row-normalised Gaussian weights of width ``width`` on the edges of ``edges`` (a CSR
     matrix of edge lengths, self-loops included) no longer than ``CUTOFF * width``."""
     keep = edges.data <= CUTOFF * width
-    weights = np.where(keep, np.exp(-(edges.data.astype(np.float64) ** 2) / (2 * width**2)), 0.0)
+    # (d / width)^2 of the kept edges only: width^2 underflows to 0 for a tiny width (0 / 0 at
+    # the self-loop), and d / width of an edge far beyond the cutoff may overflow
+    weights = np.zeros(len(edges.data))
+    weights[keep] = np.exp(-0.5 * (edges.data[keep].astype(np.float64) / width) ** 2)
     kernel = sp.csr_matrix((weights.astype(np.float32), edges.indices.copy(), edges.indptr.copy()), shape=edges.shape)
     kernel.eliminate_zeros()
     row_sums = np.asarray(kernel.sum(axis=1), dtype=np.float32).ravel()  # >= 1: the cell itself
@@ -169,7 +172,7 @@ def slide_blocks(slide, max_dist: float, widths, kind: str = "radius", n_neighbo
             block = kernel @ block
         blocks.append(block)
     stacked = sp.hstack(blocks, format="csr") if sp.issparse(features) else np.hstack(blocks)
-    n_edges = (connectivities.nnz - len(coords)) // 2
+    n_edges = count_edges(connectivities, kind)
     return stacked, n_edges, ((connectivities, distances) if keep_graph else None)
 
 

@@ -143,6 +143,12 @@ def transfer_labels(
     unknown = [k for k in keys if k not in model["centroids"]]
     if unknown:
         raise ValueError(f"`keys` {unknown} are not labellings of the model ({list(model['centroids'])}).")
+    if method == "knn":  # the vote needs the reference cells, not only the model
+        lacking = (["obsm['X_pca']"] if "X_pca" not in result.obsm else []) \
+            + [f"obs[{key!r}]" for key in keys if key not in result.obs]
+        if lacking:
+            raise ValueError(f"method='knn' votes among the reference cells, but `result` lacks {', '.join(lacking)}: "
+                             "pass the AnnData utag() returned, or use method='centroid', which needs only the model.")
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=1)
     check.check_n_cells(adata)
     features = [str(f) for f in model["features"]]

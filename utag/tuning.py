@@ -484,9 +484,15 @@ def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domain
     >>> merge_to_n_domains(np.array([0, 1, 2, 3]), ring, 2).tolist()
     [0, 0, 1, 1]
     """
-    labels = relabel_by_size(np.asarray(labels))
+    n_domains = check.as_int("n_domains", n_domains, minimum=1)
+    connectivities = sp.csr_matrix(connectivities)
+    labels = np.asarray(labels).ravel()
+    if connectivities.shape != (len(labels), len(labels)):
+        raise ValueError(f"`labels` has {len(labels)} cells but `connectivities` is a graph of "
+                         f"{connectivities.shape[0]} x {connectivities.shape[1]} cells: pass the graph of these cells.")
+    labels = relabel_by_size(labels)
     n_labels = int(labels.max()) + 1
-    links = domain_links(sp.csr_matrix(connectivities), labels, n_labels)
+    links = domain_links(connectivities, labels, n_labels)
     degree = links.sum(axis=1)
     two_m = max(degree.sum(), np.finfo(float).tiny)
     alive = np.ones(n_labels, dtype=bool)
@@ -519,6 +525,14 @@ def align_labels(reference: np.ndarray, labels: np.ndarray) -> np.ndarray:
     >>> align_labels(np.array([0, 0, 1, 1, 2]), np.array([5, 5, 3, 3, 4]) - 3)
     array([0, 0, 1, 1, 2])
     """
+    reference, labels = np.asarray(reference), np.asarray(labels)
+    numbers = all(values.ndim == 1 and np.issubdtype(values.dtype, np.integer) for values in (reference, labels))
+    if not numbers or len(reference) != len(labels) or len(labels) == 0 \
+            or min(reference.min(), labels.min()) < 0:
+        raise ValueError("`reference` and `labels` must be labels of the same cells as whole numbers 0, 1, ..., "
+                         f"got {reference.dtype} ({reference.shape}) and {labels.dtype} ({labels.shape}); for "
+                         "labellings of `result.obs`, pass `result.obs[key].astype(int).to_numpy()` or renumber "
+                         "them in place with consistent_labels(result, keys).")
     return _alignment(reference, labels, int(reference.max()) + 1, int(labels.max()) + 1)[labels]
 
 
@@ -548,7 +562,9 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     gives the new numbers afterwards.
 
     Labels are read by name (``"0"``, ``"1"``, ...), so a subset of a result that dropped
-    unused categories keeps its domains. A domain of the previous labelling that has no
+    unused categories keeps its domains. A column whose labels are not all numbers (an
+    expert annotation, say) is left as it is: the next key is aligned to its names in
+    sorted order (domain ``i`` overlapping most the ``i``-th name). A domain of the previous labelling that has no
     partner leaves its number unused: the category stays, empty, with a probability
     column of zeros (and no centroid). Cells without a label keep none. Tables counted
     under the old numbers (``uns[f"{key}_connectivity"]``, ``..._colocalization`` and the
@@ -562,7 +578,8 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
         keys.sort(key=method_and_resolution)
     if not keys:
         raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
-    centroids = result.uns.get("utag", {}).get("model", {}).get("centroids", {})
+    # a copy, stored back at the end: the model of a view is its parent's, which keeps its own numbers
+    centroids = dict(result.uns.get("utag", {}).get("model", {}).get("centroids", {}))
     previous, n_previous = None, 0
     for key in keys:
         if key not in result.obs:
@@ -571,12 +588,13 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
         names = result.obs[key].astype("string")
         present = names.dropna().unique()
         if all(name.isdigit() for name in present):  # utag()'s labels: numbers by name
-            n_domains = max([int(name) + 1 for name in present] + [len(centroids[key])] * (key in centroids)
-                            + [np.shape(probabilities)[1]] * (probabilities is not None))
+            n_domains = max([int(name) + 1 for name in present] + ([len(centroids[key])] if key in centroids else [])
+                            + ([np.shape(probabilities)[1]] if probabilities is not None else []))
             codes = domain_numbers(names, n_domains, key)
-        else:  # other labels: numbered in sorted order
+        else:  # other labels (an expert annotation, say): kept as they are, a reference in sorted order
             categorical = pd.Categorical(names)
-            codes, n_domains = categorical.codes.astype(np.int64), len(categorical.categories)
+            previous, n_previous = categorical.codes.astype(np.int64), len(categorical.categories)
+            continue
         if previous is not None:
             both = (codes >= 0) & (previous >= 0)
             mapping = _alignment(previous[both], codes[both], n_previous, n_domains)
@@ -593,6 +611,8 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(n_domains)])
         drop_tables_of(result, key)  # counted under the old numbers (colours follow the numbers)
         previous, n_previous = codes, n_domains
+    if centroids:  # the view, if it was one, is a copy of its own by now
+        result.uns["utag"]["model"]["centroids"] = centroids
     return keys
 
 
@@ -690,7 +710,8 @@ def max_dist_report(
     kNN graph sees them. ``flags`` names what is
     wrong: ``isolated`` (> 10% of cells alone), ``few neighbours`` (median < 3),
     ``most of slide`` (median neighbourhood > 25% of the slide), ``identical profiles``
-    (> 5% of cells). The row ``slide == "all"`` pools the slides, and ``suggested`` marks
+    (> 5% of cells). The row ``slide == "all"`` pools the slides (its share of the slide
+    covered is the median over cells of the share of their own slide), and ``suggested`` marks
     the candidate without a flag nearest (on a log scale) to :func:`suggest_max_dist`,
     the radius domains need.
 
@@ -753,7 +774,10 @@ def max_dist_report(
         if len(slides) > 1:
             tied = np.zeros(len(coords), dtype=bool)
             tied[np.concatenate(slides)] = _tied(np.concatenate(profiles), n_neighbors)
-            rows.append(_report_row("all", max_dist, degrees, tied, slide_size=np.mean([len(c) for c in slides])))
+            sizes = np.zeros(len(coords))
+            for cells in slides:
+                sizes[cells] = len(cells)
+            rows.append(_report_row("all", max_dist, degrees, tied, slide_sizes=sizes))
     report = pd.DataFrame(rows)
     report.insert(2, "graph_radius", report["max_dist"].map(radii))
     pooled = report[report["slide"] == ("all" if len(slides) > 1 else str(names[0]))]
@@ -770,12 +794,15 @@ def _tied(profiles: np.ndarray, n_neighbors: int) -> np.ndarray:
     return counts[inverse.ravel()] >= n_neighbors
 
 
-def _report_row(slide: str, max_dist: float, degrees: np.ndarray, tied: np.ndarray, slide_size=None) -> dict:
-    size = slide_size if slide_size is not None else len(degrees)
+def _report_row(slide: str, max_dist: float, degrees: np.ndarray, tied: np.ndarray,
+                slide_sizes: np.ndarray | None = None) -> dict:
+    """One row of :func:`max_dist_report`; ``slide_sizes``: the size of each cell's slide,
+    when the cells come from several (the share covered is then the median of each cell's)."""
     median = float(np.median(degrees))
+    covered = median / max(len(degrees), 1) if slide_sizes is None else float(np.median(degrees / slide_sizes))
     row = {"slide": slide, "max_dist": max_dist, "median_neighbours": median,
            "p10_neighbours": float(np.percentile(degrees, 10)), "p90_neighbours": float(np.percentile(degrees, 90)),
-           "isolated": float(np.mean(degrees == 0)), "slide_covered": median / max(size, 1),
+           "isolated": float(np.mean(degrees == 0)), "slide_covered": covered,
            "identical_profiles": float(tied.mean())}
     flags = [name for name, bad in [("isolated", row["isolated"] > 0.10), ("few neighbours", median < 3),
                                     ("most of slide", row["slide_covered"] > 0.25),

@@ -197,3 +197,36 @@ def test_min_domain_size_as_fraction_or_cells():
     for bad in (-1, float("nan"), "5", True):
         with pytest.raises(ValueError, match="min_domain_size"):
             min_domain_cells(bad, 100)
+
+
+def test_leidenalg_partition_without_a_resolution_is_refused_clearly(blobs):
+    leidenalg = pytest.importorskip("leidenalg")
+    neighbourhood, truth = blobs
+    # ModularityVertexPartition takes no resolution: a ValueError naming the keyword and the fix,
+    # not leidenalg's TypeError about `resolution_parameter`
+    with pytest.raises(ValueError, match=r"partition_type.*RBConfigurationVertexPartition"):
+        cluster("leiden", neighbourhood, 1.0, flavor="leidenalg", partition_type=leidenalg.ModularityVertexPartition)
+    # partitions with a resolution still take it: RBConfiguration at 1.0 is plain modularity
+    labels = cluster("leiden", neighbourhood, 1.0, flavor="leidenalg",
+                     partition_type=leidenalg.RBConfigurationVertexPartition)
+    graph = neighbourhood.graph
+    modularity = graph.modularity(labels, weights="weight")
+    reference = leidenalg.find_partition(graph, leidenalg.ModularityVertexPartition, weights="weight", seed=0,
+                                         n_iterations=-1)
+    assert modularity >= reference.modularity - 1e-3
+
+
+def test_sparse_features_keep_the_small_spread_of_a_bright_flat_channel():
+    from utag.clustering import feature_spread
+
+    # channel 0 sits at 10,000 and differs by 1e-4 between cells: E[x^2] - E[x]^2 cancels to nothing
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=300)
+    features = rng.normal(size=(300, 3))
+    features[:, 0] = 1e4 + 1e-4 * (rng.normal(size=300) + labels)
+    features[rng.random(300) < 0.3, 1] = 0
+    mean, spread = feature_spread(sp.csr_matrix(features))
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(spread, features.std(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(soft_assignments(sp.csr_matrix(features), labels), soft_assignments(features, labels),
+                               rtol=1e-4, atol=1e-5)

@@ -320,3 +320,43 @@ def test_auto_search_is_exact_only_where_the_kd_tree_is_cheap(monkeypatch):
     # past the size limit the search is approximate however few the dimensions
     monkeypatch.setattr(embedding, "EXACT_NEIGHBORS_MAX_CELLS", 2_000)
     assert not embedding.exact_search(flat, 15)
+
+
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_exact_neighbours_of_duplicated_bright_profiles_list_each_cell_once(monkeypatch, perturbed):
+    from utag import embedding
+
+    # 30 profiles of 40 raw intensities in the thousands, ~30 cells each (more than k):
+    # every cell's 15 neighbours are itself and the first 14 other cells of its profile
+    rng = np.random.default_rng(0)
+    profiles = (rng.normal(size=(30, 40)) * 1e3).astype(np.float32)
+    codes = rng.integers(0, 30, size=900)
+    if perturbed:  # the rotation rounded as another processor may round it, at the scale of the values
+        rotate = embedding._on_principal_axes
+        monkeypatch.setattr(embedding, "_on_principal_axes",
+                            lambda p: rotate(p) + 1e-12 * rng.standard_normal((len(p), p.shape[1])))
+    indices, distances = embedding.nearest_neighbors(profiles[codes], 15, "exact")
+    expected = [[cell, *[other for other in np.flatnonzero(codes == code) if other != cell][:14]]
+                for cell, code in enumerate(codes)]
+    np.testing.assert_array_equal(indices, expected)
+    assert (distances == 0).all()
+
+
+def test_n_comps_in_pca_kwargs_is_capped_as_utag_caps_it(points):
+    # utag() takes n_comps in pca_kwargs; embed() took it there uncapped, straight to
+    # scikit-learn, which refused 10 components of 5 features
+    features = points[:, :5]
+    given = embed(features, pca_kwargs={"n_comps": 10})
+    expected = embed(features, n_comps=10)
+    assert given.pca["embedding"].shape == (len(features), 4)
+    np.testing.assert_allclose(given.pca["embedding"], expected.pca["embedding"], rtol=1e-5, atol=1e-5)
+    assert embed(points, n_comps=10, pca_kwargs={"n_comps": 3}).pca["embedding"].shape == (len(points), 3)
+
+
+@pytest.mark.parametrize("n_neighbors", [0, -3, 2.5])
+def test_n_neighbors_that_is_not_a_positive_whole_number_is_refused(points, n_neighbors):
+    # used to fail deep in the search (IndexError: index 0 is out of bounds)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        nearest_neighbors(points, n_neighbors)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        embed(points, n_neighbors=n_neighbors)

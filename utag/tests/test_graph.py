@@ -1,3 +1,4 @@
+import re
 import time
 
 import numpy as np
@@ -222,6 +223,21 @@ def test_multiscale_error_names_max_dist_values_that_fit(tissue, monkeypatch):
     result = utag(tissue, slide_key="roi", max_dist=suggested, flavor="multiscale", clustering_method="kmeans",
                   resolutions=[0.3], progress=False)
     assert result.obs["UTAG Label_kmeans_0.3"].notna().all()
+
+
+def test_knn_spatial_graph_too_large_names_the_neighbours_that_fit(monkeypatch):
+    # each cell linked to 2,999 others: ~9e6 pairs, far beyond 40 MB; the radius check
+    # did not apply to the kNN graph, which was then built regardless
+    adata = synthetic_tissue(n_cells=3_000, n_slides=1, random_state=1)
+    monkeypatch.setattr(graph, "available_memory", lambda: 40_000_000)
+    with pytest.raises(GraphTooLargeError, match=r"n_spatial_neighbors=2999.*n_spatial_neighbors=(\d+)") as raised:
+        utag(adata, slide_key="roi", spatial_graph="knn", n_spatial_neighbors=2999, apply_clustering=False,
+             progress=False)
+    fitting = int(re.search(r"pass `n_spatial_neighbors=(\d+)`", str(raised.value)).group(1))
+    assert 1 <= fitting < 2999
+    result = utag(adata, slide_key="roi", spatial_graph="knn", n_spatial_neighbors=fitting, apply_clustering=False,
+                  progress=False)  # the value named runs
+    assert result.n_obs == adata.n_obs
 
 
 def test_analysis_checks_the_graph_it_builds(tissue, monkeypatch):

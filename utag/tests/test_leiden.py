@@ -298,3 +298,23 @@ def test_nodes_are_renumbered_as_scipy_indexes_them(tissue_graph, n_jobs):
     np.testing.assert_array_equal(weights, expected.data)
     np.testing.assert_allclose(node_weights, np.asarray(expected.sum(axis=1)).ravel())
     assert indices.dtype == np.int32 and weights.dtype == np.float64
+
+
+@pytest.mark.parametrize("resolution", [-0.5, float("nan"), float("inf")])
+def test_resolution_outside_zero_to_infinity_is_refused(resolution):
+    # two cliques with no edge between them: a negative resolution put them in one community,
+    # NaN left every node alone; both without a word
+    graph = sp.csr_matrix(sp.block_diag([np.ones((4, 4)) - np.eye(4)] * 2))
+    with pytest.raises(ValueError, match="resolution"):
+        _leiden.leiden(graph, resolution)
+
+
+@pytest.mark.parametrize("resolution", [0.0, 1e12])
+def test_resolution_zero_joins_components_and_huge_splits_every_node(resolution):
+    graph = sp.csr_matrix(sp.block_diag([np.ones((4, 4)) - np.eye(4)] * 2))
+    labels = _leiden.leiden(graph, resolution, n_iterations=-1)
+    np.testing.assert_array_equal(labels, np.repeat([0, 1], 4) if resolution == 0 else np.arange(8))
+
+
+def test_graph_without_nodes_has_no_labels():
+    assert _leiden.leiden(sp.csr_matrix((0, 0)), 1.0).shape == (0,)

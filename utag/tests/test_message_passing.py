@@ -76,3 +76,19 @@ def test_aggregate_on_hand_made_graph():
     features = np.array([[3.0], [6.0], [9.0]], dtype=np.float32)
     np.testing.assert_allclose(aggregate(adjacency, features), [[4.5], [6.0], [7.5]])
     np.testing.assert_allclose(aggregate(adjacency, features, "sum"), [[9.0], [18.0], [15.0]])
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_knn_edges_count_each_linked_pair_once(multiscale):
+    # k = 1 on a line at 0, 1, 3 and 10, 11, 13: 0 and 1 hold each other, 3 holds 1 (directed)
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [10.0, 0.0], [11.0, 0.0], [13.0, 0.0]])
+    codes = np.array([0, 0, 0, 1, 1, 1])
+    features = np.arange(12.0).reshape(6, 2)
+    aggregated, n_edges, (connectivities, _) = pass_messages(
+        coords, features, codes, 5.0, parallel=False, keep_graph=True, spatial_graph_kind="knn",
+        n_spatial_neighbors=1, kernel_widths=(1.0,) if multiscale else None)
+    dense = connectivities.toarray()
+    linked = (dense + dense.T) > 0
+    assert n_edges == np.triu(linked, k=1).sum() == 4
+    if not multiscale:
+        np.testing.assert_allclose(aggregated, dense @ features / dense.sum(axis=1, keepdims=True), rtol=1e-6)

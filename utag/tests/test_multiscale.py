@@ -147,3 +147,24 @@ def test_multiscale_errors_name_the_parameter():
         utag(adata, slide_key="roi", flavor="multiscale", kernel_widths=[], progress=False)
     with pytest.raises(ValueError, match="up to 5 x max_dist"):
         utag(adata, slide_key="roi", max_dist=20, flavor="multiscale", kernel_widths=[5, 1e6], progress=False)
+
+
+def test_tiny_kernel_widths_give_finite_gaussian_means():
+    # width^2 underflows to 0 below ~1e-162: the self-loop's weight must still be exp(0) = 1, not 0 / 0
+    from utag.graph import spatial_graph
+    from utag.multiscale import edge_lengths, gaussian_kernel
+
+    coords = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # two cells at one position
+    kernel = gaussian_kernel(edge_lengths(coords, spatial_graph(coords, 2.0)[0]), 1e-200).toarray()
+    np.testing.assert_array_equal(kernel, [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+
+    # so narrow a kernel averages each cell with the cells at its very position only (two share (3, 3))
+    adata = _tiny_tissue()
+    result = utag(adata, slide_key="slide", max_dist=4.0, apply_clustering=False, flavor="multiscale",
+                  kernel_widths=[1e-200, 2.0], progress=False)
+    x = np.asarray(adata.X, dtype=np.float64)
+    same = (cdist(adata.obsm["spatial"], adata.obsm["spatial"]) == 0) & (
+        adata.obs["slide"].to_numpy()[:, None] == adata.obs["slide"].to_numpy()[None])
+    narrow = same @ x / same.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(result.X[:, :3], narrow / np.sqrt(narrow.var(axis=0).sum()), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(result.X[:, 3:], _brute_force(adata, 4.0, (2.0,)), rtol=2e-5, atol=2e-6)

@@ -113,3 +113,37 @@ def test_unknown_spatial_graph_is_refused():
     tissue = synthetic_tissue(n_cells=300, n_slides=1, random_state=0)
     with pytest.raises(ValueError, match=r"spatial_graph.*'radius', 'knn', 'delaunay'"):
         utag(tissue, slide_key="roi", spatial_graph="grid", progress=False)
+
+
+def test_delaunay_cells_qhull_cannot_tell_apart_keep_their_neighbours(points):
+    # 1e-10 apart at coordinates of about 1,000: Qhull leaves such points out of the
+    # triangulation; each must get the edges of the position it cannot be told from
+    far = points * 10
+    near = np.concatenate([far, far[:3] + 1e-10])
+    connectivities, distances = spatial_graph(near, max_dist=80, kind="delaunay")
+    copies = np.concatenate([np.arange(len(far)), np.arange(3)])
+    expected = _delaunay_brute_force(far, 80)[np.ix_(copies, copies)]
+    np.testing.assert_array_equal(connectivities.toarray(), expected)
+    assert connectivities[len(far), 0] == 1 and connectivities[len(far)].sum() > 2  # linked, not alone
+    rows, columns = connectivities.nonzero()
+    np.testing.assert_allclose(distances[rows, columns].A1, np.linalg.norm(near[rows] - near[columns], axis=1))
+
+
+def test_delaunay_graph_of_cells_on_a_line_or_a_tilted_plane(points):
+    # on a line, a circle through two cells holds every cell between them: only neighbours
+    # along the line are Delaunay neighbours (the radius graph would also skip over cells)
+    rng = np.random.default_rng(1)
+    line = np.outer(rng.uniform(0, 50, size=20), [0.6, 0.8]) + 3.0
+    connectivities, distances = spatial_graph(line, max_dist=8, kind="delaunay")
+    along = np.argsort(line[:, 0])
+    expected = np.eye(len(line))
+    for a, b in zip(along[:-1], along[1:]):
+        if np.linalg.norm(line[a] - line[b]) <= 8:
+            expected[a, b] = expected[b, a] = 1
+    np.testing.assert_array_equal(connectivities.toarray(), expected)
+    assert distances.max() <= 8
+    # a slide in 3-D on a tilted plane: the triangulation within the plane
+    rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    tilted = np.column_stack([points, np.zeros(len(points))]) @ rotation.T + 5.0
+    connectivities, _ = spatial_graph(tilted, max_dist=8, kind="delaunay")
+    np.testing.assert_array_equal(connectivities.toarray(), _delaunay_brute_force(points, 8))

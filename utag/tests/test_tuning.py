@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from anndata import AnnData
+from anndata import AnnData, ImplicitModificationWarning
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -484,3 +484,129 @@ def test_domain_hierarchy_leaves_unlabelled_cells_out():
         ["0", "0", 2, 1.0], ["1", "0", 1, 1.0], ["2", "1", 2, 1.0]]
     with pytest.raises(ValueError, match="keys"):
         domain_hierarchy(anndata.AnnData(obs=obs), ["a", "c"])
+
+
+def test_consistent_labels_on_a_view_leaves_the_parent_alone():
+    adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
+    result = utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 0.3, 1.0], progress=False)
+    model = result.uns["utag"]["model"]["centroids"]
+    before = {key: np.array(value) for key, value in model.items()}
+    labels = {key: result.obs[key].to_numpy().copy() for key in before}
+    view = result[result.obs["roi"] == "roi_0"]
+    with pytest.warns(ImplicitModificationWarning):  # anndata makes the view a copy of its own
+        keys = consistent_labels(view)
+    assert not view.is_view
+    # the parent's labels and its transfer model still agree: neither was renumbered
+    for key in keys:
+        np.testing.assert_array_equal(result.obs[key].to_numpy(), labels[key])
+        np.testing.assert_array_equal(np.asarray(result.uns["utag"]["model"]["centroids"][key]), before[key])
+    # the renumbered view has the labels and model of a renumbered copy
+    copy = result[result.obs["roi"] == "roi_0"].copy()
+    consistent_labels(copy)
+    assert any((copy.obs[key].to_numpy() != labels[key][result.obs["roi"] == "roi_0"]).any() for key in keys)
+    moved = transfer_labels(view, copy, slide_key="roi", method="centroid")
+    expected = transfer_labels(copy, copy, slide_key="roi", method="centroid")
+    for key in keys:
+        np.testing.assert_array_equal(view.obs[key].to_numpy(), copy.obs[key].to_numpy())
+        np.testing.assert_array_equal(moved.obs[key].to_numpy(), expected.obs[key].to_numpy())
+
+
+def test_max_dist_report_pools_the_share_of_each_cells_own_slide():
+    from scipy.spatial import cKDTree
+
+    # one slide of 1,960 cells and four of 10: the small slides must not shrink the big one
+    adata = synthetic_tissue(n_cells=2_000, n_slides=1, random_state=0)
+    slides = np.array(["big"] * adata.n_obs, dtype=object)
+    slides[:40] = [f"small_{i // 10}" for i in range(40)]
+    adata.obs["roi"] = slides
+    report = max_dist_report(adata, [100], slide_key="roi").set_index("slide")
+    coords = adata.obsm["spatial"]
+    shares = []
+    for slide in np.unique(slides):  # brute force: each cell's neighbours over the size of its slide
+        points = coords[slides == slide]
+        degrees = np.array([len(found) - 1 for found in cKDTree(points).query_ball_point(points, 100)])
+        shares.append(degrees / len(points))
+    np.testing.assert_allclose(report.loc["all", "slide_covered"], np.median(np.concatenate(shares)))
+    # the big slide, which holds 98% of the cells, is not mostly covered: nor is the pool
+    assert report.loc["big", "slide_covered"] < 0.25 and "most of slide" not in report.loc["big", "flags"]
+    assert "most of slide" not in report.loc["all", "flags"]
+
+
+def test_merge_to_n_domains_checks_its_inputs():
+    import scipy.sparse as sp
+
+    from utag.tuning import merge_to_n_domains
+
+    graph = sp.csr_matrix(sp.block_diag([np.ones((5, 5))] * 4))
+    labels = np.repeat(np.arange(4), 5)
+    # labels of another set of cells used to read outside the graph (a segmentation fault)
+    with pytest.raises(ValueError, match="labels.*16.*20"):
+        merge_to_n_domains(labels[:16], graph, 2)
+    for n_domains in (0, 2.5):  # 0 used to give one domain without a word
+        with pytest.raises(ValueError, match="n_domains"):
+            merge_to_n_domains(labels, graph, n_domains)
+    assert merge_to_n_domains(labels, graph, 2.0).max() + 1 == 2  # R's whole numbers are floats
+
+
+def test_knn_transfer_names_what_the_result_lacks():
+    adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0)
+    reference = adata[adata.obs["roi"] == "roi_0"].copy()
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], progress=False)
+    key = "UTAG Label_kmeans_0.4"
+    expected = transfer_labels(result, new, slide_key="roi", method="centroid").obs[key]
+    # the model alone (e.g. a result slimmed before saving): the centroids still transfer ...
+    slim = AnnData(obs=pd.DataFrame(index=result.obs_names), uns={"utag": result.uns["utag"]})
+    moved = transfer_labels(slim, new, slide_key="roi", method="centroid").obs[key]
+    assert (moved == expected).all()
+    # ... and the vote, which needs the reference cells, says so instead of a KeyError
+    with pytest.raises(ValueError, match=r"obsm\['X_pca'\].*method='centroid'"):
+        transfer_labels(slim, new, slide_key="roi")
+    slim.obsm["X_pca"] = result.obsm["X_pca"]
+    with pytest.raises(ValueError, match=r"obs\['UTAG Label_kmeans_0.4'\].*method='centroid'"):
+        transfer_labels(slim, new, slide_key="roi")
+
+
+def test_align_labels_takes_lists_and_names_labels_that_are_not_numbers():
+    np.testing.assert_array_equal(align_labels([0, 0, 1, 1, 2], [1, 1, 0, 0, 2]), [0, 0, 1, 1, 2])
+    names = pd.Series(pd.Categorical(["0", "0", "1", "1"]))  # utag()'s labels, as obs holds them
+    for reference, labels in [(names, names), (np.array([0, 0, 1, 1]), np.array([0, -1, 1, 1])),
+                              (np.array([0.0, 0.5, 1.0, 1.0]), np.array([0, 0, 1, 1])),
+                              (np.array([0, 0, 1]), np.array([0, 0, 1, 1]))]:
+        with pytest.raises(ValueError, match="`reference` and `labels`"):
+            align_labels(reference, labels)
+
+
+def test_consistent_labels_keeps_named_labels_and_aligns_the_next_to_them(four_domains):
+    adata, _ = four_domains
+    result = utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.05], progress=False)
+    key = "UTAG Label_leiden_0.05"
+    names = np.array(["B zone", "T zone", "red pulp", "marginal zone", "capsule", "vessel", "follicle", "sinus"])
+    # an expert annotation: the domains under shuffled names (sorted: capsule, follicle, ...)
+    codes = result.obs[key].astype(int).to_numpy()
+    expert = names[np.random.default_rng(0).permutation(len(names))[codes]]
+    result.obs["expert"] = pd.Categorical(expert)
+    before = result.obs[key].to_numpy().copy()
+    consistent_labels(result, keys=["expert", key])
+    np.testing.assert_array_equal(result.obs["expert"].astype(str).to_numpy(), expert)  # names kept
+    # each domain now carries the number of its name among the sorted names
+    sorted_names = sorted(set(expert))
+    np.testing.assert_array_equal(result.obs[key].astype(int).to_numpy(),
+                                  [sorted_names.index(name) for name in expert])
+    assert adjusted_rand_score(before, result.obs[key]) == 1.0
+
+
+def test_consistent_labels_on_transferred_labels_without_a_model():
+    adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0)
+    reference = adata[adata.obs["roi"] == "roi_0"].copy()
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    result = utag(reference, slide_key="roi", clustering_method="leiden", resolutions=[0.05, 1.0], progress=False)
+    keys = result.uns["utag"]["label_keys"]
+    moved = transfer_labels(result, new, slide_key="roi")
+    assert "utag" not in moved.uns  # the new cells' AnnData: labels and probabilities, no model
+    before = {key: moved.obs[key].to_numpy().copy() for key in keys}
+    assert consistent_labels(moved, keys=keys) == keys
+    for key in keys:  # renamed, not regrouped; probabilities follow the numbers
+        assert adjusted_rand_score(before[key], moved.obs[key]) == 1.0
+        winners = np.asarray(moved.obsm[f"{key}_probabilities"]).argmax(axis=1)
+        assert (moved.obs[key].cat.categories[winners] == moved.obs[key].to_numpy()).mean() > 0.95
