@@ -536,7 +536,10 @@ def feature_spread(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.nda
         squares = np.bincount(features.indices, weights=(features.data - mean[features.indices]) ** 2,
                               minlength=n_features)
         zeros = n_cells - np.bincount(features.indices, minlength=n_features)
-        return mean, np.sqrt((squares + zeros * mean**2) / max(n_cells, 1))
+        spread = np.sqrt((squares + zeros * mean**2) / max(n_cells, 1))
+        # a constant channel has none (as dense): not the residue of the mean's rounding
+        spread[features.max(axis=0).toarray().ravel() == features.min(axis=0).toarray().ravel()] = 0.0
+        return mean, spread
     mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
     squares = map_threads(lambda rows: squared_deviations(features[rows], mean), _chunks(len(features)), n_jobs)
     return mean, np.sqrt(sum(squares) / max(len(features), 1))

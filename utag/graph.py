@@ -329,29 +329,26 @@ def check_knn_graph_fits(codes: np.ndarray, n_neighbors: int, max_dist: float,
     :func:`check_graph_fits` for the radius graph; the pairs are known exactly: at most
     ``n_neighbors`` per cell, fewer on a slide of fewer cells). The error names
     ``n_spatial_neighbors``, the keyword of ``utag()``, and the largest value that fits.
-    Returns the number of pairs, or ``None`` when the available memory is unknown."""
+    Returns the number of (directed) edges, or ``None`` when the available memory is unknown."""
     fraction = MEMORY_FRACTION if fraction is None else fraction
     available = available_memory()
     if available is None:
         return None
     sizes = np.bincount(np.asarray(codes))
-
-    def pairs(k):
-        return float(np.minimum(k, np.maximum(sizes - 1, 0)) @ sizes)
-
-    n_pairs = pairs(n_neighbors)
-    required = bytes_per_pair * n_pairs + bytes_per_cell * len(codes)
+    # directed edges, each held once, where bytes_per_pair holds a radius pair in both directions
+    n_edges = float(np.minimum(n_neighbors, np.maximum(sizes - 1, 0)) @ sizes)
+    required = bytes_per_pair * n_edges / 2 + bytes_per_cell * len(codes)
     budget = fraction * available
     if required <= budget:
-        return n_pairs
-    fitting = int((budget - bytes_per_cell * len(codes)) // (bytes_per_pair * len(codes))) if len(codes) else 0
+        return n_edges
+    fitting = int(2 * (budget - bytes_per_cell * len(codes)) // (bytes_per_pair * len(codes))) if len(codes) else 0
     hint = (f"pass `n_spatial_neighbors={fitting}` or fewer" if fitting >= 1
             else "no number of spatial neighbours fits: use a machine with more memory or fewer cells")
     raise GraphTooLargeError(
-        f"`n_spatial_neighbors={n_neighbors}` implies about {_format_count(n_pairs)} spatial edges "
+        f"`n_spatial_neighbors={n_neighbors}` implies about {_format_count(n_edges)} spatial edges "
         f"(~{_format_bytes(required)} to build the graph), but only {_format_bytes(available)} of memory is "
         f"available ({fraction:.0%} of it may be used); building it would get the process killed: {hint}.",
-        max_dist, n_pairs, required, available, None)
+        max_dist, n_edges, required, available, None)
 
 
 def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,

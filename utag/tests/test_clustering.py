@@ -230,3 +230,19 @@ def test_sparse_features_keep_the_small_spread_of_a_bright_flat_channel():
     np.testing.assert_allclose(spread, features.std(axis=0), rtol=1e-6)
     np.testing.assert_allclose(soft_assignments(sp.csr_matrix(features), labels), soft_assignments(features, labels),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_features_give_a_constant_channel_no_spread():
+    from utag.clustering import feature_spread
+
+    # a constant channel (7 everywhere) has no spread, as for dense features: a rounding
+    # residue of the mean (~1e-13) would be z-scored up to the other channels' size
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=3000)
+    features = rng.poisson(2.0, size=(3000, 4)).astype(np.float32)
+    for column, value in enumerate((7.0, 0.1, 1.0)):
+        features[:, column] = value
+    _, spread = feature_spread(sp.csr_matrix(features))
+    assert spread[:3].tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(soft_assignments(sp.csr_matrix(features), labels), soft_assignments(features, labels),
+                               atol=1e-6)
