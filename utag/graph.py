@@ -330,25 +330,41 @@ def check_knn_graph_fits(codes: np.ndarray, n_neighbors: int, max_dist: float,
     ``n_neighbors`` per cell, fewer on a slide of fewer cells). The error names
     ``n_spatial_neighbors``, the keyword of ``utag()``, and the largest value that fits.
     Returns the number of (directed) edges, or ``None`` when the available memory is unknown."""
-    fraction = MEMORY_FRACTION if fraction is None else fraction
-    available = available_memory()
-    if available is None:
+    memory = _memory_budget(fraction)
+    if memory is None:
         return None
+    available, budget, fraction = memory
     sizes = np.bincount(np.asarray(codes))
     # directed edges, each held once, where bytes_per_pair holds a radius pair in both directions
     n_edges = float(np.minimum(n_neighbors, np.maximum(sizes - 1, 0)) @ sizes)
     required = bytes_per_pair * n_edges / 2 + bytes_per_cell * len(codes)
-    budget = fraction * available
     if required <= budget:
         return n_edges
     fitting = int(2 * (budget - bytes_per_cell * len(codes)) // (bytes_per_pair * len(codes))) if len(codes) else 0
     hint = (f"pass `n_spatial_neighbors={fitting}` or fewer" if fitting >= 1
             else "no number of spatial neighbours fits: use a machine with more memory or fewer cells")
-    raise GraphTooLargeError(
-        f"`n_spatial_neighbors={n_neighbors}` implies about {_format_count(n_edges)} spatial edges "
-        f"(~{_format_bytes(required)} to build the graph), but only {_format_bytes(available)} of memory is "
-        f"available ({fraction:.0%} of it may be used); building it would get the process killed: {hint}.",
-        max_dist, n_edges, required, available, None)
+    raise GraphTooLargeError(_too_large(f"`n_spatial_neighbors={n_neighbors}`", n_edges, required, available,
+                                        fraction) + f": {hint}.", max_dist, n_edges, required, available, None)
+
+
+def _memory_budget(fraction: float | None) -> tuple[float, float, float] | None:
+    """``(available bytes, the bytes a graph may take, fraction)`` (``fraction``: default
+    :data:`MEMORY_FRACTION`), or ``None`` when the available memory is unknown (then no
+    graph's size is checked)."""
+    fraction = MEMORY_FRACTION if fraction is None else fraction
+    available = available_memory()
+    if available is None:
+        logger.info("available memory unknown: the spatial graph's size is not checked")
+        return None
+    return available, fraction * available, fraction
+
+
+def _too_large(setting: str, n_edges: float, required: float, available: float, fraction: float) -> str:
+    """The first sentence of a :class:`GraphTooLargeError` (no full stop): ``setting``
+    (e.g. ``"`max_dist=150`"``) implies too many edges for the memory."""
+    return (f"{setting} implies about {_format_count(n_edges)} spatial edges (~{_format_bytes(required)} to "
+            f"build the graph), but only {_format_bytes(available)} of memory is available ({fraction:.0%} of it "
+            "may be used); building it would get the process killed")
 
 
 def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
@@ -372,26 +388,20 @@ def check_graph_fits(coords: np.ndarray, codes: np.ndarray, max_dist: float,
     The estimated number of pairs, or ``None`` when the available memory is unknown
     (then nothing is checked).
     """
-    fraction = MEMORY_FRACTION if fraction is None else fraction
-    available = available_memory()
-    if available is None:
-        logger.info("available memory unknown: the spatial graph's size is not checked")
+    memory = _memory_budget(fraction)
+    if memory is None:
         return None
+    available, budget, fraction = memory
     n_pairs = float(estimate_pairs(coords, codes, max_dist * radius_per_max_dist))
     required = bytes_per_pair * n_pairs + bytes_per_cell * len(codes)
     logger.info("max_dist=%g: about %s spatial edges (~%s), %s of memory available", max_dist,
                 _format_count(n_pairs), _format_bytes(required), _format_bytes(available))
-    budget = fraction * available
     if required <= budget:
         return n_pairs
     max_pairs = (budget - bytes_per_cell * len(codes)) / bytes_per_pair
     suggested, suggested_pairs = _fitting_max_dist(coords, codes, max_dist, n_pairs, max_pairs, radius_per_max_dist)
     radius = "" if radius_per_max_dist == 1 else f" (a spatial graph of radius {max_dist * radius_per_max_dist:g})"
-    message = (
-        f"`max_dist={max_dist:g}`{radius} implies about {_format_count(n_pairs)} spatial edges "
-        f"(~{_format_bytes(required)} to build the graph), but only {_format_bytes(available)} of memory is "
-        f"available ({fraction:.0%} of it may be used); building it would get the process killed. "
-    )
+    message = _too_large(f"`max_dist={max_dist:g}`{radius}", n_pairs, required, available, fraction) + ". "
     if suggested is None:
         message += "No max_dist fits: free memory, or run fewer cells or slides at a time. "
     else:

@@ -763,6 +763,7 @@ def max_dist_report(
     widest = max(radii, key=radii.get)
     check_graph_fits(coords, codes, widest, MESSAGE_PASSING_BYTES_PER_PAIR, radius_per_max_dist=radii[widest] / widest)
     rows = []
+    slide_sizes = np.bincount(codes)[codes]  # the size of each cell's slide
     for max_dist in max_dists:
         degrees, profiles = np.zeros(len(coords)), [None] * len(slides)
         for position, (slide, cells) in enumerate(zip(names, slides)):
@@ -774,10 +775,7 @@ def max_dist_report(
         if len(slides) > 1:
             tied = np.zeros(len(coords), dtype=bool)
             tied[np.concatenate(slides)] = _tied(np.concatenate(profiles), n_neighbors)
-            sizes = np.zeros(len(coords))
-            for cells in slides:
-                sizes[cells] = len(cells)
-            rows.append(_report_row("all", max_dist, degrees, tied, slide_sizes=sizes))
+            rows.append(_report_row("all", max_dist, degrees, tied, slide_sizes=slide_sizes))
     report = pd.DataFrame(rows)
     report.insert(2, "graph_radius", report["max_dist"].map(radii))
     pooled = report[report["slide"] == ("all" if len(slides) > 1 else str(names[0]))]
