@@ -362,7 +362,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
                                        assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
         embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
-        labels = {seg.label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
+        labels = {seg.label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         with watch("probabilities"):
             soft = probabilities(aggregated, labels, mean)
         for key, values in labels.items():

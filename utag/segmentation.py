@@ -12,6 +12,7 @@ import copy
 import logging
 import sys
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -352,7 +353,7 @@ def utag(
             runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
             if sample is not None:
                 embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
-        labels = {label_key(save_key, method, resolution): labels for method, resolution, _, labels in runs}
+        labels = {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         probabilities, scale = {}, None
         for key, codes_ in labels.items():
             with watch("probabilities"):
@@ -391,7 +392,7 @@ def utag(
     return result
 
 
-def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embedding | None, runs: list[tuple],
+def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embedding | None, runs: list[_Run],
              labels: dict, random_state: int, watch: Stopwatch, scales, sample, order) -> dict:
     """``uns['utag']``: the parameters the run used and what it chose."""
     summary = {
@@ -406,7 +407,7 @@ def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embed
         "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
         "min_domain_cells": p.min_cells,
         "clustering_method": list(p.methods),
-        "resolutions": sorted({r for _, r, _, _ in runs}),
+        "resolutions": sorted({run.resolution for run in runs}),
         "n_domains": p.n_domains if p.n_domains is not None else 0,
         "random_state": random_state,
         "label_keys": list(labels),
@@ -424,6 +425,16 @@ def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embed
         in_input_order = sample if order is None else np.sort(order[sample])
         summary["sketch"] = {"size": len(sample), "cells": in_input_order, "n_neighbors_vote": p.n_neighbors}
     return summary
+
+
+class _Run(NamedTuple):
+    """One clustering run of ``utag()``: a labelling under ``label_key(save_key, method, resolution)``."""
+
+    method: str
+    resolution: float
+    kwargs: dict  # the backend's keywords
+    labels: np.ndarray | None  # None until clustered
+    floor: int = 1  # domains that merging small ones must leave: n_domains for the runs that give that many
 
 
 @dataclass(frozen=True)
@@ -610,13 +621,13 @@ def _column_range(values) -> np.ndarray:
     return np.asarray(top, dtype=np.float64).ravel() - np.asarray(bottom, dtype=np.float64).ravel()
 
 
-def _one_domain_runs(p: _Parameters, n_cells: int) -> list[tuple]:
+def _one_domain_runs(p: _Parameters, n_cells: int) -> list[_Run]:
     """One domain under every key the call asks for (``"auto"``: at the sweep's first resolution)."""
     resolutions = p.resolutions or ([] if p.n_domains else [DEFAULT_RESOLUTIONS[0]])
-    runs = [(method, resolution, {}, np.zeros(n_cells, dtype=np.int64))
+    runs = [_Run(method, resolution, {}, np.zeros(n_cells, dtype=np.int64))
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
-        runs += [(method, p.n_domains / 10, {}, np.zeros(n_cells, dtype=np.int64))
+        runs += [_Run(method, p.n_domains / 10, {}, np.zeros(n_cells, dtype=np.int64))
                  for method in p.methods if method != "parc"]
     return runs
 
@@ -631,9 +642,9 @@ def _neighbourhoods(embedded: Embedding, sample: np.ndarray | None = None) -> di
 
 
 def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: np.ndarray, random_state: int,
-               n_jobs, progress: bool, watch: Stopwatch) -> tuple[list[tuple], tuple | None]:
-    """The clustering runs to do, ``(method, resolution, backend kwargs, labels or None)``,
-    and the resolution sweep's ``(table, labels)`` when ``resolutions="auto"``.
+               n_jobs, progress: bool, watch: Stopwatch) -> tuple[list[_Run], tuple | None]:
+    """The clustering runs to do (labels ``None`` where still to be clustered) and the
+    resolution sweep's ``(table, labels)`` when ``resolutions="auto"``.
 
     ``auto``: the resolution comes from a stability sweep (k-means then takes as many
     domains as Leiden finds there); ``n_domains``: runs that give exactly that many.
@@ -648,7 +659,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(swept[0].loc[swept[0]["resolution"] == resolutions[0], "n_domains"].iloc[0])
         backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
-    runs = [(method, chosen / 10 if p.auto and method == "kmeans" else resolution, backend_kwargs[method], None)
+    runs = [_Run(method, chosen / 10 if p.auto and method == "kmeans" else resolution, backend_kwargs[method], None)
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):
@@ -658,9 +669,8 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
 
 
 def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.ndarray, random_state: int, n_jobs,
-             progress: bool, watch: Stopwatch, assign_by=assign_by_vote) -> tuple[list[tuple], tuple | None]:
-    """Every clustering run ``(method, resolution, backend kwargs, labels)`` and the
-    resolution sweep, with labels for every cell: those of a sketch
+             progress: bool, watch: Stopwatch, assign_by=assign_by_vote) -> tuple[list[_Run], tuple | None]:
+    """Every clustering run, clustered, and the resolution sweep, with labels for every cell: those of a sketch
     (``embedded.rows``) are assigned to the other cells by vote (``assign_by``, as
     :func:`utag.sketch.assign_by_vote`)."""
     sample = embedded.rows
@@ -694,44 +704,42 @@ def _sketch(embedding: np.ndarray, codes: np.ndarray, p: _Parameters, random_sta
     return sample
 
 
-def _assign_others(runs: list[tuple], swept, embedded: Embedding, sample: np.ndarray, p: _Parameters,
-                   random_state: int, n_jobs, assign_by=assign_by_vote) -> tuple[list[tuple], tuple | None]:
+def _assign_others(runs: list[_Run], swept, embedded: Embedding, sample: np.ndarray, p: _Parameters,
+                   random_state: int, n_jobs, assign_by=assign_by_vote) -> tuple[list[_Run], tuple | None]:
     """The labels of the sketch's runs (and sweep) extended to every cell by vote."""
-    labellings = [labels for *_, labels in runs]
+    labellings = [run.labels for run in runs]
     if swept is not None:
         labellings += list(swept[1])
     embedding = embedded.pca["embedding"]
     assigned = assign_by(embedding, sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
     # the vote can leave a domain below min_cells of all cells: it joins the nearest (no kNN graph of
-    # all cells); the runs for n_domains (planned last) keep their n_domains
+    # all cells), down to the run's floor
     no_links = sp.csr_matrix((len(embedding), len(embedding)), dtype=np.float32)
-    n_fixed = 0 if p.n_domains is None else len({"leiden", "kmeans"} & set(p.methods))
-    keep = [1] * (len(runs) - n_fixed) + [p.n_domains] * n_fixed
-    runs = [(*run[:3], merge_small_domains(labels, no_links, embedding, p.min_cells, floor))
-            for run, labels, floor in zip(runs, assigned[:len(runs)], keep)]
+    runs = [run._replace(labels=merge_small_domains(labels, no_links, embedding, p.min_cells, run.floor))
+            for run, labels in zip(runs, assigned[:len(runs)])]
     if swept is not None:
         swept = (swept[0], np.asarray(assigned[len(runs):]))
     return runs, swept
 
 
-def _cluster_runs(runs: list[tuple], neighbourhoods: dict, random_state: int, min_cells: int, n_jobs,
-                  progress: bool, watch: Stopwatch) -> list[tuple]:
+def _cluster_runs(runs: list[_Run], neighbourhoods: dict, random_state: int, min_cells: int, n_jobs,
+                  progress: bool, watch: Stopwatch) -> list[_Run]:
     """``runs`` with their labels: every run of one method at once (Leiden resolutions in parallel)."""
     done = list(runs)
-    for method in dict.fromkeys(method for method, _, _, labels in runs if labels is None):
-        todo = [i for i, (name, _, _, labels) in enumerate(runs) if name == method and labels is None]
-        resolutions = ", ".join(str(runs[i][1]) for i in todo)
+    for method in dict.fromkeys(run.method for run in runs if run.labels is None):
+        todo = [i for i, run in enumerate(runs) if run.method == method and run.labels is None]
+        resolutions = ", ".join(str(runs[i].resolution) for i in todo)
         with watch(f"{method} {resolutions}"):
             labels = cluster_many(neighbourhoods[method],
-                                  [(method, runs[i][1], random_state, runs[i][2]) for i in todo],
+                                  [(method, runs[i].resolution, random_state, runs[i].kwargs) for i in todo],
                                   n_jobs=n_jobs, progress=progress, min_cells=min_cells)
         for i, run_labels in zip(todo, labels):
-            done[i] = (*runs[i][:3], run_labels)
+            done[i] = runs[i]._replace(labels=run_labels)
     return done
 
 
 def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_kwargs: dict,
-                        random_state: int, min_cells: int, coords: np.ndarray, codes: np.ndarray) -> list[tuple]:
+                        random_state: int, min_cells: int, coords: np.ndarray, codes: np.ndarray) -> list[_Run]:
     """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging on
     the tissue, see :func:`utag.tuning.resolution_for_n_domains`), k-means directly (its
     domains below ``min_cells`` merged only while more than ``n_domains`` are left: the
@@ -741,7 +749,8 @@ def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_k
         resolution, labels = resolution_for_n_domains(neighbourhoods["leiden"], n_domains, random_state,
                                                       backend_kwargs["leiden"], min_domain_size=min_cells,
                                                       coords=coords, slide_codes=codes)
-        runs.append(("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels)))
+        runs.append(_Run("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels),
+                         floor=n_domains))
     if "kmeans" in methods:
         kwargs = {**backend_kwargs["kmeans"], "n_clusters": n_domains}
         labels = cluster("kmeans", neighbourhoods["kmeans"], n_domains / 10, random_state, min_cells,
@@ -749,7 +758,7 @@ def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_k
         if np.bincount(labels).min() < min_cells:
             logger.info("n_domains=%d: k-means keeps domains below min_domain_size (%d cells) to give %d",
                         n_domains, min_cells, n_domains)
-        runs.append(("kmeans", n_domains / 10, kwargs, labels))
+        runs.append(_Run("kmeans", n_domains / 10, kwargs, labels, floor=n_domains))
     return runs
 
 
