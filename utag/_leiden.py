@@ -74,7 +74,7 @@ def _random_order(n, state):
     size) the order is drawn over all nodes, as in igraph and leidenalg. Above, blocks of
     :data:`_BLOCK` consecutive nodes come in random order, and the nodes of each block in
     random order: node ids are laid out so that graph neighbours are near each other in
-    memory (see :func:`locality_order`), and visiting a block's nodes one after the other
+    memory (see :func:`leading_columns_order`), and visiting a block's nodes one after the other
     keeps their neighbourhoods in the CPU caches, which makes a pass over a million nodes
     ~3x faster. On smaller graphs that gain is small, and the blocks made runs with
     different seeds more alike than igraph's (``benchmarks/leiden_parity.py``).
@@ -432,10 +432,12 @@ def leiden(adjacency, resolution: float = 1.0, n_iterations: int = 2, random_sta
     return run(_as_graph(matrix), resolution, n_iterations, random_state, initial_membership)
 
 
-def locality_order(embedding: np.ndarray, n_dims: int = 3) -> np.ndarray:
+def leading_columns_order(embedding: np.ndarray, n_dims: int = 3) -> np.ndarray:
     """Cells sorted along a Z-order curve through the first ``n_dims`` columns of
-    ``embedding`` (:func:`utag._order.morton_order`): cells near each other in the
-    embedding, hence in its kNN graph, get nearby positions."""
+    ``embedding`` as given (:func:`utag._order.morton_order`): cells near each other in the
+    embedding, hence in its kNN graph, get nearby positions. (Unlike
+    :func:`utag.embedding.locality_order`, no rotation to principal axes: the PCA's
+    columns already are.)"""
     return morton_order(embedding[:, :n_dims])
 
 

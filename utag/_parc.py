@@ -73,7 +73,7 @@ def _pruned(adjacency: sp.csr_matrix) -> sp.csr_matrix:
 def prepare(adjacency: sp.csr_matrix, embedding: np.ndarray, n_jobs: int | None = None) -> tuple:
     """The pruned graph in :mod:`utag._leiden`'s layout (laid out in ``n_jobs`` threads):
     the same for every resolution."""
-    return _leiden._as_graph(_pruned(adjacency), _leiden.locality_order(embedding), n_jobs)
+    return _leiden._as_graph(_pruned(adjacency), _leiden.leading_columns_order(embedding), n_jobs)
 
 
 def _communities(adjacency: sp.csr_matrix, order: np.ndarray | None, resolution: float, n_iterations: int,
@@ -113,7 +113,7 @@ def parc(adjacency: sp.csr_matrix, embedding: np.ndarray, resolution: float = 1.
     """PARC clusters of the cells of a kNN graph (see the module docstring).
 
     ``adjacency``: symmetric kNN connectivities; ``embedding``: the cells' coordinates,
-    used only to lay nodes out for speed (:func:`utag._leiden.locality_order`);
+    used only to lay nodes out for speed (:func:`utag._leiden.leading_columns_order`);
     ``prepared``: :func:`prepare` of the two, when several resolutions share it.
     """
     adjacency = sp.csr_matrix(adjacency)
@@ -129,7 +129,7 @@ def parc(adjacency: sp.csr_matrix, embedding: np.ndarray, resolution: float = 1.
         cluster = big[0]
         expanded.add(int(sizes[cluster]))
         cells = np.flatnonzero(labels == cluster)
-        inner = _communities(adjacency[cells][:, cells], _leiden.locality_order(embedding[cells]), resolution,
+        inner = _communities(adjacency[cells][:, cells], _leiden.leading_columns_order(embedding[cells]), resolution,
                              n_iterations, random_state)
         if inner.max() == 0:
             continue

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
+from ._keys import table_key
 from ._progress import tqdm
 from .graph import slide_pairs
 
@@ -181,7 +182,7 @@ def domain_connectivity(
     True
     """
     result = _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)
-    adata.uns[key_added or f"{domain_key}_connectivity"] = result
+    adata.uns[key_added or table_key(domain_key, "connectivity")] = result
     return result
 
 
@@ -370,7 +371,7 @@ def measure_per_domain_cell_type_colocalization(
     a = pd.Categorical(table["cell_type_a"], categories=within.type_names).codes
     b = pd.Categorical(table["cell_type_b"], categories=within.type_names).codes
     table = table[a <= b].reset_index(drop=True)
-    adata.uns[key_added or f"{domain_key}_colocalization"] = table
+    adata.uns[key_added or table_key(domain_key, "colocalization")] = table
     return table
 
 

@@ -1,7 +1,9 @@
 """Step 3b of UTAG: clustering the joint embedding into domains.
 
 Every backend is a function ``(neighbourhood, resolution, random_state, **kwargs) ->
-integer labels`` registered in :data:`BACKENDS`; the pipeline only knows their names.
+integer labels`` registered in :data:`BACKENDS`; the pipeline knows their names, and
+:func:`cluster_many` runs the compiled Leiden's and PARC's ``"fast"`` flavours several
+resolutions at once on one shared graph.
 
 * ``leiden``: modularity with a resolution on the kNN connectivities, 2 iterations by
   default (as ``scanpy.tl.leiden(flavor="igraph")``). Default flavour ``"fast"``: the
@@ -38,10 +40,10 @@ from scipy.special import softmax
 
 from . import _leiden
 from . import _validation as check
+from ._arrays import column_range, row_blocks
 from ._numba import jit
 from ._parallel import map_processes, map_threads, n_threads
 from ._progress import tqdm
-from .embedding import _chunks
 
 __all__ = [
     "Neighbourhood",
@@ -82,7 +84,7 @@ class Neighbourhood:
             if not use_weights:
                 matrix = matrix.copy()
                 matrix.data[:] = 1.0
-            self._arrays[key] = _leiden._as_graph(matrix, _leiden.locality_order(self.embedding), n_jobs)
+            self._arrays[key] = _leiden._as_graph(matrix, _leiden.leading_columns_order(self.embedding), n_jobs)
         return self._arrays[key]
 
     def parc_arrays(self, n_jobs: int | None = None) -> tuple:
@@ -462,7 +464,7 @@ def cluster_means(values, labels: np.ndarray, n_jobs: int | None = 1) -> np.ndar
         sums = (membership @ values).toarray()
     else:  # a block of rows at a time, in threads: no float64 copy of every cell's values
         sums = sum(map_threads(lambda rows: cluster_sums(values[rows], labels[rows], n_clusters),
-                               _chunks(len(values)), n_jobs))
+                               row_blocks(len(values)), n_jobs))
     return np.asarray(sums, dtype=np.float64) / sizes[:, None]
 
 
@@ -509,7 +511,7 @@ def soft_assignments(features, labels: np.ndarray, n_jobs: int | None = 1,
         similarity -= (mean / sd) @ centroids.T + 0.5 * (centroids**2).sum(axis=1)
         return softmax(similarity, axis=1).astype(np.float32)
     return np.concatenate(map_threads(lambda rows: soft_block(features[rows], mean, sd, centroids),
-                                      _chunks(len(features)), n_jobs))
+                                      row_blocks(len(features)), n_jobs))
 
 
 def feature_scale(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -538,10 +540,10 @@ def feature_spread(features, n_jobs: int | None = 1) -> tuple[np.ndarray, np.nda
         zeros = n_cells - np.bincount(features.indices, minlength=n_features)
         spread = np.sqrt((squares + zeros * mean**2) / max(n_cells, 1))
         # a constant channel has none (as dense): not the residue of the mean's rounding
-        spread[features.max(axis=0).toarray().ravel() == features.min(axis=0).toarray().ravel()] = 0.0
+        spread[column_range(features) == 0] = 0.0
         return mean, spread
     mean = np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
-    squares = map_threads(lambda rows: squared_deviations(features[rows], mean), _chunks(len(features)), n_jobs)
+    squares = map_threads(lambda rows: squared_deviations(features[rows], mean), row_blocks(len(features)), n_jobs)
     return mean, np.sqrt(sum(squares) / max(len(features), 1))
 
 

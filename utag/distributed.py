@@ -327,8 +327,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         with watch("graph and message passing"):
             background = None
             if normalization_mode == "l1_norm":
-                background = np.round(features.mean(axis=0, dtype=np.float64).compute()).astype(np.float32)
-                background = background if background.any() else None
+                background = seg._whole_background(features.mean(axis=0, dtype=np.float64).compute())
             aggregated, recipe, n_edges = message_passing(coords, codes, features, order, background, p,
                                                           normalization_mode)
             scales = None
@@ -336,9 +335,8 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
                 scales = multiscale.scales_of_moments(*_moments(aggregated), len(p.kernel_widths))
                 per_column = np.repeat(scales.astype(np.float32), aggregated.shape[1] // len(scales))
                 aggregated, recipe = (aggregated * per_column).persist(), recipe * per_column
-                if background is not None:
-                    background = np.concatenate([background * s for s in scales.astype(np.float32)])
-                var = seg._multiscale_var(var, p.kernel_widths)
+                background = seg._scaled_background(background, scales)
+            var = seg._output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
         coords, codes = coords[order], codes[order]
 
@@ -348,10 +346,8 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         size = lazy_sketch_size(sketch_size, adata.n_obs)
         with watch("sketch"):
             sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
-        knn_method = p.knn_method
-        if knn_method == "auto" and seg.SKETCH_EXACT_KNN < size < adata.n_obs:  # every cell: as unsketched
-            knn_method = "approximate"
-        embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep,
+        embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, seg._knn_method(p, size, adata.n_obs),
+                                    random_state, p.use_rep,
                                     "parc" in p.methods, watch, rows=sample, n_jobs=n_jobs)
         runs, swept, index = [], None, None
         if p.methods and embedded.rows is not None and len(embedded.rows) < adata.n_obs:
@@ -365,8 +361,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         labels = {seg.label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         with watch("probabilities"):
             soft = probabilities(aggregated, labels, mean)
-        for key, values in labels.items():
-            logger.info("%s: %d domains", key, values.max() + 1)
+        seg._log_domain_counts(labels)
 
         del aggregated  # frees the workers' copy
         if background is not None:

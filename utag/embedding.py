@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from . import _validation as check
+from ._arrays import column_mean, column_range, row_blocks
 from ._numba import jit
 from ._order import morton_order
 from ._parallel import map_threads, n_threads
@@ -89,39 +90,16 @@ _EXACT_SPARE = 1
 #: :func:`locality_order` orders cells along this many leading principal axes.
 _LOCALITY_AXES = 3
 
-_CHUNK_ROWS = 1 << 16
 _SMOOTH_K_TOLERANCE = 1e-5
 _MIN_K_DIST_SCALE = 1e-3
 _MAX_BANDWIDTH_STEPS = 64
-
-
-def _chunks(n_rows: int):
-    for start in range(0, n_rows, _CHUNK_ROWS):
-        yield slice(start, min(start + _CHUNK_ROWS, n_rows))
-
-
-def column_mean(features) -> np.ndarray:
-    """Each column's mean, summed in float64, dense or sparse (scipy's sparse
-    ``mean(dtype=np.float64)`` sums in the input's dtype and converts only the result).
-
-    Examples
-    --------
-    >>> rows = np.full((3, 1), 1000.0, dtype=np.float32) + np.array([[0.1], [0.2], [0.3]], dtype=np.float32)
-    >>> bool(np.isclose(column_mean(sp.csr_matrix(rows))[0], column_mean(rows)[0], rtol=1e-12))
-    True
-    """
-    if sp.issparse(features):
-        features = sp.csr_matrix(features)
-        sums = np.bincount(features.indices, weights=features.data.astype(np.float64), minlength=features.shape[1])
-        return sums / max(features.shape[0], 1)
-    return np.asarray(features.mean(axis=0, dtype=np.float64)).ravel()
 
 
 def _covariance(features, mean: np.ndarray) -> np.ndarray:
     """Feature covariance in float64, accumulated over row chunks (no full-size copy)."""
     n_rows, n_features = features.shape
     scatter = np.zeros((n_features, n_features))
-    for rows in _chunks(n_rows):
+    for rows in row_blocks(n_rows):
         block = features[rows].astype(np.float64)
         if sp.issparse(block):
             scatter += (block.T @ block).toarray()
@@ -365,9 +343,7 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     Returns ``(indices, distances)`` sorted by distance (Euclidean, float32).
     """
     random_state = check.seed(random_state)
-    import hnswlib
-
-    n_cells, n_dims = embedding.shape
+    n_cells = len(embedding)
     # in locality order HNSW builds and searches much faster (the same part of
     # the index stays in cache from one cell to the next); positions in that order are the ids
     order = locality_order(embedding)
@@ -376,13 +352,8 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
     n_jobs = n_threads(n_jobs)
 
     def build(part: int):
-        index = hnswlib.Index(space="l2", dim=n_dims)
-        index.init_index(max_elements=len(parts[part]), M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION,
-                         random_seed=random_state + part)
-        index.set_num_threads(1)  # one thread per index: insertion order, hence the graph, is fixed
-        index.add_items(data[parts[part]], parts[part])
-        index.set_ef(max(HNSW_EF, n_neighbors))
-        return index
+        return seeded_hnsw_index(data[parts[part]], parts[part], HNSW_M, HNSW_EF_CONSTRUCTION,
+                                 max(HNSW_EF, n_neighbors), random_state + part)
 
     with ThreadPoolExecutor(max_workers=min(n_jobs, _HNSW_PARTS)) as pool:  # hnswlib releases the GIL
         indices = list(pool.map(build, range(_HNSW_PARTS)))
@@ -399,7 +370,7 @@ def approximate_neighbors(embedding: np.ndarray, n_neighbors: int, random_state:
         neighbours[order[rows]] = order[np.take_along_axis(candidates[rows], nearest, axis=1)]
         distances[order[rows]] = np.sqrt(np.clip(np.take_along_axis(squared[rows], nearest, axis=1), 0, None))
 
-    map_threads(merge, _chunks(n_cells), n_jobs)
+    map_threads(merge, row_blocks(n_cells), n_jobs)
     return neighbours, distances
 
 
@@ -425,6 +396,20 @@ def locality_order(points: np.ndarray) -> np.ndarray:
     mean = points.mean(axis=0, dtype=np.float64)
     axes, _, _ = principal_axes(_covariance(points, mean), n_axes)
     return morton_order(project(points, axes, mean))
+
+
+def seeded_hnsw_index(points: np.ndarray, ids: np.ndarray, m: int, ef_construction: int, ef: int, seed: int):
+    """An HNSW index (``hnswlib``, Euclidean) of ``points`` labelled ``ids``, inserted in
+    the given order by one thread with a level generator seeded by ``seed``: the index
+    depends only on these arguments, not on thread timing or the number of cores."""
+    import hnswlib
+
+    index = hnswlib.Index(space="l2", dim=points.shape[1])
+    index.init_index(max_elements=len(points), M=m, ef_construction=ef_construction, random_seed=seed)
+    index.set_num_threads(1)  # one thread: the insertion order, hence the graph, is fixed
+    index.add_items(points, ids)
+    index.set_ef(ef)
+    return index
 
 
 def _self_first(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -482,7 +467,7 @@ def membership_strengths(distances: np.ndarray, n_jobs: int | None = None) -> np
     numbers for any ``n_jobs``: each row is computed alone)."""
     overall_mean = float(distances.astype(np.float64).mean())
     blocks = map_threads(lambda rows: _membership_strengths(distances[rows], overall_mean),
-                         _chunks(len(distances)), n_jobs)
+                         row_blocks(len(distances)), n_jobs)
     return np.concatenate(blocks) if blocks else np.empty((0, distances.shape[1] - 1))
 
 
@@ -756,7 +741,7 @@ def _fit_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dic
     the embedding is all zeros, with the first unit vectors as components. A single
     feature, which scanpy's solvers also refuse, goes through :func:`pca`."""
     n_cells, n_features = features.shape
-    if _no_feature_varies(features):
+    if not column_range(features).any():  # every row the same
         logger.warning("No feature varies across the %d cells (every cell has the same profile): "
                        "the PCA embedding is all zeros", n_cells)
         return {
@@ -771,12 +756,6 @@ def _fit_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dic
     return {**pca(features, n_comps), "params": {"zero_center": True, "method": "covariance"}}
 
 
-def _no_feature_varies(features) -> bool:
-    """Whether every row of ``features`` (dense or sparse) is the same."""
-    highest, lowest = features.max(axis=0), features.min(axis=0)
-    if sp.issparse(highest):
-        highest, lowest = highest.toarray(), lowest.toarray()
-    return bool(np.all(np.asarray(highest) == np.asarray(lowest)))
 
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,

@@ -6,11 +6,15 @@ block-diagonally so that no edge crosses slides. squidpy builds each slide's gra
 (:class:`squidpy.gr.neighbors.RadiusBuilder` with ``set_diag=True``, what
 ``squidpy.gr.spatial_neighbors_radius(adata, radius=max_dist, set_diag=True,
 library_key=slide_key)`` runs per slide), so what utag stores is what squidpy stores.
+The options of :func:`spatial_graph` (:data:`SPATIAL_GRAPHS`) build instead each cell's
+``n_neighbors`` nearest cells (``KNNBuilder``) or the Delaunay triangulation with edges
+longer than ``max_dist`` cut (``DelaunayBuilder``).
 
 Before any graph is built its number of edges is estimated from a sample of cells
 (:func:`estimate_pairs`, a fraction of a second at a million cells), and
 :func:`check_graph_fits` raises :class:`GraphTooLargeError`, with a ``max_dist`` that
-would fit, when the graph would not fit in memory.
+would fit, when the graph would not fit in memory (:func:`check_knn_graph_fits`: the
+same for the kNN graph, naming an ``n_spatial_neighbors`` that would fit).
 """
 from __future__ import annotations
 
@@ -289,7 +293,7 @@ def estimate_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float, sampl
     """
     random_state = check.seed(random_state)
     n_cells = len(codes)
-    if n_cells < 2 or not max_dist >= 0:  # NaN: no pairs, as in radius_pairs
+    if n_cells < 2 or not max_dist >= 0:  # NaN: no pairs
         return 0.0
     rng = np.random.default_rng(random_state)
     tree_cells = rng.choice(n_cells, size=min(n_cells, _ESTIMATE_TREE_CELLS), replace=False)

@@ -2,8 +2,9 @@
 
 ``X' = D^-1 A X`` with ``A`` the spatial adjacency (self-loops included) and ``D`` its
 row sums: each cell's features become the mean over its neighbourhood
-(``normalization_mode="l1_norm"``, the published method). Any other mode gives the plain
-sum ``A X``.
+(``normalization_mode="l1_norm"``, the published method). ``"sum"`` (also ``"none"``,
+``None``) gives the plain sum ``A X``, what the original code did for any other value;
+other names are refused, so that a typo cannot silently sum.
 
 The graph is block-diagonal over slides, so the work is done one slide at a time: the
 slide's graph (built by squidpy, see :mod:`utag.graph`) and its product with the slide's
@@ -98,7 +99,8 @@ def pass_messages(
     n_spatial_neighbors: int = 6,
     kernel_widths=None,
 ):
-    """Aggregate ``features`` over each slide's radius graph.
+    """Aggregate ``features`` over each slide's spatial graph (or, with ``kernel_widths``,
+    the multiscale flavour's Gaussian means).
 
     Returns
     -------

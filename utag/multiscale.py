@@ -26,8 +26,8 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+from ._arrays import column_mean, row_blocks
 from ._validation import check_positive
-from .embedding import _chunks, column_mean
 from .graph import count_edges, spatial_graph
 
 __all__ = ["FLAVORS", "DEFAULT_WIDTHS", "flavor_widths", "block_scales",
@@ -187,7 +187,7 @@ def block_scales(blocks, n_blocks: int) -> np.ndarray:
         squares = np.bincount(blocks.indices, weights=values * values, minlength=blocks.shape[1]) / n_cells
     else:  # a block of rows at a time: no float64 copy of every cell
         squares = sum(np.einsum("ij,ij->j", rows, rows) for rows in
-                      (np.asarray(blocks[chunk], dtype=np.float64) for chunk in _chunks(n_cells))) / n_cells
+                      (np.asarray(blocks[chunk], dtype=np.float64) for chunk in row_blocks(n_cells))) / n_cells
     return scales_of_moments(mean, squares, n_blocks)
 
 

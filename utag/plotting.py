@@ -20,6 +20,7 @@ from matplotlib.patches import PathPatch, Wedge
 from matplotlib.path import Path
 
 from . import _validation as check
+from ._keys import colors_key, table_key
 from .analysis import _connectivity_tables, _labels, domain_composition
 
 __all__ = [
@@ -46,7 +47,7 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     values = adata.obs[key]
     categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
     names = pd.Index(categorical.cat.categories.astype(str))
-    stored = adata.uns.get(f"{key}_colors")
+    stored = adata.uns.get(colors_key(key))
     if palette is None and stored is not None and len(stored) == len(names):
         return dict(zip(names, stored))
     if palette is None:
@@ -61,7 +62,7 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
         colormap = plt.get_cmap("hsv")
         palette = palette + [colormap(i / len(names)) for i in range(len(names) - len(palette))]
     colors = [to_hex(c) for c in palette[: len(names)]]
-    adata.uns[f"{key}_colors"] = colors
+    adata.uns[colors_key(key)] = colors
     return dict(zip(names, colors))
 
 
@@ -181,23 +182,23 @@ def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[
     they are put in the current order of the domains."""
     if connectivity is None and max_dist is not None:
         return _connectivity_tables(adata, domain_key, slide_key, max_dist)
-    tables = connectivity if connectivity is not None else adata.uns.get(f"{domain_key}_connectivity")
+    tables = connectivity if connectivity is not None else adata.uns.get(table_key(domain_key, "connectivity"))
     if tables is None:
         return _connectivity_tables(adata, domain_key, slide_key, max_dist)
     codes, names = _labels(adata, domain_key)
     square = _square_tables(tables)
     counted = {str(name) for name in tables[square[0]].index} if square else set()
     if counted != set(names):
-        source = "`connectivity`" if connectivity is not None else f"`uns[{domain_key + '_connectivity'!r}]`"
+        source = "`connectivity`" if connectivity is not None else f"`uns[{table_key(domain_key, 'connectivity')!r}]`"
         raise ValueError(f"{source} was counted for other domains than `obs[{domain_key!r}]` holds now (domains "
                          f"{sorted(counted)}, now {list(names)}): pass `max_dist` to count the contacts of these "
                          "cells, or run `utag.analysis.domain_connectivity` again.")
     if connectivity is None and "cells" in tables:  # stored for other cells (a subset, say)?
         stored = tables["cells"]["cells"].rename(index=str).reindex(list(names)).fillna(-1).to_numpy()
         if not np.array_equal(stored, np.bincount(codes[codes >= 0], minlength=len(names))):
-            raise ValueError(f"`uns[{domain_key + '_connectivity'!r}]` was counted for other cells than `adata` "
-                             "holds now (a subset?): pass `max_dist` to count the contacts of these cells, or run "
-                             "`utag.analysis.domain_connectivity` again.")
+            raise ValueError(f"`uns[{table_key(domain_key, 'connectivity')!r}]` was counted for other cells than "
+                             "`adata` holds now (a subset?): pass `max_dist` to count the contacts of these cells, "
+                             "or run `utag.analysis.domain_connectivity` again.")
     in_order = {}
     for key, table in tables.items():
         if key in square:

@@ -21,7 +21,8 @@ from anndata import AnnData
 
 from . import _validation as check
 from . import distributed, multiscale
-from ._keys import DEFAULT_SAVE_KEY, drop_tables_of, label_key, probabilities_key
+from ._arrays import column_range
+from ._keys import DEFAULT_SAVE_KEY, SWEEP_KEY, drop_tables_of, label_key, probabilities_key, sweep_entry
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
 from .clustering import (
@@ -167,8 +168,8 @@ def utag(
         ``"auto"`` (default: exact where the KD-tree is quick, that is up to 200,000 cells
         and ``n_cells * min(2**d, n_cells)`` within 5e7 for ``d`` effective dimensions, approximate
         otherwise, where the exact search grows to minutes); see
-        :func:`utag.embedding.exact_search`; a sketch of more than 50,000 cells is always
-        searched approximately. Without a sketch, ``uns['neighbors']['params']['knn']``
+        :func:`utag.embedding.exact_search`; with ``"auto"``, a sketch of more than 50,000
+        cells is searched approximately. Without a sketch, ``uns['neighbors']['params']['knn']``
         records which search ran (``'knn_pca'``: that of the principal components' graph
         for PARC and k-means, when it is a separate one).
     kmeans_kwargs
@@ -273,13 +274,7 @@ def utag(
     3
     """
     check.check_n_cells(adata)
-    if n_jobs is not None and n_jobs != -1:
-        n_jobs = check.as_int("n_jobs", n_jobs)
-    if processes == -1:  # the original's "all available"
-        processes = None
-    if processes is not None:  # R's integers arrive as floats (2.0)
-        processes = check.as_int("processes", processes)
-    n_jobs = n_jobs if n_jobs is not None else (processes if parallel else 1)
+    n_jobs, processes = _workers(n_jobs, processes, parallel)
     lazy = distributed.is_lazy(adata)  # Dask arrays: utag.distributed reads the cells slide by slide
     if lazy:
         distributed.check_unsupported(keep_spatial_connectivity=keep_spatial_connectivity, apply_umap=apply_umap,
@@ -311,39 +306,18 @@ def utag(
     watch = Stopwatch(progress, logger)
     try:
         with watch("graph and message passing"):
-            # storing the spatial graph costs more per pair than message passing alone
-            bytes_per_pair = MESSAGE_PASSING_BYTES_PER_PAIR + (STORED_GRAPH_BYTES_PER_PAIR
-                                                               if keep_spatial_connectivity else 0)
-            background = _background(features, normalization_mode)
-            aggregated, n_edges, graph = pass_messages(
-                coords, features if background is None else features - background, codes, p.max_dist,
-                normalization_mode, parallel, processes, progress, bytes_per_pair,
-                keep_graph=keep_spatial_connectivity, slide_names=slide_names,
-                spatial_graph_kind=p.spatial_graph, n_spatial_neighbors=p.n_spatial_neighbors,
-                kernel_widths=p.kernel_widths,
-            )
-            scales, input_var = None, var
-            if p.kernel_widths is not None:
-                scales = multiscale.block_scales(aggregated, len(p.kernel_widths))
-                aggregated = multiscale.scale_blocks(aggregated, scales)
-                if background is not None:  # a constant passes every kernel unchanged, then is scaled
-                    background = np.concatenate([background * s for s in scales.astype(np.float32)])
-                var, input_var = _multiscale_var(var, p.kernel_widths), var
+            aggregated, n_edges, graph, background, scales = _message_passing(
+                coords, features, codes, slide_names, p, normalization_mode, keep_spatial_connectivity,
+                processes if parallel else 1, progress)
+        var, input_var = _output_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
         one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
         del features  # from here on only the message-passed features count
 
         embedded, sample = None, None
         if apply_clustering or apply_umap:
-            sketching = p.sketch_size and not one_profile  # one profile: one domain, nothing to sample
-            knn_method = p.knn_method
-            if sketching and knn_method == "auto" and SKETCH_EXACT_KNN < p.sketch_size < adata.n_obs:
-                # the exact search costs minutes in tens of dimensions; a "sketch" of every
-                # cell keeps the unsketched route's choice, so that it gives the same labels
-                knn_method = "approximate"
-            choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
-            embedded = embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state,
-                             p.use_rep, pca_graph="parc" in p.methods, watch=watch, rows=choose, n_jobs=n_jobs)
+            # one profile: one domain, nothing to sample
+            embedded = _embed(aggregated, codes, p, not one_profile, random_state, watch, n_jobs)
             sample = embedded.rows
         runs, swept = [], None
         if one_profile:
@@ -354,20 +328,12 @@ def utag(
             if sample is not None:
                 embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
         labels = {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
-        probabilities, scale = {}, None
-        for key, codes_ in labels.items():
-            with watch("probabilities"):
-                if scale is None:  # the same for every labelling
-                    scale = feature_scale(aggregated, n_jobs)
-                probabilities[key] = soft_assignments(aggregated, codes_, n_jobs, scale)
-            logger.info("%s: %d domains", key, codes_.max() + 1)
-        model = None
+        probabilities, model = {}, None
         if labels:
-            model = build_model(aggregated, input_var.index, embedded.pca["embedding"], embedded.pca["components"],
-                                labels, p.max_dist, normalization_mode, background, p.spatial_graph,
-                                p.n_spatial_neighbors, p.kernel_widths, scales,
-                                centred=bool(embedded.pca.get("params", {}).get("zero_center", True)))
-
+            with watch("probabilities"):
+                probabilities = _soft_assignments(aggregated, labels, n_jobs)
+            _log_domain_counts(labels)
+            model = _transfer_model(aggregated, input_var, embedded, labels, p, normalization_mode, background, scales)
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
         outputs = {"aggregated": aggregated, "graph": graph, "embedded": embedded, "labels": labels,
@@ -541,7 +507,8 @@ WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -sys.maxsize},
 
 def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> tuple[dict, dict, dict]:
     """Refuse backend keywords that ``utag()`` sets itself, whole-number keywords that are
-    not, and an initial membership that is not one label per cell. Returns copies of the
+    not, a Leiden ``partition_type`` that is not a class, and an initial membership that is
+    not one label per cell. Returns copies of the
     three dicts with those whole numbers as ints (R sends ``2`` as ``2.0``)."""
     given = {"leiden_kwargs": leiden_kwargs, "parc_kwargs": parc_kwargs, "kmeans_kwargs": kmeans_kwargs}
     checked = {}
@@ -568,8 +535,90 @@ def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwarg
     return checked["leiden_kwargs"], checked["parc_kwargs"], checked["kmeans_kwargs"]
 
 
-def _multiscale_var(var: pd.DataFrame, widths) -> pd.DataFrame:
-    """``var`` of the multiscale features: one row per feature and kernel width."""
+def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]:
+    """``(n_jobs, processes)`` checked: threads for the array stages (``None`` or -1: every
+    core; by default ``processes``, or 1 without ``parallel``) and worker processes for the
+    slides (-1, the original's "all available", is ``None``). R's integers arrive as
+    floats (``2.0``)."""
+    if n_jobs is not None and n_jobs != -1:
+        n_jobs = check.as_int("n_jobs", n_jobs)
+    if processes == -1:
+        processes = None
+    if processes is not None:
+        processes = check.as_int("processes", processes)
+    return (n_jobs if n_jobs is not None else (processes if parallel else 1)), processes
+
+
+def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_names, p: _Parameters,
+                     normalization_mode: str, keep_graph: bool, processes: int | None, progress: bool) -> tuple:
+    """Step 2 on every slide: ``(aggregated, n_edges, graph, background, scales)``.
+
+    ``aggregated``: the neighbourhood means less ``background`` (see :func:`_background`;
+    ``None`` when there is none), or their sums; with the multiscale flavour, the blocks
+    of every kernel width scaled by ``scales``, and the background with them.
+    ``graph``: the spatial graph with ``keep_graph``, else ``None``."""
+    # storing the spatial graph costs more per pair than message passing alone
+    bytes_per_pair = MESSAGE_PASSING_BYTES_PER_PAIR + (STORED_GRAPH_BYTES_PER_PAIR if keep_graph else 0)
+    background = _background(features, normalization_mode)
+    aggregated, n_edges, graph = pass_messages(
+        coords, features if background is None else features - background, codes, p.max_dist, normalization_mode,
+        processes=processes, progress=progress, bytes_per_pair=bytes_per_pair, keep_graph=keep_graph,
+        slide_names=slide_names, spatial_graph_kind=p.spatial_graph, n_spatial_neighbors=p.n_spatial_neighbors,
+        kernel_widths=p.kernel_widths,
+    )
+    scales = None
+    if p.kernel_widths is not None:
+        scales = multiscale.block_scales(aggregated, len(p.kernel_widths))
+        aggregated = multiscale.scale_blocks(aggregated, scales)
+    return aggregated, n_edges, graph, _scaled_background(background, scales), scales
+
+
+def _embed(aggregated, codes: np.ndarray, p: _Parameters, sketching: bool, random_state: int, watch: Stopwatch,
+           n_jobs) -> Embedding:
+    """Step 3's embedding: the PCA of every cell and the kNN graphs (of a sketch of the
+    cells when ``p.sketch_size`` asks for one and ``sketching``)."""
+    sketching = bool(p.sketch_size) and sketching
+    choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
+    knn_method = _knn_method(p, p.sketch_size if sketching else None, len(codes))
+    return embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state, p.use_rep,
+                 pca_graph="parc" in p.methods, watch=watch, rows=choose, n_jobs=n_jobs)
+
+
+def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,
+                    normalization_mode: str, background, scales) -> dict:
+    """What :func:`utag.transfer.transfer_labels` needs to label new cells (``uns['utag']['model']``)."""
+    pca = embedded.pca
+    return build_model(aggregated, input_var.index, pca["embedding"], pca["components"], labels, p.max_dist,
+                       normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
+                       scales, centred=bool(pca.get("params", {}).get("zero_center", True)))
+
+
+def _knn_method(p: _Parameters, sketch_size: int | None, n_cells: int) -> str:
+    """``p.knn_method``, except that ``"auto"`` searches a sketch of more than
+    :data:`SKETCH_EXACT_KNN` cells approximately: the exact search costs minutes in tens of
+    dimensions. A "sketch" of every cell keeps the unsketched route's choice, so that it
+    gives the same labels."""
+    if p.knn_method == "auto" and sketch_size is not None and SKETCH_EXACT_KNN < sketch_size < n_cells:
+        return "approximate"
+    return p.knn_method
+
+
+def _soft_assignments(aggregated, labels: dict, n_jobs) -> dict:
+    """The soft assignments of every labelling (one feature scale for all)."""
+    scale = feature_scale(aggregated, n_jobs)
+    return {key: soft_assignments(aggregated, codes, n_jobs, scale) for key, codes in labels.items()}
+
+
+def _log_domain_counts(labels: dict) -> None:
+    for key, codes in labels.items():
+        logger.info("%s: %d domains", key, codes.max() + 1)
+
+
+def _output_var(var: pd.DataFrame, widths) -> pd.DataFrame:
+    """``var`` of the message-passed features: the input's, or with the multiscale flavour
+    (kernel ``widths``) one row per feature and kernel width."""
+    if widths is None:
+        return var
     return pd.DataFrame({"feature": np.tile(var.index.to_numpy(dtype=str), len(widths)),
                          "kernel_width": np.repeat(np.asarray(widths, dtype=float), len(var))},
                         index=multiscale.feature_names(var.index, widths))
@@ -590,8 +639,21 @@ def _background(features, normalization_mode: str) -> np.ndarray | None:
     """
     if normalization_mode != "l1_norm" or sp.issparse(features):
         return None
-    background = np.round(features.mean(axis=0, dtype=np.float64)).astype(np.float32)
+    return _whole_background(features.mean(axis=0, dtype=np.float64))
+
+
+def _whole_background(means) -> np.ndarray | None:
+    """Column ``means`` rounded to whole numbers (float32), or ``None`` when all are zero."""
+    background = np.round(np.asarray(means, dtype=np.float64)).astype(np.float32)
     return background if background.any() else None
+
+
+def _scaled_background(background: np.ndarray | None, scales: np.ndarray | None) -> np.ndarray | None:
+    """The background of the multiscale blocks scaled by ``scales``: a constant passes every
+    kernel unchanged, then is scaled with its block (``background`` as is without ``scales``)."""
+    if background is None or scales is None:
+        return background
+    return np.concatenate([background * scale for scale in scales.astype(np.float32)])
 
 
 def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_dist: float,
@@ -599,8 +661,8 @@ def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_
     """Why every cell has the same message-passed profile (up to float32 rounding), or
     ``None`` when they differ: there is then nothing to cluster. ``scales``: the factors
     of the multiscale blocks in ``aggregated``."""
-    spread = _column_range(features)
-    if np.any(_column_range(aggregated) > 1e-6 * np.outer(1 if scales is None else scales, spread).ravel()):
+    spread = column_range(features)
+    if np.any(column_range(aggregated) > 1e-6 * np.outer(1 if scales is None else scales, spread).ravel()):
         return None
     if len(codes) == 1:
         return "there is one cell"
@@ -611,14 +673,6 @@ def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_
         return (f"max_dist={max_dist:g} connects every cell of a slide with every other; are max_dist and "
                 "obsm['spatial'] in the same units?")
     return "the neighbourhood means do not differ"
-
-
-def _column_range(values) -> np.ndarray:
-    """Largest minus smallest value of each column, float64."""
-    top, bottom = values.max(axis=0), values.min(axis=0)
-    if sp.issparse(values):
-        top, bottom = top.toarray(), bottom.toarray()
-    return np.asarray(top, dtype=np.float64).ravel() - np.asarray(bottom, dtype=np.float64).ravel()
 
 
 def _one_domain_runs(p: _Parameters, n_cells: int) -> list[_Run]:
@@ -655,9 +709,9 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
             swept = sweep(neighbourhoods["leiden"], coords, codes, n_runs=5, random_state=random_state,
                           leiden_kwargs=backend_kwargs["leiden"], n_jobs=n_jobs, progress=progress,
                           min_cells=p.min_cells, exponents=score_exponents(p.flavor))
-        resolutions = recommended_resolutions(swept[0])
+        resolutions = recommended_resolutions(swept.table)
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
-        chosen = int(swept[0].loc[swept[0]["resolution"] == resolutions[0], "n_domains"].iloc[0])
+        chosen = int(swept.table.loc[swept.table["resolution"] == resolutions[0], "n_domains"].iloc[0])
         backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
     runs = [_Run(method, chosen / 10 if p.auto and method == "kmeans" else resolution, backend_kwargs[method], None)
             for resolution in resolutions for method in p.methods]
@@ -675,11 +729,14 @@ def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.
     :func:`utag.sketch.assign_by_vote`)."""
     sample = embedded.rows
     neighbourhoods = _neighbourhoods(embedded, sample)
-    on = p if sample is None else replace(_membership_at(p, sample),
-                                          min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
-    where = (coords, codes) if sample is None else (coords[sample], codes[sample])
-    runs, swept = _plan_runs(on, neighbourhoods, *where, random_state, n_jobs, progress, watch)
-    runs = _cluster_runs(runs, neighbourhoods, random_state, on.min_cells, n_jobs, progress, watch)
+    clustered_params, clustered_coords, clustered_codes = p, coords, codes
+    if sample is not None:  # the sketch's cells, with a minimum domain size in proportion
+        clustered_params = replace(_membership_at(p, sample),
+                                   min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
+        clustered_coords, clustered_codes = coords[sample], codes[sample]
+    runs, swept = _plan_runs(clustered_params, neighbourhoods, clustered_coords, clustered_codes, random_state,
+                             n_jobs, progress, watch)
+    runs = _cluster_runs(runs, neighbourhoods, random_state, clustered_params.min_cells, n_jobs, progress, watch)
     del neighbourhoods  # the clustering backends' copies of the graph
     if sample is not None:
         with watch("assigning the other cells"):
@@ -709,7 +766,7 @@ def _assign_others(runs: list[_Run], swept, embedded: Embedding, sample: np.ndar
     """The labels of the sketch's runs (and sweep) extended to every cell by vote."""
     labellings = [run.labels for run in runs]
     if swept is not None:
-        labellings += list(swept[1])
+        labellings += list(swept.labels)
     embedding = embedded.pca["embedding"]
     assigned = assign_by(embedding, sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
     # the vote can leave a domain below min_cells of all cells: it joins the nearest (no kNN graph of
@@ -718,7 +775,7 @@ def _assign_others(runs: list[_Run], swept, embedded: Embedding, sample: np.ndar
     runs = [run._replace(labels=merge_small_domains(labels, no_links, embedding, p.min_cells, run.floor))
             for run, labels in zip(runs, assigned[:len(runs)])]
     if swept is not None:
-        swept = (swept[0], np.asarray(assigned[len(runs):]))
+        swept = swept._replace(labels=np.asarray(assigned[len(runs):]))
     return runs, swept
 
 
@@ -804,7 +861,7 @@ def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
                            pca_connectivities=None, **graphs)
     outputs["embedded"] = embedded
     if outputs["swept"] is not None:
-        outputs["swept"] = (outputs["swept"][0], rows_back(outputs["swept"][1], order, axis=1))
+        outputs["swept"] = outputs["swept"]._replace(labels=rows_back(outputs["swept"].labels, order, axis=1))
     outputs["aggregated"] = rows_back(outputs["aggregated"], order)
     for name in ("labels", "probabilities"):
         outputs[name] = {key: rows_back(values, order) for key, values in outputs[name].items()}
@@ -831,11 +888,9 @@ def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
         result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
         result.obsm[probabilities_key(key)] = probabilities[key]
         drop_tables_of(result, key, colors=True)  # of the labels of an earlier run
-    result.uns.pop("utag_resolution_sweep", None)  # an earlier run's
+    result.uns.pop(SWEEP_KEY, None)  # an earlier run's
     if swept is not None:
-        table, typical = swept
-        result.uns["utag_resolution_sweep"] = {"table": table, "labels": typical,
-                                               "resolutions": table["resolution"].to_numpy()}
+        result.uns[SWEEP_KEY] = sweep_entry(*swept)
     return result
 
 

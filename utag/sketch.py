@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _validation as check
 from ._parallel import n_threads
-from .embedding import locality_order
+from .embedding import locality_order, seeded_hnsw_index
 
 __all__ = ["SKETCH_ABOVE", "DEFAULT_SKETCH_SIZE", "sketch_cells", "assign_by_vote", "majority_vote",
            "sketch_size_for", "vote", "vote_index"]
@@ -240,17 +240,10 @@ def vote_index(sampled_points: np.ndarray, n_neighbors: int = 15, random_state: 
     searched there with the same answers.
     """
     random_state = check.seed(random_state)
-    import hnswlib
-
     points = np.ascontiguousarray(sampled_points, dtype=np.float32)
     order = locality_order(points)
-    index = hnswlib.Index(space="l2", dim=points.shape[1])
-    index.init_index(max_elements=len(points), M=VOTE_M, ef_construction=VOTE_EF_CONSTRUCTION,
-                     random_seed=random_state)
-    index.set_num_threads(1)  # one thread: insertion order, hence the index, is fixed
-    index.add_items(points[order], order)
-    index.set_ef(max(VOTE_EF, min(n_neighbors, len(points))))
-    return index
+    return seeded_hnsw_index(points[order], order, VOTE_M, VOTE_EF_CONSTRUCTION,
+                             max(VOTE_EF, min(n_neighbors, len(points))), random_state)
 
 
 def vote(index, points: np.ndarray, labellings: list[np.ndarray], n_neighbors: int = 15,

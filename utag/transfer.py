@@ -19,9 +19,9 @@ from scipy.spatial import cKDTree
 from scipy.special import softmax
 
 from . import _validation as check
+from ._arrays import column_mean
 from ._keys import probabilities_key
 from .clustering import cluster_means
-from .embedding import column_mean
 from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote

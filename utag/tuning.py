@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,12 +26,17 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from . import _validation as check
-from ._keys import drop_tables_of, method_and_resolution, probabilities_key
+from . import multiscale
+from ._keys import SWEEP_KEY, drop_tables_of, method_and_resolution, probabilities_key, sweep_entry
 from ._order import canonical_order, rows_back
 from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
+from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
+from .message_passing import as_float32, slide_messages
+from .transfer import domain_numbers
 
 __all__ = [
     "resolution_sweep",
+    "Sweep",
     "sweep",
     "score_exponents",
     "recommended_resolutions",
@@ -124,7 +130,7 @@ def resolution_sweep(
     leiden_kwargs: dict | None = None,
     n_jobs: int | None = None,
     progress: bool = True,
-    key_added: str = "utag_resolution_sweep",
+    key_added: str = SWEEP_KEY,
     min_domain_size: float | None = None,
     slide_key: str | None = None,
     flavor: str | None = None,
@@ -178,7 +184,7 @@ def resolution_sweep(
     table, typical = sweep(neighbourhood, coords, codes, resolutions, n_runs, random_state,
                            leiden_kwargs, n_jobs, progress, min_cells, score_exponents(flavor))
     typical = rows_back(typical, order, axis=1)
-    result.uns[key_added] = {"table": table, "labels": typical, "resolutions": table["resolution"].to_numpy()}
+    result.uns[key_added] = sweep_entry(table, typical)
     return table
 
 
@@ -196,12 +202,19 @@ def score_exponents(flavor: str) -> tuple[float, float]:
     return SCORE_EXPONENTS[flavor]
 
 
+class Sweep(NamedTuple):
+    """What :func:`sweep` returns."""
+
+    table: pd.DataFrame  # one row per resolution: n_domains, stability, agreement, spatial_coherence, score
+    labels: np.ndarray  # resolutions x cells: each resolution's typical labelling
+
+
 def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndarray,
           resolutions=DEFAULT_RESOLUTIONS, n_runs: int = 5, random_state: int = 0, leiden_kwargs: dict | None = None,
           n_jobs: int | None = None, progress: bool = False, min_cells: int = 0,
-          exponents: tuple[float, float] = SCORE_EXPONENTS["utag"]) -> tuple[pd.DataFrame, np.ndarray]:
+          exponents: tuple[float, float] = SCORE_EXPONENTS["utag"]) -> Sweep:
     """:func:`resolution_sweep` on arrays: the table and the most typical labelling of
-    every resolution (resolutions x cells). ``exponents``: ``(a, b)`` of the score
+    every resolution (resolutions x cells), as a :class:`Sweep`. ``exponents``: ``(a, b)`` of the score
     ``stability**a * agreement**b * spatial_coherence`` (see :func:`score_exponents`)."""
     random_state = check.seed(random_state)
     resolutions = sorted(check.resolution_list(resolutions))
@@ -237,7 +250,7 @@ def sweep(neighbourhood: Neighbourhood, coords: np.ndarray, slide_codes: np.ndar
     peaks = _peaks(table)
     table.loc[peaks, "recommended"] = True
     table.loc[peaks, "rank"] = np.argsort(np.argsort(-table.loc[peaks, "score"].to_numpy())) + 1
-    return table, np.stack(typical)
+    return Sweep(table, np.stack(typical))
 
 
 #: Spatial neighbours per cell in :func:`spatial_coherence`: a scale of tissue larger than
@@ -292,7 +305,6 @@ def _same_slide_neighbours(coords: np.ndarray, slide_codes: np.ndarray, n_neighb
     cell (or the cells flagged in the boolean mask ``among``), as two index arrays."""
     from scipy.spatial import cKDTree
 
-    from .graph import slide_cells
 
     coords = np.asarray(coords, dtype=np.float64)
     firsts, seconds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
@@ -571,7 +583,6 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     original API's ``..._domain_adjacency_matrix`` and ``..._celltype_adjacency_matrix``,
     :data:`utag._keys.TABLES_OF_LABELS`) are removed; colours stay with the numbers.
     """
-    from .transfer import domain_numbers
 
     if keys is None:
         keys = list(result.uns.get("utag", {}).get("label_keys", []))
@@ -678,7 +689,6 @@ def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
     >>> suggest_max_dist(synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0), slide_key="roi")
     35.0
     """
-    from .graph import slide_cells
 
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)
@@ -731,9 +741,6 @@ def max_dist_report(
     >>> report.loc[report["slide"] == "all", ["max_dist", "suggested"]].values.tolist()
     [[5.0, False], [20.0, False], [35.0, True], [60.0, False]]
     """
-    from . import multiscale
-    from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
-    from .message_passing import as_float32, slide_messages
 
 
     coords = check.spatial_coordinates(adata)

@@ -16,7 +16,7 @@ are left out.
 For new code prefer :func:`utag.analysis.domain_connectivity` (any radius, reuses the
 graph in ``obsp``, counts against chance), :func:`utag.analysis.celltype_connectivity`,
 :func:`utag.analysis.measure_per_domain_cell_type_colocalization` (cell-type contacts
-within domains, with p-values), :func:`utag.analysis.evaluate_clustering` and
+within domains, with p-values), :func:`utag.evaluation.evaluate_clustering` and
 :func:`utag.evaluate_performance`, which return tidy tables.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _validation as check
+from ._keys import table_key
 from .analysis import pair_counts, spatial_edges
 from .evaluation import SCORES
 from .graph import slide_cells
@@ -188,7 +189,7 @@ def domain_connectivity(
     ((3, 3), True)
     """
     counts, names, _ = _domain_pair_counts(adata, slide_key, domain_key)
-    adata.uns[f"{domain_key}_domain_adjacency_matrix"] = _square(counts.sum(axis=0), names)
+    adata.uns[table_key(domain_key, "domain_adjacency_matrix")] = _square(counts.sum(axis=0), names)
     return adata
 
 
@@ -277,7 +278,7 @@ def celltype_connectivity(
     inside = (domain_codes[edges.source] == domain_codes[edges.target]) & (domain_codes[edges.source] >= 0)
     counts = _label_pair_counts(edges.source[inside], edges.target[inside], _codes(cell_types, type_names),
                                 len(type_names), domain_codes, len(domain_names))
-    adata.uns[f"{domain_key}_celltype_adjacency_matrix"] = {
+    adata.uns[table_key(domain_key, "celltype_adjacency_matrix")] = {
         domain: _square(table, type_names) for domain, table in zip(domain_names, counts)
     }
     return adata

@@ -20,6 +20,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from ._keys import colors_key
 from .plotting import plot_chord, plot_domains
 
 __all__ = [
@@ -251,7 +252,7 @@ def add_scale_box_to_fig(
 
 def _node_colors(adata: AnnData, node_key: str, names: list) -> list | None:
     """``uns[f"{node_key}_colors"]`` (one per category, as scanpy stores them) for these nodes."""
-    stored = adata.uns.get(f"{node_key}_colors")
+    stored = adata.uns.get(colors_key(node_key))
     if stored is None:
         return None
     values = adata.obs[node_key]

@@ -10,6 +10,7 @@ import pytest
 
 matplotlib.use("Agg")  # figures are rendered off-screen in tests
 
+from utag import utag
 from utag.datasets import codex_mouse_spleen, synthetic_tissue
 
 SHARED_SPLEEN = Path("data", "codex_mouse_spleen", "codex_mouse_spleen.h5ad")
@@ -37,6 +38,14 @@ def tissue():
     """3,000 cells on 3 slides with known domains (slides contiguous)."""
     return synthetic_tissue(n_cells=3_000, n_slides=3, n_markers=12, n_domains=3, n_cell_types=5,
                             random_state=1)
+
+
+@pytest.fixture(scope="module")
+def four_domains():
+    """8,000 cells on 2 slides with 4 domains, and utag()'s Leiden at 0.1 on them (one per test module)."""
+    adata = synthetic_tissue(n_cells=8_000, n_slides=2, n_domains=4, random_state=3)
+    result = utag(adata, slide_key="roi", clustering_method=["leiden"], resolutions=[0.1], progress=False)
+    return adata, result
 
 
 @pytest.fixture(scope="session")

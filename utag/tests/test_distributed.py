@@ -43,29 +43,29 @@ def _assert_same_result(expected, got):
 
 
 @pytest.fixture(scope="module")
-def tissue():
+def shuffled_tissue():
     return _shuffled_tissue(12_000)
 
 
-def test_dask_input_gives_the_in_process_sketch_result(tissue):
+def test_dask_input_gives_the_in_process_sketch_result(shuffled_tissue):
     options = dict(clustering_method=["leiden", "kmeans"], resolutions=[0.1], sketch_size=3_000, **KW)
-    expected = utag(tissue, **options)
-    lazy = _as_dask(tissue)
+    expected = utag(shuffled_tissue, **options)
+    lazy = _as_dask(shuffled_tissue)
     got = utag(lazy, **options)
     _assert_same_result(expected, got)
     assert isinstance(got.X, da.Array)  # the message-passed features stay lazy
     assert isinstance(lazy.X, da.Array) and "UTAG Label_leiden_0.1" not in lazy.obs  # the input is untouched
     # the sample holds every slide's share of the cells
     sample = got.uns["utag"]["sketch"]["cells"]
-    shares = tissue.obs["roi"].iloc[sample].value_counts(normalize=True).sort_index()
-    np.testing.assert_allclose(shares, tissue.obs["roi"].value_counts(normalize=True).sort_index(), atol=0.01)
+    shares = shuffled_tissue.obs["roi"].iloc[sample].value_counts(normalize=True).sort_index()
+    np.testing.assert_allclose(shares, shuffled_tissue.obs["roi"].value_counts(normalize=True).sort_index(), atol=0.01)
 
 
-def test_the_multiscale_flavour_auto_resolution_and_n_domains_run_on_dask(tissue):
+def test_the_multiscale_flavour_auto_resolution_and_n_domains_run_on_dask(shuffled_tissue):
     options = dict(clustering_method=["leiden"], resolutions="auto", n_domains=4, flavor="multiscale",
                    sketch_size=0.25, **KW)
-    expected = utag(tissue, **options)
-    got = utag(_as_dask(tissue), **options)
+    expected = utag(shuffled_tissue, **options)
+    got = utag(_as_dask(shuffled_tissue), **options)
     _assert_same_result(expected, got)
     np.testing.assert_allclose(got.uns["utag"]["multiscale"]["block_scales"],
                                expected.uns["utag"]["multiscale"]["block_scales"], rtol=1e-6)
@@ -73,23 +73,24 @@ def test_the_multiscale_flavour_auto_resolution_and_n_domains_run_on_dask(tissue
     assert n_domains_key  # n_domains=4 gave its 4 domains
 
 
-def test_every_cell_in_the_sketch_gives_the_unsketched_labels(tissue):
+def test_every_cell_in_the_sketch_gives_the_unsketched_labels(shuffled_tissue):
     options = dict(clustering_method=["leiden"], resolutions=[0.1], **KW)
-    unsketched = utag(tissue, sketch_size=None, **options)
-    got = utag(_as_dask(tissue), sketch_size=None, **options)
+    unsketched = utag(shuffled_tissue, sketch_size=None, **options)
+    got = utag(_as_dask(shuffled_tissue), sketch_size=None, **options)
     np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
                                   unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
     assert "vote index" not in got.uns["utag"]["timings"]  # nothing to vote on: no index is built
 
 
-def test_a_sketch_of_every_cell_keeps_the_exact_search_of_the_unsketched_route(tissue, monkeypatch):
+def test_a_sketch_of_every_cell_keeps_the_exact_search_of_the_unsketched_route(shuffled_tissue, monkeypatch):
     from utag import segmentation
 
     # above SKETCH_EXACT_KNN a real sketch searches approximately; every cell is no sketch
     monkeypatch.setattr(segmentation, "SKETCH_EXACT_KNN", 1_000)
     options = dict(clustering_method=["leiden"], resolutions=[0.1], **KW)
-    unsketched = utag(tissue, sketch_size=None, **options)
-    for got in (utag(tissue, sketch_size=tissue.n_obs, **options), utag(_as_dask(tissue), sketch_size=None, **options)):
+    unsketched = utag(shuffled_tissue, sketch_size=None, **options)
+    for got in (utag(shuffled_tissue, sketch_size=shuffled_tissue.n_obs, **options),
+                utag(_as_dask(shuffled_tissue), sketch_size=None, **options)):
         np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
                                       unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
 
@@ -115,17 +116,17 @@ def test_a_local_cluster_of_two_worker_processes_gives_the_in_process_result(mon
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5ad"])
-def test_input_read_lazily_from_disk_gives_the_in_memory_result(tissue, tmp_path, suffix):
+def test_input_read_lazily_from_disk_gives_the_in_memory_result(shuffled_tissue, tmp_path, suffix):
     path = tmp_path / f"cells{suffix}"
     if suffix == ".zarr":
-        write_domains(tissue, path, features=True)  # writes X and obsm['spatial'] as a zarr store
+        write_domains(shuffled_tissue, path, features=True)  # writes X and obsm['spatial'] as a zarr store
     else:
-        tissue.write_h5ad(path)
+        shuffled_tissue.write_h5ad(path)
     lazy = read_lazy(path, chunk_rows=5_000)
     assert isinstance(lazy.X, da.Array) and isinstance(lazy.obsm["spatial"], da.Array)
     options = dict(clustering_method=["kmeans"], resolutions=[0.4], sketch_size=3_000, **KW)
     got = utag(lazy, **options)
-    _assert_same_result(utag(tissue, **options), got)
+    _assert_same_result(utag(shuffled_tissue, **options), got)
 
     out = tmp_path / "domains.zarr"
     write_domains(got, out)
@@ -135,32 +136,33 @@ def test_input_read_lazily_from_disk_gives_the_in_memory_result(tissue, tmp_path
     assert back.X is None  # the labels only, unless features=True
 
 
-def test_odd_stores_read_lazily_or_refused_with_the_fix(tissue, tmp_path):
+def test_odd_stores_read_lazily_or_refused_with_the_fix(shuffled_tissue, tmp_path):
     import scipy.sparse as sp
 
     # centroids stored as a DataFrame are read (they are small); a store without X is named
-    framed = tissue.copy()
-    framed.obsm["spatial"] = pd.DataFrame(np.asarray(tissue.obsm["spatial"]), index=tissue.obs_names,
+    framed = shuffled_tissue.copy()
+    framed.obsm["spatial"] = pd.DataFrame(np.asarray(shuffled_tissue.obsm["spatial"]), index=shuffled_tissue.obs_names,
                                           columns=["x", "y"])
     framed.write_h5ad(tmp_path / "framed.h5ad")
     lazy = read_lazy(tmp_path / "framed.h5ad", chunk_rows=5_000)
-    np.testing.assert_array_equal(np.asarray(lazy.obsm["spatial"]), np.asarray(tissue.obsm["spatial"]))
-    anndata.AnnData(obs=tissue.obs, obsm={"spatial": np.asarray(tissue.obsm["spatial"])}).write_h5ad(
+    np.testing.assert_array_equal(np.asarray(lazy.obsm["spatial"]), np.asarray(shuffled_tissue.obsm["spatial"]))
+    anndata.AnnData(obs=shuffled_tissue.obs, obsm={"spatial": np.asarray(shuffled_tissue.obsm["spatial"])}).write_h5ad(
         tmp_path / "no_x.h5ad")
     with pytest.raises(ValueError, match="has no X"):
         read_lazy(tmp_path / "no_x.h5ad")
     with pytest.raises(ValueError, match="chunk_rows"):
         read_lazy(tmp_path / "framed.h5ad", chunk_rows=0)
     # sparse features in memory beside Dask coordinates: named, with the fix
-    mixed = tissue.copy()
-    mixed.X = sp.csr_matrix(np.asarray(tissue.X))
-    mixed.obsm["spatial"] = da.from_array(np.asarray(tissue.obsm["spatial"]), chunks=(4_000, -1))
+    mixed = shuffled_tissue.copy()
+    mixed.X = sp.csr_matrix(np.asarray(shuffled_tissue.X))
+    mixed.obsm["spatial"] = da.from_array(np.asarray(shuffled_tissue.obsm["spatial"]), chunks=(4_000, -1))
     with pytest.raises(ValueError, match="sparse.*dense"):
         utag(mixed, clustering_method=["kmeans"], resolutions=[0.3], **KW)
 
 
-def test_written_domains_keep_the_graphs_their_records_point_to(tissue, tmp_path):
-    result = utag(tissue, clustering_method=["kmeans"], resolutions=[0.3], keep_spatial_connectivity=True, **KW)
+def test_written_domains_keep_the_graphs_their_records_point_to(shuffled_tissue, tmp_path):
+    result = utag(shuffled_tissue, clustering_method=["kmeans"], resolutions=[0.3], keep_spatial_connectivity=True,
+                  **KW)
     write_domains(result, tmp_path / "domains.zarr")
     back = anndata.read_zarr(tmp_path / "domains.zarr")
     for key in ("connectivities", "spatial_connectivities"):
@@ -170,17 +172,17 @@ def test_written_domains_keep_the_graphs_their_records_point_to(tissue, tmp_path
 @pytest.mark.parametrize("option", [dict(keep_spatial_connectivity=True), dict(apply_umap=True),
                                     dict(filter_by_variance=True),
                                     dict(pca_kwargs={"n_comps": 5, "svd_solver": "arpack"})])
-def test_options_that_need_every_cell_in_one_process_are_refused_on_dask(tissue, option):
+def test_options_that_need_every_cell_in_one_process_are_refused_on_dask(shuffled_tissue, option):
     with pytest.raises(ValueError, match="cannot run on Dask input"):
-        utag(_as_dask(tissue), clustering_method=["kmeans"], resolutions=[0.3], **option, **KW)
+        utag(_as_dask(shuffled_tissue), clustering_method=["kmeans"], resolutions=[0.3], **option, **KW)
 
 
 @pytest.mark.parametrize("scheduler", [None, "local"])
-def test_the_command_line_runs_a_zarr_store_on_dask(tissue, tmp_path, scheduler):
+def test_the_command_line_runs_a_zarr_store_on_dask(shuffled_tissue, tmp_path, scheduler):
     from utag.cli import main
 
     cells = tmp_path / "cells.zarr"
-    write_domains(tissue, cells, features=True)
+    write_domains(shuffled_tissue, cells, features=True)
     out = tmp_path / "domains.zarr"
     command = ["run", str(cells), "--out", str(out), "--slide-key", "roi", "--max-dist", "20", "--method", "kmeans",
                "--resolutions", "0.4", "--quiet"]
@@ -189,8 +191,8 @@ def test_the_command_line_runs_a_zarr_store_on_dask(tissue, tmp_path, scheduler)
     assert main(command) == 0
     written = anndata.read_zarr(out)
     # "auto" on Dask input clusters every cell below 200,000: the unsketched result
-    expected = utag(tissue, clustering_method="kmeans", resolutions=[0.4], **KW)
-    assert list(written.obs_names) == list(tissue.obs_names)
+    expected = utag(shuffled_tissue, clustering_method="kmeans", resolutions=[0.4], **KW)
+    assert list(written.obs_names) == list(shuffled_tissue.obs_names)
     np.testing.assert_array_equal(written.obs["UTAG Label_kmeans_0.4"].to_numpy(),
                                   expected.obs["UTAG Label_kmeans_0.4"].to_numpy())
     with pytest.raises(SystemExit) as exited:  # an existing store is not overwritten
@@ -223,48 +225,48 @@ def test_each_slide_task_gets_exactly_its_rows(stored):
         np.testing.assert_array_equal(piece.compute(), values[cells])
 
 
-def test_another_scheduler_chosen_while_a_client_exists(tissue):
+def test_another_scheduler_chosen_while_a_client_exists(shuffled_tissue):
     # the vote's index goes to the workers by scatter only when the client is the
     # scheduler in use: futures cannot be read by Dask's threads
     import dask
     from distributed import Client, LocalCluster
 
     options = dict(clustering_method=["kmeans"], resolutions=[0.3], sketch_size=3_000, **KW)
-    expected = utag(tissue, **options)
+    expected = utag(shuffled_tissue, **options)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster), dask.config.set(scheduler="threads"):
-        got = utag(_as_dask(tissue), **options)
+        got = utag(_as_dask(shuffled_tissue), **options)
     _assert_same_result(expected, got)
 
 
-def test_writing_over_a_store_needs_overwrite_and_keeps_a_lazy_input_whole(tissue, tmp_path):
+def test_writing_over_a_store_needs_overwrite_and_keeps_a_lazy_input_whole(shuffled_tissue, tmp_path):
     # anndata empties a store before writing it: a lazy result written over the store it
     # reads its features from used to write zeros, and anything at the path was lost
     cells = tmp_path / "cells.zarr"
-    write_domains(tissue, cells, features=True)
+    write_domains(shuffled_tissue, cells, features=True)
     options = dict(clustering_method=["kmeans"], resolutions=[0.4], **KW)
     got = utag(read_lazy(cells, chunk_rows=5_000), **options)
     with pytest.raises(ValueError, match="overwrite=True"):
         write_domains(got, cells, features=True)
-    np.testing.assert_array_equal(np.asarray(anndata.read_zarr(cells).X), np.asarray(tissue.X))  # untouched
+    np.testing.assert_array_equal(np.asarray(anndata.read_zarr(cells).X), np.asarray(shuffled_tissue.X))  # untouched
     write_domains(got, cells, features=True, overwrite=True)
     back = anndata.read_zarr(cells)
-    np.testing.assert_allclose(np.asarray(back.X), np.asarray(utag(tissue, **options).X), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(back.X), np.asarray(utag(shuffled_tissue, **options).X), rtol=1e-6, atol=1e-6)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cells.zarr"]  # nothing left beside it
     (tmp_path / "empty.zarr").mkdir()  # an empty folder (the command line's temporary store) is written into
     write_domains(got, tmp_path / "empty.zarr")
-    assert anndata.read_zarr(tmp_path / "empty.zarr").n_obs == tissue.n_obs
+    assert anndata.read_zarr(tmp_path / "empty.zarr").n_obs == shuffled_tissue.n_obs
     link = tmp_path / "link.zarr"  # a link is replaced, not what it points to
     link.symlink_to(cells)
     write_domains(got, link, overwrite=True)
-    assert not link.is_symlink() and anndata.read_zarr(link).n_obs == tissue.n_obs and back.X is not None
+    assert not link.is_symlink() and anndata.read_zarr(link).n_obs == shuffled_tissue.n_obs and back.X is not None
     assert anndata.read_zarr(cells).X is not None
 
 
 @pytest.mark.parametrize("dtype", [complex, str])
-def test_dask_features_that_are_not_real_numbers_are_refused_as_in_memory(tissue, dtype):
-    odd = tissue.copy()
-    odd.X = np.asarray(tissue.X).astype(dtype)
+def test_dask_features_that_are_not_real_numbers_are_refused_as_in_memory(shuffled_tissue, dtype):
+    odd = shuffled_tissue.copy()
+    odd.X = np.asarray(shuffled_tissue.X).astype(dtype)
     with pytest.raises(ValueError, match="real numbers"):
         utag(odd, clustering_method=["kmeans"], resolutions=[0.4], **KW)
     with pytest.raises(ValueError, match="real numbers"):  # was cast to float32 without a word

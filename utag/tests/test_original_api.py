@@ -62,7 +62,7 @@ def script_written_for_the_original_utag(adata, image_path):
 # --- the tissue and brute-force references --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tissue():
+def original_tissue():
     """600 cells on 2 slides sharing one coordinate frame; UTAG Label lacks domain_2 on roi_1;
     cells shuffled, so roi_1 may come first and slides interleave."""
     adata = synthetic_tissue(n_cells=600, n_slides=2, n_markers=8, n_domains=3, n_cell_types=4, cell_area=1000.0,
@@ -97,9 +97,9 @@ def image_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ran(tissue, image_path):
-    before = tissue.copy()
-    adata, results = script_written_for_the_original_utag(tissue.copy(), image_path)
+def ran(original_tissue, image_path):
+    before = original_tissue.copy()
+    adata, results = script_written_for_the_original_utag(original_tissue.copy(), image_path)
     return before, adata, results
 
 
@@ -191,8 +191,8 @@ def test_domain_connectivity_counts_every_pair_of_cells(ran):
     assert table.to_numpy().sum() > 2 * before.n_obs  # a handful of neighbours per cell
 
 
-def test_domain_connectivity_returns_its_input(tissue):
-    adata = tissue.copy()
+def test_domain_connectivity_returns_its_input(original_tissue):
+    adata = original_tissue.copy()
     assert utag.utils.domain_connectivity(adata, "Slide", "UTAG Label") is adata
 
 
@@ -223,14 +223,14 @@ def test_slide_connectivity_counts_each_slide_and_drops_absent_domains(ran):
     assert "domain_2" not in per_slide["roi_1"].index and "domain_2" in per_slide["roi_0"].index
 
 
-def test_colocalization_counts_like_networkx_attr_matrix(tissue):
+def test_colocalization_counts_like_networkx_attr_matrix(original_tissue):
     import networkx as nx
 
-    labels = tissue.obs["UTAG Label"].astype(str).to_numpy()
+    labels = original_tissue.obs["UTAG Label"].astype(str).to_numpy()
     names = sorted(set(labels))
-    edges = brute_edges(tissue.obsm["spatial"])  # over all cells, slides ignored, as the original
+    edges = brute_edges(original_tissue.obsm["spatial"])  # over all cells, slides ignored, as the original
     graph = nx.Graph()
-    graph.add_nodes_from(range(tissue.n_obs))
+    graph.add_nodes_from(range(original_tissue.n_obs))
     graph.add_edges_from(map(tuple, edges))
     nx.set_node_attributes(graph, dict(enumerate(labels)), "label")
     expected = nx.attr_matrix(graph, node_attr="label", rc_order=names)
@@ -260,11 +260,11 @@ def test_colocalization_against_the_permutation_expectation(ran):
     assert np.isfinite(table.to_numpy()).all() and (np.diag(table) > 0).all()
 
 
-def test_colocalization_is_seeded(tissue):
+def test_colocalization_is_seeded(original_tissue):
     measure = utag.utils.measure_per_domain_cell_type_colocalization
-    first = measure(tissue, "UTAG Label", 40, 5, random_state=3)
-    pd.testing.assert_frame_equal(first, measure(tissue, "UTAG Label", 40, 5, random_state=3))
-    assert not first.equals(measure(tissue, "UTAG Label", 40, 5, random_state=4))
+    first = measure(original_tissue, "UTAG Label", 40, 5, random_state=3)
+    pd.testing.assert_frame_equal(first, measure(original_tissue, "UTAG Label", 40, 5, random_state=3))
+    assert not first.equals(measure(original_tissue, "UTAG Label", 40, 5, random_state=4))
 
 
 def test_evaluate_clustering_matches_scipy_and_sklearn(ran):
@@ -287,13 +287,13 @@ def test_evaluate_clustering_matches_scipy_and_sklearn(ran):
         np.testing.assert_allclose(table[key].to_numpy(), [expected[m] for m in table.index], rtol=1e-6)
 
 
-def test_evaluate_clustering_samples_large_silhouettes_and_checks_metrics(tissue, monkeypatch):
+def test_evaluate_clustering_samples_large_silhouettes_and_checks_metrics(original_tissue, monkeypatch):
     monkeypatch.setattr(utag.utils, "SILHOUETTE_CELLS", 100)
-    table = utag.utils.evaluate_clustering(tissue, "cluster", metrics="silhouette_score")
-    expected = silhouette_score(tissue.X, tissue.obs["cluster"], sample_size=100, random_state=0)
+    table = utag.utils.evaluate_clustering(original_tissue, "cluster", metrics="silhouette_score")
+    expected = silhouette_score(original_tissue.X, original_tissue.obs["cluster"], sample_size=100, random_state=0)
     assert table.loc["silhouette_score", "cluster"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="`metrics`"):
-        utag.utils.evaluate_clustering(tissue, "cluster", metrics=["entropy", "purity"])
+        utag.utils.evaluate_clustering(original_tissue, "cluster", metrics=["entropy", "purity"])
 
 
 def test_evaluate_performance_scores_each_slide_in_order_of_appearance(ran):
@@ -321,17 +321,17 @@ def test_draw_network_draws_a_node_per_domain_and_an_edge_per_contact(ran):
     assert sorted(t.get_text() for t in ax.texts) == sorted(adata.uns["UTAG Label_domain_adjacency_matrix"].index)
 
 
-def test_draw_network_uses_domain_colours_and_explains_a_missing_table(tissue):
+def test_draw_network_uses_domain_colours_and_explains_a_missing_table(original_tissue):
     from matplotlib.colors import to_rgba
 
     from utag.vizualize import draw_network
 
-    adata = utag.utils.domain_connectivity(tissue.copy())
+    adata = utag.utils.domain_connectivity(original_tissue.copy())
     adata.uns["UTAG Label_colors"] = ["#ff0000", "#00ff00", "#0000ff"]
     nodes = draw_network(adata, figsize=(3, 3), dpi=50).axes[0].collections[0]
     np.testing.assert_allclose(nodes.get_facecolors(), [to_rgba(c) for c in adata.uns["UTAG Label_colors"]])
     with pytest.raises(ValueError, match="adjacency_matrix_key.*domain_connectivity"):
-        draw_network(tissue.copy())
+        draw_network(original_tissue.copy())
 
 
 def test_adj2chord_draws_links_of_at_least_five_contacts(ran):

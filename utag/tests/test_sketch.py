@@ -15,51 +15,51 @@ KW = dict(slide_key="roi", max_dist=20, progress=False)
 
 
 @pytest.fixture(scope="module")
-def tissue():
+def sketch_tissue():
     return synthetic_tissue(n_cells=6_000, n_slides=3, random_state=0)
 
 
-def test_a_sketch_of_every_cell_gives_the_unsketched_labels(tissue):
+def test_a_sketch_of_every_cell_gives_the_unsketched_labels(sketch_tissue):
     options = dict(clustering_method=["leiden", "kmeans", "parc"], resolutions=[0.1, 0.3], **KW)
-    unsketched = utag(tissue, **options)
-    sketched = utag(tissue, sketch_size=tissue.n_obs, **options)
-    assert sketched.uns["utag"]["sketch"]["size"] == tissue.n_obs
+    unsketched = utag(sketch_tissue, **options)
+    sketched = utag(sketch_tissue, sketch_size=sketch_tissue.n_obs, **options)
+    assert sketched.uns["utag"]["sketch"]["size"] == sketch_tissue.n_obs
     for key in unsketched.uns["utag"]["label_keys"]:
         np.testing.assert_array_equal(sketched.obs[key].to_numpy(), unsketched.obs[key].to_numpy())
         np.testing.assert_array_equal(sketched.obsm[f"{key}_probabilities"], unsketched.obsm[f"{key}_probabilities"])
 
 
-def test_a_sketch_labels_every_cell_like_the_full_run(tissue):
+def test_a_sketch_labels_every_cell_like_the_full_run(sketch_tissue):
     options = dict(clustering_method=["leiden", "kmeans"], resolutions=[0.3], **KW)
-    unsketched = utag(tissue, **options)
-    first = utag(tissue, sketch_size=0.4, **options)
-    again = utag(tissue, sketch_size=0.4, **options)
+    unsketched = utag(sketch_tissue, **options)
+    first = utag(sketch_tissue, sketch_size=0.4, **options)
+    again = utag(sketch_tissue, sketch_size=0.4, **options)
     record = first.uns["utag"]["sketch"]
     assert abs(record["size"] - 2_400) < 50
     assert "connectivities" not in first.obsp  # the kNN graph was of the sample only
     for key in ("UTAG Label_leiden_0.3", "UTAG Label_kmeans_0.3"):
         np.testing.assert_array_equal(first.obs[key].to_numpy(), again.obs[key].to_numpy())  # seeded
         assert adjusted_rand_score(unsketched.obs[key], first.obs[key]) > 0.6
-        truth = tissue.obs["domain"]
+        truth = sketch_tissue.obs["domain"]
         assert adjusted_rand_score(truth, first.obs[key]) > adjusted_rand_score(truth, unsketched.obs[key]) - 0.15
         probabilities = first.obsm[f"{key}_probabilities"]
-        assert probabilities.shape == (tissue.n_obs, first.obs[key].nunique())
+        assert probabilities.shape == (sketch_tissue.n_obs, first.obs[key].nunique())
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
-def test_a_sketch_does_not_depend_on_the_order_of_the_rows(tissue):
+def test_a_sketch_does_not_depend_on_the_order_of_the_rows(sketch_tissue):
     import scipy.sparse as sp
 
     options = dict(clustering_method="kmeans", resolutions=[0.4], sketch_size=0.3, **KW)
-    first = utag(tissue, **options)
-    permutation = np.random.default_rng(5).permutation(tissue.n_obs)
-    second = utag(tissue[permutation].copy(), **options)
+    first = utag(sketch_tissue, **options)
+    permutation = np.random.default_rng(5).permutation(sketch_tissue.n_obs)
+    second = utag(sketch_tissue[permutation].copy(), **options)
     key = "UTAG Label_kmeans_0.4"
     np.testing.assert_array_equal(second.obs[key].to_numpy(), first.obs[key].to_numpy()[permutation])
-    sparse = tissue.copy()
+    sparse = sketch_tissue.copy()
     sparse.X = sp.csr_matrix(sparse.X)  # sparse input: the same domains up to float rounding
     assert adjusted_rand_score(utag(sparse, **options).obs[key], first.obs[key]) > 0.9
-    sampled = np.zeros(tissue.n_obs, dtype=bool)
+    sampled = np.zeros(sketch_tissue.n_obs, dtype=bool)
     sampled[second.uns["utag"]["sketch"]["cells"]] = True
     in_first_order = np.flatnonzero(sampled[np.argsort(permutation)])
     np.testing.assert_array_equal(in_first_order, first.uns["utag"]["sketch"]["cells"])
@@ -75,11 +75,11 @@ def test_a_sketch_of_identical_profiles_is_one_domain():
     assert result.obs["UTAG Label_leiden_0.1"].nunique() == 1
 
 
-def test_auto_resolution_and_n_domains_work_on_the_sketch(tissue):
-    automatic = utag(tissue, clustering_method="leiden", resolutions="auto", sketch_size=0.5, **KW)
-    assert automatic.uns["utag_resolution_sweep"]["labels"].shape == (12, tissue.n_obs)
+def test_auto_resolution_and_n_domains_work_on_the_sketch(sketch_tissue):
+    automatic = utag(sketch_tissue, clustering_method="leiden", resolutions="auto", sketch_size=0.5, **KW)
+    assert automatic.uns["utag_resolution_sweep"]["labels"].shape == (12, sketch_tissue.n_obs)
     assert len(automatic.uns["utag"]["label_keys"]) == 1
-    exact = utag(tissue, clustering_method=["leiden", "kmeans"], resolutions=None, n_domains=4, sketch_size=0.5,
+    exact = utag(sketch_tissue, clustering_method=["leiden", "kmeans"], resolutions=None, n_domains=4, sketch_size=0.5,
                  **KW)
     for key in exact.uns["utag"]["label_keys"]:
         assert exact.obs[key].nunique() == 4
@@ -135,27 +135,27 @@ def test_vote_does_not_depend_on_the_order_of_the_sample():
     assert np.mean(in_order == labels) > 0.8  # by chance: about 0.3
 
 
-def test_auto_sketches_only_large_data(tissue, monkeypatch, caplog):
-    assert "sketch" not in utag(tissue, clustering_method="kmeans", resolutions=[0.3], **KW).uns["utag"]
+def test_auto_sketches_only_large_data(sketch_tissue, monkeypatch, caplog):
+    assert "sketch" not in utag(sketch_tissue, clustering_method="kmeans", resolutions=[0.3], **KW).uns["utag"]
     monkeypatch.setattr(sketch, "SKETCH_ABOVE", 5_000)
     monkeypatch.setattr(sketch, "DEFAULT_SKETCH_SIZE", 3_000)
     with caplog.at_level(logging.INFO, logger="utag"):
-        result = utag(tissue, clustering_method="kmeans", resolutions=[0.3], **KW)
+        result = utag(sketch_tissue, clustering_method="kmeans", resolutions=[0.3], **KW)
     assert abs(result.uns["utag"]["sketch"]["size"] - 3_000) < 50
     assert "sketch_size=None to cluster every cell" in caplog.text
 
 
-def test_sketch_size_errors_name_the_parameter(tissue):
+def test_sketch_size_errors_name_the_parameter(sketch_tissue):
     with pytest.raises(ValueError, match="`sketch_size` must be"):
-        utag(tissue, sketch_size="half", **KW)
+        utag(sketch_tissue, sketch_size="half", **KW)
     with pytest.raises(ValueError, match="sample at least 2"):
-        utag(tissue, sketch_size=1, **KW)
+        utag(sketch_tissue, sketch_size=1, **KW)
     with pytest.raises(ValueError, match="apply_umap=True needs the kNN graph of every cell"):
-        utag(tissue, sketch_size=0.5, apply_umap=True, **KW)
+        utag(sketch_tissue, sketch_size=0.5, apply_umap=True, **KW)
     with pytest.raises(ValueError, match="more than the 100 cells of the sketch"):
-        utag(tissue, clustering_method="kmeans", resolutions=None, n_domains=200, sketch_size=100, **KW)
+        utag(sketch_tissue, clustering_method="kmeans", resolutions=None, n_domains=200, sketch_size=100, **KW)
     with pytest.raises(ValueError, match="`sketch_size` must be"):
-        utag(tissue, sketch_size="half", apply_clustering=False, **KW)  # checked even when unused
+        utag(sketch_tissue, sketch_size="half", apply_clustering=False, **KW)  # checked even when unused
     assert sketch_size_for(None, 10) is None and sketch_size_for(0, 10) is None
 
 

@@ -1,4 +1,4 @@
-"""Choosing the resolution and max_dist, consistent labels, label transfer, ties."""
+"""Choosing the resolution and max_dist, consistent labels, ties."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,13 +18,6 @@ from utag.tuning import (
     resolution_sweep,
     suggest_max_dist,
 )
-
-
-@pytest.fixture(scope="module")
-def four_domains():
-    adata = synthetic_tissue(n_cells=8_000, n_slides=2, n_domains=4, random_state=3)
-    result = utag(adata, slide_key="roi", clustering_method=["leiden"], resolutions=[0.1], progress=False)
-    return adata, result
 
 
 def test_sweep_reports_stability_and_recommends_a_good_resolution(four_domains):
@@ -150,82 +143,6 @@ def test_consistent_labels_across_resolutions_and_hierarchy(four_domains):
     assert hierarchy.groupby("fine_key")["n_cells"].sum().eq(adata.n_obs).all()
 
 
-def test_transfer_after_consistent_labels_gives_the_new_numbers(four_domains):
-    adata, _ = four_domains
-    result = utag(adata, slide_key="roi", clustering_method=["leiden"], resolutions=[0.05, 0.3, 0.6],
-                  progress=False)
-    keys = list(result.uns["utag"]["label_keys"])
-    before = {key: result.obs[key].to_numpy().copy() for key in keys}
-    moved_before = {method: transfer_labels(result, adata, slide_key="roi", method=method)
-                    for method in ("knn", "centroid")}
-    consistent_labels(result)
-    renamed = [key for key in keys if (before[key] != result.obs[key].to_numpy()).any()]
-    assert renamed, "the case must renumber something for this test to mean anything"
-    for method in ("knn", "centroid"):
-        moved = transfer_labels(result, adata, slide_key="roi", method=method)
-        for key in renamed:  # the same cells get the same domains, under their new numbers
-            renumbering = dict(zip(before[key], result.obs[key].to_numpy()))
-            expected = [renumbering[label] for label in moved_before[method].obs[key].to_numpy()]
-            assert moved.obs[key].tolist() == expected, (method, key)
-
-
-def test_transfer_to_a_new_slide(four_domains):
-    adata, _ = four_domains
-    reference = adata[adata.obs["roi"] == "roi_0"].copy()
-    new = adata[adata.obs["roi"] == "roi_1"].copy()
-    result = utag(reference, slide_key="roi", clustering_method=["leiden"], resolutions=None, n_domains=4,
-                  progress=False)
-    key = result.uns["utag"]["label_keys"][0]
-    # transferred domains on the new slide are about as good as the domains on the reference slide
-    reference_ari = adjusted_rand_score(reference.obs["domain"], result.obs[key])
-    for method, margin in [("knn", 0.1), ("centroid", 0.2)]:  # measured: 0.80 and 0.74 vs 0.85
-        moved = transfer_labels(result, new, slide_key="roi", method=method)
-        assert list(moved.obs_names) == list(new.obs_names)
-        assert list(moved.obs[key].cat.categories) == list(result.obs[key].cat.categories)
-        np.testing.assert_allclose(moved.obsm[f"{key}_probabilities"].sum(axis=1), 1, rtol=1e-5)
-        assert adjusted_rand_score(new.obs["domain"], moved.obs[key]) > reference_ari - margin
-    # the reference cells get their own labels back
-    back = transfer_labels(result, reference, slide_key="roi")
-    assert (back.obs[key].to_numpy() == result.obs[key].to_numpy()).mean() > 0.95
-    with pytest.raises(ValueError, match="method"):
-        transfer_labels(result, new, method="svm")
-
-
-@pytest.mark.parametrize("pca_kwargs", [None, {"zero_center": False}], ids=["centred", "uncentred"])
-def test_transfer_projects_the_reference_cells_onto_their_own_embedding(four_domains, pca_kwargs):
-    adata, _ = four_domains
-    reference = adata[adata.obs["roi"] == "roi_0"].copy()
-    result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], pca_kwargs=pca_kwargs,
-                  progress=False)
-    moved = transfer_labels(result, reference, slide_key="roi", method="centroid")
-    np.testing.assert_allclose(moved.obsm["X_pca"], result.obsm["X_pca"], atol=1e-4)
-
-
-def test_knn_transfer_reads_domains_by_name_and_skips_missing_labels(four_domains):
-    adata, result = four_domains
-    key = "UTAG Label_leiden_0.1"
-    new = adata[adata.obs["roi"] == "roi_1"].copy()
-    full = transfer_labels(result, new, keys=key, slide_key="roi").obs[key].astype(str).to_numpy()
-    dropped = result.obs[key].cat.categories[1]
-    # a subset without domain "1": anndata drops the unused category, so "2" sits at position 1
-    subset = result[result.obs[key] != dropped].copy()
-    assert list(subset.obs[key].cat.categories) != list(result.obs[key].cat.categories)
-    moved = transfer_labels(subset, new, keys=key, slide_key="roi").obs[key].astype(str).to_numpy()
-    assert dropped not in set(moved)
-    kept = full != dropped
-    assert (moved[kept] == full[kept]).mean() > 0.95
-    # cells without a label do not vote, whatever the number of those missing
-    unlabelled = result.copy()
-    column = unlabelled.obs[key].astype(object)
-    column[column == dropped] = np.nan
-    unlabelled.obs[key] = pd.Categorical(column, categories=result.obs[key].cat.categories)
-    moved = transfer_labels(unlabelled, new, keys=key, slide_key="roi")
-    assert dropped not in set(moved.obs[key].astype(str))
-    assert np.asarray(moved.obsm[f"{key}_probabilities"])[:, 1].max() == 0
-    with pytest.raises(ValueError, match="n_neighbors"):
-        transfer_labels(result, new, keys=key, slide_key="roi", n_neighbors=0)
-
-
 def test_consistent_labels_drops_the_tables_counted_under_the_old_numbers(four_domains):
     from utag.utils import celltype_connectivity, domain_connectivity
 
@@ -314,20 +231,6 @@ def test_identical_profiles_do_not_fragment_the_domains(spleen_subset):
 
     n_components, _ = csgraph.connected_components(result.obsp["connectivities"])
     assert n_components < 5
-
-
-def test_model_survives_h5ad_and_transfers(four_domains, tmp_path):
-    import anndata
-
-    adata, result = four_domains
-    path = tmp_path / "result.h5ad"
-    result.write_h5ad(path)
-    reloaded = anndata.read_h5ad(path)
-    key = reloaded.uns["utag"]["label_keys"][0]
-    new = adata[adata.obs["roi"] == "roi_1"].copy()
-    from_file = transfer_labels(reloaded, new, slide_key="roi", method="centroid")
-    in_memory = transfer_labels(result, new, slide_key="roi", method="centroid")
-    np.testing.assert_array_equal(from_file.obs[key], in_memory.obs[key])
 
 
 def test_n_domains_gives_real_domains_on_the_spleen_subset(spleen_subset):
@@ -546,25 +449,6 @@ def test_merge_to_n_domains_checks_its_inputs():
         with pytest.raises(ValueError, match="n_domains"):
             merge_to_n_domains(labels, graph, n_domains)
     assert merge_to_n_domains(labels, graph, 2.0).max() + 1 == 2  # R's whole numbers are floats
-
-
-def test_knn_transfer_names_what_the_result_lacks():
-    adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0)
-    reference = adata[adata.obs["roi"] == "roi_0"].copy()
-    new = adata[adata.obs["roi"] == "roi_1"].copy()
-    result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], progress=False)
-    key = "UTAG Label_kmeans_0.4"
-    expected = transfer_labels(result, new, slide_key="roi", method="centroid").obs[key]
-    # the model alone (e.g. a result slimmed before saving): the centroids still transfer ...
-    slim = AnnData(obs=pd.DataFrame(index=result.obs_names), uns={"utag": result.uns["utag"]})
-    moved = transfer_labels(slim, new, slide_key="roi", method="centroid").obs[key]
-    assert (moved == expected).all()
-    # ... and the vote, which needs the reference cells, says so instead of a KeyError
-    with pytest.raises(ValueError, match=r"obsm\['X_pca'\].*method='centroid'"):
-        transfer_labels(slim, new, slide_key="roi")
-    slim.obsm["X_pca"] = result.obsm["X_pca"]
-    with pytest.raises(ValueError, match=r"obs\['UTAG Label_kmeans_0.4'\].*method='centroid'"):
-        transfer_labels(slim, new, slide_key="roi")
 
 
 def test_align_labels_takes_lists_and_names_labels_that_are_not_numbers():
