@@ -29,6 +29,7 @@ from anndata import AnnData
 
 from . import _validation as check
 from ._keys import table_key
+from ._order import canonical_order
 from ._progress import tqdm
 from .graph import slide_pairs
 
@@ -295,6 +296,20 @@ def celltype_connectivity(
     return {domain: _square(table, within.type_names) for domain, table in zip(within.domain_names, counts)}
 
 
+def _canonical_rank(adata: AnnData, slide_codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each cell's position in :func:`utag._order.canonical_order` (slide, ``obsm['spatial']``,
+    then ``labels``), which does not depend on the order of the rows; without coordinates
+    (a graph read from ``obsp``), the cells are ordered by slide, then name."""
+    if "spatial" in adata.obsm:
+        order = canonical_order(slide_codes, check.spatial_coordinates(adata), labels)
+    else:
+        order = np.lexsort((np.asarray(adata.obs_names, dtype=str), slide_codes))
+    rank = np.arange(len(slide_codes))
+    if order is not None:
+        rank[order] = np.arange(len(order))
+    return rank
+
+
 def measure_per_domain_cell_type_colocalization(
     adata: AnnData,
     domain_key: str,
@@ -313,7 +328,10 @@ def measure_per_domain_cell_type_colocalization(
     the domain joining those types. Null: cell-type labels shuffled among the cells of
     the same domain and slide (composition kept, positions randomised), recounted
     ``n_permutations`` times. Each permutation is one vectorised shuffle and one
-    ``bincount`` over the edges.
+    ``bincount`` over the edges. The shuffles are drawn over the cells in an order of
+    their own (slide, position, domain, cell type; slide and name without
+    ``obsm['spatial']``), so that, at a given ``random_state``, the result does not
+    depend on the order of the rows.
 
     Returns
     -------
@@ -341,14 +359,17 @@ def measure_per_domain_cell_type_colocalization(
     # cell types are shuffled among the typed cells of each (slide, domain)
     group = np.where(cell_types >= 0, within.edges.slide * (len(within.domain_names) + 1) + domains + 1, -1)
     rng = np.random.default_rng(random_state)
-    order = np.argsort(group, kind="stable")
+    # random keys go to the cells by their rank in an order that does not depend on the
+    # rows' (as in utag()), so that the same cells in another order get the same null
+    rank = _canonical_rank(adata, within.edges.slide, np.column_stack([domains, cell_types]))
+    order = np.lexsort((rank, group))
     total = np.zeros(observed.shape)
     total_sq = np.zeros(observed.shape)
     at_least = np.zeros(observed.shape, dtype=np.int64)
     at_most = np.zeros(observed.shape, dtype=np.int64)
     shuffled = cell_types.copy()
     for _ in tqdm(range(n_permutations), desc="permutations", disable=not progress):
-        shuffled[order] = cell_types[np.lexsort((rng.random(len(group)), group))]
+        shuffled[order] = cell_types[np.lexsort((rng.random(len(group))[rank], group))]
         permuted = within.count(shuffled)
         total += permuted
         total_sq += permuted.astype(float) ** 2

@@ -55,6 +55,19 @@ logger = logging.getLogger(__name__)
 #: published method), each cell's ``n_spatial_neighbors`` nearest cells, or the Delaunay
 #: triangulation with edges longer than ``max_dist`` removed. All include self-loops.
 SPATIAL_GRAPHS = ("radius", "knn", "delaunay")
+#: Relative slack on ``max_dist`` when edges are kept or cut: cells exactly ``max_dist``
+#: apart (common with whole-pixel centroids and a whole ``max_dist``) stay linked in any
+#: units. Computed in float64, their distance after scaling coordinates and ``max_dist``
+#: together (pixels to um) can come out a rounding error above ``max_dist``; dropping
+#: those edges changed the domains of the bundled spleen subset. With whole-pixel
+#: coordinates and a whole ``max_dist`` below 20,000 px the next possible distance is
+#: more than this above ``max_dist``, so those graphs stay exactly squidpy's.
+INCLUSIVE_SLACK = 1e-9
+
+
+def _inclusive(max_dist: float) -> float:
+    """The radius edges are searched and cut with: ``max_dist`` and its rounding slack."""
+    return float(max_dist) * (1 + INCLUSIVE_SLACK)
 
 
 def _builder(max_dist: float, kind: str = "radius", n_neighbors: int = 6):
@@ -96,8 +109,8 @@ def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
     if kind == "knn" and len(coords) <= n_neighbors:  # every cell is a neighbour of every other
         kind, max_dist = "radius", np.inf
     if kind == "delaunay":
-        return _delaunay_graph(coords, max_dist)
-    return _builder(max_dist, kind, n_neighbors).build(coords)
+        return _delaunay_graph(coords, _inclusive(max_dist))
+    return _builder(_inclusive(max_dist), kind, n_neighbors).build(coords)
 
 
 def _delaunay_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:

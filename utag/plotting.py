@@ -524,7 +524,9 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
 
     One row per labelling; a node per domain, its area proportional to its cells; a line
     from each domain to the coarser domain holding most of its cells, as wide as the
-    cells they share. Node colours are the labellings' ``uns`` colours.
+    cells they share. A domain none of whose cells has a label in the coarser labelling
+    has no line up; it is drawn at the right end of its row. Node colours are the
+    labellings' ``uns`` colours.
 
     Examples
     --------
@@ -551,12 +553,16 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
             rows = hierarchy[hierarchy["fine_key"] == key]
             rows = rows.assign(anchor=[positions[(keys[level - 1], p)] for p in rows["parent"]])
             rows = rows.sort_values(["anchor", "n_cells"], ascending=[True, False])
+            # without a parent, but drawn all the same: the finer labellings may nest into it
+            orphans = sorted(set(counts.index) - set(rows["domain"]), key=lambda d: (len(d), d))
+            n_nodes = len(rows) + len(orphans)
             for i, row in enumerate(rows.itertuples()):
-                positions[(key, row.domain)] = (i + 0.5) / len(rows)
+                positions[(key, row.domain)] = (i + 0.5) / n_nodes
                 ax.plot([row.anchor, positions[(key, row.domain)]], [-(level - 1), -level], color="grey",
                         linewidth=0.5 + 6 * row.n_cells * row.purity / adata.n_obs, zorder=1)
+            positions.update({(key, d): (len(rows) + i + 0.5) / n_nodes for i, d in enumerate(orphans)})
         colors = domain_colors(adata, key)
-        domains = [d for d in counts.index if (key, d) in positions]  # drawn: those with a parent
+        domains = list(counts.index)
         ax.scatter([positions[(key, d)] for d in domains], [-level] * len(domains),
                    s=[50 + 1500 * counts[d] / adata.n_obs for d in domains],
                    c=[colors.get(d, "grey") for d in domains], edgecolors="black", linewidths=0.5, zorder=2)

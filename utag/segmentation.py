@@ -717,9 +717,28 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):
-            runs += _runs_for_n_domains(neighbourhoods, p.n_domains, p.methods, backend_kwargs,
+            fixed = _runs_for_n_domains(neighbourhoods, p.n_domains, p.methods, backend_kwargs,
                                         random_state, p.min_cells, coords, codes)
+        runs = _without_runs_under_the_keys_of(runs, fixed, p.n_domains) + fixed
     return runs, swept
+
+
+def _without_runs_under_the_keys_of(runs: list[_Run], fixed: list[_Run], n_domains: int) -> list[_Run]:
+    """``runs`` less those that would be written under the key of one of the ``fixed``
+    runs for ``n_domains`` (k-means' is at resolution ``n_domains / 10``, where the default
+    resolutions have 0.3 and 1.0; Leiden's bisection can land on a planned resolution too):
+    the ``n_domains`` run takes the key, with a warning, rather than one overwriting the
+    other unseen."""
+    taken = {(run.method, str(run.resolution)) for run in fixed}
+    kept = []
+    for run in runs:
+        if (run.method, str(run.resolution)) in taken:
+            logger.warning("n_domains=%d: its %s run is at resolution %s, which was asked for too; the labels "
+                           "under that resolution's key are the n_domains run's (drop %s from `resolutions` to "
+                           "silence this)", n_domains, run.method, run.resolution, run.resolution)
+        else:
+            kept.append(run)
+    return kept
 
 
 def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.ndarray, random_state: int, n_jobs,

@@ -11,6 +11,7 @@ vote of its nearest training cells (``method="knn"``, needs the training result)
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,13 @@ from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote
 
-__all__ = ["build_model", "transfer_labels", "domain_numbers"]
+__all__ = ["build_model", "transfer_labels", "domain_numbers", "RECORDED_SLIDE_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: ``transfer_labels(..., slide_key=RECORDED_SLIDE_KEY)`` (the default): the slide column
+#: ``utag()`` recorded in ``uns['utag']['slide_key']`` (``"auto"``, as ``max_dist="auto"``).
+RECORDED_SLIDE_KEY = "auto"
 
 
 def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
@@ -80,11 +87,28 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
     }
 
 
+def _slide_key_of(result: AnnData, adata: AnnData, slide_key: str | None) -> str | None:
+    """The ``obs`` column of the slides of ``adata`` for ``transfer_labels(..., slide_key)``:
+    for :data:`RECORDED_SLIDE_KEY`, the one ``utag()`` recorded in ``result``, if ``adata``
+    has it (pooled, cells of slides whose coordinates overlap would share neighbourhoods)."""
+    if slide_key != RECORDED_SLIDE_KEY:
+        return slide_key
+    recorded = result.uns.get("utag", {}).get("slide_key")
+    if recorded is None or recorded == "None":  # utag() ran on one slide (it records None as "None")
+        return None
+    if recorded not in adata.obs.columns:
+        logger.warning("`result` was computed with slide_key=%r, but `adata.obs` has no column %r: all cells of "
+                       "`adata` are taken as one slide. Pass `slide_key=` the column naming the new slides, or "
+                       "`slide_key=None` if they are one slide.", recorded, recorded)
+        return None
+    return recorded
+
+
 def transfer_labels(
     result: AnnData,
     adata: AnnData,
     keys: list[str] | str | None = None,
-    slide_key: str | None = None,
+    slide_key: str | None = RECORDED_SLIDE_KEY,
     method: str = "knn",
     n_neighbors: int = 15,
     n_jobs: int | None = None,
@@ -101,7 +125,12 @@ def transfer_labels(
     keys
         Labellings to transfer (default: all in the model).
     slide_key
-        ``obs`` column of the new slides (``None``: one slide).
+        ``obs`` column of the new slides; ``None``: all cells of ``adata`` are one slide.
+        Default ``"auto"``: the slide key ``utag()`` recorded in
+        ``result.uns['utag']['slide_key']``, so that cells of different slides never share
+        a neighbourhood; one slide if ``utag()`` ran on one, or if ``adata.obs`` has no
+        column of that name (then with a warning in the log: pass ``slide_key`` to say
+        which column names the new slides, or ``None`` if they are one slide).
     method
         ``"knn"`` (default): majority vote of the ``n_neighbors`` nearest reference cells
         in PCA space (a tie goes to the domain of the nearest tied cell), probabilities
@@ -159,7 +188,7 @@ def transfer_labels(
                          "them, named as in the reference (adata.var_names).")
     columns = check.channel_indices(adata, features)
     coords = check.spatial_coordinates(adata)
-    codes, _ = check.slide_codes(adata, slide_key)
+    codes, _ = check.slide_codes(adata, _slide_key_of(result, adata, slide_key))
     matrix = check.feature_matrix(adata, columns)
     widths = tuple(float(w) for w in model.get("kernel_widths", [])) or None
     aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],

@@ -30,6 +30,7 @@ from . import multiscale
 from ._keys import SWEEP_KEY, drop_tables_of, method_and_resolution, probabilities_key, sweep_entry
 from ._order import canonical_order, rows_back
 from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
+from .evaluation import POOLED, check_no_slide_named_pooled
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
 from .message_passing import as_float32, slide_messages
 from .transfer import domain_numbers
@@ -720,10 +721,11 @@ def max_dist_report(
     kNN graph sees them. ``flags`` names what is
     wrong: ``isolated`` (> 10% of cells alone), ``few neighbours`` (median < 3),
     ``most of slide`` (median neighbourhood > 25% of the slide), ``identical profiles``
-    (> 5% of cells). The row ``slide == "all"`` pools the slides (its share of the slide
-    covered is the median over cells of the share of their own slide), and ``suggested`` marks
-    the candidate without a flag nearest (on a log scale) to :func:`suggest_max_dist`,
-    the radius domains need.
+    (> 5% of cells). With several slides, the row ``slide == "all"`` pools them (its share of
+    the slide covered is the median over cells of the share of their own slide; no slide may
+    then be named ``"all"``, :data:`utag.evaluation.POOLED`: that raises a ValueError), and
+    ``suggested`` marks the pooled candidate (the only slide's, with one) without a flag
+    nearest (on a log scale) to :func:`suggest_max_dist`, the radius domains need.
 
     ``max_dists`` default: 1, 1.5, 2, 3, 4, 6, 8 and 12 times the median distance from a
     cell to its nearest neighbour.
@@ -745,6 +747,8 @@ def max_dist_report(
 
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
+    if len(names) > 1:  # the pooled rows are named POOLED
+        check_no_slide_named_pooled(names, slide_key)
     columns = check.channel_indices(adata, channels_to_use)
     features = as_float32(check.feature_matrix(adata, columns))
     slides = slide_cells(codes)
@@ -782,10 +786,10 @@ def max_dist_report(
         if len(slides) > 1:
             tied = np.zeros(len(coords), dtype=bool)
             tied[np.concatenate(slides)] = _tied(np.concatenate(profiles), n_neighbors)
-            rows.append(_report_row("all", max_dist, degrees, tied, slide_sizes=slide_sizes))
+            rows.append(_report_row(POOLED, max_dist, degrees, tied, slide_sizes=slide_sizes))
     report = pd.DataFrame(rows)
     report.insert(2, "graph_radius", report["max_dist"].map(radii))
-    pooled = report[report["slide"] == ("all" if len(slides) > 1 else str(names[0]))]
+    pooled = report[report["slide"] == (POOLED if len(slides) > 1 else str(names[0]))]
     report["suggested"] = False
     clean = pooled[pooled["flags"] == ""]
     if len(clean) and nearest > 0:

@@ -30,7 +30,7 @@ from anndata import AnnData
 
 from . import _validation as check
 from ._keys import table_key
-from .analysis import pair_counts, spatial_edges
+from .analysis import _canonical_rank, pair_counts, spatial_edges
 from .evaluation import SCORES
 from .graph import slide_cells
 
@@ -343,10 +343,13 @@ def measure_per_domain_cell_type_colocalization(
     observed = pair_counts(labels[source], labels[target], len(names))[0]
     rng = np.random.default_rng(random_state)
     cells = np.flatnonzero(labels >= 0)
+    # shuffled in an order of the cells' own (utag.analysis._canonical_rank), so that the same
+    # cells in another row order get the same background
+    cells = cells[np.argsort(_canonical_rank(adata, np.zeros(adata.n_obs, dtype=np.int64), labels)[cells])]
     shuffled = labels.copy()
     shuffled_total = np.zeros_like(observed)
     for _ in range(n_iterations):
-        shuffled[cells] = rng.permutation(labels[cells])
+        shuffled[cells] = labels[cells][rng.permutation(len(cells))]
         shuffled_total += pair_counts(shuffled[source], shuffled[target], len(names))[0]
     return pd.DataFrame(_log_enrichment(observed, shuffled_total), index=pd.Index(names), columns=pd.Index(names))
 

@@ -53,3 +53,18 @@ def test_cells_without_a_predicted_domain_and_empty_slides_are_not_scored():
     assert table.loc["all", "n_cells"] == 4 and table.loc["all", "n_domains"] == 2
     assert table.loc["all", "adjusted_rand"] == 1.0
     assert table.loc["s2", "n_cells"] == 0 and table.loc["s2", ["rand", "adjusted_rand", "nmi"]].isna().all()
+
+
+def test_a_slide_named_like_the_pooled_row_is_refused():
+    adata = _labelled()
+    adata.obs["slide"] = adata.obs["slide"].map({"s1": "all", "s2": "s2"})
+    # the slide's row and the pooled row would both read slide == "all"
+    with pytest.raises(ValueError, match=r"batch_key='slide'.* slide 'all'.*rename that slide"):
+        evaluate_performance(adata, "truth", batch_key="slide")
+    renamed = adata.copy()
+    renamed.obs["slide"] = renamed.obs["slide"].replace("all", "all_1")
+    table = evaluate_performance(renamed, "truth", batch_key="slide")
+    assert list(table["slide"]) == ["all", "all_1", "s2"]
+    assert list(table["n_cells"]) == [(adata.obs["truth"] != "NoAnnotation").sum(),
+                                      ((adata.obs["truth"] != "NoAnnotation") & (adata.obs["slide"] == "all")).sum(),
+                                      ((adata.obs["truth"] != "NoAnnotation") & (adata.obs["slide"] == "s2")).sum()]

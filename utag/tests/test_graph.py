@@ -288,3 +288,31 @@ def test_cgroup_headroom_v1_takes_the_tightest_ancestor(tmp_path):
     _write(memory / "slurm" / "job_1" / "step_0" / "memory.usage_in_bytes", "1000000000\n")
     assert cgroup_headroom(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == 500_000_000
     assert cgroup_headroom(str(tmp_path / "missing"), str(tmp_path / "fs")) is None
+
+
+def test_cells_exactly_max_dist_apart_stay_linked_in_any_units():
+    # whole-pixel centroids put many pairs exactly max_dist apart (3-4-5 triangles at 5 px);
+    # scaled to other units with max_dist, float rounding must not drop any of them
+    rng = np.random.default_rng(0)
+    coords = np.unique(rng.integers(0, 40, size=(400, 2)).astype(float), axis=0)
+    in_pixels = graph.spatial_graph(coords, 5.0)[0]
+    lengths = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+    assert np.isclose(lengths, 5.0).sum() > 100
+    np.testing.assert_array_equal(in_pixels.toarray() > 0, lengths <= 5.0)  # inclusive, as brute force
+    for scale in (0.377, 0.65, 1 / 3, 2.2):
+        scaled = graph.spatial_graph(coords * scale, 5.0 * scale)[0]
+        assert (scaled != in_pixels).nnz == 0, scale
+
+
+def test_delaunay_keeps_edges_exactly_max_dist_long_in_any_units():
+    # generic positions (one triangulation); max_dist the length of some of its edges
+    rng = np.random.default_rng(1)
+    coords = rng.random((300, 2)) * 100
+    full = graph.spatial_graph(coords, np.inf, "delaunay")[0].tocoo()
+    lengths = np.linalg.norm(coords[full.row] - coords[full.col], axis=1)
+    for max_dist in np.quantile(lengths[full.row != full.col], [0.3, 0.5, 0.7, 0.9], method="nearest"):
+        kept = graph.spatial_graph(coords, max_dist, "delaunay")[0]
+        assert kept.nnz == (lengths <= max_dist).sum()
+        for scale in (0.377, 0.65, 1 / 3, 2.2, 0.1):
+            scaled = graph.spatial_graph(coords * scale, max_dist * scale, "delaunay")[0]
+            assert (scaled != kept).nnz == 0, (max_dist, scale)

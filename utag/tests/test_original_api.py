@@ -265,6 +265,9 @@ def test_colocalization_is_seeded(original_tissue):
     first = measure(original_tissue, "UTAG Label", 40, 5, random_state=3)
     pd.testing.assert_frame_equal(first, measure(original_tissue, "UTAG Label", 40, 5, random_state=3))
     assert not first.equals(measure(original_tissue, "UTAG Label", 40, 5, random_state=4))
+    # and, at one seed, whatever the order of the rows
+    shuffled = original_tissue[np.random.default_rng(0).permutation(original_tissue.n_obs)].copy()
+    pd.testing.assert_frame_equal(first, measure(shuffled, "UTAG Label", 40, 5, random_state=3))
 
 
 def test_evaluate_clustering_matches_scipy_and_sklearn(ran):

@@ -146,6 +146,26 @@ def test_resolution_sweep_and_hierarchy_plots(tmp_path):
     assert _ink(fig, tmp_path) > 0.02
 
 
+def test_hierarchy_plot_draws_a_middle_domain_without_a_coarser_label():
+    import anndata
+    import pandas as pd
+
+    from utag.plotting import plot_domain_hierarchy
+
+    # domain "2" of b has no cell labelled in a, yet domain "3" of c nests into it
+    obs = pd.DataFrame({"a": ["0", "0", "1", "1", None, None], "b": ["0", "0", "1", "1", "2", "2"],
+                        "c": ["0", "1", "2", "2", "3", "3"]}, index=list("uvwxyz"))
+    ax = plot_domain_hierarchy(anndata.AnnData(obs=obs), ["a", "b", "c"]).axes[0]  # raised KeyError ('b', '2')
+    nodes = {(-int(y), text.get_text()): x for text in ax.texts for x, y in [text.get_position()]}
+    assert nodes == {(0, "0"): 0.25, (0, "1"): 0.75, (1, "0"): 1 / 6, (1, "1"): 0.5, (1, "2"): 5 / 6,
+                     (2, "0"): 0.125, (2, "1"): 0.375, (2, "2"): 0.625, (2, "3"): 0.875}
+    # a line up from every domain with a parent: b's 0 and 1, then all four of c's (3 to b's 2)
+    lines = sorted((tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines)
+    assert lines == sorted([((0.25, 1 / 6), (0, -1)), ((0.75, 0.5), (0, -1)), ((1 / 6, 0.125), (-1, -2)),
+                            ((1 / 6, 0.375), (-1, -2)), ((0.5, 0.625), (-1, -2)), ((5 / 6, 0.875), (-1, -2))])
+    plt.close(ax.figure)
+
+
 def test_network_and_chord_do_not_draw_tables_of_other_labels(adata):
     stored = domain_connectivity(adata, "domain", slide_key="roi", max_dist=20)
     renamed = adata.copy()

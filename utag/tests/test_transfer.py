@@ -119,3 +119,33 @@ def test_knn_transfer_names_what_the_result_lacks():
     slim.obsm["X_pca"] = result.obsm["X_pca"]
     with pytest.raises(ValueError, match=r"obs\['UTAG Label_kmeans_0.4'\].*method='centroid'"):
         transfer_labels(slim, new, slide_key="roi")
+
+
+def test_transfer_defaults_to_the_slide_key_utag_recorded(four_domains, caplog):
+    adata, result = four_domains  # two slides whose coordinates overlap
+    key = "UTAG Label_leiden_0.1"
+    assert result.uns["utag"]["slide_key"] == "roi"
+    per_slide = transfer_labels(result, adata, keys=key, slide_key="roi", method="centroid").obs[key].to_numpy()
+    pooled = transfer_labels(result, adata, keys=key, slide_key=None, method="centroid").obs[key].to_numpy()
+    # pooling the slides mixes their neighbourhoods: the self-transfer gets its labels back per slide only
+    assert (per_slide == result.obs[key].to_numpy()).mean() > 0.95
+    assert (pooled == result.obs[key].to_numpy()).mean() < 0.8
+    with caplog.at_level("WARNING", logger="utag.transfer"):
+        default = transfer_labels(result, adata, keys=key, method="centroid").obs[key].to_numpy()
+    np.testing.assert_array_equal(default, per_slide)
+    assert not caplog.records
+    # new cells without the recorded column: one slide, and the log says how to name the slides
+    unnamed = adata.copy()
+    del unnamed.obs["roi"]
+    with caplog.at_level("WARNING", logger="utag.transfer"):
+        fallback = transfer_labels(result, unnamed, keys=key, method="centroid").obs[key].to_numpy()
+    np.testing.assert_array_equal(fallback, pooled)
+    assert "slide_key='roi'" in caplog.text and "slide_key=None" in caplog.text
+    # a result of one slide (recorded as "None") transfers onto one slide, without a warning
+    caplog.clear()
+    single = result.copy()
+    single.uns["utag"]["slide_key"] = "None"
+    with caplog.at_level("WARNING", logger="utag.transfer"):
+        alone = transfer_labels(single, adata, keys=key, method="centroid").obs[key].to_numpy()
+    np.testing.assert_array_equal(alone, pooled)
+    assert not caplog.records

@@ -200,6 +200,19 @@ def test_max_dist_report_flags_and_suggests():
     assert default["max_dist"].nunique() == 8
 
 
+def test_max_dist_report_refuses_a_slide_named_like_the_pooled_row():
+    adata = synthetic_tissue(n_cells=1_500, n_slides=3, random_state=0)
+    adata.obs["roi"] = adata.obs["roi"].map({"roi_0": "all", "roi_1": "b", "roi_2": "c"})
+    # the suggestion would land on that slide's own row, taken for the pooled one
+    with pytest.raises(ValueError, match=r"slide_key='roi'.* slide 'all'.*rename that slide"):
+        max_dist_report(adata, max_dists=[20, 35], slide_key="roi")
+    # one slide has no pooled row: its name is free, and the suggestion is on its rows
+    alone = adata[(adata.obs["roi"] == "all").to_numpy()].copy()
+    report = max_dist_report(alone, max_dists=[5, 35], slide_key="roi")
+    assert report["slide"].tolist() == ["all", "all"]
+    assert report["suggested"].tolist() == [False, True]
+
+
 def test_suggested_max_dist_is_six_nearest_cell_distances():
     adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=4)
     coords = adata.obsm["spatial"]

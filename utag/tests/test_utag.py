@@ -463,3 +463,31 @@ def test_the_evaluation_helpers_score_the_labellings_of_an_earlier_run_too(tissu
     keys = ["UTAG Label_kmeans_0.5", "UTAG Label_kmeans_0.3"]
     assert evaluate_performance(again, "domain")["pred_key"].tolist() == keys
     assert evaluate_clustering(again)["domain_key"].tolist() == keys
+
+
+def test_an_n_domains_run_never_overwrites_a_resolution_run_unseen(caplog):
+    adata = synthetic_tissue(n_cells=1_500, n_slides=3, random_state=0)
+    options = dict(slide_key="roi", clustering_method="kmeans", min_domain_size=400, progress=False)
+    alone = utag(adata, resolutions=[0.3], **options)
+    assert alone.obs["UTAG Label_kmeans_0.3"].nunique() < 3  # k=3, then domains below 400 cells merged
+    # n_domains=3 writes k-means (k=3, all kept) under the same key: it takes the key, and says so
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        both = utag(adata, resolutions=[0.3], n_domains=3, **options)
+    assert both.obs["UTAG Label_kmeans_0.3"].nunique() == 3
+    assert both.uns["utag"]["label_keys"] == ["UTAG Label_kmeans_0.3"]
+    assert "n_domains=3: its kmeans run is at resolution 0.3, which was asked for too" in caplog.text
+    both = utag(adata, resolutions=[0.4], n_domains=3, **options)  # other keys: both kept
+    assert both.obs["UTAG Label_kmeans_0.4"].nunique() < 4 and both.obs["UTAG Label_kmeans_0.3"].nunique() == 3
+    without = utag(adata, resolutions=[0.4], **options)
+    assert both.obs["UTAG Label_kmeans_0.4"].equals(without.obs["UTAG Label_kmeans_0.4"])
+
+
+def test_a_run_that_lands_on_an_asked_resolution_is_announced(caplog):
+    from utag.segmentation import _Run, _without_runs_under_the_keys_of
+
+    planned = [_Run("leiden", 0.1, {}, None), _Run("leiden", 0.3, {}, None), _Run("kmeans", 0.1, {}, None)]
+    fixed = [_Run("leiden", 0.1, {}, np.zeros(3, dtype=int), floor=4)]
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        kept = _without_runs_under_the_keys_of(planned, fixed, 4)
+    assert [(run.method, run.resolution) for run in kept] == [("leiden", 0.3), ("kmeans", 0.1)]
+    assert "n_domains=4: its leiden run is at resolution 0.1" in caplog.text
