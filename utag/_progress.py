@@ -2,10 +2,13 @@
 (``tqdm.auto`` without ipywidgets prints an "IProgress not found" warning instead).
 
 Bars appear only once their work has taken :data:`DELAY` seconds, so quick runs stay
-silent; every function that shows bars has a ``progress`` switch to turn them off.
+silent; every function that shows bars has a ``progress`` switch to turn them off. They
+are drawn only to a terminal or a notebook: redrawn in a file (a job's log), a bar
+leaves control characters and copies of itself.
 """
 import contextlib
 import logging
+import sys
 import time
 
 try:
@@ -19,9 +22,19 @@ DELAY = 2.0
 
 
 def tqdm(*args, **kwargs):
-    """``tqdm`` that waits :data:`DELAY` seconds before drawing."""
+    """``tqdm`` that waits :data:`DELAY` seconds before drawing, and draws nothing unless
+    to a terminal or a notebook."""
     kwargs.setdefault("delay", DELAY)
+    if not _can_draw():
+        kwargs["disable"] = True
     return _tqdm(*args, **kwargs)
+
+
+def _can_draw() -> bool:
+    """Whether bars can be redrawn in place: in a notebook, or on a terminal."""
+    if "ipykernel" in sys.modules:
+        return True
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class Stopwatch:

@@ -5,8 +5,9 @@ was found and how to fix the call.
 """
 from __future__ import annotations
 
+import logging
 import numbers
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -123,10 +124,40 @@ def spatial_coordinates(adata: AnnData, basis: str = "spatial") -> np.ndarray:
     return coords
 
 
+#: The ``slide_key`` default of the functions that read what ``utag()`` wrote: the slide
+#: column it recorded in ``uns['utag']['slide_key']`` (see :func:`recorded_slide_key`).
+RECORDED_SLIDE_KEY = "auto"
+
+_logger = logging.getLogger("utag")
+
+
+def recorded_slide_key(adata: AnnData, slide_key: str | None, record: AnnData | None = None) -> str | None:
+    """``slide_key`` as given; for :data:`RECORDED_SLIDE_KEY`, the slide column ``utag()``
+    recorded in ``record.uns['utag']`` (default ``record``: ``adata``), so that slides whose
+    coordinates overlap are never pooled by default. ``None`` (all cells one slide) when
+    nothing was recorded or ``utag()`` ran on one slide, and, with a warning, when
+    ``adata.obs`` lacks the recorded column."""
+    if not (isinstance(slide_key, str) and slide_key == RECORDED_SLIDE_KEY):
+        return slide_key
+    recorded = (adata if record is None else record).uns.get("utag", {}).get("slide_key")
+    if recorded is None or recorded == "None":  # utag() records slide_key=None as "None"
+        return None
+    if recorded not in adata.obs.columns:
+        _logger.warning("utag() ran with slide_key=%r, but `adata.obs` has no column %r: all cells are taken as one "
+                        "slide. Pass `slide_key=` the column naming the slides, or `slide_key=None` if they are "
+                        "one slide.", recorded, recorded)
+        return None
+    return str(recorded)
+
+
 def slide_codes(adata: AnnData, slide_key: str | None) -> tuple[np.ndarray, pd.Index]:
     """Integer code per cell and the slide names; one slide when ``slide_key`` is None."""
     if slide_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), pd.Index(["all"])
+    if not isinstance(slide_key, Hashable):
+        raise ValueError(f"`slide_key` must name a column of `adata.obs`, got a {type(slide_key).__name__}; to "
+                         "use these values, store them first: `adata.obs['slide'] = values`, then "
+                         "`slide_key='slide'`.")
     if slide_key not in adata.obs.columns:
         raise ValueError(
             f"`slide_key={slide_key!r}` is not a column of `adata.obs` (columns: "
@@ -222,6 +253,19 @@ def check_features(features) -> None:
 FLOAT32_LIMIT = 1e32
 
 
+def choice(name: str, value, options) -> str:
+    """``value`` as the one of ``options`` it names, whatever its case; a ValueError
+    listing them otherwise."""
+    if isinstance(value, str) and value.lower() in options:
+        return value.lower()
+    raise ValueError(f"`{name}` must be one of {list(options)}, got {value!r}.")
+
+
+def is_auto(value) -> bool:
+    """Whether ``value`` is the string ``"auto"`` (any case)."""
+    return isinstance(value, str) and value.lower() == "auto"
+
+
 def clustering_methods(clustering_method) -> tuple[str, ...]:
     if isinstance(clustering_method, str):
         clustering_method = [clustering_method]
@@ -231,6 +275,9 @@ def clustering_methods(clustering_method) -> tuple[str, ...]:
             f"{list(CLUSTERING_METHODS)}, got {clustering_method!r}."
         )
     methods = tuple(dict.fromkeys(str(m).lower() for m in clustering_method))
+    if not methods:
+        raise ValueError(f"`clustering_method` is empty: pass one or more of {list(CLUSTERING_METHODS)}, or "
+                         "`apply_clustering=False` to stop after the embedding.")
     unknown = [m for m in methods if m not in CLUSTERING_METHODS]
     if unknown or not methods:
         raise ValueError(
@@ -244,6 +291,9 @@ def resolution_list(resolutions) -> list[float]:
     """Any number or iterable of numbers (list, array, pandas Series, R vector) as floats."""
     if isinstance(resolutions, numbers.Real):
         resolutions = [resolutions]
+    if resolutions is None:
+        raise ValueError("`resolutions` is None: pass a list of resolutions (e.g. [0.05, 0.1, 0.3]) or 'auto'; "
+                         "None goes with `n_domains=K`, to run only the routes that give K domains.")
     if isinstance(resolutions, (str, bytes, dict)) or not isinstance(resolutions, Iterable):
         raise ValueError(f"`resolutions` must be a number, a list of numbers or 'auto', got {resolutions!r}.")
     resolutions = list(resolutions)

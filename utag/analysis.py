@@ -49,7 +49,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Edges:
-    """Undirected spatial edges ``(source[k], target[k])``, ``source < target``, no self-loops."""
+    """Undirected spatial edges ``(source[k], target[k])``, ``source < target``, no self-loops.
+
+    What :func:`spatial_edges` returns; edges never join cells of different slides.
+
+    Attributes
+    ----------
+    source, target
+        int64 arrays (one entry per edge): row positions in ``adata`` of the two cells an
+        edge joins, ``source[k] < target[k]``.
+    slide
+        int64 array (one entry per cell, not per edge): the cell's slide as a position in
+        ``slide_names``; all ``0`` when the cells are one slide.
+    slide_names
+        The slides' names, sorted (``pd.Index(["all"])`` for one slide).
+    """
 
     source: np.ndarray
     target: np.ndarray
@@ -57,11 +71,51 @@ class Edges:
     slide_names: pd.Index
 
 
-def spatial_edges(adata: AnnData, slide_key: str | None = None, max_dist: float | None = None,
+def spatial_edges(adata: AnnData, slide_key: str | None = check.RECORDED_SLIDE_KEY, max_dist: float | None = None,
                   graph_key: str = "spatial_connectivities") -> Edges:
-    """The spatial graph's edges: built with ``max_dist`` if given, else read from ``obsp``."""
+    """The spatial graph's edges, within slides, as an :class:`Edges` edge list.
+
+    Nothing is written to ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells; with ``obsm['spatial']`` (x, y[, z] per cell) when ``max_dist`` is given,
+        else with a graph in ``obsp[graph_key]``. ``X`` is not needed.
+    slide_key
+        ``obs`` column naming each cell's slide; edges between slides are never made (and
+        those of a stored graph are dropped, with a warning in the log). Default
+        ``"auto"``: the slide column ``utag()`` recorded in ``uns['utag']['slide_key']``
+        (:func:`utag._validation.recorded_slide_key`); all cells are one slide if nothing
+        was recorded, if ``utag()`` ran on one slide, or (with a warning) if ``adata.obs``
+        lacks the recorded column. ``None``: all cells are one slide.
+    max_dist
+        Build the graph anew: cells of one slide closer than this (in the units of
+        ``obsm['spatial']``, e.g. pixels) are joined. Default ``None``: read the graph in
+        ``obsp[graph_key]`` instead (its weights and direction are ignored: any non-zero
+        entry in either direction is an edge).
+    graph_key
+        ``obsp`` key of the stored graph, used when ``max_dist`` is ``None`` (default
+        ``"spatial_connectivities"``, as ``utag(..., keep_spatial_connectivity=True)`` and
+        squidpy write it).
+
+    Returns
+    -------
+    Edges
+        Each undirected edge once, ``source < target``, without self-loops.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=1_000, n_slides=2, random_state=0)
+    >>> edges = spatial_edges(adata, slide_key="roi", max_dist=20)
+    >>> list(edges.slide_names), bool((edges.source < edges.target).all())
+    (['roi_0', 'roi_1'], True)
+    >>> bool((edges.slide[edges.source] == edges.slide[edges.target]).all())  # within slides
+    True
+    """
     check.check_n_cells(adata, features=False)  # a result read back without X is fine
-    codes, names = check.slide_codes(adata, slide_key)
+    codes, names = check.slide_codes(adata, check.recorded_slide_key(adata, slide_key))
     if max_dist is not None:
         max_dist = check.check_positive("max_dist", max_dist)
         pairs = slide_pairs(check.spatial_coordinates(adata), codes, max_dist)
@@ -95,8 +149,42 @@ def pair_counts(first: np.ndarray, second: np.ndarray, n_labels: int,
                 group: np.ndarray | None = None, n_groups: int = 1) -> np.ndarray:
     """Symmetric label-pair edge counts, shape (n_groups, n_labels, n_labels).
 
-    ``first[k]``, ``second[k]``: labels at the two ends of edge ``k``; ``group[k]``: the
-    group it is counted in (default: one group).
+    The counting convention of this module: ``counts[g, a, b]`` (``a != b``) is the number
+    of edges of group ``g`` with one end labelled ``a`` and the other ``b``, whichever end
+    is which (so the matrix is symmetric); ``counts[g, a, a]`` is the number of edges with
+    both ends labelled ``a``.
+
+    Parameters
+    ----------
+    first, second
+        Integer labels (``0 .. n_labels - 1``) at the two ends of every edge: ``first[k]``
+        and ``second[k]`` for edge ``k``. Drop edges with a missing label (``-1``) first.
+    n_labels
+        Number of labels; the size of the last two axes.
+    group
+        Integer group (``0 .. n_groups - 1``) each edge is counted in, e.g. its slide or
+        domain. Default ``None``: every edge in group 0.
+    n_groups
+        Number of groups; the size of the first axis (default ``1``; give it with
+        ``group``).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 counts of shape ``(n_groups, n_labels, n_labels)``.
+
+    Examples
+    --------
+    >>> pair_counts(np.array([0, 0, 1]), np.array([1, 0, 1]), n_labels=2)
+    array([[[1, 1],
+            [1, 1]]])
+    >>> pair_counts(np.array([0, 0, 1]), np.array([1, 0, 1]), n_labels=2,
+    ...             group=np.array([0, 1, 1]), n_groups=2)
+    array([[[0, 1],
+            [1, 0]],
+    <BLANKLINE>
+           [[1, 0],
+            [0, 1]]])
     """
     group = np.zeros(len(first), dtype=np.int64) if group is None else group
     flat = (group * n_labels + first) * n_labels + second
@@ -136,7 +224,7 @@ def _tidy(values: dict[str, np.ndarray], levels: dict[str, pd.Index]) -> pd.Data
 def domain_connectivity(
     adata: AnnData,
     domain_key: str,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     max_dist: float | None = None,
     graph_key: str = "spatial_connectivities",
     key_added: str | None = None,
@@ -148,29 +236,38 @@ def domain_connectivity(
     adata
         Cells with domain labels in ``obs[domain_key]``.
     domain_key
-        ``obs`` column of the domains, e.g. ``"UTAG Label_leiden_0.1"``.
+        ``obs`` column of the domains, e.g. ``"UTAG Label_leiden_0.1"``. Cells without a
+        label (NaN) are left out; categories no cell has are dropped.
     slide_key
-        ``obs`` column of the slide; counts are also reported per slide.
+        ``obs`` column of the slide; edges never join slides, the expectation is computed
+        per slide and counts are also reported per slide. Default ``"auto"``: the slide
+        column ``utag()`` recorded in ``uns['utag']['slide_key']`` (if any; see
+        :func:`spatial_edges`); ``None``: all cells are one slide.
     max_dist
-        Build the spatial graph with this radius. Default: use ``obsp[graph_key]``.
+        Build the spatial graph with this radius (units of ``obsm['spatial']``). Default
+        ``None``: use the graph in ``obsp[graph_key]``.
     graph_key
-        ``obsp`` key of an existing spatial graph.
+        ``obsp`` key of an existing spatial graph, used when ``max_dist`` is ``None``
+        (default ``"spatial_connectivities"``).
     key_added
-        ``uns`` key the result is stored under (default ``f"{domain_key}_connectivity"``).
+        ``uns`` key the result is stored under. Default ``None``:
+        ``f"{domain_key}_connectivity"``, where :mod:`utag.plotting` looks for it.
 
     Returns
     -------
-    A dict, also stored in ``adata.uns[key_added]``, of DataFrames:
+    dict of str to pandas.DataFrame
+        Also stored in ``adata.uns[key_added]`` (the only change made to ``adata``):
 
-    * ``counts``: domain x domain edge counts, summed over slides;
-    * ``expected``: their mean if domain labels were shuffled among the cells of each
-      slide (exact, no sampling);
-    * ``ratio``: ``counts / expected`` (> 1: the domains touch more than chance);
-    * ``log2_ratio``: ``log2((counts + 1) / (expected + 1))``;
-    * ``per_slide``: tidy table (``slide``, ``domain_a``, ``domain_b``, ``count``,
-      ``expected``);
-    * ``cells``: the cells of each domain (column ``cells``), which tells the plots
-      whether stored tables are of the cells they draw.
+        * ``counts``: domain x domain edge counts, summed over slides;
+        * ``expected``: their mean if domain labels were shuffled among the cells of each
+          slide (exact, no sampling);
+        * ``ratio``: ``counts / expected`` (> 1: the domains touch more than chance; NaN
+          where ``expected`` is 0);
+        * ``log2_ratio``: ``log2((counts + 1) / (expected + 1))``;
+        * ``per_slide``: tidy table (``slide``, ``domain_a``, ``domain_b``, ``count``,
+          ``expected``);
+        * ``cells``: the cells of each domain (column ``cells``), which tells the plots
+          whether stored tables are of the cells they draw.
 
     Examples
     --------
@@ -180,6 +277,8 @@ def domain_connectivity(
     >>> result["counts"].shape
     (3, 3)
     >>> bool((np.diag(result["ratio"]) > 1).all())  # domains are spatially coherent
+    True
+    >>> sorted(result) == sorted(adata.uns["domain_connectivity"])
     True
     """
     result = _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)
@@ -230,6 +329,32 @@ def slide_connectivity(
 ) -> dict[str, pd.DataFrame]:
     """Domain x domain edge counts of each slide: ``{slide: DataFrame}``.
 
+    The per-slide ``count`` column of :func:`domain_connectivity` as one square table per
+    slide. Nothing is written to ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells with domain labels in ``obs[domain_key]``.
+    domain_key
+        ``obs`` column of the domains. Cells without a label are left out.
+    slide_key
+        ``obs`` column of the slides (required). ``"auto"`` takes the slide column
+        ``utag()`` recorded in ``uns['utag']['slide_key']``; ``None``: all cells are one
+        slide, returned under the name ``"all"``.
+    max_dist
+        Build the spatial graph with this radius (units of ``obsm['spatial']``). Default
+        ``None``: use the graph in ``obsp[graph_key]``.
+    graph_key
+        ``obsp`` key of an existing spatial graph, used when ``max_dist`` is ``None``
+        (default ``"spatial_connectivities"``).
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        One domain x domain table of edge counts per slide, keyed by the slide's name
+        (as text), in sorted order; every table has every domain.
+
     Examples
     --------
     >>> from utag.datasets import synthetic_tissue
@@ -274,14 +399,41 @@ def celltype_connectivity(
     adata: AnnData,
     domain_key: str,
     celltype_key: str,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     max_dist: float | None = None,
     graph_key: str = "spatial_connectivities",
 ) -> dict[str, pd.DataFrame]:
     """Per domain, cell type x cell type counts of the edges inside that domain.
 
-    Returns ``{domain: DataFrame}`` (edges with both ends in the domain, summed over
-    slides).
+    Only edges with both ends in the same domain, and both ends with a cell type, count.
+    Nothing is written to ``adata``; for the same counts against chance see
+    :func:`measure_per_domain_cell_type_colocalization`.
+
+    Parameters
+    ----------
+    adata
+        Cells with domain labels and cell types in ``obs``.
+    domain_key
+        ``obs`` column of the domains. Cells without a label are left out.
+    celltype_key
+        ``obs`` column of the cell types (e.g. ``"cell_type"``). Cells without one are left
+        out.
+    slide_key
+        ``obs`` column of the slides, so that no edge joins two slides. Default ``"auto"``:
+        the slide column ``utag()`` recorded in ``uns['utag']['slide_key']`` (if any; see
+        :func:`spatial_edges`); ``None``: all cells are one slide.
+    max_dist
+        Build the spatial graph with this radius (units of ``obsm['spatial']``). Default
+        ``None``: use the graph in ``obsp[graph_key]``.
+    graph_key
+        ``obsp`` key of an existing spatial graph, used when ``max_dist`` is ``None``
+        (default ``"spatial_connectivities"``).
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        ``{domain: table}``: a symmetric cell type x cell type table of edge counts inside
+        that domain, summed over slides (counting convention of :func:`pair_counts`).
 
     Examples
     --------
@@ -314,7 +466,7 @@ def measure_per_domain_cell_type_colocalization(
     adata: AnnData,
     domain_key: str,
     celltype_key: str,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     max_dist: float | None = None,
     graph_key: str = "spatial_connectivities",
     n_permutations: int = 100,
@@ -333,14 +485,49 @@ def measure_per_domain_cell_type_colocalization(
     ``obsm['spatial']``), so that, at a given ``random_state``, the result does not
     depend on the order of the rows.
 
+    Parameters
+    ----------
+    adata
+        Cells with domain labels and cell types in ``obs``.
+    domain_key
+        ``obs`` column of the domains. Cells without a label are left out.
+    celltype_key
+        ``obs`` column of the cell types. Cells without one are left out (and keep no
+        label in the shuffles).
+    slide_key
+        ``obs`` column of the slides: no edge joins two slides, and labels are shuffled
+        within a slide. Default ``"auto"``: the slide column ``utag()`` recorded in
+        ``uns['utag']['slide_key']`` (if any; see :func:`spatial_edges`); ``None``: all
+        cells are one slide.
+    max_dist
+        Build the spatial graph with this radius (units of ``obsm['spatial']``). Default
+        ``None``: use the graph in ``obsp[graph_key]``.
+    graph_key
+        ``obsp`` key of an existing spatial graph, used when ``max_dist`` is ``None``
+        (default ``"spatial_connectivities"``).
+    n_permutations
+        Number of shuffles for the null distribution (default ``100``); the smallest
+        p-value possible is ``1 / (1 + n_permutations)``.
+    random_state
+        Seed of the shuffles (default ``0``); ``None`` draws a fresh one.
+    progress
+        Show a progress bar over the permutations (default ``False``).
+    key_added
+        ``uns`` key the table is stored under. Default ``None``:
+        ``f"{domain_key}_colocalization"``.
+
     Returns
     -------
-    A tidy DataFrame, also stored in ``adata.uns[key_added]`` (default
-    ``f"{domain_key}_colocalization"``), with one row per domain and unordered pair of
-    cell types (``cell_type_a <= cell_type_b``): ``observed``, ``expected`` (mean of the
-    permutations), ``std``, ``log2_ratio`` = ``log2((observed + 1) / (expected + 1))``,
-    ``z_score``, ``p_enrichment`` = ``(1 + #{perm >= observed}) / (1 + n_permutations)``,
-    ``p_depletion`` likewise with ``<=``, and two-sided ``p_value``.
+    pandas.DataFrame
+        A tidy table, also stored in ``adata.uns[key_added]`` (the only change made to
+        ``adata``), with one row per domain and unordered pair of cell types
+        (``cell_type_a <= cell_type_b``) and columns ``domain``, ``cell_type_a``,
+        ``cell_type_b``, ``observed``, ``expected`` (mean of the permutations), ``std``,
+        ``log2_ratio`` = ``log2((observed + 1) / (expected + 1))``, ``z_score`` (``0``
+        where ``std`` is 0), ``p_enrichment`` =
+        ``(1 + #{perm >= observed}) / (1 + n_permutations)``, ``p_depletion`` likewise
+        with ``<=``, and two-sided ``p_value`` = ``min(1, 2 * min(p_enrichment,
+        p_depletion))``.
 
     Examples
     --------
@@ -400,27 +587,50 @@ def domain_composition(
     adata: AnnData,
     domain_key: str,
     celltype_key: str,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
 ) -> dict[str, pd.DataFrame]:
     """Cell-type make-up of each domain.
 
+    Counts cells, not edges, so no spatial graph is needed. Cells without a domain or
+    without a cell type are left out. Nothing is written to ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells with domain labels and cell types in ``obs``.
+    domain_key
+        ``obs`` column of the domains (rows of the tables).
+    celltype_key
+        ``obs`` column of the cell types (columns of the tables).
+    slide_key
+        ``obs`` column of the slides, for the ``per_slide`` table. Default ``"auto"``: the
+        slide column ``utag()`` recorded in ``uns['utag']['slide_key']`` (if any; see
+        :func:`spatial_edges`); ``None`` (or nothing recorded): no per-slide table.
+
     Returns
     -------
-    A dict of DataFrames: ``counts`` and ``proportions`` (domain x cell type; rows of
-    ``proportions`` sum to 1), ``enrichment`` (log2 of the proportion in the domain over
-    the proportion in the whole tissue), and, with ``slide_key``, ``per_slide`` (tidy:
-    ``slide``, ``domain``, ``cell_type``, ``count``, ``proportion``).
+    dict of str to pandas.DataFrame
+        ``counts`` and ``proportions`` (domain x cell type; rows of ``proportions`` sum to
+        1), ``enrichment`` (log2 of the proportion in the domain over the proportion in
+        the whole tissue; ``-inf`` for a cell type absent from the domain), and, with
+        slides, ``per_slide`` (tidy: ``slide``, ``domain``, ``cell_type``, ``count``,
+        ``proportion``).
 
     Examples
     --------
     >>> from utag.datasets import synthetic_tissue
     >>> adata = synthetic_tissue(n_cells=2_000, n_domains=3, n_cell_types=4, random_state=0)
     >>> composition = domain_composition(adata, "domain", "cell_type")
+    >>> sorted(composition), composition["counts"].shape
+    (['counts', 'enrichment', 'proportions'], (3, 4))
     >>> composition["proportions"].sum(axis=1).round(6).tolist()
     [1.0, 1.0, 1.0]
+    >>> sorted(domain_composition(adata, "domain", "cell_type", slide_key="roi"))
+    ['counts', 'enrichment', 'per_slide', 'proportions']
     """
     domains, domain_names = _labels(adata, domain_key)
     cell_types, type_names = _labels(adata, celltype_key)
+    slide_key = check.recorded_slide_key(adata, slide_key)
     codes, slide_names = check.slide_codes(adata, slide_key)
     keep = (domains >= 0) & (cell_types >= 0)
     n_domains, n_types = len(domain_names), len(type_names)

@@ -181,9 +181,11 @@ def _dask_client(scheduler: str | None, processes: int | None):
         from distributed import Client, LocalCluster
     except ImportError as error:
         raise UsageError(f"--dask-scheduler needs the 'distributed' package ({error}).") from None
+    # the scheduler's and workers' INFO lines (ports, plugins, workers joining) drown utag's own
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler == "local":
-        with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:  # any free port
+        with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1, dashboard_address=":0",
+                          silence_logs=logging.WARNING) as cluster, Client(cluster) as client:  # any free port
             yield client
     else:
         with Client(scheduler) as client:
@@ -280,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="find domains in a cell table (.csv/.tsv/.parquet) or an .h5ad file",
-                              description="Find domains in INPUT and write them to an .h5ad file.",
+                              description="Find domains in INPUT and write them to an .h5ad file or a .zarr "
+                                          "store.",
                               epilog=EXAMPLES, formatter_class=formatter)
     run.add_argument("input", help=".h5ad (centroids in obsm['spatial']) or a table with one row per cell")
     run.add_argument("--out", required=True,

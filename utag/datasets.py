@@ -45,21 +45,58 @@ def synthetic_tissue(
     Cell types overlap between domains, so a cell's own markers say little about its
     domain and its neighbourhood says much: the situation UTAG is made for.
 
-    ``layout`` draws the domains differently: ``"voronoi"`` (the default, above),
-    ``"layers"`` (one wavy band per domain across each slide, like cortical layers) or
-    ``"islands"`` (round islands about ``domain_size`` um across, of every domain but
-    the first, in a sea of the first, like follicles in a spleen).
+    Parameters
+    ----------
+    n_cells
+        Number of cells over all slides (default ``20_000``), split as evenly as possible.
+    n_slides
+        Number of slides (default ``2``; at most ``n_cells``). Each has its own square,
+        its coordinates starting at 0, so slides overlap in space: pass ``slide_key`` to
+        ``utag()``.
+    n_markers
+        Number of markers, the columns of ``X`` (default ``40``).
+    n_domains
+        Number of domains (default ``5``).
+    n_cell_types
+        Number of cell types (default ``10``; at least 2). Each expresses
+        ``n_markers // n_cell_types`` markers highly (at least 2, at most all).
+    cell_area
+        Area per cell in um^2 (default ``150.0``); sets the side of each slide's square.
+    domain_size
+        Typical width of a domain region in um (default ``250.0``).
+    concentration
+        Dirichlet concentration of the domains' cell-type mixtures (default ``0.5``;
+        smaller: purer domains).
+    noise
+        Standard deviation of the log-normal noise multiplying every intensity (default
+        ``0.35``).
+    slide_key
+        Name of the ``obs`` column of the slides, whose values are
+        ``f"{slide_key}_{i}"`` (default ``"roi"``: ``"roi_0"``, ``"roi_1"``, ...).
+    random_state
+        Seed of every random draw (default ``0``; ``None``: a fresh one).
+    layout
+        How the domains are drawn (keyword only): ``"voronoi"`` (the default, above),
+        ``"layers"`` (one wavy band per domain across each slide, like cortical layers) or
+        ``"islands"`` (round islands about ``domain_size`` um across, of every domain but
+        the first, in a sea of the first, like follicles in a spleen).
 
     Returns
     -------
-    AnnData with ``X`` (cells x markers, float32), ``obs[slide_key]``,
-    ``obs['cell_type']``, ``obs['domain']`` (the truth) and ``obsm['spatial']``.
+    AnnData
+        ``X`` (cells x markers, float32; ``var_names`` ``"marker_0"``, ...),
+        ``obs[slide_key]``, ``obs['cell_type']`` (``"type_0"``, ...), ``obs['domain']``
+        (the truth: ``"domain_0"``, ...), all categorical, and ``obsm['spatial']`` (x, y
+        in um). Cells are named ``"cell_0"``, ``"cell_1"``, ...
 
     Examples
     --------
     >>> adata = synthetic_tissue(n_cells=1_000, n_slides=2, random_state=0)
     >>> adata.shape, sorted(adata.obs["roi"].unique())
     ((1000, 40), ['roi_0', 'roi_1'])
+    >>> layers = synthetic_tissue(n_cells=1_000, n_slides=1, n_domains=3, slide_key="slide", layout="layers")
+    >>> list(layers.obs.columns), sorted(layers.obs["domain"].unique())
+    (['slide', 'cell_type', 'domain'], ['domain_0', 'domain_1', 'domain_2'])
     """
     random_state = check.seed(random_state)
     n_cells = as_int("n_cells", n_cells)
@@ -123,8 +160,9 @@ def codex_mouse_spleen(path: str | Path | None = None) -> AnnData:
 
     Returns
     -------
-    AnnData with one-hot cell types in ``X``, ``obs['slide']``, ``obs['cell_type']``,
-    ``obs['domain']`` (expert compartment) and ``obsm['spatial']`` (pixels, ~0.377 um).
+    AnnData
+        One-hot cell types in ``X``, ``obs['slide']``, ``obs['cell_type']``,
+        ``obs['domain']`` (expert compartment) and ``obsm['spatial']`` (pixels, ~0.377 um).
 
     Examples
     --------

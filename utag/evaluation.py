@@ -56,6 +56,9 @@ def evaluate_performance(
 ) -> pd.DataFrame:
     """Agreement of predicted domains with reference labels, per slide and pooled.
 
+    Nothing is written to ``adata``. Labels are compared as text, so ``1`` and ``"1"``
+    are the same label.
+
     Parameters
     ----------
     adata
@@ -63,23 +66,27 @@ def evaluate_performance(
     truth_key
         ``obs`` column of the reference labels.
     pred_keys
-        ``obs`` column(s) of predicted labels; default the labellings ``utag()`` wrote
-        (whatever its ``save_key``), else every column starting with ``"UTAG Label_"``.
+        ``obs`` column (a string) or columns of predicted labels. Default ``None``: the
+        labellings ``utag()`` wrote (``uns['utag']['label_keys']``, whatever its
+        ``save_key``), then every other column starting with ``"UTAG Label_"``.
     batch_key
-        ``obs`` column of the slide; adds one row per slide besides the pooled row. No
-        slide may be named ``"all"`` (:data:`POOLED`), the name of the pooled row: that
-        raises a ValueError.
+        ``obs`` column of the slide; adds one row per slide besides the pooled row.
+        Default ``None``: the pooled row only. No slide may be named ``"all"``
+        (:data:`POOLED`), the name of the pooled row: that raises a ValueError.
     ignore_labels
         Reference label (a string) or labels whose cells are left out of the scores
-        (unannotated cells); cells without a reference label (NaN/None) always are, and
-        so are cells without a predicted label. A slide with no cell left gets NaN scores.
+        (unannotated cells); default ``("NoAnnotation",)``; ``None``: none. Cells without
+        a reference label (NaN/None) always are, and so are cells without a predicted
+        label. A slide with no cell left gets NaN scores.
 
     Returns
     -------
-    A tidy DataFrame with one row per (prediction, slide) and columns ``pred_key``,
-    ``slide`` (``"all"`` for the pooled score), ``n_cells``, ``n_domains`` and one column
-    per score: ``rand``, ``adjusted_rand``, ``homogeneity``, ``completeness``, ``nmi``,
-    ``ami``.
+    pandas.DataFrame
+        A tidy table with one row per (prediction, slide), the pooled row (``slide``
+        ``"all"``) first for each prediction, and columns ``pred_key``, ``slide``,
+        ``n_cells`` (cells scored), ``n_domains`` (predicted domains among them) and one
+        column per score of :data:`SCORES`: ``rand``, ``adjusted_rand``,
+        ``homogeneity``, ``completeness``, ``nmi``, ``ami``.
 
     Examples
     --------
@@ -88,6 +95,12 @@ def evaluate_performance(
     ...     {"truth": list("aabb"), "UTAG Label_leiden_0.1": list("0011")}, index=list("wxyz")))
     >>> evaluate_performance(adata, "truth")["adjusted_rand"].item()
     1.0
+    >>> adata.obs["roi"] = list("rrss")
+    >>> evaluate_performance(adata, "truth", batch_key="roi")[["slide", "n_cells", "n_domains"]]
+      slide  n_cells  n_domains
+    0   all        4          2
+    1     r        2          1
+    2     s        2          1
     """
     if pred_keys is None:
         pred_keys = written_labels(adata)
@@ -130,7 +143,7 @@ def evaluate_clustering(
     adata: AnnData,
     domain_keys: str | list[str] | None = None,
     celltype_key: str | None = None,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     max_dist: float | None = None,
     graph_key: str = "spatial_connectivities",
     use_rep: str = "X_pca",
@@ -139,16 +152,57 @@ def evaluate_clustering(
 ) -> pd.DataFrame:
     """Label-free quality measures of one or more domain labellings.
 
-    Returns a tidy DataFrame with one row per labelling:
+    Nothing is written to ``adata``. Cells without a label are left out of every measure.
 
-    * ``n_domains``;
-    * ``celltype_entropy``: mean over cells of the entropy (bits) of the cell-type mix of
-      their domain (needs ``celltype_key``; low: domains are made of few cell types);
-    * ``silhouette``: silhouette score in ``obsm[use_rep]`` on a seeded subsample of
-      ``n_silhouette`` cells (left out when the default ``"X_pca"`` is absent);
-    * ``spatial_coherence``: share of spatial edges whose two cells share a domain (needs
-      a spatial graph: ``max_dist``, or the one in ``obsp[graph_key]``, see
-      :func:`utag.analysis.spatial_edges`).
+    Parameters
+    ----------
+    adata
+        Cells with the labellings in ``obs`` (typically the result of ``utag()``).
+    domain_keys
+        ``obs`` column (a string) or columns of the labellings. Default ``None``: the
+        labellings ``utag()`` wrote (``uns['utag']['label_keys']``), then every other
+        column starting with ``"UTAG Label_"``.
+    celltype_key
+        ``obs`` column of the cell types, for ``celltype_entropy``. Default ``None``: no
+        such column.
+    slide_key
+        ``obs`` column of the slides, so that no spatial edge joins two slides. Default
+        ``"auto"``: the slide column ``utag()`` recorded in ``uns['utag']['slide_key']``,
+        if any (see :func:`utag.analysis.spatial_edges`); ``None``: all cells are one
+        slide.
+    max_dist
+        Build the spatial graph for ``spatial_coherence`` with this radius (units of
+        ``obsm['spatial']``). Default ``None``: use the graph in ``obsp[graph_key]``, or,
+        without one, leave ``spatial_coherence`` out.
+    graph_key
+        ``obsp`` key of a stored spatial graph, used when ``max_dist`` is ``None``
+        (default ``"spatial_connectivities"``, as
+        ``utag(..., keep_spatial_connectivity=True)`` writes it).
+    use_rep
+        ``obsm`` key of the embedding the silhouette is computed in (default ``"X_pca"``,
+        which ``utag()`` writes; if that default is absent the silhouette is left out,
+        any other absent key raises a ValueError).
+    n_silhouette
+        Number of cells drawn for the silhouette (default ``10_000``; at least 2); its
+        time grows with the square of this number.
+    random_state
+        Seed of that draw (default ``0``; ``None``: a fresh one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A tidy table with one row per labelling and the columns
+
+        * ``domain_key``, ``n_domains``;
+        * ``celltype_entropy``: mean over cells of the entropy (bits) of the cell-type
+          mix of their domain (only with ``celltype_key``; low: domains are made of few
+          cell types);
+        * ``silhouette``: silhouette score in ``obsm[use_rep]`` on a seeded subsample of
+          ``n_silhouette`` cells (NaN with fewer than 2 domains among them; left out when
+          the default ``"X_pca"`` is absent);
+        * ``spatial_coherence``: share of spatial edges between labelled cells whose two
+          cells share a domain (only with a spatial graph: ``max_dist``, or the one in
+          ``obsp[graph_key]``, see :func:`utag.analysis.spatial_edges`).
 
     Examples
     --------
@@ -181,7 +235,7 @@ def evaluate_clustering(
         labels, names = _labels(adata, key)
         row = {"domain_key": key, "n_domains": len(names)}
         if celltype_key is not None:
-            composition = domain_composition(adata, key, celltype_key)["proportions"].to_numpy()
+            composition = domain_composition(adata, key, celltype_key, slide_key=None)["proportions"].to_numpy()
             with np.errstate(divide="ignore", invalid="ignore"):
                 entropy = -np.nansum(np.where(composition > 0, composition * np.log2(composition), 0), axis=1)
             sizes = np.bincount(labels[labels >= 0], minlength=len(names))

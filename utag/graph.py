@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -71,7 +72,9 @@ def _inclusive(max_dist: float) -> float:
 
 
 def _builder(max_dist: float, kind: str = "radius", n_neighbors: int = 6):
-    from squidpy.gr.neighbors import DelaunayBuilder, KNNBuilder, RadiusBuilder
+    with warnings.catch_warnings():  # squidpy's docstring templates (docrep) warn at import, in every worker
+        warnings.filterwarnings("ignore", message="'.*' is not a valid key!", category=SyntaxWarning)
+        from squidpy.gr.neighbors import DelaunayBuilder, KNNBuilder, RadiusBuilder
 
     if kind == "knn":
         return KNNBuilder(n_neighs=int(n_neighbors), set_diag=True)

@@ -26,20 +26,35 @@ def rgb_image(
     Parameters
     ----------
     image
-        A multiplexed image (channels x height x width, e.g. an IMC/CODEX/CyCIF stack) or
-        the path of a (OME-)TIFF holding one.
+        A multiplexed image (channels x height x width, e.g. an IMC/CODEX/CyCIF stack; see
+        ``channel_axis`` for another layout) or the path of a (OME-)TIFF holding one (read
+        with tifffile).
     channels
-        Up to 3 channels for red, green and blue: indices, or names looked up in
-        ``channel_names``; ``None`` leaves a colour black.
+        1 to 3 channels for red, green and blue, in that order (a single one: red only):
+        indices along ``channel_axis``, or names looked up in ``channel_names``; ``None``
+        in the list leaves that colour black.
+    channel_names
+        The name of every channel, in order (e.g. the panel's marker names, or
+        ``adata.var_names`` when the image's channels are the AnnData's features); needed
+        only when ``channels`` gives names. Default ``None``: channels by index only.
     percentiles
-        Each channel is linearly stretched so that these percentiles of its intensities
-        map to 0 and 1 (contrast), then clipped.
+        ``(low, high)``, ``0 <= low < high <= 100`` (default ``(1.0, 99.0)``): each channel
+        is linearly stretched so that these percentiles of its finite intensities map to
+        0 and 1 (contrast), then clipped. A channel with no contrast is black.
     gamma
-        Applied after stretching as ``x ** (1 / gamma)``: > 1 brightens dim signal.
+        Applied after stretching as ``x ** (1 / gamma)`` (default ``1.0``: none; > 1
+        brightens dim signal; must be > 0).
     log_transform
-        ``log1p`` the intensities before stretching (for very skewed markers).
+        ``log1p`` the intensities (negative ones taken as 0) before stretching, for very
+        skewed markers (default ``False``).
     channel_axis
-        Axis of ``image`` holding the channels.
+        Axis of ``image`` holding the channels (default ``0``; ``-1`` for height x width x
+        channels).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of shape (height, width, 3), values in [0, 1]; NaN pixels are black.
 
     Examples
     --------
@@ -47,6 +62,10 @@ def rgb_image(
     >>> rgb = rgb_image(stack, channels=[4, 0, None])
     >>> rgb.shape, float(rgb[..., 2].max()), bool(rgb.min() >= 0 and rgb.max() <= 1)
     ((32, 48, 3), 0.0, True)
+    >>> names = ["DNA", "CD3", "CD20", "CD68", "panCK"]
+    >>> by_name = rgb_image(stack, channels=["panCK", "DNA", None], channel_names=names)
+    >>> bool(np.array_equal(by_name, rgb))
+    True
     """
     if isinstance(image, (str, Path)):
         import tifffile
@@ -95,11 +114,31 @@ def add_spatial_image(
 ) -> None:
     """Attach ``image`` so that scanpy/squidpy spatial plots draw the cells over it.
 
-    Writes ``adata.uns['spatial'][library_id]`` with ``images[img_key]`` and the
-    ``scalefactors`` (``tissue_{img_key}_scalef = scale``: image pixels per unit of
-    ``obsm['spatial']``; ``spot_diameter_fullres``). Then, e.g.
-    ``sc.pl.spatial(adata[adata.obs["roi"] == library_id], color="UTAG Label_leiden_0.1",
-    library_id=library_id, img_key=img_key)``.
+    Writes ``adata.uns['spatial'][library_id]`` (replacing what was there) with
+    ``images[img_key]`` and the ``scalefactors`` (``tissue_{img_key}_scalef`` and
+    ``spot_diameter_fullres``); other libraries in ``uns['spatial']`` are kept. Then,
+    e.g. ``sc.pl.spatial(adata[adata.obs["roi"] == library_id],
+    color="UTAG Label_leiden_0.1", library_id=library_id, img_key=img_key)``.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm['spatial']``, changed in place.
+    image
+        The image: height x width (grey) or height x width x 3 or 4 (RGB(A), e.g. from
+        :func:`rgb_image`).
+    library_id
+        Name of the image in ``uns['spatial']``; scanpy and squidpy pick it by this name
+        (typically the slide's name in ``obs``, e.g. ``"roi_0"``).
+    scale
+        Image pixels per unit of ``obsm['spatial']`` (default ``1.0``: the coordinates are
+        pixels of this image), stored as ``tissue_{img_key}_scalef``.
+    img_key
+        Key of the image in ``images`` and in the scale factor's name (default
+        ``"hires"``, scanpy's default).
+    spot_diameter
+        Diameter of a cell's dot in units of ``obsm['spatial']`` (default ``10.0``),
+        stored as ``spot_diameter_fullres``; scanpy sizes the dots by it.
 
     Examples
     --------
@@ -108,6 +147,8 @@ def add_spatial_image(
     >>> add_spatial_image(adata, np.zeros((10, 10, 3)), "roi_0")
     >>> sorted(adata.uns["spatial"]["roi_0"])
     ['images', 'scalefactors']
+    >>> adata.uns["spatial"]["roi_0"]["scalefactors"]
+    {'tissue_hires_scalef': 1.0, 'spot_diameter_fullres': 10.0}
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3):

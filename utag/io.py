@@ -43,12 +43,15 @@ def read_cell_table(
         DataFrame, with one row per cell (e.g. the single-cell table of steinbock,
         MCMICRO, QuPath or HALO).
     x_column, y_column
-        Columns of the cell centroids; they go to ``obsm['spatial']``.
+        Columns of the cell centroids (default ``"x"`` and ``"y"``); they go to
+        ``obsm['spatial']`` as float64 (and stay in ``obs``). An entry that is not a
+        number raises a ValueError; an empty one is read as NaN.
     slide_column
-        Column naming each cell's image/slide (kept in ``obs``; pass it to ``utag`` as
-        ``slide_key``).
+        Column naming each cell's image/slide, read as text (kept in ``obs``; pass it to
+        ``utag`` as ``slide_key``). Default ``None``: no such column.
     marker_columns
-        Columns of marker intensities, in that order, for ``X``. Default: every column
+        Column name or names of marker intensities, in that order, for ``X``. Default
+        ``None``: every column
         other than the ones named here and ``exclude_columns`` whose entries are numbers,
         or at least half of whose filled entries are (a few like ``"<LOD"`` or ``"1,5"``
         do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``, and so
@@ -56,10 +59,12 @@ def read_cell_table(
         numbers in a column named ``Unnamed: ...`` (a row index written with the table)
         or ending in ``id`` as a word of its own (``CellID``, ``cell_id``; not ``Lipid``).
     exclude_columns
-        Numeric columns that are not markers (cell area, eccentricity, ...); kept in ``obs``.
+        Column name or names of numeric columns that are not markers (cell area,
+        eccentricity, ...); kept in ``obs``. Default ``None``: none.
     id_column
         Column of cell identifiers for ``obs_names``, read as text (``"00012"`` stays so);
-        each cell needs one, and no two the same. Default: the row number.
+        each cell needs one, and no two the same. Default ``None``: the row number
+        (``"0"``, ``"1"``, ...).
     non_numeric
         What to do with marker entries that are not numbers: ``"error"`` (default) raises a
         ValueError naming the column, rows and values; ``"missing"`` reads them as NaN and
@@ -69,8 +74,10 @@ def read_cell_table(
 
     Returns
     -------
-    AnnData with ``X`` (float32 markers), ``obs`` (every non-marker column, the slide
-    column among them) and ``obsm['spatial']``.
+    AnnData
+        ``X`` (float32 markers, cells x markers, ``var_names`` the marker columns), ``obs``
+        (every non-marker column, the centroid and slide columns among them) and
+        ``obsm['spatial']`` (x, y per cell).
 
     Examples
     --------
@@ -178,7 +185,8 @@ def _names(value) -> list:
 
 
 def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_name: str, name: str) -> np.ndarray:
-    """The centroid columns as float64; an entry that is not a number is an error naming it."""
+    """The centroid columns as float64; an entry that is not a number, or is empty, is an
+    error naming it (a cell without a position cannot be placed on the tissue)."""
     values = []
     for column in columns:
         numbers, text = _parse_numbers(table[column])
@@ -187,6 +195,11 @@ def _coordinates(table: pd.DataFrame, columns: list[str], cells: pd.Index, row_n
             examples = ", ".join(f"{row_name} {cells[r]}: {table[column].iloc[r]!r}" for r in rows[:5])
             raise ValueError(f"{name}: the centroid column {column!r} has {rows.size} entries that are not numbers, "
                              f"e.g. {examples}. Fix them in the table (a decimal point, not a comma).")
+        if numbers.isna().any():
+            rows = np.flatnonzero(numbers.isna().to_numpy())
+            examples = ", ".join(f"{row_name} {cells[r]}" for r in rows[:5])
+            raise ValueError(f"{name}: the centroid column {column!r} is empty for {rows.size} cells, e.g. "
+                             f"{examples}. Every cell needs a position: fill them or drop those rows.")
         values.append(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
     return np.column_stack(values)
 
@@ -269,12 +282,28 @@ def _read(path: Path, text_columns: list[str] = ()) -> pd.DataFrame:
 def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[str] | None = None) -> pd.DataFrame:
     """Domain labels of every cell as a plain table of strings, indexed by cell.
 
-    ``keys``: label columns (default: those ``utag()`` wrote, from ``uns['utag']``, else
-    every ``obs`` column starting with ``"UTAG Label_"``); ``include``: other ``obs``
-    columns to add first (e.g. the slide). Columns are plain strings, not pandas
-    categoricals, which keeps the table easy to write to CSV and to hand to R: reticulate
-    1.28 (Debian 12) cannot convert categorical columns under NumPy 2. A cell without a
-    label has an empty string.
+    Columns are plain strings, not pandas categoricals, which keeps the table easy to
+    write to CSV and to hand to R: reticulate 1.28 (Debian 12) cannot convert categorical
+    columns under NumPy 2. A cell without a label has an empty string; whole numbers
+    stored as floats are written without ``.0``. Nothing is written to ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells with the labellings in ``obs``.
+    keys
+        Label column or columns. Default ``None``: those ``utag()`` wrote
+        (``uns['utag']['label_keys']``), then every other ``obs`` column starting with
+        ``"UTAG Label_"``.
+    include
+        Other ``obs`` column or columns to add first (e.g. the slide); default ``None``:
+        none.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell (index: ``obs_names``), the ``include`` columns then the ``keys``
+        columns, all of text.
 
     Examples
     --------
@@ -308,10 +337,24 @@ def _as_text(column: pd.Series) -> np.ndarray:
 
 def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
     """An ``.h5ad`` or ``.zarr`` AnnData with ``X`` and ``obsm['spatial']`` left on disk
-    as Dask arrays (``chunk_rows`` cells per chunk): ``utag()`` then runs on Dask
-    (:mod:`utag.distributed`) and reads each slide's rows where its task runs. ``obs``
-    and ``var`` are read into memory; other ``obsm`` entries, ``layers`` and ``uns``
-    are not read. An ``.h5ad`` file stays open while the arrays are in use.
+    as Dask arrays: ``utag()`` then runs on Dask (:mod:`utag.distributed`) and reads each
+    slide's rows where its task runs. ``obs`` and ``var`` are read into memory; other
+    ``obsm`` entries, ``layers`` and ``uns`` are not read. An ``.h5ad`` file stays open
+    while the arrays are in use.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file or a ``.zarr`` store (any folder is read as one), with dense
+        ``X`` and ``obsm['spatial']``; sparse ``X`` raises a ValueError.
+    chunk_rows
+        Cells per Dask chunk of ``X`` and ``obsm['spatial']`` (default ``65_536``).
+
+    Returns
+    -------
+    AnnData
+        ``X`` and ``obsm['spatial']`` as Dask arrays (centroids stored as a DataFrame are
+        read into memory, then wrapped as one), ``obs`` and ``var`` in memory.
 
     Examples
     --------
@@ -364,14 +407,28 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
 
 def write_domains(result: AnnData, path, features: bool = False, overwrite: bool = False) -> None:
     """Write what ``utag()`` found to a ``.zarr`` store: ``obs`` (with the domain labels),
-    ``obsm`` (PCA, soft assignments, coordinates) and ``uns``; with ``features``, also
-    the message-passed features ``X``, computed chunk by chunk when they are a Dask array.
-    Read it back with ``anndata.read_zarr``.
+    ``obsm`` (PCA, soft assignments, coordinates; Dask arrays computed), ``obsp`` (the
+    graphs kept, which ``uns['neighbors']`` and ``uns['spatial_neighbors']`` name) and
+    ``uns``; with ``features``, also the message-passed features ``X`` (with ``var`` and
+    ``varm``), computed chunk by chunk when they are a Dask array. Read it back with
+    ``anndata.read_zarr``.
 
-    A ``path`` that holds anything (a file, a store: the one a lazy result was read
-    from, say) is refused unless ``overwrite=True``; the store is then written beside it
-    and put in its place once complete, so a lazy result can be written over its input.
-    Lazy AnnData read from the old store then read the new one.
+    Parameters
+    ----------
+    result
+        The AnnData ``utag()`` returned (in memory or lazy, :func:`read_lazy`).
+    path
+        The ``.zarr`` store to write (a folder).
+    features
+        Also write ``X``, ``var`` and ``varm`` (default ``False``: the store holds no
+        features, only the cells' labels, embeddings and graphs).
+    overwrite
+        Replace whatever ``path`` holds (default ``False``). A ``path`` that holds
+        anything (a file, a store: the one a lazy result was read from, say) is refused
+        with a ValueError unless ``overwrite=True``; the store is then written beside it
+        and put in its place once complete, so a lazy result can be written over its
+        input. Lazy AnnData read from the old store then read the new one. An empty
+        folder is written into either way.
 
     Examples
     --------

@@ -38,10 +38,44 @@ __all__ = [
 def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     """Colour of each category of ``obs[key]``, stored in ``uns[f"{key}_colors"]``.
 
-    Existing colours of the right length (one per category, used or not, as scanpy
-    stores them) are kept; otherwise scanpy's default palettes are used (or ``palette``:
-    a list of colours or a matplotlib colormap name), and written to ``uns`` (this is
-    the only change made to ``adata``).
+    Every plot here colours domains (and cell types) through this function, so a
+    category has the same colour in every figure, and in ``scanpy.pl``, which reads the
+    same ``uns`` key.
+
+    Parameters
+    ----------
+    adata
+        Cells with labels in ``obs[key]``.
+    key
+        ``obs`` column whose categories are coloured (domains, cell types, ...). A
+        column that is not categorical is taken as one, its categories sorted.
+    palette
+        Colours to use instead of the stored ones: a list of matplotlib colours (one per
+        category, in category order; a list too short is completed with ``"hsv"``
+        colours) or a matplotlib colormap name (e.g. ``"tab10"``, ``"viridis"``), sampled
+        evenly. Default ``None``: keep the colours in ``uns[f"{key}_colors"]`` if there is
+        one per category (used or not, as scanpy stores them), else scanpy's default
+        palettes (``default_20``, or ``default_102`` beyond 20 categories).
+
+    Returns
+    -------
+    dict of str to str
+        ``{category: hex colour}`` for every category of ``obs[key]``, in category order.
+        New colours are written to ``adata.uns[f"{key}_colors"]`` (the only change made to
+        ``adata``); stored colours that are kept are not rewritten.
+
+    Examples
+    --------
+    >>> from utag.datasets import synthetic_tissue
+    >>> adata = synthetic_tissue(n_cells=500, n_domains=3, random_state=0)
+    >>> domain_colors(adata, "domain")
+    {'domain_0': '#1f77b4', 'domain_1': '#ff7f0e', 'domain_2': '#279e68'}
+    >>> adata.uns["domain_colors"]
+    ['#1f77b4', '#ff7f0e', '#279e68']
+    >>> domain_colors(adata, "domain", palette=["red", "green", "blue"])["domain_2"]
+    '#0000ff'
+    >>> domain_colors(adata, "domain")["domain_2"]  # kept from now on
+    '#0000ff'
     """
     _labels(adata, key)  # checks the key
     values = adata.obs[key]
@@ -75,7 +109,7 @@ def _legend(fig: Figure, colors: dict[str, str], title: str) -> None:
 def plot_domains(
     adata: AnnData,
     key: str,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     slides=None,
     ncols: int = 4,
     panel_size: float = 4.0,
@@ -90,24 +124,43 @@ def plot_domains(
     Parameters
     ----------
     adata
-        Cells with ``obsm['spatial']`` and labels in ``obs[key]``.
+        Cells with ``obsm['spatial']`` and labels in ``obs[key]``. Its colours are those
+        of :func:`domain_colors` (written to ``uns[f"{key}_colors"]`` if missing); cells
+        without a label are drawn light grey.
     key
         ``obs`` column to colour by (e.g. ``"UTAG Label_leiden_0.1"``).
-    slide_key, slides
-        One panel per slide of ``obs[slide_key]``; ``slides`` picks and orders a subset.
-    ncols, panel_size
-        Panels per row and the size of each panel in inches.
+    slide_key
+        ``obs`` column of the slides: one panel per slide, titled with its name. Default
+        ``"auto"``: the slide column ``utag()`` recorded in ``uns['utag']['slide_key']``,
+        if any (see :func:`utag.analysis.spatial_edges`); ``None``: all cells in one
+        untitled panel.
+    slides
+        Slide name or names to draw, in this order (default ``None``: every slide, sorted).
+        Needs ``slide_key``.
+    ncols
+        Panels per row (default ``4``; fewer when there are fewer panels).
+    panel_size
+        Width and height of each panel in inches (default ``4.0``).
     point_size
-        Marker area in points^2; default: from the number of cells per panel, so that
-        1,000 to 1,000,000 cells fill the tissue without hiding each other. Points are
-        rasterised, so figures stay small when saved as PDF/SVG.
-    scale_bar, scale_bar_label
-        Draw a scale bar this long (in coordinate units) with this label
-        (e.g. ``scale_bar=100, scale_bar_label="100 um"``).
+        Marker area in points^2; default ``None``: from the number of cells per panel, so
+        that 1,000 to 1,000,000 cells fill the tissue without hiding each other. Points
+        are rasterised, so figures stay small when saved as PDF/SVG.
+    scale_bar
+        Draw a scale bar this long (in units of ``obsm['spatial']``) at the lower right of
+        every panel; default ``None``: no scale bar.
+    scale_bar_label
+        The scale bar's label (e.g. ``scale_bar=100, scale_bar_label="100 um"``); default
+        ``None``: the length as a number.
     invert_yaxis
-        Put the origin at the top left, as in images.
+        Put the origin at the top left, as in images (default ``False``).
     legend
-        Draw the legend outside the panels, on the right.
+        Draw the legend (titled ``key``) outside the panels, on the right (default
+        ``True``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure, one axes per panel drawn.
 
     Examples
     --------
@@ -121,6 +174,7 @@ def plot_domains(
     labels, names = _labels(adata, key)
     colors = domain_colors(adata, key)
     rgba = to_rgba_array([colors[n] for n in names] + ["lightgrey"])  # last: missing label
+    slide_key = check.recorded_slide_key(adata, slide_key)
     codes, slide_names = check.slide_codes(adata, slide_key)
     ncols = check.as_int("ncols", ncols, minimum=1)
     if slides is not None:
@@ -218,7 +272,7 @@ def plot_domain_network(
     adata: AnnData,
     domain_key: str,
     connectivity: dict | None = None,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     max_dist: float | None = None,
     weight: str = "counts",
     min_weight: float = 0.0,
@@ -228,14 +282,45 @@ def plot_domain_network(
 ) -> Figure:
     """Domain adjacency as a network: node area = cells, edge width = connectivity.
 
-    ``connectivity`` is the output of :func:`utag.analysis.domain_connectivity`; if absent
-    the contacts are counted with ``max_dist``, else the tables ``domain_connectivity``
-    stored are drawn (they must be of the current domains), else they are counted from
-    the spatial graph in ``obsp``. ``weight`` picks the table
-    that sets edge widths (``"counts"``: number of contacts; ``"log2_ratio"``: contact
-    above chance, with ``min_weight=0`` only pairs that touch more than chance); edges
-    whose weight is ``<= min_weight`` are not drawn. ``layout``: ``"spring"`` (weighted)
-    or ``"circular"``.
+    Parameters
+    ----------
+    adata
+        Cells with domain labels in ``obs[domain_key]``. Node colours are those of
+        :func:`domain_colors` (written to ``uns[f"{domain_key}_colors"]`` if missing).
+    domain_key
+        ``obs`` column of the domains; one node per domain, its area growing with its
+        number of cells.
+    connectivity
+        The output of :func:`utag.analysis.domain_connectivity` to draw; it must be of the
+        current domains (a ValueError says otherwise). Default ``None``: the contacts are
+        counted anew with ``max_dist`` if given (not stored); else the tables
+        ``domain_connectivity`` stored in ``uns[f"{domain_key}_connectivity"]`` are drawn
+        (they must be of the current domains and cells); else they are counted from the
+        spatial graph in ``obsp['spatial_connectivities']``.
+    slide_key
+        ``obs`` column of the slides, when the contacts are counted here: edges never join
+        slides. Default ``"auto"``: the slide column ``utag()`` recorded in
+        ``uns['utag']['slide_key']``, if any; ``None``: all cells are one slide.
+    max_dist
+        Count the contacts within this radius (units of ``obsm['spatial']``); default
+        ``None`` (see ``connectivity``).
+    weight
+        The domain x domain table that sets edge widths (default ``"counts"``: number of
+        contacts; ``"log2_ratio"``: contact above chance, with ``min_weight=0`` only pairs
+        that touch more than chance; also ``"expected"`` or ``"ratio"``).
+    min_weight
+        Edges whose weight is ``<= min_weight`` are not drawn (default ``0.0``).
+    layout
+        ``"spring"`` (default; force-directed, weighted by ``weight``) or ``"circular"``.
+    random_state
+        Seed of the spring layout (default ``0``; ``None``: a fresh one).
+    ax
+        Matplotlib axes to draw on; default ``None``: a new 6 x 6 inch figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on (that of ``ax`` if given).
 
     Examples
     --------
@@ -291,7 +376,7 @@ def plot_chord(
     adata: AnnData,
     domain_key: str,
     connectivity: dict | None = None,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     max_dist: float | None = None,
     weight: str = "counts",
     gap: float = 0.03,
@@ -301,8 +386,43 @@ def plot_chord(
 
     Each domain is an arc of the circle, as long as its share of the contacts between
     different domains; a ribbon joins two arcs, as wide at each end as their number of
-    contacts (``weight="counts"``; or any non-negative table of ``connectivity`` such as
-    ``"ratio"``). ``gap`` is the space between arcs, as a fraction of the circle.
+    contacts. Contacts within a domain are not drawn; with no contact between domains
+    the axes only say so in their title.
+
+    Parameters
+    ----------
+    adata
+        Cells with domain labels in ``obs[domain_key]``. Arc colours are those of
+        :func:`domain_colors` (written to ``uns[f"{domain_key}_colors"]`` if missing).
+    domain_key
+        ``obs`` column of the domains.
+    connectivity
+        The output of :func:`utag.analysis.domain_connectivity` to draw; it must be of the
+        current domains. Default ``None``: the contacts are counted anew with
+        ``max_dist`` if given (not stored); else the tables stored in
+        ``uns[f"{domain_key}_connectivity"]`` are drawn (they must be of the current
+        domains and cells); else they are counted from the spatial graph in
+        ``obsp['spatial_connectivities']``.
+    slide_key
+        ``obs`` column of the slides, when the contacts are counted here: edges never join
+        slides. Default ``"auto"``: the slide column ``utag()`` recorded in
+        ``uns['utag']['slide_key']``, if any; ``None``: all cells are one slide.
+    max_dist
+        Count the contacts within this radius (units of ``obsm['spatial']``); default
+        ``None`` (see ``connectivity``).
+    weight
+        The domain x domain table that sets arc and ribbon widths (default ``"counts"``;
+        or another table of ``connectivity`` such as ``"ratio"``: negative values and
+        NaN count as 0).
+    gap
+        Space between neighbouring arcs, as a fraction of the circle (default ``0.03``).
+    ax
+        Matplotlib axes to draw on; default ``None``: a new 6 x 6 inch figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on (that of ``ax`` if given).
 
     Examples
     --------
@@ -363,9 +483,30 @@ def plot_composition(
 ) -> Figure:
     """Cell types per domain as a heatmap or stacked bars.
 
-    ``value``: ``"proportions"`` (rows sum to 1), ``"counts"`` or ``"enrichment"``
-    (log2 of the proportion in the domain over that in the whole tissue; heatmap only).
-    ``kind``: ``"heatmap"`` or ``"bars"``.
+    The tables are those of :func:`utag.analysis.domain_composition` (summed over slides).
+
+    Parameters
+    ----------
+    adata
+        Cells with domain labels and cell types in ``obs``.
+    domain_key
+        ``obs`` column of the domains (rows).
+    celltype_key
+        ``obs`` column of the cell types (heatmap columns, or bar segments coloured by
+        :func:`domain_colors`, which writes ``uns[f"{celltype_key}_colors"]`` if missing).
+    kind
+        ``"heatmap"`` (default) or ``"bars"`` (one stacked horizontal bar per domain).
+    value
+        What is drawn: ``"proportions"`` (default; rows sum to 1), ``"counts"`` or
+        ``"enrichment"`` (log2 of the proportion in the domain over that in the whole
+        tissue, on a symmetric red-blue scale; heatmap only).
+    ax
+        Matplotlib axes to draw on; default ``None``: a new figure sized to the table.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on (that of ``ax`` if given).
 
     Examples
     --------
@@ -377,7 +518,7 @@ def plot_composition(
     """
     if kind not in ("heatmap", "bars"):
         raise ValueError(f"`kind` must be 'heatmap' or 'bars', got {kind!r}.")
-    composition = domain_composition(adata, domain_key, celltype_key)
+    composition = domain_composition(adata, domain_key, celltype_key, slide_key=None)  # the pooled tables
     _choice("value", value, composition)
     if kind == "bars" and value == "enrichment":
         raise ValueError("`value='enrichment'` (log2 fold changes, negative for depleted cell types) is drawn as "
@@ -420,11 +561,34 @@ def plot_colocalization(
 ) -> Figure:
     """One cell type x cell type heatmap per domain, ``*`` where ``p_value < alpha``.
 
-    ``table`` is the output of
-    :func:`utag.analysis.measure_per_domain_cell_type_colocalization`; ``domains`` and
-    ``cell_types`` pick (and order) what is shown. Colours share one symmetric scale
-    across domains (red: more contact than chance). ``panel_size`` (inches) grows with
-    the number of cell types by default.
+    Colours share one symmetric scale across domains (red: more contact than chance),
+    with a colour bar.
+
+    Parameters
+    ----------
+    table
+        The output of :func:`utag.analysis.measure_per_domain_cell_type_colocalization`
+        (columns ``domain``, ``cell_type_a``, ``cell_type_b``, ``p_value`` and ``value``).
+    value
+        Column coloured (default ``"log2_ratio"``; e.g. ``"z_score"``).
+    alpha
+        Pairs with ``p_value < alpha`` are marked ``*`` (default ``0.05``).
+    domains
+        Domain name or names to show, in this order (default ``None``: every domain, in
+        the table's order); one panel each.
+    cell_types
+        Cell type name or names to show, in this order (default ``None``: every cell type
+        of the table).
+    ncols
+        Panels per row (default ``3``; fewer when there are fewer domains).
+    panel_size
+        Width and height of each panel in inches; default ``None``: grows with the number
+        of cell types (at least 4).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        A new figure: one axes per domain and one for the colour bar.
 
     Examples
     --------
@@ -450,7 +614,7 @@ def plot_colocalization(
     domains = list(known_domains) if domains is None else [str(d) for d in check.as_list(domains)]
     _check_selection("domains", domains, known_domains)
     limit = max(float(np.nanmax(np.abs(table[value]))), 1e-9)
-    ncols = min(ncols, len(domains))
+    ncols = min(check.as_int("ncols", ncols, minimum=1), len(domains))
     nrows = math.ceil(len(domains) / ncols)
     panel_size = panel_size or max(4.0, 2.5 + 0.25 * len(types))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False,
@@ -480,6 +644,24 @@ def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
     resolution (log scale), with the number of domains on a second axis and the
     recommended resolutions marked (rank 1 labelled).
 
+    Parameters
+    ----------
+    table
+        The table of :func:`utag.tuning.resolution_sweep` (one row per resolution), or
+        the dict ``utag(..., resolutions="auto")`` stores in
+        ``uns['utag_resolution_sweep']`` (its ``"table"`` is drawn). Needs the columns
+        ``resolution``, ``n_domains`` and ``recommended`` (and, where a row is
+        recommended, ``rank`` and ``score``); each of ``stability``, ``agreement``,
+        ``spatial_coherence`` and ``score`` is drawn if present.
+    ax
+        Matplotlib axes to draw on; default ``None``: a new 6 x 3.5 inch figure. The
+        number of domains goes on a twin axes of it.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on (that of ``ax`` if given).
+
     Examples
     --------
     >>> table = pd.DataFrame({"resolution": [0.05, 0.1, 0.3], "n_domains": [2, 4, 9],
@@ -493,7 +675,8 @@ def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
     """
     if isinstance(table, dict) and "table" in table:  # what utag() stores in uns['utag_resolution_sweep']
         table = table["table"]
-    needed = [c for c in ("resolution", "n_domains", "recommended") if c not in getattr(table, "columns", [])]
+    needed = [c for c in ("resolution", "n_domains", "recommended", "rank", "score")
+              if c not in getattr(table, "columns", [])]
     if needed:
         raise ValueError(f"`table` lacks the column(s) {needed}: pass the table of utag.tuning.resolution_sweep, "
                          "or result.uns['utag_resolution_sweep'].")
@@ -505,7 +688,7 @@ def plot_resolution_sweep(table: pd.DataFrame, ax=None) -> Figure:
                     linewidth=2 if column == "score" else 1)
     ax.set_xscale("log")
     ax.set_xlabel("resolution")
-    ax.set_ylabel("ARI")
+    ax.set_ylabel("score and its terms")
     domains = ax.twinx()
     domains.plot(table["resolution"], table["n_domains"], ":", color="grey", label="domains")
     domains.set_ylabel("domains", color="grey")
@@ -526,7 +709,25 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
     from each domain to the coarser domain holding most of its cells, as wide as the
     cells they share. A domain none of whose cells has a label in the coarser labelling
     has no line up; it is drawn at the right end of its row. Node colours are the
-    labellings' ``uns`` colours.
+    labellings' ``uns`` colours (:func:`domain_colors`, which writes
+    ``uns[f"{key}_colors"]`` for each key that has none).
+
+    Parameters
+    ----------
+    adata
+        Cells with the labellings in ``obs``.
+    keys
+        ``obs`` columns of the labellings, coarse to fine (e.g. the same method at
+        increasing resolutions); at least one. How they nest is
+        :func:`utag.tuning.domain_hierarchy`.
+    ax
+        Matplotlib axes to draw on; default ``None``: a new figure 8 inches wide, taller
+        with more keys.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on (that of ``ax`` if given).
 
     Examples
     --------

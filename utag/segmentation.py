@@ -37,13 +37,20 @@ from .clustering import (
     soft_assignments,
 )
 from .embedding import Embedding, check_knn_method, embed, representation
-from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, SPATIAL_GRAPHS, STORED_GRAPH_BYTES_PER_PAIR, store_spatial_graph
+from .graph import (
+    MESSAGE_PASSING_BYTES_PER_PAIR,
+    SPATIAL_GRAPHS,
+    STORED_GRAPH_BYTES_PER_PAIR,
+    estimate_pairs,
+    store_spatial_graph,
+)
 from .message_passing import as_float32, pass_messages
 from .sketch import assign_by_vote, sketch_cells, sketch_size_for
 from .transfer import build_model
 from .tuning import (
     DEFAULT_RESOLUTIONS,
     DOMAIN_RADIUS_FACTOR,
+    domain_radius,
     recommended_resolutions,
     resolution_for_n_domains,
     score_exponents,
@@ -146,7 +153,9 @@ def utag(
         or ``"auto"``: a stability sweep (:func:`utag.tuning.resolution_sweep`, 12
         resolutions x 5 seeded Leiden runs) picks the resolution, and its table is kept
         in ``uns['utag_resolution_sweep']``; its score weighs reproducibility less with
-        ``flavor="multiscale"`` (:data:`utag.tuning.SCORE_EXPONENTS`).
+        ``flavor="multiscale"`` (:data:`utag.tuning.SCORE_EXPONENTS`). The sweep runs
+        Leiden; PARC then runs at the resolution it picked, and k-means with as many
+        domains as Leiden found there.
     leiden_kwargs
         Passed to the Leiden backend. Default: utag's compiled Leiden, resolutions run in
         parallel threads; ``{"flavor": "igraph"}`` for igraph's, ``{"flavor": "leidenalg"}``
@@ -311,6 +320,9 @@ def utag(
                 processes if parallel else 1, progress)
         var, input_var = _output_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
+        if p.spatial_graph == "radius":  # the multiscale flavour's graph is wider: its pairs within max_dist
+            pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
+            _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist)
         one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
         del features  # from here on only the message-passed features count
 
@@ -433,7 +445,9 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                       apply_umap) -> _Parameters:
     """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
-    auto = bool(apply_clustering) and isinstance(resolutions, str) and resolutions == "auto"
+    auto = bool(apply_clustering) and check.is_auto(resolutions)
+    flavor = check.choice("flavor", flavor, multiscale.FLAVORS)
+    spatial_graph = check.choice("spatial_graph", spatial_graph, SPATIAL_GRAPHS)
     if n_domains is not None:
         n_domains = check.as_int("n_domains", n_domains, minimum=1)
         if n_domains > adata.n_obs:
@@ -446,15 +460,19 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         resolutions = []
     else:
         resolutions = check.resolution_list(resolutions)
-    if isinstance(max_dist, str) and max_dist == "auto":
+    if check.is_auto(max_dist):
         max_dist = suggest_max_dist(adata, slide_key)
         logger.info("max_dist='auto': %g (%g times the median distance to the nearest cell)", max_dist,
                     DOMAIN_RADIUS_FACTOR)
+    elif isinstance(max_dist, str):
+        raise ValueError(f"`max_dist` must be a positive number (in the units of obsm['spatial']) or 'auto', "
+                         f"got {max_dist!r}.")
     max_dist = check.check_positive("max_dist", max_dist)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
+    if n_neighbors > max(15, adata.n_obs - 1):  # the default, 15, is capped quietly for tiny inputs
+        raise ValueError(f"`n_neighbors={n_neighbors}` is more than the {adata.n_obs - 1} other cells: every cell "
+                         "would be every other's neighbour. Typical values are 10-30 (default 15).")
     check_knn_method(knn_method)
-    if spatial_graph not in SPATIAL_GRAPHS:
-        raise ValueError(f"`spatial_graph` must be one of {list(SPATIAL_GRAPHS)}, got {spatial_graph!r}.")
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
     kernel_widths = multiscale.flavor_widths(flavor, max_dist, kernel_widths)
     if kernel_widths is not None:
@@ -477,7 +495,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                     adata.n_obs, sketched)
     leiden_kwargs, parc_kwargs, kmeans_kwargs = _check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
                                                                       kmeans_kwargs)
-    pca_kwargs = dict(pca_kwargs or {})
+    pca_kwargs = _checked_pca_kwargs(pca_kwargs)
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
         methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains, max_dist=max_dist,
@@ -495,14 +513,34 @@ RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "ra
                                      "weights": "leiden_kwargs['use_weights']"},
                    "parc_kwargs": {"random_state": "random_state", "random_seed": "random_state",
                                    "resolution_parameter": "resolutions", "neighbor_graph": "n_neighbors"},
-                   "kmeans_kwargs": {"random_state": "random_state"}}
+                   "kmeans_kwargs": {"random_state": "random_state", "n_clusters": "resolutions"}}
+#: What a reserved keyword's ``utag()`` keyword means, where its name does not say it.
+RESERVED_NOTES = {"n_clusters": " (k-means takes k = ceil(10 * resolution)), or `n_domains=k`"}
 
 
 #: Backend keywords that take whole numbers, with their smallest value (a negative number
 #: of Leiden iterations: until nothing changes).
 WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -sys.maxsize},
                        "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -sys.maxsize},
-                       "kmeans_kwargs": {"max_iter": 1, "n_clusters": 1}}
+                       "kmeans_kwargs": {"max_iter": 1}}
+
+
+def _checked_pca_kwargs(pca_kwargs) -> dict:
+    """A copy of ``pca_kwargs``, its keys checked against ``scanpy.pp.pca``'s (which runs
+    the PCA when any but ``n_comps`` is given), before any work."""
+    if pca_kwargs is not None and not isinstance(pca_kwargs, dict):
+        raise ValueError(f"`pca_kwargs` must be a dict of keyword arguments, got {type(pca_kwargs).__name__}.")
+    pca_kwargs = dict(pca_kwargs or {})
+    if set(pca_kwargs) - {"n_comps"}:
+        import inspect
+
+        import scanpy as sc
+
+        known = [name for name in inspect.signature(sc.pp.pca).parameters if name not in ("data", "copy")]
+        unknown = sorted(set(pca_kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"`pca_kwargs` has keys that scanpy.pp.pca does not take: {unknown}; it takes {known}.")
+    return pca_kwargs
 
 
 def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> tuple[dict, dict, dict]:
@@ -518,7 +556,8 @@ def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwarg
         kwargs = dict(kwargs or {})
         for key, instead in RESERVED_KWARGS[name].items():
             if key in kwargs:
-                raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead.")
+                raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead"
+                                 f"{RESERVED_NOTES.get(key, '')}.")
         for key, minimum in WHOLE_NUMBER_KWARGS.get(name, {}).items():  # before any work, naming the keyword
             if key in kwargs:
                 kwargs[key] = check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
@@ -591,6 +630,31 @@ def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, la
     return build_model(aggregated, input_var.index, pca["embedding"], pca["components"], labels, p.max_dist,
                        normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
                        scales, centred=bool(pca.get("params", {}).get("zero_center", True)))
+
+
+#: Mean neighbours per cell (within ``max_dist``) below which ``utag()`` warns: at about the
+#: distance to the nearest cell a cell has one neighbour or none, and the neighbourhood
+#: means are little more than the cells themselves (``benchmarks/radius.py``: domains need
+#: about six nearest-cell distances). And the share of its slide above which it warns.
+FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
+
+
+def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float) -> None:
+    """A warning, with the radius domains need (:func:`utag.tuning.domain_radius`), when
+    the radius graph gives a cell almost no neighbours or most of its slide: ``max_dist``
+    and ``obsm['spatial']`` are then likely in different units."""
+    n_cells = len(codes)
+    mean_degree = 2 * n_edges / n_cells
+    mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
+    few = mean_degree < FEW_NEIGHBOURS
+    most = mean_slide > 1 / MOST_OF_SLIDE and mean_degree >= MOST_OF_SLIDE * mean_slide
+    if not (few or most):
+        return
+    what = "almost none" if few else "most of its slide"
+    radius = domain_radius(coords, codes)
+    hint = f" About {radius:g} suits domains here (max_dist='auto');" if radius else ""
+    logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s): are max_dist and obsm['spatial'] in "
+                   "the same units?%s utag.tuning.max_dist_report compares radii.", max_dist, mean_degree, what, hint)
 
 
 def _knn_method(p: _Parameters, sketch_size: int | None, n_cells: int) -> str:

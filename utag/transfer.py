@@ -11,7 +11,6 @@ vote of its nearest training cells (``method="knn"``, needs the training result)
 from __future__ import annotations
 
 import copy
-import logging
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from scipy.special import softmax
 from . import _validation as check
 from ._arrays import column_mean
 from ._keys import probabilities_key
+from ._validation import RECORDED_SLIDE_KEY
 from .clustering import cluster_means
 from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
@@ -29,17 +29,28 @@ from .sketch import majority_vote
 
 __all__ = ["build_model", "transfer_labels", "domain_numbers", "RECORDED_SLIDE_KEY"]
 
-logger = logging.getLogger(__name__)
-
-#: ``transfer_labels(..., slide_key=RECORDED_SLIDE_KEY)`` (the default): the slide column
-#: ``utag()`` recorded in ``uns['utag']['slide_key']`` (``"auto"``, as ``max_dist="auto"``).
-RECORDED_SLIDE_KEY = "auto"
-
 
 def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
     """Each cell's domain as a number ``0..n_domains-1``, read from its name (``"0"``,
     ``"1"``, ...) rather than from its position among the categories, which moves when
     a subset drops an unused category; ``-1`` where the label is missing.
+
+    Parameters
+    ----------
+    labels
+        One label per cell: a categorical or any sequence whose values read as text
+        ``"0"`` to ``str(n_domains - 1)`` (e.g. ``result.obs["UTAG Label_leiden_0.1"]``);
+        missing values (NaN/None) are allowed.
+    n_domains
+        Number of domains of the model (e.g. rows of its centroids).
+    key
+        Name of ``labels`` in the ValueError raised for a label that is not ``"0"`` to
+        ``str(n_domains - 1)`` (default ``"labels"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 domain numbers, one per cell; ``-1`` where the label is missing.
 
     Examples
     --------
@@ -62,13 +73,66 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
                 n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None, centred: bool = True) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
-    ``features``: the message-passed features the PCA was fitted on (less ``background``,
-    a profile subtracted from every cell), named ``feature_names``; ``embedding``: their
-    PCA; ``components``: features x components; ``labels``: label codes per ``obs`` key.
-    With ``flavor="multiscale"``, ``kernel_widths`` and the ``block_scales`` applied to
-    the blocks; ``feature_names`` are then the input features the blocks are built from.
-    ``centred=False``: the PCA was not centred (``pca_kwargs={"zero_center": False}``), so
-    new cells are projected without subtracting the features' mean.
+    :func:`transfer_labels` reads it to pass messages on new cells with the same settings,
+    project them into the same PCA and label them. Nothing is written anywhere: the
+    caller stores the dict.
+
+    Parameters
+    ----------
+    features
+        The message-passed features the PCA was fitted on (cells x columns, dense or
+        sparse), less ``background``; their column mean is the PCA's centre.
+    feature_names
+        The input features (``var_names``) new cells need, in order. With the multiscale
+        flavour these are the features the blocks are built from, not the block columns.
+    embedding
+        The PCA of ``features`` (cells x components); the domain centroids are taken in it.
+    components
+        The PCA loadings, columns of ``features`` x components.
+    labels
+        ``{obs key: label codes}``: one integer array per labelling, a code ``0..k-1`` per
+        cell, for the centroids.
+    max_dist
+        Radius of the spatial graph (units of ``obsm['spatial']``), reused on new slides.
+    normalization_mode
+        Message passing's normalisation, reused on new slides: ``"l1_norm"`` (default, the
+        neighbourhood mean) or ``"sum"``.
+    background
+        A profile subtracted from every cell's features before the PCA (default ``None``:
+        none); stored added to the mean, so that new cells are centred alike.
+    spatial_graph
+        Kind of spatial graph, reused on new slides: ``"radius"`` (default), ``"knn"`` or
+        ``"delaunay"``.
+    n_spatial_neighbors
+        Neighbours per cell of the ``"knn"`` spatial graph (default ``6``).
+    kernel_widths
+        The multiscale flavour's kernel widths (default ``None``: the ``"utag"`` flavour).
+    block_scales
+        The factors applied to the multiscale blocks (default ``None``: none).
+    centred
+        Whether the PCA was centred (default ``True``). ``False`` (``pca_kwargs=
+        {"zero_center": False}``): new cells are projected without subtracting the
+        features' mean.
+
+    Returns
+    -------
+    dict
+        ``features`` (names, as text), ``mean`` (centre subtracted before projecting),
+        ``components``, ``max_dist``, ``normalization_mode``, ``spatial_graph``,
+        ``n_spatial_neighbors``, ``centroids`` (``{key: domains x components}``, the mean
+        embedding of each domain's cells), ``flavor`` (``"utag"`` or ``"multiscale"``),
+        ``kernel_widths`` and ``block_scales`` (empty arrays for the ``"utag"`` flavour).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> features = rng.random((6, 3))
+    >>> centred = features - features.mean(axis=0)
+    >>> components = np.linalg.svd(centred, full_matrices=False)[2][:2].T  # 3 features x 2 components
+    >>> model = build_model(features, ["CD3", "CD20", "CD68"], centred @ components, components,
+    ...                     {"domains": np.array([0, 0, 0, 1, 1, 1])}, max_dist=20)
+    >>> model["centroids"]["domains"].shape, model["flavor"], model["features"].tolist()
+    ((2, 2), 'utag', ['CD3', 'CD20', 'CD68'])
     """
     embedding = np.asarray(embedding, dtype=np.float64)
     mean = column_mean(features) if centred else np.zeros(features.shape[1])
@@ -80,28 +144,19 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         "normalization_mode": str(normalization_mode),
         "spatial_graph": str(spatial_graph),
         "n_spatial_neighbors": int(n_spatial_neighbors),
-        "centroids": {key: cluster_means(embedding, codes) for key, codes in labels.items()},
+        "centroids": {key: _centroids(embedding, codes) for key, codes in labels.items()},
         "flavor": "utag" if kernel_widths is None else "multiscale",
         "kernel_widths": np.asarray(kernel_widths if kernel_widths is not None else [], dtype=np.float64),
         "block_scales": np.asarray(block_scales if block_scales is not None else [], dtype=np.float64),
     }
 
 
-def _slide_key_of(result: AnnData, adata: AnnData, slide_key: str | None) -> str | None:
-    """The ``obs`` column of the slides of ``adata`` for ``transfer_labels(..., slide_key)``:
-    for :data:`RECORDED_SLIDE_KEY`, the one ``utag()`` recorded in ``result``, if ``adata``
-    has it (pooled, cells of slides whose coordinates overlap would share neighbourhoods)."""
-    if slide_key != RECORDED_SLIDE_KEY:
-        return slide_key
-    recorded = result.uns.get("utag", {}).get("slide_key")
-    if recorded is None or recorded == "None":  # utag() ran on one slide (it records None as "None")
-        return None
-    if recorded not in adata.obs.columns:
-        logger.warning("`result` was computed with slide_key=%r, but `adata.obs` has no column %r: all cells of "
-                       "`adata` are taken as one slide. Pass `slide_key=` the column naming the new slides, or "
-                       "`slide_key=None` if they are one slide.", recorded, recorded)
-        return None
-    return recorded
+def _centroids(embedding: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each domain's mean in the embedding; NaN for a number no cell has (an empty domain,
+    which :func:`transfer_labels` then never assigns), as :func:`utag.tuning.consistent_labels` writes."""
+    centroids = cluster_means(embedding, codes)
+    centroids[np.bincount(codes, minlength=len(centroids)) == 0] = np.nan
+    return centroids
 
 
 def transfer_labels(
@@ -123,7 +178,8 @@ def transfer_labels(
     adata
         New cells with the same features (``var_names``) and ``obsm['spatial']``.
     keys
-        Labellings to transfer (default: all in the model).
+        Labelling (a string) or labellings (``obs`` keys of ``result``) to transfer.
+        Default ``None``: every labelling in the model.
     slide_key
         ``obs`` column of the new slides; ``None``: all cells of ``adata`` are one slide.
         Default ``"auto"``: the slide key ``utag()`` recorded in
@@ -133,22 +189,30 @@ def transfer_labels(
         which column names the new slides, or ``None`` if they are one slide).
     method
         ``"knn"`` (default): majority vote of the ``n_neighbors`` nearest reference cells
-        in PCA space (a tie goes to the domain of the nearest tied cell), probabilities
-        the vote shares; ``"centroid"``: nearest domain
+        in PCA space (``result.obsm['X_pca']``; reference cells without a label do not
+        vote; a tie goes to the domain of the nearest tied cell), probabilities the vote
+        shares; needs ``result`` as ``utag()`` returned it. ``"centroid"``: nearest domain
         centroid in PCA space (needs only the model), probabilities the softmax of
         ``-distance^2 / 2``.
+    n_neighbors
+        Reference cells that vote on each new cell with ``method="knn"`` (default ``15``;
+        all labelled reference cells if fewer). Ignored with ``method="centroid"``.
     n_jobs
         Worker processes for the slides' message passing (default: one per core; ``1``:
         none). Results do not depend on it.
     progress
-        Show a progress bar over the slides.
+        Show a progress bar over the slides (default ``False``).
 
     Returns
     -------
-    A new AnnData of the cells of ``adata``, in their order: message-passed ``X`` (as
-    ``utag()`` wrote it, so the multiscale blocks with that flavour), the
-    projection ``obsm['X_pca']``, and for every key ``obs[key]`` (same categories as in
-    ``result``) and ``obsm[f"{key}_probabilities"]``.
+    AnnData
+        A new AnnData of the cells of ``adata``, in their order (``adata`` is not
+        changed): message-passed ``X`` (as ``utag()`` wrote it, so the multiscale blocks
+        with that flavour), a copy of ``adata``'s ``obs``, ``obsm`` and ``uns``, the
+        projection ``obsm['X_pca']`` (float32), and for every key ``obs[key]``
+        (categorical, categories ``"0"`` to ``str(n_domains - 1)`` as in the model;
+        replaces a column of that name) and ``obsm[f"{key}_probabilities"]`` (cells x
+        domains, float32).
 
     Examples
     --------
@@ -161,6 +225,11 @@ def transfer_labels(
     >>> transferred = transfer_labels(result, new, slide_key="roi")
     >>> transferred.obs["UTAG Label_kmeans_0.4"].cat.categories.tolist()
     ['0', '1', '2', '3']
+    >>> transferred.obsm["UTAG Label_kmeans_0.4_probabilities"].shape
+    (2000, 4)
+    >>> by_centroid = transfer_labels(result, new, slide_key="roi", method="centroid")
+    >>> bool(by_centroid.obs["UTAG Label_kmeans_0.4"].notna().all())  # every cell gets a domain
+    True
     """
     model = result.uns.get("utag", {}).get("model")
     if model is None:
@@ -188,7 +257,7 @@ def transfer_labels(
                          "them, named as in the reference (adata.var_names).")
     columns = check.channel_indices(adata, features)
     coords = check.spatial_coordinates(adata)
-    codes, _ = check.slide_codes(adata, _slide_key_of(result, adata, slide_key))
+    codes, _ = check.slide_codes(adata, check.recorded_slide_key(adata, slide_key, record=result))
     matrix = check.feature_matrix(adata, columns)
     widths = tuple(float(w) for w in model.get("kernel_widths", [])) or None
     aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],

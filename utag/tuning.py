@@ -49,6 +49,7 @@ __all__ = [
     "consistent_labels",
     "domain_hierarchy",
     "suggest_max_dist",
+    "domain_radius",
     "max_dist_report",
     "neighbourhood_of",
     "tissue_of",
@@ -80,7 +81,7 @@ def neighbourhood_of(result: AnnData) -> Neighbourhood:
                          sp.csr_matrix(result.obsp["connectivities"]))
 
 
-def _in_canonical_order(result: AnnData, slide_key: str | None = None):
+def _in_canonical_order(result: AnnData, slide_key: str | None = check.RECORDED_SLIDE_KEY):
     """``(neighbourhood, coords, slide_codes, order)`` of ``result``'s cells in the order
     ``utag()`` clusters them (:func:`utag._order.canonical_order`, ties at one position
     broken by the embedding), so that Leiden runs here do not depend on the order of the
@@ -95,9 +96,10 @@ def _in_canonical_order(result: AnnData, slide_key: str | None = None):
     return Neighbourhood(neighbourhood.embedding[order], graph), coords[order], codes[order], order
 
 
-def tissue_of(result: AnnData, slide_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def tissue_of(result: AnnData, slide_key: str | None = check.RECORDED_SLIDE_KEY) -> tuple[np.ndarray, np.ndarray]:
     """``(coords, slide_codes)`` of the cells of ``result``: ``obsm['spatial']`` and the
-    slides of ``obs[slide_key]`` (default: the slide key ``utag()`` recorded).
+    slides of ``obs[slide_key]`` (default ``"auto"``: the slide key ``utag()`` recorded,
+    :func:`utag._validation.recorded_slide_key`; ``None``: one slide).
 
     Examples
     --------
@@ -109,9 +111,7 @@ def tissue_of(result: AnnData, slide_key: str | None = None) -> tuple[np.ndarray
     >>> coords.shape, sorted(set(slide_codes.tolist()))
     ((2000, 2), [0, 1])
     """
-    if slide_key is None:
-        slide_key = result.uns.get("utag", {}).get("slide_key")
-        slide_key = None if slide_key == "None" else slide_key
+    slide_key = check.recorded_slide_key(result, slide_key)
     return check.spatial_coordinates(result), check.slide_codes(result, slide_key)[0]
 
 
@@ -133,7 +133,7 @@ def resolution_sweep(
     progress: bool = True,
     key_added: str = SWEEP_KEY,
     min_domain_size: float | None = None,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     flavor: str | None = None,
 ) -> pd.DataFrame:
     """Stability of Leiden domains across seeds and resolutions.
@@ -162,7 +162,7 @@ def resolution_sweep(
     The most typical run of every resolution is kept in ``result.uns[key_added]`` with
     the table (``result`` is changed only there). ``n_jobs``: threads for the Leiden runs
     (default: one per core; results do not depend on it). ``slide_key``: the slides of
-    ``result.obsm['spatial']`` (default: the one ``utag()`` recorded). ``flavor``: whose
+    ``result.obsm['spatial']`` (default ``"auto"``: the one ``utag()`` recorded; ``None``: one slide). ``flavor``: whose
     score to use (default: the flavour ``utag()`` recorded, else ``"utag"``). Why this score:
     ``benchmarks/resolution.py`` compares it with other criteria on every labelled
     dataset (``docs/choosing.md``).
@@ -690,14 +690,20 @@ def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
     >>> suggest_max_dist(synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0), slide_key="roi")
     35.0
     """
-
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, slide_key)
-    nearest = _median_nearest_distance(coords, slide_cells(codes))
-    if nearest <= 0:
+    radius = domain_radius(coords, codes)
+    if radius is None:
         raise ValueError("`max_dist='auto'` needs slides of at least 2 cells at distinct positions; "
                          "pass `max_dist` as a number.")
-    return _domain_radius(nearest)
+    return radius
+
+
+def domain_radius(coords: np.ndarray, slide_codes: np.ndarray) -> float | None:
+    """:func:`suggest_max_dist` on arrays (``None`` when no slide has two cells at distinct
+    positions)."""
+    nearest = _median_nearest_distance(coords, slide_cells(slide_codes))
+    return _domain_radius(nearest) if nearest > 0 else None
 
 
 def max_dist_report(

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy import stats
 
+from utag import utag
 from utag.analysis import (
     celltype_connectivity,
     domain_composition,
@@ -16,7 +17,9 @@ from utag.analysis import (
     slide_connectivity,
     spatial_edges,
 )
+from utag.datasets import synthetic_tissue
 from utag.evaluation import evaluate_clustering
+from utag.plotting import plot_domains
 
 
 def _random_tissue(n=240, seed=0, n_domains=3, n_types=4):
@@ -261,3 +264,29 @@ def test_evaluate_clustering_against_definitions():
     from sklearn.metrics import silhouette_score
 
     assert row["silhouette"] == pytest.approx(silhouette_score(adata.obsm["X_pca"], labels))
+
+
+def test_downstream_functions_keep_the_slides_utag_recorded(caplog):
+    # two slides in the same coordinate frame: pooled, cells of different slides would touch
+    adata = synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0)
+    adata.obsm["spatial"] = adata.obsm["spatial"] - adata.obsm["spatial"].min(axis=0)
+    for slide in adata.obs["roi"].unique():
+        cells = (adata.obs["roi"] == slide).to_numpy()
+        adata.obsm["spatial"][cells] -= adata.obsm["spatial"][cells].min(axis=0)
+    result = utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[0.3], progress=False)
+    key = "UTAG Label_kmeans_0.3"
+    per_slide = spatial_edges(result, "roi", max_dist=20)
+    pooled = spatial_edges(result, None, max_dist=20)
+    assert len(pooled.source) > len(per_slide.source)  # the frames overlap
+    by_default = spatial_edges(result, max_dist=20)
+    np.testing.assert_array_equal(by_default.source, per_slide.source)
+    pd.testing.assert_frame_equal(domain_connectivity(result, key, max_dist=20)["counts"],
+                                  domain_connectivity(result, key, slide_key="roi", max_dist=20)["counts"])
+    assert set(domain_composition(result, key, "cell_type")["per_slide"]["slide"]) == set(adata.obs["roi"])
+    assert len(plot_domains(result, key).axes) >= 2  # one panel per slide
+    # a subset without the slide column: one slide, and the log says so
+    without = result.copy()
+    del without.obs["roi"]
+    with caplog.at_level("WARNING", logger="utag"):
+        assert len(spatial_edges(without, max_dist=20).source) == len(pooled.source)
+    assert "no column 'roi'" in caplog.text

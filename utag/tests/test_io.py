@@ -95,6 +95,11 @@ def test_centroids_that_are_not_numbers_are_an_error_naming_rows_and_values():
                           "CD3": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match=r"centroid column 'x'.*cell b: '2,5'"):
         read_cell_table(table, id_column="cell")
+    # an empty centroid is an error too, whatever non_numeric says about the markers
+    empty = table.assign(x=[1.5, None, 3.0])
+    for non_numeric in ("error", "drop", "missing"):
+        with pytest.raises(ValueError, match=r"centroid column 'x' is empty for 1 cells, e.g. cell b"):
+            read_cell_table(empty, id_column="cell", non_numeric=non_numeric)
 
 
 def test_ids_must_be_present_and_unique(table):

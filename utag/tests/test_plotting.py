@@ -2,6 +2,7 @@
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 
 from utag.analysis import (
@@ -234,3 +235,11 @@ def test_hierarchy_and_sweep_plots_take_unlabelled_cells_and_the_stored_sweep(ad
     plt.close(plot_resolution_sweep(result.uns["utag_resolution_sweep"]))  # raised KeyError 'resolution'
     with pytest.raises(ValueError, match="resolution_sweep"):
         plot_resolution_sweep(result.uns["utag_resolution_sweep"]["table"].drop(columns="resolution"))
+
+
+def test_sweep_plot_names_the_columns_it_lacks():
+    from utag.plotting import plot_resolution_sweep
+
+    table = pd.DataFrame({"resolution": [0.1, 0.3], "n_domains": [3, 5], "recommended": [True, False]})
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['rank', 'score'\]"):
+        plot_resolution_sweep(table)

@@ -440,3 +440,30 @@ def test_whole_number_backend_keywords_take_r_numbers_and_any_negative_iteration
     np.testing.assert_array_equal(got.obs[key], expected.obs[key])
     run_utag(small, clustering_method="leiden", leiden_kwargs={"n_iterations": -2}, **options)  # until stable
     run_utag(small, clustering_method="kmeans", kmeans_kwargs={"max_iter": 300.0}, **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"slide_key": pd.Series(["a"] * 300)}, r"`slide_key` must name a column of `adata.obs`, got a Series"),
+    ({"pca_kwargs": {"n_comps": 5, "svd_solverr": "arpack"}}, r"scanpy.pp.pca does not take: \['svd_solverr'\]"),
+    ({"max_dist": "twenty"}, r"`max_dist` must be a positive number .* or 'auto', got 'twenty'"),
+    ({"clustering_method": []}, r"`clustering_method` is empty"),
+    ({"resolutions": None}, r"`resolutions` is None: .*`n_domains=K`"),
+    ({"clustering_method": "kmeans", "kmeans_kwargs": {"n_clusters": 3}},
+     r"kmeans_kwargs\['n_clusters'\]` is set by utag\(\): pass `resolutions=` .* k = ceil\(10 \* resolution\)"),
+    ({"flavor": "banksy"}, r"`flavor` must be one of \['utag', 'multiscale'\], got 'banksy'"),
+    ({"n_neighbors": 5_000}, r"`n_neighbors=5000` is more than the 299 other cells"),
+])
+def test_mistakes_in_parameters_are_named_before_any_work(options, message):
+    adata = synthetic_tissue(n_cells=300, n_slides=1, n_markers=5, random_state=0)
+    with pytest.raises(ValueError, match=message):
+        run_utag(adata, **{"slide_key": "roi", "progress": False, **options})
+
+
+def test_named_choices_take_any_case():
+    adata = synthetic_tissue(n_cells=600, n_slides=2, n_markers=5, random_state=0)
+    options = dict(slide_key="roi", clustering_method="kmeans", resolutions=[0.3], progress=False)
+    lower = run_utag(adata, max_dist="auto", flavor="multiscale", spatial_graph="knn", **options)
+    upper = run_utag(adata, max_dist="Auto", flavor="MultiScale", spatial_graph="KNN", **options)
+    assert upper.uns["utag"]["flavor"] == "multiscale" and upper.uns["utag"]["spatial_graph"] == "knn"
+    assert upper.uns["utag"]["max_dist"] == lower.uns["utag"]["max_dist"]
+    np.testing.assert_array_equal(upper.obs["UTAG Label_kmeans_0.3"], lower.obs["UTAG Label_kmeans_0.3"])

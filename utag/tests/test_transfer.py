@@ -149,3 +149,12 @@ def test_transfer_defaults_to_the_slide_key_utag_recorded(four_domains, caplog):
         alone = transfer_labels(single, adata, keys=key, method="centroid").obs[key].to_numpy()
     np.testing.assert_array_equal(alone, pooled)
     assert not caplog.records
+
+
+def test_a_domain_no_cell_has_gets_no_centroid():
+    from utag.transfer import _centroids
+
+    embedding = np.array([[0.0, 1.0], [2.0, 3.0], [10.0, 10.0], [12.0, 10.0]])
+    centroids = _centroids(embedding, np.array([0, 0, 2, 2]))
+    np.testing.assert_allclose(centroids[[0, 2]], [[1.0, 2.0], [11.0, 10.0]])
+    assert np.isnan(centroids[1]).all()  # not the origin of the PCA, where centroid transfer would put cells

@@ -314,13 +314,19 @@ def test_progress_bars_name_the_stages_and_can_be_switched_off(capsys, monkeypat
 
     adata = synthetic_tissue(n_cells=3_000, n_slides=3, random_state=0)
     monkeypatch.setattr(_progress, "DELAY", 0.0)  # draw at once instead of after a few seconds
-    utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.1, 0.3], parallel=False,
-         progress=True)
+    options = dict(slide_key="roi", clustering_method="leiden", resolutions=[0.1, 0.3], parallel=False)
+    monkeypatch.setattr(_progress, "_can_draw", lambda: True)  # as on a terminal
+    utag(adata, **options, progress=True)
     shown = capsys.readouterr().err
     for text in ("utag: kNN graph", "slides", "clustering", "2/2"):
         assert text in shown
-    utag(adata, slide_key="roi", clustering_method="leiden", resolutions=[0.1, 0.3], parallel=False,
-         progress=False)
+    utag(adata, **options, progress=False)
+    assert capsys.readouterr().err == ""
+    # to a file (a job's log) nothing is drawn: redrawn bars would leave control characters
+    monkeypatch.undo()
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    assert not _progress._can_draw()  # pytest captures stderr: not a terminal
+    utag(adata, **options, progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -491,3 +497,24 @@ def test_a_run_that_lands_on_an_asked_resolution_is_announced(caplog):
         kept = _without_runs_under_the_keys_of(planned, fixed, 4)
     assert [(run.method, run.resolution) for run in kept] == [("leiden", 0.3), ("kmeans", 0.1)]
     assert "n_domains=4: its leiden run is at resolution 0.1" in caplog.text
+
+
+def test_a_max_dist_in_other_units_is_warned_about(caplog):
+    adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
+    options = dict(slide_key="roi", clustering_method="kmeans", resolutions=[0.3], progress=False)
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(adata, max_dist=20, **options)  # about 6 neighbours per cell: no warning
+    assert "same units" not in caplog.text
+    nearest = adata.copy()
+    nearest.obsm["spatial"] = nearest.obsm["spatial"] * 10  # um read as 0.1 um pixels
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(nearest, max_dist=20, **options)
+    assert "(almost none): are max_dist and obsm['spatial'] in the same units? About 350 suits" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(adata, max_dist=250, **options)  # slides of 1,500 cells, about 475 units wide
+    assert "(most of its slide)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(nearest, max_dist=20, flavor="multiscale", **options)
+    assert "(almost none): are max_dist and obsm['spatial'] in the same units? About 350 suits" in caplog.text
