@@ -1,6 +1,7 @@
 """Example data: a synthetic tissue with known domains, and a real CODEX subset."""
 from __future__ import annotations
 
+import numbers
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -106,6 +107,11 @@ def synthetic_tissue(
     n_cell_types = as_int("n_cell_types", n_cell_types, minimum=2)
     cell_area = check_positive("cell_area", cell_area, hint="It is an area in squared coordinate units.")
     domain_size = check_positive("domain_size", domain_size, hint="It is a length in coordinate units.")
+    concentration = check_positive("concentration", concentration, hint="It is the Dirichlet concentration of "
+                                   "each domain's cell-type mix (small: few types dominate).")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < float("inf"):
+        raise ValueError(f"`noise` must be a finite number >= 0 (the log-normal sigma of the intensities), "
+                         f"got {noise!r}.")
     if n_slides > n_cells:
         raise ValueError(f"`n_slides` ({n_slides}) cannot exceed `n_cells` ({n_cells}).")
     if layout not in _LAYOUTS:
