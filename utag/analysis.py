@@ -452,7 +452,8 @@ def _canonical_rank(adata: AnnData, slide_codes: np.ndarray, labels: np.ndarray)
     """Each cell's position in :func:`utag._order.canonical_order` (slide, ``obsm['spatial']``,
     then ``labels``), which does not depend on the order of the rows; without coordinates
     (a graph read from ``obsp``), the cells are ordered by slide, then name."""
-    if "spatial" in adata.obsm:
+    if "spatial" in adata.obsm:  # labels: one column per kind of label, which break canonical_order's ties
+        labels = np.asarray(labels).reshape(len(labels), -1)
         order = canonical_order(slide_codes, check.spatial_coordinates(adata), labels)
     else:
         order = np.lexsort((np.asarray(adata.obs_names, dtype=str), slide_codes))

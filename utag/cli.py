@@ -182,14 +182,20 @@ def _dask_client(scheduler: str | None, processes: int | None):
     except ImportError as error:
         raise UsageError(f"--dask-scheduler needs the 'distributed' package ({error}).") from None
     # the scheduler's and workers' INFO lines (ports, plugins, workers joining) drown utag's own
-    logging.getLogger("distributed").setLevel(logging.WARNING)
-    if scheduler == "local":
-        with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1, dashboard_address=":0",
-                          silence_logs=logging.WARNING) as cluster, Client(cluster) as client:  # any free port
-            yield client
-    else:
-        with Client(scheduler) as client:
-            yield client
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    dask_logger.setLevel(logging.WARNING)
+    try:
+        if scheduler == "local":
+            with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1,
+                              dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
+                    Client(cluster) as client:  # any free port
+                yield client
+        else:
+            with Client(scheduler) as client:
+                yield client
+    finally:
+        dask_logger.setLevel(level)
 
 
 def _check_no_missing_markers(adata, name: str) -> None:
@@ -253,8 +259,8 @@ def _add_common(parser: argparse.ArgumentParser, max_dist: float) -> None:
 
 def _number_or_auto(text: str):
     """A command-line number, or ``"auto"``."""
-    if text == "auto":
-        return text
+    if text.lower() == "auto":
+        return "auto"
     try:
         return float(text)
     except ValueError:

@@ -83,7 +83,7 @@ def lazy_sketch_size(sketch_size, n_cells: int) -> int:
     >>> lazy_sketch_size("auto", 50_000), lazy_sketch_size("auto", 10**7), lazy_sketch_size(None, 10**7)
     (50000, 200000, 10000000)
     """
-    if isinstance(sketch_size, str) and sketch_size == "auto":
+    if check.is_auto(sketch_size):
         return min(DEFAULT_SKETCH_SIZE, n_cells)
     size = sketch_size_for(sketch_size, n_cells)
     return n_cells if size is None else size

@@ -277,10 +277,11 @@ def _on_principal_axes(points: np.ndarray) -> np.ndarray:
 
 
 def check_knn_method(method: str) -> str:
-    """``method`` if it is one of :data:`KNN_METHODS`, else a ``ValueError`` naming them."""
-    if method not in KNN_METHODS:
+    """``method`` if it is one of :data:`KNN_METHODS` (in any case; returned in lower case),
+    else a ``ValueError`` naming them."""
+    if not (isinstance(method, str) and method.lower() in KNN_METHODS):
         raise ValueError(f"kNN method (`knn_method`) must be 'auto', 'exact' or 'approximate', got {method!r}.")
-    return method
+    return method.lower()
 
 
 def exact_search(points: np.ndarray, n_neighbors: int, method: str = "auto") -> bool:

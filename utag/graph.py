@@ -5,7 +5,8 @@ other (inclusive), every cell is connected to itself, and slides are combined
 block-diagonally so that no edge crosses slides. squidpy builds each slide's graph
 (:class:`squidpy.gr.neighbors.RadiusBuilder` with ``set_diag=True``, what
 ``squidpy.gr.spatial_neighbors_radius(adata, radius=max_dist, set_diag=True,
-library_key=slide_key)`` runs per slide), so what utag stores is what squidpy stores.
+library_key=slide_key)`` runs per slide), so what utag stores is what squidpy stores (the
+radius with a relative slack of :data:`INCLUSIVE_SLACK`, see there).
 The options of :func:`spatial_graph` (:data:`SPATIAL_GRAPHS`) build instead each cell's
 ``n_neighbors`` nearest cells (``KNNBuilder``) or the Delaunay triangulation with edges
 longer than ``max_dist`` cut (``DelaunayBuilder``).

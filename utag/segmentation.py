@@ -171,7 +171,8 @@ def utag(
         original: one per core, at most one per slide), and run clustering resolutions in
         as many threads. Results are identical to ``parallel=False``.
     n_neighbors
-        Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy).
+        Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy). More
+        than the other cells is a ``ValueError`` (the default is capped for tiny inputs).
     knn_method
         ``"exact"`` (KD-tree), ``"approximate"`` (HNSW, ~98% of the exact neighbours) or
         ``"auto"`` (default: exact where the KD-tree is quick, that is up to 200,000 cells
@@ -182,7 +183,8 @@ def utag(
         records which search ran (``'knn_pca'``: that of the principal components' graph
         for PARC and k-means, when it is a separate one).
     kmeans_kwargs
-        Passed to ``sklearn.cluster.KMeans``.
+        Passed to ``sklearn.cluster.KMeans``, except ``n_clusters`` and ``random_state``,
+        which ``utag()`` sets (``k = ceil(10 * resolution)``, or ``n_domains``; ``random_state``).
     n_domains
         Also (or, with ``resolutions=None``, only) find exactly this many domains: Leiden
         at the resolution found by bisection (:func:`utag.tuning.resolution_for_n_domains`),
@@ -472,7 +474,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     if n_neighbors > max(15, adata.n_obs - 1):  # the default, 15, is capped quietly for tiny inputs
         raise ValueError(f"`n_neighbors={n_neighbors}` is more than the {adata.n_obs - 1} other cells: every cell "
                          "would be every other's neighbour. Typical values are 10-30 (default 15).")
-    check_knn_method(knn_method)
+    knn_method = check_knn_method(knn_method)
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
     kernel_widths = multiscale.flavor_widths(flavor, max_dist, kernel_widths)
     if kernel_widths is not None:
@@ -481,7 +483,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                              f"(the default), got {normalization_mode!r}.")
         n_features *= len(kernel_widths)
     sketched = sketch_size_for(sketch_size, adata.n_obs)  # checked whether or not it is used
-    if not apply_clustering or (apply_umap and sketch_size == "auto"):  # UMAP needs every cell's kNN graph
+    if not apply_clustering or (apply_umap and check.is_auto(sketch_size)):  # UMAP needs every cell's kNN graph
         sketched = None
     if sketched and apply_umap:
         raise ValueError(f"apply_umap=True needs the kNN graph of every cell, but {adata.n_obs} cells are sketched "
@@ -489,7 +491,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     if sketched and n_domains is not None and n_domains > sketched:
         raise ValueError(f"`n_domains={n_domains}` is more than the {sketched} cells of the sketch; ask for fewer "
                          "domains or pass a larger `sketch_size` (None: every cell).")
-    if sketched and sketch_size == "auto":
+    if sketched and check.is_auto(sketch_size):
         logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
                     "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
                     adata.n_obs, sketched)
@@ -539,7 +541,8 @@ def _checked_pca_kwargs(pca_kwargs) -> dict:
         known = [name for name in inspect.signature(sc.pp.pca).parameters if name not in ("data", "copy")]
         unknown = sorted(set(pca_kwargs) - set(known))
         if unknown:
-            raise ValueError(f"`pca_kwargs` has keys that scanpy.pp.pca does not take: {unknown}; it takes {known}.")
+            raise ValueError(f"`pca_kwargs` has keys utag cannot pass to scanpy.pp.pca: {unknown} (utag passes the "
+                             f"data itself, and reads the result); it takes {known}.")
     return pca_kwargs
 
 
@@ -646,14 +649,15 @@ def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndar
     n_cells = len(codes)
     mean_degree = 2 * n_edges / n_cells
     mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
-    few = mean_degree < FEW_NEIGHBOURS
+    few = mean_degree < min(FEW_NEIGHBOURS, mean_slide - 1)  # not where every cell already links every other
     most = mean_slide > 1 / MOST_OF_SLIDE and mean_degree >= MOST_OF_SLIDE * mean_slide
     if not (few or most):
         return
-    what = "almost none" if few else "most of its slide"
+    what = ("almost none: the neighbourhood means are little more than the cells themselves" if few
+            else "most of its slide: the neighbourhood means hardly differ")
     radius = domain_radius(coords, codes)
     hint = f" About {radius:g} suits domains here (max_dist='auto');" if radius else ""
-    logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s): are max_dist and obsm['spatial'] in "
+    logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s). Are max_dist and obsm['spatial'] in "
                    "the same units?%s utag.tuning.max_dist_report compares radii.", max_dist, mean_degree, what, hint)
 
 
@@ -783,11 +787,12 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
         with watch(f"resolution for {p.n_domains} domains"):
             fixed = _runs_for_n_domains(neighbourhoods, p.n_domains, p.methods, backend_kwargs,
                                         random_state, p.min_cells, coords, codes)
-        runs = _without_runs_under_the_keys_of(runs, fixed, p.n_domains) + fixed
+        runs = _without_runs_under_the_keys_of(runs, fixed, p.n_domains, p.auto) + fixed
     return runs, swept
 
 
-def _without_runs_under_the_keys_of(runs: list[_Run], fixed: list[_Run], n_domains: int) -> list[_Run]:
+def _without_runs_under_the_keys_of(runs: list[_Run], fixed: list[_Run], n_domains: int,
+                                    auto: bool = False) -> list[_Run]:
     """``runs`` less those that would be written under the key of one of the ``fixed``
     runs for ``n_domains`` (k-means' is at resolution ``n_domains / 10``, where the default
     resolutions have 0.3 and 1.0; Leiden's bisection can land on a planned resolution too):
@@ -797,9 +802,11 @@ def _without_runs_under_the_keys_of(runs: list[_Run], fixed: list[_Run], n_domai
     kept = []
     for run in runs:
         if (run.method, str(run.resolution)) in taken:
+            fix = ("resolutions='auto' chose it too" if auto
+                   else f"drop {run.resolution} from `resolutions` to silence this")
             logger.warning("n_domains=%d: its %s run is at resolution %s, which was asked for too; the labels "
-                           "under that resolution's key are the n_domains run's (drop %s from `resolutions` to "
-                           "silence this)", n_domains, run.method, run.resolution, run.resolution)
+                           "under that resolution's key are the n_domains run's (%s)", n_domains, run.method,
+                           run.resolution, fix)
         else:
             kept.append(run)
     return kept

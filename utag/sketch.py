@@ -58,7 +58,7 @@ def sketch_size_for(sketch_size, n_cells: int) -> int | None:
     if sketch_size is None:
         return None
     if isinstance(sketch_size, str):
-        if sketch_size != "auto":
+        if not check.is_auto(sketch_size):
             raise ValueError(f"`sketch_size` must be 'auto', None, a fraction or a number of cells, got "
                              f"{sketch_size!r}.")
         return DEFAULT_SKETCH_SIZE if n_cells > SKETCH_ABOVE else None

@@ -27,7 +27,7 @@ from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote
 
-__all__ = ["build_model", "transfer_labels", "domain_numbers", "RECORDED_SLIDE_KEY"]
+__all__ = ["build_model", "transfer_labels", "domain_numbers"]
 
 
 def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:

@@ -444,7 +444,7 @@ def test_whole_number_backend_keywords_take_r_numbers_and_any_negative_iteration
 
 @pytest.mark.parametrize("options, message", [
     ({"slide_key": pd.Series(["a"] * 300)}, r"`slide_key` must name a column of `adata.obs`, got a Series"),
-    ({"pca_kwargs": {"n_comps": 5, "svd_solverr": "arpack"}}, r"scanpy.pp.pca does not take: \['svd_solverr'\]"),
+    ({"pca_kwargs": {"n_comps": 5, "svd_solverr": "arpack"}}, r"utag cannot pass to scanpy.pp.pca: \['svd_solverr'\]"),
     ({"max_dist": "twenty"}, r"`max_dist` must be a positive number .* or 'auto', got 'twenty'"),
     ({"clustering_method": []}, r"`clustering_method` is empty"),
     ({"resolutions": None}, r"`resolutions` is None: .*`n_domains=K`"),
