@@ -338,6 +338,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
                 background = seg._scaled_background(background, scales)
             var = seg._output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
+        seg._check_radius(p, n_edges, coords, codes)
         coords, codes = coords[order], codes[order]
 
         with watch("PCA"):

@@ -322,9 +322,7 @@ def utag(
                 processes if parallel else 1, progress)
         var, input_var = _output_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
-        if p.spatial_graph == "radius":  # the multiscale flavour's graph is wider: its pairs within max_dist
-            pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
-            _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist)
+        _check_radius(p, n_edges, coords, codes)
         one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
         del features  # from here on only the message-passed features count
 
@@ -640,6 +638,14 @@ def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, la
 #: means are little more than the cells themselves (``benchmarks/radius.py``: domains need
 #: about six nearest-cell distances). And the share of its slide above which it warns.
 FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
+
+
+def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.ndarray) -> None:
+    """:func:`_warn_if_max_dist_misfits` for the radius graph (``n_edges``: its pairs; the
+    multiscale flavour's graph is wider, so its pairs within ``max_dist`` are estimated)."""
+    if p.spatial_graph == "radius":
+        pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
+        _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist)
 
 
 def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float) -> None:

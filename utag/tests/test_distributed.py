@@ -271,3 +271,12 @@ def test_dask_features_that_are_not_real_numbers_are_refused_as_in_memory(shuffl
         utag(odd, clustering_method=["kmeans"], resolutions=[0.4], **KW)
     with pytest.raises(ValueError, match="real numbers"):  # was cast to float32 without a word
         utag(_as_dask(odd), clustering_method=["kmeans"], resolutions=[0.4], **KW)
+
+
+def test_dask_input_warns_about_a_max_dist_in_other_units_too(caplog):
+    adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
+    adata.obsm["spatial"] = adata.obsm["spatial"] * 10  # um read as 0.1 um pixels
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(_as_dask(adata), slide_key="roi", max_dist=20, clustering_method="kmeans", resolutions=[0.3],
+             progress=False)
+    assert "neighbours on average (almost none" in caplog.text and "About 350 suits" in caplog.text
