@@ -137,7 +137,7 @@ def recorded_slide_key(adata: AnnData, slide_key: str | None, record: AnnData | 
     coordinates overlap are never pooled by default. ``None`` (all cells one slide) when
     nothing was recorded or ``utag()`` ran on one slide, and, with a warning, when
     ``adata.obs`` lacks the recorded column."""
-    if not (isinstance(slide_key, str) and slide_key == RECORDED_SLIDE_KEY):
+    if not is_auto(slide_key):  # "auto" in any case asks for the recorded column
         return slide_key
     recorded = (adata if record is None else record).uns.get("utag", {}).get("slide_key")
     if recorded is None or recorded == "None":  # utag() records slide_key=None as "None"

@@ -145,7 +145,8 @@ def _run(args: argparse.Namespace) -> int:
                                 non_numeric=args.non_numeric)
         _check_no_missing_markers(adata, source.name)
     else:
-        raise UsageError(f"{source.name}: unknown input type {suffix!r}; use .h5ad, .csv, .tsv or .parquet.")
+        raise UsageError(f"{source.name}: unknown input type {suffix!r}; use .h5ad, .zarr, .csv, .tsv, .txt or "
+                         ".parquet.")
     _say(args, f"{source.name}: {adata.n_obs:,} cells, {adata.n_vars} markers"
                + (f", slides in '{args.slide_key}'" if args.slide_key else ", one slide"))
     started = time.perf_counter()
@@ -287,11 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"utag {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="find domains in a cell table (.csv/.tsv/.parquet) or an .h5ad file",
+    run = commands.add_parser("run", help="find domains in a cell table (.csv/.tsv/.txt/.parquet), an .h5ad file "
+                                          "or a .zarr store",
                               description="Find domains in INPUT and write them to an .h5ad file or a .zarr "
                                           "store.",
                               epilog=EXAMPLES, formatter_class=formatter)
-    run.add_argument("input", help=".h5ad (centroids in obsm['spatial']) or a table with one row per cell")
+    run.add_argument("input", help=".h5ad or .zarr (centroids in obsm['spatial']) or a table with one row per cell")
     run.add_argument("--out", required=True,
                      help="output .h5ad file or .zarr store (written, with --labels-csv, all or nothing)")
     run.add_argument("--labels-csv", help="also write the domain labels of every cell to this CSV")

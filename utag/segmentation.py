@@ -184,7 +184,8 @@ def utag(
         for PARC and k-means, when it is a separate one).
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``, except ``n_clusters`` and ``random_state``,
-        which ``utag()`` sets (``k = ceil(10 * resolution)``, or ``n_domains``; ``random_state``).
+        which ``utag()`` sets (``k = ceil(10 * resolution)``, or ``n_domains``; ``random_state``):
+        passing either raises a ``ValueError``.
     n_domains
         Also (or, with ``resolutions=None``, only) find exactly this many domains: Leiden
         at the resolution found by bisection (:func:`utag.tuning.resolution_for_n_domains`),

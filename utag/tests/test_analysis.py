@@ -280,6 +280,7 @@ def test_downstream_functions_keep_the_slides_utag_recorded(caplog):
     assert len(pooled.source) > len(per_slide.source)  # the frames overlap
     by_default = spatial_edges(result, max_dist=20)
     np.testing.assert_array_equal(by_default.source, per_slide.source)
+    np.testing.assert_array_equal(spatial_edges(result, "AUTO", max_dist=20).source, per_slide.source)
     pd.testing.assert_frame_equal(domain_connectivity(result, key, max_dist=20)["counts"],
                                   domain_connectivity(result, key, slide_key="roi", max_dist=20)["counts"])
     assert set(domain_composition(result, key, "cell_type")["per_slide"]["slide"]) == set(adata.obs["roi"])
