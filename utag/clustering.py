@@ -30,6 +30,7 @@ import logging
 import math
 import multiprocessing
 import random
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -290,6 +291,58 @@ def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
 
 
 BACKENDS = {"leiden": leiden, "parc": parc, "kmeans": kmeans}
+#: What each method clusters, as the original UTAG: Leiden the kNN graph on ``use_rep``
+#: (``"rep"``), PARC and k-means the PCA and its kNN graph (``"pca"``).
+GRAPH_OF = {"leiden": "rep", "parc": "pca", "kmeans": "pca"}
+
+#: Backend keywords utag sets itself, with the parameter of ``utag()`` that sets them.
+RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "random_state",
+                                     "resolution": "resolutions", "resolution_parameter": "resolutions",
+                                     "weights": "leiden_kwargs['use_weights']"},
+                   "parc_kwargs": {"random_state": "random_state", "random_seed": "random_state",
+                                   "resolution_parameter": "resolutions", "neighbor_graph": "n_neighbors"},
+                   "kmeans_kwargs": {"random_state": "random_state", "n_clusters": "resolutions"}}
+#: What a reserved keyword's ``utag()`` keyword means, where its name does not say it.
+RESERVED_NOTES = {"n_clusters": " (k-means takes k = ceil(10 * resolution)), or `n_domains=k`"}
+
+
+#: Backend keywords that take whole numbers, with their smallest value (a negative number
+#: of Leiden iterations: until nothing changes).
+WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -sys.maxsize},
+                       "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -sys.maxsize},
+                       "kmeans_kwargs": {"max_iter": 1}}
+
+
+
+def check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> tuple[dict, dict, dict]:
+    """Refuse backend keywords that ``utag()`` sets itself, whole-number keywords that are
+    not, a Leiden ``partition_type`` that is not a class, and an initial membership that is
+    not one label per cell. Returns copies of the
+    three dicts with those whole numbers as ints (R sends ``2`` as ``2.0``)."""
+    given = {"leiden_kwargs": leiden_kwargs, "parc_kwargs": parc_kwargs, "kmeans_kwargs": kmeans_kwargs}
+    checked = {}
+    for name, kwargs in given.items():
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"`{name}` must be a dict of keyword arguments, got {type(kwargs).__name__}.")
+        kwargs = dict(kwargs or {})
+        for key, instead in RESERVED_KWARGS[name].items():
+            if key in kwargs:
+                raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead"
+                                 f"{RESERVED_NOTES.get(key, '')}.")
+        for key, minimum in WHOLE_NUMBER_KWARGS.get(name, {}).items():  # before any work, naming the keyword
+            if key in kwargs:
+                kwargs[key] = check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
+        checked[name] = kwargs
+    leiden_kwargs = checked["leiden_kwargs"]
+    partition_type = leiden_kwargs.get("partition_type")
+    if partition_type is not None and not callable(partition_type):
+        raise ValueError("`leiden_kwargs['partition_type']` must be a leidenalg partition class (e.g. "
+                         f"leidenalg.RBConfigurationVertexPartition), got {partition_type!r}.")
+    membership = leiden_kwargs.get("initial_membership")
+    if membership is not None and np.shape(membership) != (n_cells,):
+        raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "
+                         f"order of adata's rows), got shape {np.shape(membership)}.")
+    return checked["leiden_kwargs"], checked["parc_kwargs"], checked["kmeans_kwargs"]
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -26,7 +25,9 @@ from ._keys import DEFAULT_SAVE_KEY, SWEEP_KEY, drop_tables_of, label_key, proba
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
 from .clustering import (
+    GRAPH_OF,
     Neighbourhood,
+    check_backend_kwargs,
     cluster,
     cluster_many,
     feature_scale,
@@ -494,7 +495,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
                     "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
                     adata.n_obs, sketched)
-    leiden_kwargs, parc_kwargs, kmeans_kwargs = _check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
+    leiden_kwargs, parc_kwargs, kmeans_kwargs = check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
                                                                       kmeans_kwargs)
     pca_kwargs = _checked_pca_kwargs(pca_kwargs)
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
@@ -506,24 +507,6 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, sketch_size=sketched,
     )
-
-
-#: Backend keywords utag sets itself, with the parameter of ``utag()`` that sets them.
-RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "random_state",
-                                     "resolution": "resolutions", "resolution_parameter": "resolutions",
-                                     "weights": "leiden_kwargs['use_weights']"},
-                   "parc_kwargs": {"random_state": "random_state", "random_seed": "random_state",
-                                   "resolution_parameter": "resolutions", "neighbor_graph": "n_neighbors"},
-                   "kmeans_kwargs": {"random_state": "random_state", "n_clusters": "resolutions"}}
-#: What a reserved keyword's ``utag()`` keyword means, where its name does not say it.
-RESERVED_NOTES = {"n_clusters": " (k-means takes k = ceil(10 * resolution)), or `n_domains=k`"}
-
-
-#: Backend keywords that take whole numbers, with their smallest value (a negative number
-#: of Leiden iterations: until nothing changes).
-WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -sys.maxsize},
-                       "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -sys.maxsize},
-                       "kmeans_kwargs": {"max_iter": 1}}
 
 
 def _checked_pca_kwargs(pca_kwargs) -> dict:
@@ -543,37 +526,6 @@ def _checked_pca_kwargs(pca_kwargs) -> dict:
             raise ValueError(f"`pca_kwargs` has keys utag cannot pass to scanpy.pp.pca: {unknown} (utag passes the "
                              f"data itself, and reads the result); it takes {known}.")
     return pca_kwargs
-
-
-def _check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> tuple[dict, dict, dict]:
-    """Refuse backend keywords that ``utag()`` sets itself, whole-number keywords that are
-    not, a Leiden ``partition_type`` that is not a class, and an initial membership that is
-    not one label per cell. Returns copies of the
-    three dicts with those whole numbers as ints (R sends ``2`` as ``2.0``)."""
-    given = {"leiden_kwargs": leiden_kwargs, "parc_kwargs": parc_kwargs, "kmeans_kwargs": kmeans_kwargs}
-    checked = {}
-    for name, kwargs in given.items():
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ValueError(f"`{name}` must be a dict of keyword arguments, got {type(kwargs).__name__}.")
-        kwargs = dict(kwargs or {})
-        for key, instead in RESERVED_KWARGS[name].items():
-            if key in kwargs:
-                raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead"
-                                 f"{RESERVED_NOTES.get(key, '')}.")
-        for key, minimum in WHOLE_NUMBER_KWARGS.get(name, {}).items():  # before any work, naming the keyword
-            if key in kwargs:
-                kwargs[key] = check.as_int(f"{name}[{key!r}]", kwargs[key], minimum=minimum)
-        checked[name] = kwargs
-    leiden_kwargs = checked["leiden_kwargs"]
-    partition_type = leiden_kwargs.get("partition_type")
-    if partition_type is not None and not callable(partition_type):
-        raise ValueError("`leiden_kwargs['partition_type']` must be a leidenalg partition class (e.g. "
-                         f"leidenalg.RBConfigurationVertexPartition), got {partition_type!r}.")
-    membership = leiden_kwargs.get("initial_membership")
-    if membership is not None and np.shape(membership) != (n_cells,):
-        raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "
-                         f"order of adata's rows), got shape {np.shape(membership)}.")
-    return checked["leiden_kwargs"], checked["parc_kwargs"], checked["kmeans_kwargs"]
 
 
 def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]:
@@ -765,9 +717,9 @@ def _neighbourhoods(embedded: Embedding, sample: np.ndarray | None = None) -> di
     """What each method clusters: Leiden the kNN graph on ``use_rep``, PARC and k-means
     the PCA and its kNN graph, as in the original UTAG (of the ``sample`` cells, if any)."""
     points = embedded.pca["embedding"] if sample is None else embedded.pca["embedding"][sample]
-    on_rep = Neighbourhood(points, embedded.connectivities)
-    on_pca = Neighbourhood(points, embedded.pca_connectivities)
-    return {"leiden": on_rep, "parc": on_pca, "kmeans": on_pca}
+    graphs = {"rep": Neighbourhood(points, embedded.connectivities),
+              "pca": Neighbourhood(points, embedded.pca_connectivities)}
+    return {method: graphs[graph] for method, graph in GRAPH_OF.items()}
 
 
 def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: np.ndarray, random_state: int,

@@ -246,3 +246,11 @@ def test_sparse_features_give_a_constant_channel_no_spread():
     assert spread[:3].tolist() == [0.0, 0.0, 0.0]
     np.testing.assert_allclose(soft_assignments(sp.csr_matrix(features), labels), soft_assignments(features, labels),
                                atol=1e-6)
+
+
+def test_every_method_has_one_backend_one_graph_and_one_set_of_keyword_rules():
+    from utag import _validation
+    from utag.clustering import BACKENDS, GRAPH_OF, RESERVED_KWARGS
+
+    assert set(BACKENDS) == set(GRAPH_OF) == set(_validation.CLUSTERING_METHODS)
+    assert set(RESERVED_KWARGS) == {f"{method}_kwargs" for method in _validation.CLUSTERING_METHODS}
