@@ -719,7 +719,7 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
     keys
         ``obs`` columns of the labellings, coarse to fine (e.g. the same method at
         increasing resolutions); at least one. How they nest is
-        :func:`utag.tuning.domain_hierarchy`.
+        :func:`utag.labels.domain_hierarchy`.
     ax
         Matplotlib axes to draw on; default ``None``: a new figure 8 inches wide, taller
         with more keys.
@@ -737,7 +737,7 @@ def plot_domain_hierarchy(adata: AnnData, keys: list[str], ax=None) -> Figure:
     >>> len(ax.collections), len(ax.lines)  # a row of nodes per labelling, a line per finer domain
     (2, 3)
     """
-    from .tuning import domain_hierarchy
+    from .labels import domain_hierarchy
 
     keys = check.as_list(keys)
     if not keys:

@@ -153,7 +153,7 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
 
 def _centroids(embedding: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Each domain's mean in the embedding; NaN for a number no cell has (an empty domain,
-    which :func:`transfer_labels` then never assigns), as :func:`utag.tuning.consistent_labels` writes."""
+    which :func:`transfer_labels` then never assigns), as :func:`utag.labels.consistent_labels` writes."""
     centroids = cluster_means(embedding, codes)
     centroids[np.bincount(codes, minlength=len(centroids)) == 0] = np.nan
     return centroids
