@@ -64,6 +64,8 @@ __all__ = ["utag", "evaluate_performance", "label_key"]
 
 logger = logging.getLogger(__name__)
 
+#: A sketch of fewer cells than this is warned about: small domains may get too few of them.
+SMALL_SKETCH = 5_000
 #: A sketch of more cells than this builds its kNN graph with HNSW (``knn_method="auto"``).
 SKETCH_EXACT_KNN = 50_000
 
@@ -296,6 +298,7 @@ def utag(
     else:
         coords = check.spatial_coordinates(adata)
         codes, slide_names = check.slide_codes(adata, slide_key)
+        _warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
         features, var = _select_features(adata, channels_to_use, filter_by_variance)
     p = _check_parameters(
         adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
@@ -491,6 +494,10 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     if sketched and n_domains is not None and n_domains > sketched:
         raise ValueError(f"`n_domains={n_domains}` is more than the {sketched} cells of the sketch; ask for fewer "
                          "domains or pass a larger `sketch_size` (None: every cell).")
+    if sketched and sketched < min(SMALL_SKETCH, adata.n_obs):
+        logger.warning("sketch_size=%r clusters %d cells: a domain of a few percent of the tissue is seen in only a "
+                       "few dozen of them and may be lost (docs/performance.md measures sketches of 20,000 cells and "
+                       "more); sketch_size=None clusters every cell.", sketch_size, sketched)
     if sketched and check.is_auto(sketch_size):
         logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
                     "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
@@ -591,6 +598,19 @@ def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, la
 #: means are little more than the cells themselves (``benchmarks/radius.py``: domains need
 #: about six nearest-cell distances). And the share of its slide above which it warns.
 FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
+
+
+#: Cells per slide, on average, below which ``utag()`` asks whether ``slide_key`` names slides.
+FEW_CELLS_PER_SLIDE = 10
+
+
+def _warn_if_slides_are_tiny(slide_key, n_slides: int, n_cells: int) -> None:
+    """A warning when ``slide_key`` splits the cells into slides of a few cells each (a
+    column of cell ids, say): no graph crosses slides, so such cells have no neighbours."""
+    if n_slides > 1 and n_cells / n_slides < FEW_CELLS_PER_SLIDE:
+        logger.warning("slide_key=%r splits %d cells into %d slides (%.1f cells each): no neighbourhood crosses a "
+                       "slide, so cells keep almost only themselves. Is %r the column naming each cell's image?",
+                       slide_key, n_cells, n_slides, n_cells / n_slides, slide_key)
 
 
 def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.ndarray) -> None:

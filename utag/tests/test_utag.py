@@ -522,3 +522,16 @@ def test_a_max_dist_in_other_units_is_warned_about(caplog):
     with caplog.at_level("WARNING", logger="utag.segmentation"):
         utag(nearest, max_dist=20, flavor="multiscale", **options)
     assert UNITS_WARNING in caplog.text
+
+
+def test_a_tiny_sketch_and_a_slide_key_of_cell_ids_are_warned_about(caplog):
+    adata = synthetic_tissue(n_cells=6_000, n_slides=2, random_state=0)
+    options = dict(clustering_method="kmeans", resolutions=[0.3], progress=False)
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(adata, slide_key="roi", sketch_size=3_000, **options)
+    assert "sketch_size=3000 clusters 3000 cells" in caplog.text and "splits" not in caplog.text
+    caplog.clear()
+    adata.obs["cell_id"] = [f"c{i}" for i in range(adata.n_obs)]
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(adata[:600].copy(), slide_key="cell_id", parallel=False, **options)
+    assert "slide_key='cell_id' splits 600 cells into 600 slides (1.0 cells each)" in caplog.text
