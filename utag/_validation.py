@@ -130,6 +130,11 @@ RECORDED_SLIDE_KEY = "auto"
 
 _logger = logging.getLogger("utag")
 
+#: The name of the one slide of ``slide_key=None``, and the ``slide`` of the rows that pool
+#: every slide (:func:`utag.evaluation.evaluate_performance`,
+#: :func:`utag.tuning.max_dist_report`); no slide may then have that name.
+POOLED = "all"
+
 
 def recorded_slide_key(adata: AnnData, slide_key: str | None, record: AnnData | None = None) -> str | None:
     """``slide_key`` as given; for :data:`RECORDED_SLIDE_KEY`, the slide column ``utag()``
@@ -150,10 +155,20 @@ def recorded_slide_key(adata: AnnData, slide_key: str | None, record: AnnData | 
     return str(recorded)
 
 
+def check_no_slide_named_pooled(slide_names, slide_key: str, parameter: str = "slide_key") -> None:
+    """Refuse a slide named :data:`POOLED` where pooled rows are made: the two could not be
+    told apart."""
+    if POOLED in {str(name) for name in slide_names}:
+        raise ValueError(f"`{parameter}={slide_key!r}` names a slide {POOLED!r}, the name of the row that pools "
+                         f"every slide, so the two could not be told apart: rename that slide, e.g. "
+                         f"adata.obs[{slide_key!r}] = adata.obs[{slide_key!r}].astype(str).replace({POOLED!r}, "
+                         f"'{POOLED}_1').")
+
+
 def slide_codes(adata: AnnData, slide_key: str | None) -> tuple[np.ndarray, pd.Index]:
     """Integer code per cell and the slide names; one slide when ``slide_key`` is None."""
     if slide_key is None:
-        return np.zeros(adata.n_obs, dtype=np.int64), pd.Index(["all"])
+        return np.zeros(adata.n_obs, dtype=np.int64), pd.Index([POOLED])
     if not isinstance(slide_key, Hashable):
         raise ValueError(f"`slide_key` must name a column of `adata.obs`, got a {type(slide_key).__name__}; to "
                          "use these values, store them first: `adata.obs['slide'] = values`, then "

@@ -320,6 +320,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         with watch("reading coordinates"):
             coords = check.spatial_coordinates(adata)
             codes, slide_names = check.slide_codes(adata, slide_key)
+            seg._warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
             features, var = features_of(adata, channels_to_use)
             order = canonical_order(codes, coords, features)
             order = np.arange(adata.n_obs) if order is None else order

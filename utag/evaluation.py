@@ -11,13 +11,10 @@ from sklearn import metrics
 
 from . import _validation as check
 from ._keys import written_labels
+from ._validation import POOLED
 from .analysis import _labels, domain_composition, spatial_edges
 
 __all__ = ["SCORES", "POOLED", "evaluate_clustering", "evaluate_performance"]
-
-#: The ``slide`` of the rows that pool every slide, in :func:`evaluate_performance` and
-#: :func:`utag.tuning.max_dist_report`; no slide may have that name.
-POOLED = "all"
 
 SCORES = {
     "rand": metrics.rand_score,
@@ -27,24 +24,6 @@ SCORES = {
     "nmi": metrics.normalized_mutual_info_score,
     "ami": metrics.adjusted_mutual_info_score,
 }
-
-
-def check_no_slide_named_pooled(slide_names, slide_key: str, parameter: str = "slide_key") -> None:
-    """Refuse a slide named :data:`POOLED`: its rows could not be told from the pooled rows.
-
-    Examples
-    --------
-    >>> check_no_slide_named_pooled(["roi_0", "roi_1"], "roi")
-    >>> check_no_slide_named_pooled(["all", "b"], "roi")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: `slide_key='roi'` names a slide 'all', the name of the row that pools every slide, ...
-    """
-    if POOLED in {str(name) for name in slide_names}:
-        raise ValueError(f"`{parameter}={slide_key!r}` names a slide {POOLED!r}, the name of the row that pools "
-                         f"every slide, so the two could not be told apart: rename that slide, e.g. "
-                         f"adata.obs[{slide_key!r}] = adata.obs[{slide_key!r}].astype(str).replace({POOLED!r}, "
-                         f"'{POOLED}_1').")
 
 
 def evaluate_performance(
@@ -122,7 +101,7 @@ def evaluate_performance(
     groups = [(POOLED, scored)]
     if batch_key:
         slides = adata.obs[batch_key].astype(str).to_numpy()
-        check_no_slide_named_pooled(np.unique(slides), batch_key, "batch_key")
+        check.check_no_slide_named_pooled(np.unique(slides), batch_key, "batch_key")
         groups += [(slide, scored & (slides == slide)) for slide in np.unique(slides)]
     rows = []
     for key in pred_keys:

@@ -45,7 +45,7 @@ def read_cell_table(
     x_column, y_column
         Columns of the cell centroids (default ``"x"`` and ``"y"``); they go to
         ``obsm['spatial']`` as float64 (and stay in ``obs``). An entry that is not a
-        number raises a ValueError; an empty one is read as NaN.
+        number, or is empty, raises a ValueError naming the cells.
     slide_column
         Column naming each cell's image/slide, read as text (kept in ``obs``; pass it to
         ``utag`` as ``slide_key``). Default ``None``: no such column.

@@ -573,11 +573,11 @@ def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_name
     return aggregated, n_edges, graph, _scaled_background(background, scales), scales
 
 
-def _embed(aggregated, codes: np.ndarray, p: _Parameters, sketching: bool, random_state: int, watch: Stopwatch,
+def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, random_state: int, watch: Stopwatch,
            n_jobs) -> Embedding:
     """Step 3's embedding: the PCA of every cell and the kNN graphs (of a sketch of the
-    cells when ``p.sketch_size`` asks for one and ``sketching``)."""
-    sketching = bool(p.sketch_size) and sketching
+    cells when ``p.sketch_size`` asks for one and ``may_sketch``)."""
+    sketching = bool(p.sketch_size) and may_sketch
     choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
     knn_method = _knn_method(p, p.sketch_size if sketching else None, len(codes))
     return embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state, p.use_rep,
@@ -591,13 +591,6 @@ def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, la
     return build_model(aggregated, input_var.index, pca["embedding"], pca["components"], labels, p.max_dist,
                        normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
                        scales, centred=bool(pca.get("params", {}).get("zero_center", True)))
-
-
-#: Mean neighbours per cell (within ``max_dist``) below which ``utag()`` warns: at about the
-#: distance to the nearest cell a cell has one neighbour or none, and the neighbourhood
-#: means are little more than the cells themselves (``benchmarks/radius.py``: domains need
-#: about six nearest-cell distances). And the share of its slide above which it warns.
-FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
 
 
 #: Cells per slide, on average, below which ``utag()`` asks whether ``slide_key`` names slides.
@@ -619,6 +612,13 @@ def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.nd
     if p.spatial_graph == "radius":
         pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
         _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist)
+
+
+#: Mean neighbours per cell (within ``max_dist``) below which ``utag()`` warns: at about the
+#: distance to the nearest cell a cell has one neighbour or none, and the neighbourhood
+#: means are little more than the cells themselves (``benchmarks/radius.py``: domains need
+#: about six nearest-cell distances). And the share of its slide above which it warns.
+FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
 
 
 def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float) -> None:

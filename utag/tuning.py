@@ -28,7 +28,6 @@ from . import multiscale
 from ._keys import SWEEP_KEY, sweep_entry
 from ._order import canonical_order, rows_back
 from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
-from .evaluation import POOLED, check_no_slide_named_pooled
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
 from .labels import align_labels, consistent_labels, domain_hierarchy
 from .message_passing import as_float32, slide_messages
@@ -623,7 +622,7 @@ def max_dist_report(
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
     if len(names) > 1:  # the pooled rows are named POOLED
-        check_no_slide_named_pooled(names, slide_key)
+        check.check_no_slide_named_pooled(names, slide_key)
     columns = check.channel_indices(adata, channels_to_use)
     features = as_float32(check.feature_matrix(adata, columns))
     slides = slide_cells(codes)
@@ -661,10 +660,10 @@ def max_dist_report(
         if len(slides) > 1:
             tied = np.zeros(len(coords), dtype=bool)
             tied[np.concatenate(slides)] = _tied(np.concatenate(profiles), n_neighbors)
-            rows.append(_report_row(POOLED, max_dist, degrees, tied, slide_sizes=slide_sizes))
+            rows.append(_report_row(check.POOLED, max_dist, degrees, tied, slide_sizes=slide_sizes))
     report = pd.DataFrame(rows)
     report.insert(2, "graph_radius", report["max_dist"].map(radii))
-    pooled = report[report["slide"] == (POOLED if len(slides) > 1 else str(names[0]))]
+    pooled = report[report["slide"] == (check.POOLED if len(slides) > 1 else str(names[0]))]
     report["suggested"] = False
     clean = pooled[pooled["flags"] == ""]
     if len(clean) and nearest > 0:

@@ -280,3 +280,11 @@ def test_dask_input_warns_about_a_max_dist_in_other_units_too(caplog):
         utag(_as_dask(adata), slide_key="roi", max_dist=20, clustering_method="kmeans", resolutions=[0.3],
              progress=False)
     assert "neighbours on average (almost none" in caplog.text and "About 350 suits" in caplog.text
+
+
+def test_dask_input_warns_about_a_slide_key_of_cell_ids(caplog):
+    adata = synthetic_tissue(n_cells=600, n_slides=2, random_state=0)
+    adata.obs["cell_id"] = [f"c{i}" for i in range(adata.n_obs)]
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(_as_dask(adata), slide_key="cell_id", clustering_method="kmeans", resolutions=[0.3], progress=False)
+    assert "slide_key='cell_id' splits 600 cells into 600 slides (1.0 cells each)" in caplog.text
