@@ -180,6 +180,8 @@ def slide_codes(adata: AnnData, slide_key: str | None) -> tuple[np.ndarray, pd.I
             "or `slide_key=None` if all cells come from one image."
         )
     values = adata.obs[slide_key]
+    if not isinstance(values, pd.Series):  # obs read lazily (anndata.experimental.read_lazy): xarray
+        values = values.to_pandas()
     if values.isna().any():
         raise ValueError(
             f"`adata.obs[{slide_key!r}]` is missing for {int(values.isna().sum())} cells; "
@@ -187,6 +189,28 @@ def slide_codes(adata: AnnData, slide_key: str | None) -> tuple[np.ndarray, pd.I
         )
     codes, names = pd.factorize(values, sort=True)
     return codes.astype(np.int64), pd.Index(names)
+
+
+def warn_if_names_are_not_text(adata: AnnData) -> None:
+    """Warn when ``obs_names`` are not text (an index set to integers in place): AnnData
+    turns them into text in the result, so assigning a result column back by name would
+    match no cell."""
+    if not pd.api.types.is_string_dtype(adata.obs_names) and adata.n_obs:
+        _logger.warning("adata.obs_names are %s, not text: the result's are their text ('0', '1', ...), so copy "
+                        "labels back by position, e.g. `adata.obs[key] = result.obs[key].to_numpy()`.",
+                        adata.obs_names.dtype)
+
+
+def save_key(key) -> None:
+    """A ``ValueError`` unless ``key`` can start the names of ``obs`` columns and ``obsm``
+    keys that .h5ad and .zarr files store (text without '/', which they read as a folder)."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"`save_key` must be a non-empty string (the start of the label columns' names), got "
+                         f"{key!r}.")
+    if "/" in key:
+        raise ValueError(f"`save_key={key!r}` contains '/': .h5ad and .zarr files take it for a folder, and the "
+                         "result could not be written and read back. Use another character, e.g. "
+                         f"{key.replace('/', '_')!r}.")
 
 
 def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
@@ -233,6 +257,10 @@ def feature_matrix(adata, columns: np.ndarray | None):
     """``adata.X`` (its ``columns`` in that order; all if ``None``), checked
     (:func:`check_features`): read into memory from a backed file, which reads columns
     only in increasing order; booleans (one-hot cell types) as 0/1 float32."""
+    if adata.X is None:
+        layers = f" (layers: {list(adata.layers)})" if len(adata.layers) else ""
+        raise ValueError("`adata.X` is empty (None): utag aggregates the features in `adata.X`. Put them there "
+                         f"first, e.g. `adata.X = adata.layers['counts']`{layers}.")
     if not adata.isbacked:
         features = adata.X if columns is None else adata.X[:, columns]
     elif columns is None:
@@ -255,9 +283,10 @@ def check_features(features) -> None:
             "`adata.X` contains NaN or infinite values. Impute or drop them (e.g. "
             "`adata.X = np.nan_to_num(adata.X)`) before running UTAG."
         )
-    if values.size and np.abs(values).max() > FLOAT32_LIMIT:
+    largest = float(np.abs(values).max()) if values.size else 0.0  # a Python float: no float16 overflow
+    if largest > FLOAT32_LIMIT:
         raise ValueError(
-            f"`adata.X` holds values up to {np.abs(values).max():.3g}, beyond what float32 features "
+            f"`adata.X` holds values up to {largest:.3g}, beyond what float32 features "
             f"(and sums of a neighbourhood's values) can hold (|x| <= {FLOAT32_LIMIT:.0e}). Rescale the "
             "features first, e.g. `adata.X = np.log1p(adata.X)` or divide them by a constant."
         )

@@ -109,14 +109,21 @@ def _run(args: argparse.Namespace) -> int:
 
     outputs = _output_paths(args)
     resolutions = _resolutions(args.resolutions)
+    if args.processes is not None and (args.processes == 0 or args.processes < -1):
+        raise UsageError(f"--processes must be a number of workers (1 or more), or -1 for one per core; got "
+                         f"{args.processes}.")
     source = Path(args.input)
     suffix = source.suffix.lower()
+    if source.is_dir() and suffix != ".zarr":
+        raise UsageError(f"input {source} is a folder; utag reads a .zarr store (a folder named *.zarr), an .h5ad "
+                         "file or a cell table (.csv, .tsv, .txt, .parquet).")
     if not (source.is_file() or (suffix == ".zarr" and source.is_dir())):
         raise UsageError(f"input {source} does not exist.")
     overwritten = [option for option, path in outputs.items()  # samefile: also on case-insensitive disks
                    if path.resolve() == source.resolve() or (path.exists() and os.path.samefile(path, source))]
     if overwritten:
-        raise UsageError(f"{' and '.join(overwritten)} name the input {source}; give the output another name.")
+        raise UsageError(f"{' and '.join(overwritten)} would overwrite the input {source}; give the output "
+                         "another name.")
     lazy = suffix == ".zarr" or args.dask_scheduler is not None
     if lazy and suffix not in (".h5ad", ".zarr"):
         raise UsageError(f"--dask-scheduler reads an .h5ad file or a .zarr store, got {source.name}.")
@@ -163,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         if outputs["--out"].suffix.lower() == ".zarr":
             write_domains(result, written["--out"], features=args.with_features)
         else:
+            if args.with_features:
+                _say(args, "--with-features: an .h5ad --out always holds the message-passed features (X)")
             result.write_h5ad(written["--out"])
         if "--labels-csv" in written:
             labels_table(result, keys).to_csv(written["--labels-csv"], index_label="cell")
@@ -188,7 +197,8 @@ def _dask_client(scheduler: str | None, processes: int | None):
     dask_logger.setLevel(logging.WARNING)
     try:
         if scheduler == "local":
-            with LocalCluster(n_workers=processes or os.cpu_count() or 1, threads_per_worker=1,
+            every_core = processes is None or processes == -1
+            with LocalCluster(n_workers=os.cpu_count() or 1 if every_core else processes, threads_per_worker=1,
                               dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
                     Client(cluster) as client:  # any free port
                 yield client

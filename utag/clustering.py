@@ -700,6 +700,12 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
     sizes and centroids are updated after each merge. Returns labels ``0..k-1`` by
     decreasing size.
 
+    When small domains hold most of the cells (``min_cells`` near the run's typical domain
+    size), the first domains to grow would draw in every other by their summed links and
+    leave one domain. Each small domain then joins the neighbour with the most edge weight
+    per cell of it instead, so that small domains pair up into domains of about
+    ``min_cells``.
+
     Examples
     --------
     >>> import scipy.sparse as sp
@@ -716,6 +722,7 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
     np.fill_diagonal(links, 0.0)
     centroids = cluster_means(np.asarray(embedding), labels)  # float64 sums of blocks: no float64 copy
     alive = np.ones(n_labels, dtype=bool)
+    mostly_small = sizes[sizes < min_cells].sum() > sizes.sum() / 2
     mapping = np.arange(n_labels)
     for label in np.argsort(sizes, kind="stable"):  # smallest first (ties: larger label first)
         if sizes[label] >= min_cells or alive.sum() <= keep:
@@ -723,7 +730,9 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
         alive[label] = False
         row = np.where(alive, links[label], 0.0)
         large = alive & (sizes >= min_cells)
-        if row.max() > 0:
+        if row.max() > 0 and mostly_small:
+            target = int(np.argmax(row / sizes))
+        elif row.max() > 0:
             target = int(np.argmax(np.where(large, row, 0.0))) if row[large].max(initial=0) > 0 else int(row.argmax())
         else:
             candidates = np.flatnonzero(large if large.any() else alive)

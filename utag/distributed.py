@@ -34,6 +34,7 @@ import functools
 import logging
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -340,7 +341,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             var = seg._output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
         seg._check_radius(p, n_edges, coords, codes)
-        coords, codes = coords[order], codes[order]
+        input_coords, coords, codes = coords, coords[order], codes[order]
 
         with watch("PCA"):
             mean = _moments(aggregated)[0]  # one pass over the cells serves the PCA and the probabilities
@@ -380,6 +381,10 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         result.uns["utag"] = seg._summary(p, slide_key, normalization_mode, outputs["embedded"], runs, labels,
                                           random_state, watch, scales, sample, order)
         result.uns["utag"]["engine"] = "dask"
+        if not isinstance(result.obsm["spatial"], (np.ndarray, pd.DataFrame)):
+            # read lazily, they are in memory now (computed apart from the input's array):
+            # scanpy's and squidpy's plots of the result index them as numpy arrays
+            result.obsm["spatial"] = input_coords
     finally:
         watch.close()
     return result

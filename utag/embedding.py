@@ -149,9 +149,21 @@ def principal_axes(covariance: np.ndarray, n_comps: int) -> tuple[np.ndarray, np
 
 def project(features, components: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """``features`` (all cells or a block of them) on the principal ``components``
-    (float64, from :func:`principal_axes`), centred on ``mean``: float32."""
-    embedding = np.asarray(features @ components.astype(np.float32), dtype=np.float32)
-    embedding -= (mean @ components).astype(np.float32)
+    (float64, from :func:`principal_axes`), centred on ``mean``: float32.
+
+    Each coordinate is computed in float64 and rounded to float32 once, so that a cell's
+    coordinates do not depend on the block of cells it is projected with (the Dask route
+    projects slide by slide, ``utag()`` in memory all cells at once) nor on the BLAS: a
+    float32 product rounds differently with the shape of the block, and a kNN graph built
+    on the PCA (PARC, k-means, Leiden above 50 features) turns such rounding into other
+    domains."""
+    components = np.asarray(components, dtype=np.float64)
+    offset = np.asarray(mean, dtype=np.float64) @ components
+    embedding = np.empty((features.shape[0], components.shape[1]), dtype=np.float32)
+    for rows in row_blocks(features.shape[0]):
+        block = features[rows]
+        block = block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+        embedding[rows] = block @ components - offset
     return embedding
 
 
@@ -695,6 +707,39 @@ def representation(use_rep: str | None, n_features: int) -> str:
     return use_rep
 
 
+#: Share of the cells cut off in cliques of identical profiles (:func:`cut_off`) from which
+#: the kNN graph is built over distinct profiles. Below it the cliques are a few cells
+#: here and there (pairs of cells alone within ``max_dist`` share their mean; up to 5% on
+#: synthetic tissue at half the usual radius), and they are merged as small domains; cells
+#: mapped onto spots or binned to a grid are cut off nearly all.
+CUT_OFF_SHARE = 0.1
+
+
+def cut_off(distances: np.ndarray) -> np.ndarray:
+    """Which cells UMAP's weights would cut off with their copies, from their kNN
+    ``distances`` (itself first, ``k`` columns): cells with a copy of their profile and
+    more than ``log2(k)`` neighbours at the nearest non-zero distance or closer. No
+    bandwidth then meets UMAP's target, it falls to its floor, and every farther neighbour
+    weighs about 0: each cell links only to its copies and to the cells at that distance
+    (for ``k = 15``: 3 copies, or 2 copies of a cell and 3 of its nearest other profile,
+    as when cells are mapped onto spots or centroids binned to a grid)."""
+    k = distances.shape[1]
+    if k < 2:
+        return np.zeros(len(distances), dtype=bool)
+    others = distances[:, 1:]
+    nearest_non_zero = np.where(others > 0, others, np.inf).min(axis=1)
+    return (others[:, 0] == 0) & ((others <= nearest_non_zero[:, None]).sum(axis=1) > np.log2(k))
+
+
+def cut_off_cells(distances: np.ndarray) -> int:
+    """How many cells :func:`cut_off` finds, when they would fragment the kNN graph: at
+    least :data:`CUT_OFF_SHARE` of the cells, or any cell whose every neighbour is a copy;
+    else 0 (a few such cells are merged as small domains)."""
+    cells = sum(int(cut_off(distances[rows]).sum()) for rows in row_blocks(len(distances)))
+    isolated = distances.shape[1] > 1 and bool((distances[:, -1] == 0).any())
+    return cells if isolated or cells >= CUT_OFF_SHARE * len(distances) else 0
+
+
 def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0,
               n_jobs: int | None = None):
     """``(connectivities, distances, tied, method)``: the UMAP-weighted kNN graph of
@@ -706,11 +751,11 @@ def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", ra
     # decided once, on every cell, for the search over distinct profiles too
     method = "exact" if exact_search(points, k, knn_method) else "approximate"
     indices, distances = nearest_neighbors(points, k, method, random_state, n_jobs)
-    tied = int((distances[:, -1] == 0).sum()) if k > 1 else 0
+    tied = cut_off_cells(distances)
     if tied:
-        logger.warning("%d cells share their profile with %d or more other cells (identical neighbourhoods); "
-                       "building the kNN graph over distinct profiles so that they do not form "
-                       "disconnected cliques", tied, k - 1)
+        logger.info("%d cells share their profile (identical neighbourhoods) with enough other cells to be "
+                    "cut off with them in the kNN graph; building it over distinct profiles so that they do "
+                    "not form disconnected cliques", tied)
         indices, distances = distinct_profile_neighbors(points, k, method, random_state, n_jobs)
     return fuzzy_connectivities(indices, distances, n_jobs), knn_distances(indices, distances), tied, method
 

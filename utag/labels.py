@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.optimize import linear_sum_assignment
 
+from . import _validation as check
 from ._keys import drop_tables_of, method_and_resolution, probabilities_key
 from .transfer import domain_numbers
 
@@ -82,6 +83,7 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     if keys is None:
         keys = list(result.uns.get("utag", {}).get("label_keys", []))
         keys.sort(key=method_and_resolution)
+    keys = [str(key) for key in check.as_list(keys)]
     if not keys:
         raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
     # a copy, stored back at the end: the model of a view is its parent's, which keeps its own numbers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -130,8 +131,8 @@ def utag(
     max_dist
         Neighbourhood radius in the units of ``obsm['spatial']`` (inclusive). Default 20,
         i.e. 20 um for IMC (1 px = 1 um); see the README for other modalities. ``"auto"``:
-        6 times the median distance from a cell to its nearest cell
-        (:func:`utag.tuning.suggest_max_dist`), the scale that gave the best domains on
+        6 times the median distance from a cell to its nearest cell (at another
+        position; :func:`utag.tuning.suggest_max_dist`), the scale that gave the best domains on
         the labelled datasets of ``benchmarks/radius.py``.
     normalization_mode
         ``"l1_norm"`` (default, also ``"mean"``): neighbourhood mean, as published.
@@ -188,7 +189,10 @@ def utag(
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``, except ``n_clusters`` and ``random_state``,
         which ``utag()`` sets (``k = ceil(10 * resolution)``, or ``n_domains``; ``random_state``):
-        passing either raises a ``ValueError``.
+        passing either raises a ``ValueError``. k-means makes one k-means++ start
+        (``n_init="auto"``), which depends on the order of the cells: utag orders them by
+        slide and position, so renaming the slides or turning the tissue can move a few
+        domains at large ``k``; ``{"n_init": 10}`` keeps the best of 10 starts.
     n_domains
         Also (or, with ``resolutions=None``, only) find exactly this many domains: Leiden
         at the resolution found by bisection (:func:`utag.tuning.resolution_for_n_domains`),
@@ -289,6 +293,8 @@ def utag(
     3
     """
     check.check_n_cells(adata)
+    check.save_key(save_key)
+    check.warn_if_names_are_not_text(adata)
     n_jobs, processes = _workers(n_jobs, processes, parallel)
     lazy = distributed.is_lazy(adata)  # Dask arrays: utag.distributed reads the cells slide by slide
     if lazy:
@@ -888,14 +894,23 @@ def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_k
     return runs
 
 
+#: Relative difference below which ``filter_by_variance`` takes two standard deviations as
+#: equal (float32 data, such as scaled features, rounds equal spreads about 1e-7 apart).
+SPREAD_TIE = 1e-6
+
+
 def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
     """The feature matrix to aggregate (float32) and the matching ``var`` table."""
     columns = check.channel_indices(adata, channels_to_use)
-    features = as_float32(check.feature_matrix(adata, columns))
+    given = check.feature_matrix(adata, columns)
+    features = as_float32(given)
     var = adata.var if columns is None else adata.var.iloc[columns]
+    _warn_if_float32_erases(given, features, var)
     if filter_by_variance:
         std = feature_spread(features)[1]
-        keep = np.flatnonzero(std > np.median(std))
+        # spreads within rounding of the median tie with it (not above it), whatever the
+        # order of the rows or the matrix format that rounded them
+        keep = np.flatnonzero(std > np.median(std) * (1 + SPREAD_TIE))
         if keep.size == 0:
             logger.warning("filter_by_variance: all features have the same variance; keeping all of them")
         else:
@@ -904,15 +919,33 @@ def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
     return features, var.copy()
 
 
+def _warn_if_float32_erases(given, features, var: pd.DataFrame) -> None:
+    """Warn about the features that vary in ``given`` (float64 or wider) but no longer in
+    its float32 copy ``features``: values far from zero differing by less than float32's
+    precision (about 1e-7 of their size) look the same to every later step."""
+    if sp.issparse(given) or not np.issubdtype(given.dtype, np.floating) or given.dtype.itemsize <= 4:
+        return
+    erased = (column_range(given) > 0) & (column_range(features) == 0)
+    if erased.any():
+        names = list(var.index[erased][:5])
+        logger.warning("%d features (e.g. %s) vary in adata.X but not once utag holds them as float32: their "
+                       "values are far from zero for their spread. Subtract each feature's mean first, e.g. "
+                       "`adata.X = adata.X - adata.X.mean(axis=0)`.", int(erased.sum()), names)
+
+
 def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
-    """A new AnnData holding the aggregated matrix and copies of the input's annotations."""
-    return AnnData(
-        X=aggregated,
-        obs=adata.obs.copy(),
-        var=var,
-        obsm={key: value.copy() for key, value in adata.obsm.items()},
-        uns=copy.deepcopy(dict(adata.uns)),
-    )
+    """A new AnnData holding the aggregated matrix and copies of the input's annotations
+    (``obs`` in memory, also when it was read lazily)."""
+    obs = adata.obs
+    with warnings.catch_warnings():  # names that are not text: utag() said so, in words
+        warnings.filterwarnings("ignore", message="Transforming to str index")
+        return AnnData(
+            X=aggregated,
+            obs=obs.copy() if isinstance(obs, pd.DataFrame) else obs.to_memory(),
+            var=var,
+            obsm={key: value.copy() for key, value in adata.obsm.items()},
+            uns=copy.deepcopy(dict(adata.uns)),
+        )
 
 
 def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:

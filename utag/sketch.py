@@ -11,6 +11,7 @@ common ones. The others are assigned by :func:`assign_by_vote`.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -154,11 +155,14 @@ def _coarse_regions(embedding: np.ndarray, rng, random_state: int) -> np.ndarray
     """Each cell's region: the nearest of ``N_COARSE`` k-means centroids fitted on a
     uniform subsample of 20,000 cells."""
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     points = np.asarray(embedding, dtype=np.float32)
     n_regions = min(N_COARSE, len(points))
     fit_on = points[rng.choice(len(points), size=min(len(points), 20_000), replace=False)]
-    centroids = KMeans(n_clusters=n_regions, n_init=1, random_state=random_state).fit(fit_on).cluster_centers_
+    with warnings.catch_warnings():  # fewer distinct points than regions (cells of one profile): fewer regions
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        centroids = KMeans(n_clusters=n_regions, n_init=1, random_state=random_state).fit(fit_on).cluster_centers_
     squared = (centroids**2).sum(axis=1)
     region = np.empty(len(points), dtype=np.int64)
     for start in range(0, len(points), 262_144):

@@ -23,6 +23,7 @@ from ._arrays import column_mean
 from ._keys import probabilities_key
 from ._validation import RECORDED_SLIDE_KEY
 from .clustering import cluster_means
+from .embedding import project
 from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote
@@ -232,6 +233,10 @@ def transfer_labels(
     True
     """
     model = result.uns.get("utag", {}).get("model")
+    if model is None and result.uns.get("utag", {}).get("engine") == "dask":
+        raise ValueError("`result` comes from utag()'s Dask route, which keeps no transfer model (it would hold "
+                         "every cell's embedding in one process). Run `utag()` in memory on the reference slides "
+                         "(e.g. `adata[adata.obs[slide_key].isin(slides)].to_memory()`) and transfer from that.")
     if model is None:
         raise ValueError("`result.uns['utag']['model']` is missing: pass the AnnData returned by `utag()` "
                          "with apply_clustering=True.")
@@ -268,12 +273,12 @@ def transfer_labels(
     if widths is not None:
         aggregated = scale_blocks(aggregated, model["block_scales"])
         features = feature_names(features, widths)
-    embedding = np.asarray(aggregated @ model["components"]) - model["mean"] @ model["components"]
+    embedding = project(aggregated, model["components"], model["mean"])
 
     transferred = AnnData(X=aggregated, obs=adata.obs.copy(), var=pd.DataFrame(index=features),
                           obsm={name: value.copy() for name, value in adata.obsm.items()},
                           uns=copy.deepcopy(dict(adata.uns)))
-    transferred.obsm["X_pca"] = embedding.astype(np.float32)
+    transferred.obsm["X_pca"] = embedding
     reference = np.asarray(result.obsm["X_pca"]) if method == "knn" else None
     nearest = {}  # per set of labelled reference cells: the new cells' nearest among them
     for key in keys:

@@ -531,11 +531,16 @@ DOMAIN_RADIUS_FACTOR = 6.0
 
 
 def _median_nearest_distance(coords: np.ndarray, slides: list[np.ndarray]) -> float:
-    """Median distance from a cell to its nearest other cell of the same slide (0 if no
-    slide has two cells)."""
+    """Median distance from a cell to the nearest other position with a cell of the same
+    slide (cells that share a position, as cells mapped onto spots do, are not each
+    other's nearest); 0 if no slide has cells at two positions."""
     from scipy.spatial import cKDTree
 
-    nearest = [cKDTree(coords[c]).query(coords[c], k=2)[0][:, 1] for c in slides if len(c) > 1]
+    nearest = []
+    for cells in slides:
+        positions, at = np.unique(coords[cells], axis=0, return_inverse=True)
+        if len(positions) > 1:
+            nearest.append(cKDTree(positions).query(positions, k=2)[0][:, 1][at.ravel()])
     return float(np.median(np.concatenate(nearest))) if nearest else 0.0
 
 
@@ -546,7 +551,8 @@ def _domain_radius(median_nearest: float) -> float:
 
 def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
     """A ``max_dist`` for domains: :data:`DOMAIN_RADIUS_FACTOR` times the median distance
-    from a cell to its nearest cell (same slide), rounded to 2 significant digits.
+    from a cell to its nearest cell (same slide; at another position, so that cells
+    mapped onto spots or binned to a grid count), rounded to 2 significant digits.
 
     What ``utag(..., max_dist="auto")`` uses, and what :func:`max_dist_report` suggests.
     ``benchmarks/radius.py`` shows how its domains compare with the best radius in

@@ -317,14 +317,14 @@ def test_run_never_writes_over_its_input(cell_table, tmp_path, capsys):
     common = ["--x-column", "X_centroid", "--y-column", "Y_centroid", "--quiet"]
     with pytest.raises(SystemExit) as stopped:
         main(["run", str(source), "--out", str(tmp_path / "o.h5ad"), "--labels-csv", str(source), *common])
-    assert stopped.value.code == 2 and "name the input" in capsys.readouterr().err
+    assert stopped.value.code == 2 and "would overwrite the input" in capsys.readouterr().err
     assert source.read_bytes() == before
     h5ad = tmp_path / "cells.h5ad"
     synthetic_tissue(n_cells=300, n_slides=1, n_markers=4, random_state=0).write_h5ad(h5ad)
     before = h5ad.read_bytes()
     with pytest.raises(SystemExit) as stopped:
         main(["run", str(h5ad), "--out", str(tmp_path / "." / "cells.h5ad"), "--quiet"])
-    assert stopped.value.code == 2 and "name the input" in capsys.readouterr().err
+    assert stopped.value.code == 2 and "would overwrite the input" in capsys.readouterr().err
     assert h5ad.read_bytes() == before
 
 
@@ -342,3 +342,22 @@ def test_run_takes_auto_for_the_resolution_and_the_radius(cell_table, tmp_path, 
     with pytest.raises(SystemExit):
         main(["run", str(path), "--out", str(out), "--max-dist", "far"])
     assert "a number or 'auto'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("processes", ["0", "-2"])
+def test_run_refuses_a_number_of_processes_that_starts_no_worker(tmp_path, capsys, processes):
+    # a LocalCluster of 0 or -1 workers waits for ever
+    h5ad = tmp_path / "cells.h5ad"
+    synthetic_tissue(n_cells=300, n_slides=1, n_markers=4, random_state=0).write_h5ad(h5ad)
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(h5ad), "--out", str(tmp_path / "o.zarr"), "--dask-scheduler", "local",
+              "--processes", processes, "--quiet"])
+    assert stopped.value.code == 2 and "--processes must be" in capsys.readouterr().err
+
+
+def test_run_names_a_folder_that_is_no_zarr_store(tmp_path, capsys):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(folder), "--out", str(tmp_path / "o.h5ad"), "--quiet"])
+    assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err

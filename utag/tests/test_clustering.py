@@ -172,6 +172,44 @@ def test_small_domains_join_the_domain_they_link_to_most(blobs):
         assert np.all(merged[cells] == merged[labels == best][0])
 
 
+def test_domains_that_all_start_small_pair_up_instead_of_snowballing():
+    from utag.clustering import merge_small_domains
+
+    # 40 cliques of 60-140 cells on a ring, each linked to the next by a few edges, and a
+    # minimum size of 300: every domain starts small. Joining the domain linked to most
+    # made the first domains to grow draw in the others (up to 1,021 cells here, and one
+    # domain of every cell on a synthetic tissue at Leiden 2.0)
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(60, 140, size=40)
+    labels = np.repeat(np.arange(40), sizes)
+    starts = np.r_[0, np.cumsum(sizes)]
+    rows = np.concatenate([rng.integers(starts[d], starts[d + 1], 5) for d in range(40)])
+    cols = np.concatenate([rng.integers(starts[(d + 1) % 40], starts[(d + 1) % 40 + 1], 5) for d in range(40)])
+    ring = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(labels), len(labels)))
+    adjacency = (sp.block_diag([np.ones((n, n)) - np.eye(n) for n in sizes]) + ring + ring.T).tocsr()
+    merged = merge_small_domains(labels, adjacency, np.zeros((len(labels), 2)), min_cells=300)
+    counts = np.bincount(merged)
+    assert counts.min() >= 300 and counts.max() < 3 * 300
+    assert len(counts) >= len(labels) // (3 * 300) + 1
+    # each merged domain is a run of neighbours on the ring: merges follow the links
+    for domain in range(len(counts)):
+        members = np.unique(labels[merged == domain])
+        gaps = np.diff(np.r_[members, members[0] + 40])
+        assert (gaps > 1).sum() <= 1
+
+
+def test_a_large_minimum_size_keeps_several_domains_at_a_high_resolution():
+    from utag import utag
+    from utag.datasets import synthetic_tissue
+
+    tissue = synthetic_tissue(n_cells=4_000, n_slides=2, random_state=11)
+    result = utag(tissue, slide_key="roi", max_dist=20, clustering_method=["leiden", "parc"], resolutions=[2.0],
+                  min_domain_size=300, progress=False)
+    for key in result.uns["utag"]["label_keys"]:
+        counts = result.obs[key].value_counts()
+        assert len(counts) >= 5 and counts.min() >= 300  # was one domain of 4,000 cells
+
+
 def test_a_component_of_its_own_joins_the_nearest_domain():
     from utag.clustering import merge_small_domains
 

@@ -187,7 +187,7 @@ def test_the_command_line_runs_a_zarr_store_on_dask(shuffled_tissue, tmp_path, s
     command = ["run", str(cells), "--out", str(out), "--slide-key", "roi", "--max-dist", "20", "--method", "kmeans",
                "--resolutions", "0.4", "--quiet"]
     if scheduler:
-        command += ["--dask-scheduler", scheduler, "--processes", "2"]
+        command += ["--dask-scheduler", scheduler, "--processes", "-1"]  # one worker per core (0 used to hang)
     assert main(command) == 0
     written = anndata.read_zarr(out)
     # "auto" on Dask input clusters every cell below 200,000: the unsketched result
@@ -288,3 +288,46 @@ def test_dask_input_warns_about_a_slide_key_of_cell_ids(caplog):
     with caplog.at_level("WARNING", logger="utag.segmentation"):
         utag(_as_dask(adata), slide_key="cell_id", clustering_method="kmeans", resolutions=[0.3], progress=False)
     assert "slide_key='cell_id' splits 600 cells into 600 slides (1.0 cells each)" in caplog.text
+
+
+def test_dask_input_gives_the_in_memory_labels_where_the_graph_is_built_on_the_pca():
+    # above 50 features Leiden's kNN graph is built on X_pca, as PARC's always is; the PCA
+    # used to be projected slide by slide in float32 on Dask and all at once in memory,
+    # and the kNN graph turned that rounding into other domains (ARI down to 0.5)
+    tissue = synthetic_tissue(n_cells=5_000, n_slides=3, n_markers=60, random_state=1)
+    options = dict(clustering_method=["leiden", "parc"], resolutions=[0.3, 1.0], **KW)
+    expected = utag(tissue, **options)
+    got = utag(_as_dask(tissue, chunk_rows=1_500), **options)
+    assert expected.uns["utag"]["use_rep"] == "X_pca"
+    np.testing.assert_array_equal(got.obsm["X_pca"], expected.obsm["X_pca"])
+    for key in expected.uns["utag"]["label_keys"]:
+        np.testing.assert_array_equal(got.obs[key].to_numpy(), expected.obs[key].to_numpy())
+
+
+def test_a_dask_result_holds_its_coordinates_in_memory_and_names_what_transfer_needs(shuffled_tissue):
+    from utag.transfer import transfer_labels
+
+    result = utag(_as_dask(shuffled_tissue), clustering_method="leiden", resolutions=[0.1], **KW)
+    assert isinstance(result.obsm["spatial"], np.ndarray)  # scanpy's and squidpy's plots index it
+    np.testing.assert_array_equal(result.obsm["spatial"], shuffled_tissue.obsm["spatial"])
+    with pytest.raises(ValueError, match="Dask route, which keeps no transfer model"):
+        transfer_labels(result, shuffled_tissue, slide_key="roi")
+
+
+def test_anndatas_own_lazy_reader_works(tmp_path):
+    tissue = synthetic_tissue(n_cells=3_000, n_slides=3, random_state=0)
+    tissue.write_h5ad(tmp_path / "cells.h5ad")
+    lazy = anndata.experimental.read_lazy(tmp_path / "cells.h5ad")  # obs as an xarray Dataset2D
+    options = dict(clustering_method="leiden", resolutions=[0.1], **KW)
+    got, expected = utag(lazy, **options), utag(tissue, **options)
+    assert isinstance(got.obs, pd.DataFrame)
+    np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
+                                  expected.obs["UTAG Label_leiden_0.1"].to_numpy())
+
+
+def test_cells_of_one_profile_on_dask_give_one_domain_without_a_stray_warning(recwarn):
+    tissue = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
+    tissue.X = np.ones_like(tissue.X)
+    result = utag(_as_dask(tissue), clustering_method=["kmeans"], resolutions=[0.3], **KW)
+    assert result.obs["UTAG Label_kmeans_0.3"].nunique() == 1
+    assert not [w for w in recwarn if "ConvergenceWarning" in type(w.message).__name__]

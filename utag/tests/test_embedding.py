@@ -360,3 +360,59 @@ def test_n_neighbors_that_is_not_a_positive_whole_number_is_refused(points, n_ne
         nearest_neighbors(points, n_neighbors)
     with pytest.raises(ValueError, match="n_neighbors"):
         embed(points, n_neighbors=n_neighbors)
+
+
+def test_projection_does_not_depend_on_the_block_of_cells(points):
+    from utag.embedding import principal_axes, project
+
+    mean = points.mean(axis=0, dtype=np.float64)
+    axes, _, _ = principal_axes(np.cov(points.T.astype(np.float64)), 4)
+    whole = project(points, axes, mean)
+    blocks = np.vstack([project(points[start:start + 37], axes, mean) for start in range(0, len(points), 37)])
+    np.testing.assert_array_equal(blocks, whole)  # the Dask route projects slide by slide
+    np.testing.assert_allclose(whole, (points.astype(np.float64) - mean) @ axes, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(project(sp.csr_matrix(points), axes, mean), whole)
+
+
+def test_cut_off_finds_cells_whose_umap_weights_keep_them_with_their_copies():
+    from utag.embedding import cut_off, membership_strengths
+
+    # k = 15, log2(k) = 3.9: a cell with 3 copies has 4 neighbours at the nearest non-zero
+    # distance or closer, as has a cell with 2 copies whose nearest other profile has 2 cells
+    distances = np.array([
+        [0, 0, 0, 0, *np.arange(1, 12)],     # 3 copies
+        [0, 0, 0, 1, 1, *np.arange(2, 12)],  # 2 copies, then 2 cells at the same distance
+        [0, 0, 0, *np.arange(1, 13)],        # 2 copies: 3 neighbours at or below the nearest distance
+        [0, 0, 1, 1, 1, *np.arange(2, 12)],  # 1 copy and 3 ties: 4
+        [0, *np.ones(4), *np.arange(2, 12)], # no copy: ties alone are not copies
+    ], dtype=np.float32)
+    assert cut_off(distances).tolist() == [True, True, False, True, False]
+    # what cut off means: UMAP's weights of the farther neighbours are (almost) nothing (ties
+    # without a copy do that too, but distinct profiles cannot help there)
+    far_weights = membership_strengths(distances)[:4, -5:].max(axis=1)
+    assert ((far_weights < 1e-3) == cut_off(distances)[:4]).all()
+
+
+def test_cells_mapped_onto_spots_give_domains_not_fragments():
+    import anndata
+    import scipy.sparse.csgraph as csgraph
+    from sklearn.metrics import adjusted_rand_score
+
+    from utag import utag
+    from utag.datasets import synthetic_tissue
+
+    # 3 cells at the centroid of each spot (cells mapped onto Visium spots, or binned to a
+    # grid): each cell has 2 copies of its neighbourhood, and the copies of the nearest spot
+    # tie with each other; UMAP's weights then cut every spot off with its nearest one
+    spots = synthetic_tissue(n_cells=1_200, n_slides=1, n_domains=3, random_state=2)
+    copies = np.repeat(np.arange(spots.n_obs), 3)
+    obs = spots.obs.iloc[copies].set_axis([f"cell_{i}" for i in range(len(copies))])
+    cells = anndata.AnnData(spots.X[copies], obs=obs, obsm={"spatial": spots.obsm["spatial"][copies]})
+    cells.X = cells.X + np.random.default_rng(0).normal(0, 0.05, cells.X.shape).astype(np.float32)
+    result = utag(cells, slide_key="roi", max_dist=30, clustering_method=["leiden"], resolutions=[0.1],
+                  progress=False)
+    assert result.uns["neighbors"]["params"]["distinct_profiles"]
+    assert csgraph.connected_components(result.obsp["connectivities"])[0] == 1
+    labels = result.obs["UTAG Label_leiden_0.1"]
+    assert labels.nunique() <= 6
+    assert adjusted_rand_score(cells.obs["domain"], labels) > 0.5

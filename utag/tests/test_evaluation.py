@@ -68,3 +68,21 @@ def test_a_slide_named_like_the_pooled_row_is_refused():
     assert list(table["n_cells"]) == [(adata.obs["truth"] != "NoAnnotation").sum(),
                                       ((adata.obs["truth"] != "NoAnnotation") & (adata.obs["slide"] == "all")).sum(),
                                       ((adata.obs["truth"] != "NoAnnotation") & (adata.obs["slide"] == "s2")).sum()]
+
+
+def test_label_keys_read_back_from_a_file_are_taken_as_keys(tmp_path):
+    import anndata
+
+    from utag import utag
+    from utag.datasets import synthetic_tissue
+    from utag.evaluation import evaluate_clustering
+
+    result = utag(synthetic_tissue(n_cells=2_000, n_slides=2, random_state=0), slide_key="roi", max_dist=20,
+                  clustering_method=["kmeans"], resolutions=[0.3, 0.5], progress=False)
+    result.write_h5ad(tmp_path / "result.h5ad")
+    again = anndata.read_h5ad(tmp_path / "result.h5ad")
+    keys = again.uns["utag"]["label_keys"]
+    assert isinstance(keys, np.ndarray)  # what h5ad gives back for a list
+    scores = evaluate_performance(again, "domain", pred_keys=keys, batch_key="roi")
+    assert set(scores["pred_key"]) == set(result.uns["utag"]["label_keys"])
+    assert set(evaluate_clustering(again, keys)["domain_key"]) == set(result.uns["utag"]["label_keys"])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -467,3 +468,78 @@ def test_named_choices_take_any_case():
     assert upper.uns["utag"]["flavor"] == "multiscale" and upper.uns["utag"]["spatial_graph"] == "knn"
     assert upper.uns["utag"]["max_dist"] == lower.uns["utag"]["max_dist"]
     np.testing.assert_array_equal(upper.obs["UTAG Label_kmeans_0.3"], lower.obs["UTAG Label_kmeans_0.3"])
+
+
+def test_filter_by_variance_takes_features_tied_at_the_median_as_ties():
+    # 60 rare genes with the same 7 counts of 1 (the same spread) and 40 varying genes:
+    # dense rows in any order and the same matrix as CSR keep the same features (the
+    # tied ones used to be picked by the rounding of sums taken in row order)
+    rng = np.random.default_rng(0)
+    counts = np.zeros((3_000, 100), dtype=np.float32)
+    for gene in range(60):
+        counts[rng.choice(3_000, 7, replace=False), gene] = 1.0
+    counts[:, 60:] = rng.poisson(2.0, size=(3_000, 40))
+    adata = anndata.AnnData(counts, obsm={"spatial": rng.uniform(0, 1_000, (3_000, 2))})
+    adata.var_names = [f"g{gene}" for gene in range(100)]
+    options = dict(slide_key=None, max_dist=60, filter_by_variance=True, apply_clustering=False, progress=False)
+    kept = {
+        "dense": run_utag(adata, **options).var_names,
+        "rows shuffled": run_utag(adata[rng.permutation(3_000)].copy(), **options).var_names,
+        "CSR": run_utag(anndata.AnnData(sp.csr_matrix(counts), var=adata.var, obsm=dict(adata.obsm)),
+                        **options).var_names,
+    }
+    for names in kept.values():
+        assert list(names) == [f"g{gene}" for gene in range(60, 100)]
+
+
+def test_scaled_features_are_all_kept_by_filter_by_variance(small, caplog):
+    import scanpy as sc
+
+    scaled = small.copy()
+    sc.pp.scale(scaled)  # every spread 1, up to float32 rounding
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        result = run_utag(scaled, filter_by_variance=True, apply_clustering=False, **FAST)
+    assert result.n_vars == small.n_vars  # not an arbitrary half
+    assert "all features have the same variance" in caplog.text
+
+
+def test_inputs_that_used_to_fail_or_mislead(small, caplog):
+    import warnings
+
+    no_x = anndata.AnnData(obs=small.obs, obsm=dict(small.obsm), layers={"counts": small.X})
+    with pytest.raises(ValueError, match=r"`adata.X` is empty.*adata.layers\['counts'\]"):
+        run_utag(no_x, **FAST)
+    with pytest.raises(ValueError, match="save_key.*'/'"):
+        run_utag(small, save_key="run1/leiden", **FAST)
+    half = small.copy()
+    half.X = half.X.astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float16 values used to overflow in the range check
+        run_utag(half, clustering_method="kmeans", resolutions=[0.3], **FAST)
+    shifted = small.copy()
+    shifted.X = shifted.X.astype(np.float64) + 1e9  # varies in float64, not in float32
+    numbered = small.copy()
+    numbered.obs.index = pd.RangeIndex(small.n_obs)  # set in place: AnnData keeps the integers
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        run_utag(shifted, clustering_method="kmeans", resolutions=[0.3], **FAST)
+        assert "vary in adata.X but not once utag holds them as float32" in caplog.text
+        caplog.clear()
+        result = run_utag(numbered, clustering_method="kmeans", resolutions=[0.3], **FAST)
+        assert "not text" in caplog.text
+    assert list(result.obs_names[:2]) == ["0", "1"]
+
+
+def test_auto_radius_of_cells_that_share_positions():
+    from utag.tuning import suggest_max_dist
+
+    # cells binned to a 50 um grid: most cells share a position with others
+    tissue = synthetic_tissue(n_cells=2_000, n_slides=1, random_state=4)
+    binned = tissue.copy()
+    binned.obsm["spatial"] = np.round(tissue.obsm["spatial"] / 50) * 50
+    positions = np.unique(binned.obsm["spatial"], axis=0)
+    from scipy.spatial import cKDTree
+
+    spacing = np.median(cKDTree(positions).query(positions, k=2)[0][:, 1])
+    assert spacing == 50
+    assert suggest_max_dist(binned, slide_key="roi") == pytest.approx(6 * spacing)
+    assert suggest_max_dist(tissue, slide_key="roi") > 0  # unchanged where no cells share a position
