@@ -110,6 +110,19 @@ class Neighbourhood:
             self._graph = graph
         return self._graph
 
+    @property
+    def directed_graph(self):
+        """Directed weighted igraph graph with an edge each way for every link, in the
+        order of the connectivities' entries: the graph ``scanpy.tl.leiden`` gives leidenalg
+        (``directed=True``, its default), so that the same seed gives its partition."""
+        import igraph as ig
+
+        entries = self.connectivities.tocoo()
+        graph = ig.Graph(n=self.connectivities.shape[0], directed=True)
+        graph.add_edges(np.column_stack([entries.row, entries.col]))
+        graph.es["weight"] = entries.data.astype(np.float64)
+        return graph
+
 
 @contextlib.contextmanager
 def _igraph_seed(random_state: int):
@@ -131,7 +144,9 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     ``"igraph"``, -1 = until convergence for ``"leidenalg"``), ``initial_membership``,
     and for ``"igraph"``/``"leidenalg"`` any other keyword of
     ``igraph.Graph.community_leiden`` or ``leidenalg.find_partition`` (e.g.
-    ``partition_type``).
+    ``partition_type``). ``"leidenalg"`` runs on the directed graph, as
+    ``scanpy.tl.leiden`` and so the original UTAG call it (``directed=False``: undirected);
+    the other flavours take the graph undirected (``directed`` makes no difference to them).
     """
     random_state = check.seed(random_state)
     kwargs = dict(kwargs)
@@ -139,7 +154,7 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     if flavor == "fast":
         return _leiden.run_to_end(_fast_leiden_run(neighbourhood, resolution, random_state, kwargs))
     use_weights = kwargs.pop("use_weights", True)
-    kwargs.pop("directed", None)  # modularity of a symmetric graph is the same either way
+    directed = kwargs.pop("directed", True)  # igraph's Leiden takes undirected graphs only
     weights = "weight" if use_weights else None
     graph = neighbourhood.graph
     if flavor == "igraph":
@@ -153,6 +168,8 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
         partition_type = kwargs.pop("partition_type", leidenalg.RBConfigurationVertexPartition)
         _check_takes_resolution(partition_type)
         kwargs.setdefault("n_iterations", -1)
+        if directed:  # as scanpy.tl.leiden (and so the original UTAG) calls it
+            graph = neighbourhood.directed_graph
         membership = leidenalg.find_partition(
             graph, partition_type, weights=weights, resolution_parameter=resolution, seed=random_state, **kwargs
         ).membership
@@ -290,10 +307,11 @@ def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     return labels
 
 
+#: Every method gets one :class:`Neighbourhood`, as in the original UTAG: the PCA and the kNN
+#: graph of ``sc.pp.neighbors`` (on ``use_rep``). Leiden clusters that graph, PARC too (the
+#: original passes it as PARC's ``neighbor_graph``, with the PCA as PARC's data), k-means the
+#: PCA; small domains are merged along that graph for every method.
 BACKENDS = {"leiden": leiden, "parc": parc, "kmeans": kmeans}
-#: What each method clusters, as the original UTAG: Leiden the kNN graph on ``use_rep``
-#: (``"rep"``), PARC and k-means the PCA and its kNN graph (``"pca"``).
-GRAPH_OF = {"leiden": "rep", "parc": "pca", "kmeans": "pca"}
 
 #: Backend keywords utag sets itself, with the parameter of ``utag()`` that sets them.
 RESERVED_KWARGS = {"leiden_kwargs": {"random_state": "random_state", "seed": "random_state",

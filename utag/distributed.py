@@ -350,8 +350,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         with watch("sketch"):
             sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, seg._knn_method(p, size, adata.n_obs),
-                                    random_state, p.use_rep,
-                                    "parc" in p.methods, watch, rows=sample, n_jobs=n_jobs)
+                                    random_state, p.use_rep, watch, rows=sample, n_jobs=n_jobs)
         runs, swept, index = [], None, None
         if p.methods and embedded.rows is not None and len(embedded.rows) < adata.n_obs:
             with watch("vote index"):  # in the client, on the sketch only
@@ -360,7 +359,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
                                        assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
-        embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
+        embedded = replace(embedded, connectivities=None, distances=None)
         labels = {seg.label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         with watch("probabilities"):
             soft = probabilities(aggregated, labels, mean)

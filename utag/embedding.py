@@ -768,7 +768,6 @@ class Embedding:
     connectivities: sp.csr_matrix  # kNN graph on the representation ``params["use_rep"]``
     distances: sp.csr_matrix
     params: dict  # uns['neighbors']['params']
-    pca_connectivities: sp.csr_matrix  # kNN graph on the PCA (the same object when use_rep is "X_pca")
     rows: np.ndarray | None = None  # the cells the kNN graphs are of (a sketch); None: every cell
 
 
@@ -805,20 +804,19 @@ def _fit_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dic
 
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
-          knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", pca_graph: bool = False,
-          watch=None, rows=None, n_jobs: int | None = None) -> Embedding:
+          knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", watch=None, rows=None,
+          n_jobs: int | None = None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
     ``n_comps`` (or ``pca_kwargs['n_comps']``, as ``utag()`` takes it) is capped below the
     numbers of features and cells (but at least 1); any other ``pca_kwargs`` (or more than
     :data:`MAX_COVARIANCE_FEATURES` features) send the PCA through ``scanpy.pp.pca``,
     unless there is one feature or none varies (:func:`_fit_pca`). The kNN graph is built
-    on ``use_rep`` (``"X"``: the features, ``"X_pca"``: the PCA); ``pca_graph`` also
-    builds one on the PCA when ``use_rep`` is ``"X"`` (what PARC and k-means cluster).
-    ``watch``: a :class:`utag._progress.Stopwatch`. ``rows``: build the kNN graphs on these
-    cells only (a sketch; the PCA is of every cell), or a function choosing them from the
-    PCA embedding; kept in ``rows``. ``n_jobs``: threads for the kNN graphs (``None``:
-    every core; the same graphs for any number).
+    on ``use_rep`` (``"X"``: the features, ``"X_pca"``: the PCA). ``watch``: a
+    :class:`utag._progress.Stopwatch`. ``rows``: build the kNN graph on these cells only
+    (a sketch; the PCA is of every cell), or a function choosing them from the PCA
+    embedding; kept in ``rows``. ``n_jobs``: threads for the kNN graph (``None``: every
+    core; the same graph for any number).
     """
     random_state = check.seed(random_state)
     n_neighbors = check.as_int("n_neighbors", n_neighbors)
@@ -831,8 +829,7 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     if callable(rows):
         with watch("sketch"):
             rows = rows(fitted["embedding"])
-    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, pca_graph, watch, rows,
-                            n_jobs)
+    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, watch, rows, n_jobs)
 
 
 def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
@@ -845,9 +842,8 @@ def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
 
 
 def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: str = "auto", random_state: int = 0,
-                     use_rep: str = "X_pca", pca_graph: bool = False, watch=None, rows=None,
-                     n_jobs: int | None = None) -> Embedding:
-    """The kNN graphs of :func:`embed`, given its PCA ``fitted``; ``features`` are read
+                     use_rep: str = "X_pca", watch=None, rows=None, n_jobs: int | None = None) -> Embedding:
+    """The kNN graph of :func:`embed`, given its PCA ``fitted``; ``features`` are read
     (the ``rows`` of them) only when ``use_rep`` is ``"X"``, and may then be any array
     whose rows numpy can read, a Dask array included."""
     watch = watch or Stopwatch()
@@ -864,9 +860,4 @@ def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: 
         connectivities, distances, tied, search = knn_graph(points, k, knn_method, random_state, n_jobs)
     params = {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": use_rep,
               "random_state": random_state, "distinct_profiles": bool(tied), "knn": search}
-    on_pca = connectivities
-    if use_rep != "X_pca" and pca_graph:
-        with watch("kNN graph of the PCA (PARC)"):
-            pca_points = fitted["embedding"] if rows is None else fitted["embedding"][rows]
-            on_pca, _, _, params["knn_pca"] = knn_graph(pca_points, k, knn_method, random_state, n_jobs)
-    return Embedding(fitted, connectivities, distances, params, on_pca, rows)
+    return Embedding(fitted, connectivities, distances, params, rows)

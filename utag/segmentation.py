@@ -26,7 +26,6 @@ from ._keys import DEFAULT_SAVE_KEY, SWEEP_KEY, drop_tables_of, label_key, proba
 from ._order import canonical_order, graph_back, rows_back
 from ._progress import Stopwatch
 from .clustering import (
-    GRAPH_OF,
     Neighbourhood,
     check_backend_kwargs,
     cluster,
@@ -184,8 +183,7 @@ def utag(
         otherwise, where the exact search grows to minutes); see
         :func:`utag.embedding.exact_search`; with ``"auto"``, a sketch of more than 50,000
         cells is searched approximately. Without a sketch, ``uns['neighbors']['params']['knn']``
-        records which search ran (``'knn_pca'``: that of the principal components' graph
-        for PARC and k-means, when it is a separate one).
+        records which search ran.
     kmeans_kwargs
         Passed to ``sklearn.cluster.KMeans``, except ``n_clusters`` and ``random_state``,
         which ``utag()`` sets (``k = ceil(10 * resolution)``, or ``n_domains``; ``random_state``):
@@ -349,7 +347,7 @@ def utag(
         elif p.methods:
             runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
             if sample is not None:
-                embedded = replace(embedded, connectivities=None, distances=None, pca_connectivities=None)
+                embedded = replace(embedded, connectivities=None, distances=None)
         labels = {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         probabilities, model = {}, None
         if labels:
@@ -587,7 +585,7 @@ def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, rand
     choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
     knn_method = _knn_method(p, p.sketch_size if sketching else None, len(codes))
     return embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state, p.use_rep,
-                 pca_graph="parc" in p.methods, watch=watch, rows=choose, n_jobs=n_jobs)
+                 watch=watch, rows=choose, n_jobs=n_jobs)
 
 
 def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,
@@ -739,16 +737,15 @@ def _one_domain_runs(p: _Parameters, n_cells: int) -> list[_Run]:
     return runs
 
 
-def _neighbourhoods(embedded: Embedding, sample: np.ndarray | None = None) -> dict[str, Neighbourhood]:
-    """What each method clusters: Leiden the kNN graph on ``use_rep``, PARC and k-means
-    the PCA and its kNN graph, as in the original UTAG (of the ``sample`` cells, if any)."""
+def _neighbourhood(embedded: Embedding, sample: np.ndarray | None = None) -> Neighbourhood:
+    """What every method clusters, as in the original UTAG (of the ``sample`` cells, if
+    any): the PCA and the kNN graph on ``use_rep`` (Leiden and PARC the graph, k-means the
+    PCA; see :data:`utag.clustering.BACKENDS`)."""
     points = embedded.pca["embedding"] if sample is None else embedded.pca["embedding"][sample]
-    graphs = {"rep": Neighbourhood(points, embedded.connectivities),
-              "pca": Neighbourhood(points, embedded.pca_connectivities)}
-    return {method: graphs[graph] for method, graph in GRAPH_OF.items()}
+    return Neighbourhood(points, embedded.connectivities)
 
 
-def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: np.ndarray, random_state: int,
+def _plan_runs(p: _Parameters, neighbourhood: Neighbourhood, coords: np.ndarray, codes: np.ndarray, random_state: int,
                n_jobs, progress: bool, watch: Stopwatch) -> tuple[list[_Run], tuple | None]:
     """The clustering runs to do (labels ``None`` where still to be clustered) and the
     resolution sweep's ``(table, labels)`` when ``resolutions="auto"``.
@@ -759,7 +756,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
     backend_kwargs, resolutions, swept = p.backend_kwargs, p.resolutions, None
     if p.auto:
         with watch("resolution sweep"):
-            swept = sweep(neighbourhoods["leiden"], coords, codes, n_runs=5, random_state=random_state,
+            swept = sweep(neighbourhood, coords, codes, n_runs=5, random_state=random_state,
                           leiden_kwargs=backend_kwargs["leiden"], n_jobs=n_jobs, progress=progress,
                           min_cells=p.min_cells, exponents=score_exponents(p.flavor))
         resolutions = recommended_resolutions(swept.table)
@@ -770,7 +767,7 @@ def _plan_runs(p: _Parameters, neighbourhoods: dict, coords: np.ndarray, codes: 
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):
-            fixed = _runs_for_n_domains(neighbourhoods, p.n_domains, p.methods, backend_kwargs,
+            fixed = _runs_for_n_domains(neighbourhood, p.n_domains, p.methods, backend_kwargs,
                                         random_state, p.min_cells, coords, codes)
         runs = _without_runs_under_the_keys_of(runs, fixed, p.n_domains, p.auto) + fixed
     return runs, swept
@@ -803,16 +800,16 @@ def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.
     (``embedded.rows``) are assigned to the other cells by vote (``assign_by``, as
     :func:`utag.sketch.assign_by_vote`)."""
     sample = embedded.rows
-    neighbourhoods = _neighbourhoods(embedded, sample)
+    neighbourhood = _neighbourhood(embedded, sample)
     clustered_params, clustered_coords, clustered_codes = p, coords, codes
     if sample is not None:  # the sketch's cells, with a minimum domain size in proportion
         clustered_params = replace(_membership_at(p, sample),
                                    min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
         clustered_coords, clustered_codes = coords[sample], codes[sample]
-    runs, swept = _plan_runs(clustered_params, neighbourhoods, clustered_coords, clustered_codes, random_state,
+    runs, swept = _plan_runs(clustered_params, neighbourhood, clustered_coords, clustered_codes, random_state,
                              n_jobs, progress, watch)
-    runs = _cluster_runs(runs, neighbourhoods, random_state, clustered_params.min_cells, n_jobs, progress, watch)
-    del neighbourhoods  # the clustering backends' copies of the graph
+    runs = _cluster_runs(runs, neighbourhood, random_state, clustered_params.min_cells, n_jobs, progress, watch)
+    del neighbourhood  # the clustering backends' copies of the graph
     if sample is not None:
         with watch("assigning the other cells"):
             runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs, assign_by)
@@ -854,7 +851,7 @@ def _assign_others(runs: list[_Run], swept, embedded: Embedding, sample: np.ndar
     return runs, swept
 
 
-def _cluster_runs(runs: list[_Run], neighbourhoods: dict, random_state: int, min_cells: int, n_jobs,
+def _cluster_runs(runs: list[_Run], neighbourhood: Neighbourhood, random_state: int, min_cells: int, n_jobs,
                   progress: bool, watch: Stopwatch) -> list[_Run]:
     """``runs`` with their labels: every run of one method at once (Leiden resolutions in parallel)."""
     done = list(runs)
@@ -862,7 +859,7 @@ def _cluster_runs(runs: list[_Run], neighbourhoods: dict, random_state: int, min
         todo = [i for i, run in enumerate(runs) if run.method == method and run.labels is None]
         resolutions = ", ".join(str(runs[i].resolution) for i in todo)
         with watch(f"{method} {resolutions}"):
-            labels = cluster_many(neighbourhoods[method],
+            labels = cluster_many(neighbourhood,
                                   [(method, runs[i].resolution, random_state, runs[i].kwargs) for i in todo],
                                   n_jobs=n_jobs, progress=progress, min_cells=min_cells)
         for i, run_labels in zip(todo, labels):
@@ -870,7 +867,7 @@ def _cluster_runs(runs: list[_Run], neighbourhoods: dict, random_state: int, min
     return done
 
 
-def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_kwargs: dict,
+def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
                         random_state: int, min_cells: int, coords: np.ndarray, codes: np.ndarray) -> list[_Run]:
     """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging on
     the tissue, see :func:`utag.tuning.resolution_for_n_domains`), k-means directly (its
@@ -878,14 +875,14 @@ def _runs_for_n_domains(neighbourhoods: dict, n_domains: int, methods, backend_k
     number asked for wins over the minimum size)."""
     runs = []
     if "leiden" in methods:
-        resolution, labels = resolution_for_n_domains(neighbourhoods["leiden"], n_domains, random_state,
+        resolution, labels = resolution_for_n_domains(neighbourhood, n_domains, random_state,
                                                       backend_kwargs["leiden"], min_domain_size=min_cells,
                                                       coords=coords, slide_codes=codes)
         runs.append(_Run("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels),
                          floor=n_domains))
     if "kmeans" in methods:
         kwargs = {**backend_kwargs["kmeans"], "n_clusters": n_domains}
-        labels = cluster("kmeans", neighbourhoods["kmeans"], n_domains / 10, random_state, min_cells,
+        labels = cluster("kmeans", neighbourhood, n_domains / 10, random_state, min_cells,
                          keep=n_domains, **kwargs)
         if np.bincount(labels).min() < min_cells:
             logger.info("n_domains=%d: k-means keeps domains below min_domain_size (%d cells) to give %d",
@@ -960,7 +957,7 @@ def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
         graphs = {name: None if getattr(embedded, name) is None else graph_back(getattr(embedded, name), order)
                   for name in ("connectivities", "distances")}
         embedded = replace(embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
-                           pca_connectivities=None, **graphs)
+                           **graphs)
     outputs["embedded"] = embedded
     if outputs["swept"] is not None:
         outputs["swept"] = outputs["swept"]._replace(labels=rows_back(outputs["swept"].labels, order, axis=1))

@@ -235,15 +235,14 @@ def test_knn_graph_of_a_degenerate_tissue(name):
 def test_embedding_of_a_degenerate_tissue(name, pca_kwargs, use_rep):
     features = DEGENERATE_TISSUES[name].astype(np.float32)
     n_cells, n_features = features.shape
-    embedded = embed(features, n_comps=10, pca_kwargs=pca_kwargs, use_rep=use_rep, pca_graph=True)
+    embedded = embed(features, n_comps=10, pca_kwargs=pca_kwargs, use_rep=use_rep)
     n_comps = embedded.pca["embedding"].shape[1]
     assert embedded.pca["embedding"].shape == (n_cells, n_comps)
     assert 1 <= n_comps <= 10
     assert embedded.pca["components"].shape == (n_features, n_comps)
     assert np.isfinite(embedded.pca["embedding"]).all()
     assert np.isfinite(embedded.pca["variance_ratio"]).all()
-    for graph in (embedded.connectivities, embedded.pca_connectivities):
-        assert_undirected_graph(graph, n_cells)
+    assert_undirected_graph(embedded.connectivities, n_cells)
     assert embedded.distances.shape == (n_cells, n_cells)
 
 

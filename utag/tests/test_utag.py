@@ -381,17 +381,35 @@ def test_the_kNN_search_that_ran_is_recorded(monkeypatch):
     monkeypatch.setattr(embedding, "EXACT_SEARCH_BUDGET", budget)
     result = _run(tissue, clustering_method=["leiden", "parc"], resolutions=[0.1])
     params = result.uns["neighbors"]["params"]
-    assert (params["knn"], params["knn_pca"]) == ("approximate", "exact")
+    assert params["knn"] == "approximate" and "knn_pca" not in params  # one graph, on X, for both methods
+    assert _run(tissue, clustering_method=["leiden"], resolutions=[0.1],
+                use_rep="X_pca").uns["neighbors"]["params"]["knn"] == "exact"
     indices, distances = nearest_neighbors(np.asarray(result.X), 15, "approximate")
     assert abs(result.obsp["connectivities"] - fuzzy_connectivities(indices, distances)).max() < 1e-4
 
 
-def test_parc_and_kmeans_cluster_the_pca_whatever_use_rep(tissue):
-    kwargs = dict(clustering_method=["parc", "kmeans"], resolutions=[0.3])
-    default = _run(tissue, **kwargs)
-    on_pca = _run(tissue, use_rep="X_pca", **kwargs)
-    for key in default.uns["utag"]["label_keys"]:
-        np.testing.assert_array_equal(default.obs[key].to_numpy(), on_pca.obs[key].to_numpy())
+def test_parc_clusters_leidens_graph_and_kmeans_the_pca(tissue, monkeypatch):
+    from utag import clustering
+
+    # the original passes sc.pp.neighbors' graph (on X with 50 features or fewer) to PARC
+    # as its neighbor_graph, with the PCA as PARC's data; k-means clusters the PCA
+    seen = {}
+
+    def parc(neighbourhood, resolution, random_state=0, **kwargs):
+        seen["graph"], seen["points"] = neighbourhood.connectivities, neighbourhood.embedding
+        return real_parc(neighbourhood, resolution, random_state, **kwargs)
+
+    real_parc = clustering.BACKENDS["parc"]
+    monkeypatch.setitem(clustering.BACKENDS, "parc", parc)
+    result = _run(tissue, clustering_method=["parc", "kmeans"], resolutions=[0.3])
+    assert result.uns["neighbors"]["params"]["use_rep"] == "X"
+    graph = result.obsp["connectivities"]  # in the input's order; PARC saw it in utag's
+    assert seen["graph"].nnz == graph.nnz
+    np.testing.assert_array_equal(np.sort(seen["graph"].data), np.sort(graph.data))
+    np.testing.assert_array_equal(np.sort(seen["points"], axis=0), np.sort(result.obsm["X_pca"], axis=0))
+    on_pca = _run(tissue, use_rep="X_pca", clustering_method=["kmeans"], resolutions=[0.3])
+    np.testing.assert_array_equal(result.obs["UTAG Label_kmeans_0.3"].to_numpy(),
+                                  on_pca.obs["UTAG Label_kmeans_0.3"].to_numpy())
 
 
 def test_no_domain_below_min_domain_size(tissue):
