@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="marker entries of a table that are not numbers (e.g. '<LOD', '1,5'): error (default) "
                           "names them and stops; drop leaves their cells out and counts them; missing reads "
                           "them as missing values (for a Python user who imputes them: the run itself then stops)")
-    run.add_argument("--processes", type=int, help="worker processes for slides (default: one per core)")
+    run.add_argument("--processes", type=int,
+                     help="worker processes for slides (default, or -1: one per core)")
     run.add_argument("--dask-scheduler", metavar="ADDRESS|local",
                      help="run on Dask (utag.distributed): 'local' starts a cluster of --processes workers, an "
                           "address (tcp://host:8786) uses a running scheduler. INPUT (.h5ad or .zarr) is read "

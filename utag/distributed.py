@@ -341,7 +341,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             var = seg._output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
         seg._check_radius(p, n_edges, coords, codes)
-        input_coords, coords, codes = coords, coords[order], codes[order]
+        coords, codes = coords[order], codes[order]
 
         with watch("PCA"):
             mean = _moments(aggregated)[0]  # one pass over the cells serves the PCA and the probabilities
@@ -350,7 +350,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         with watch("sketch"):
             sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, seg._knn_method(p, size, adata.n_obs),
-                                    random_state, p.use_rep, watch, rows=sample, n_jobs=n_jobs)
+                                    random_state, p.use_rep, watch, rows=sample, n_jobs=n_jobs, slides=codes)
         runs, swept, index = [], None, None
         if p.methods and embedded.rows is not None and len(embedded.rows) < adata.n_obs:
             with watch("vote index"):  # in the client, on the sketch only
@@ -383,7 +383,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         if not isinstance(result.obsm["spatial"], (np.ndarray, pd.DataFrame)):
             # read lazily, they are in memory now (computed apart from the input's array):
             # scanpy's and squidpy's plots of the result index them as numpy arrays
-            result.obsm["spatial"] = input_coords
+            result.obsm["spatial"] = np.asarray(result.obsm["spatial"])  # the input's dtype
     finally:
         watch.close()
     return result

@@ -155,8 +155,9 @@ def project(features, components: np.ndarray, mean: np.ndarray) -> np.ndarray:
     coordinates do not depend on the block of cells it is projected with (the Dask route
     projects slide by slide, ``utag()`` in memory all cells at once) nor on the BLAS: a
     float32 product rounds differently with the shape of the block, and a kNN graph built
-    on the PCA (PARC, k-means, Leiden above 50 features) turns such rounding into other
-    domains."""
+    on the PCA (k-means, Leiden above 50 features) turns such rounding into other domains.
+    The float64 sums still differ in their last bits, so a float32 coordinate can differ
+    in its last bit, about once in 10^9 (none in 3 million coordinates tried)."""
     components = np.asarray(components, dtype=np.float64)
     offset = np.asarray(mean, dtype=np.float64) @ components
     embedding = np.empty((features.shape[0], components.shape[1]), dtype=np.float32)
@@ -717,41 +718,48 @@ CUT_OFF_SHARE = 0.1
 
 def cut_off(distances: np.ndarray) -> np.ndarray:
     """Which cells UMAP's weights would cut off with their copies, from their kNN
-    ``distances`` (itself first, ``k`` columns): cells with a copy of their profile and
-    more than ``log2(k)`` neighbours at the nearest non-zero distance or closer. No
-    bandwidth then meets UMAP's target, it falls to its floor, and every farther neighbour
-    weighs about 0: each cell links only to its copies and to the cells at that distance
-    (for ``k = 15``: 3 copies, or 2 copies of a cell and 3 of its nearest other profile,
-    as when cells are mapped onto spots or centroids binned to a grid)."""
+    ``distances`` (itself first, ``k`` columns): cells whose every neighbour is a copy of
+    their profile, and cells with a copy and more than ``log2(k)`` neighbours at the
+    nearest non-zero distance or closer. No bandwidth then meets UMAP's target, it falls
+    to its floor, and every farther neighbour weighs about 0: each cell links only to its
+    copies and to the cells at that distance (for ``k = 15``: 3 copies, or 2 copies of a
+    cell and 2 of its nearest other profile, as when cells are mapped onto spots or
+    centroids binned to a grid)."""
     k = distances.shape[1]
     if k < 2:
         return np.zeros(len(distances), dtype=bool)
     others = distances[:, 1:]
     nearest_non_zero = np.where(others > 0, others, np.inf).min(axis=1)
-    return (others[:, 0] == 0) & ((others <= nearest_non_zero[:, None]).sum(axis=1) > np.log2(k))
+    crowded = (others <= nearest_non_zero[:, None]).sum(axis=1) > np.log2(k)
+    return (others[:, 0] == 0) & (crowded | (others[:, -1] == 0))
 
 
-def cut_off_cells(distances: np.ndarray) -> int:
+def cut_off_cells(distances: np.ndarray, slides: np.ndarray | None = None) -> int:
     """How many cells :func:`cut_off` finds, when they would fragment the kNN graph: at
-    least :data:`CUT_OFF_SHARE` of the cells, or any cell whose every neighbour is a copy;
-    else 0 (a few such cells are merged as small domains)."""
-    cells = sum(int(cut_off(distances[rows]).sum()) for rows in row_blocks(len(distances)))
+    least :data:`CUT_OFF_SHARE` of the cells of a slide (``slides``: each cell's slide
+    code; ``None``: one slide), or any cell whose every neighbour is a copy; else 0 (a
+    few such cells are merged as small domains)."""
+    cut = np.concatenate([cut_off(distances[rows]) for rows in row_blocks(len(distances))]) \
+        if len(distances) else np.zeros(0, dtype=bool)
     isolated = distances.shape[1] > 1 and bool((distances[:, -1] == 0).any())
-    return cells if isolated or cells >= CUT_OFF_SHARE * len(distances) else 0
+    slides = np.zeros(len(cut), dtype=np.int64) if slides is None else np.asarray(slides)
+    shares = np.bincount(slides, weights=cut) / np.maximum(np.bincount(slides), 1) if len(cut) else np.zeros(1)
+    return int(cut.sum()) if isolated or shares.max() >= CUT_OFF_SHARE else 0
 
 
 def knn_graph(points: np.ndarray, n_neighbors: int, knn_method: str = "auto", random_state: int = 0,
-              n_jobs: int | None = None):
+              n_jobs: int | None = None, slides: np.ndarray | None = None):
     """``(connectivities, distances, tied, method)``: the UMAP-weighted kNN graph of
     ``points``, built over distinct profiles when many cells share one (``tied`` cells),
     and the search used (``"exact"`` or ``"approximate"``, :func:`exact_search`);
-    ``n_jobs`` threads (the same graph for any number)."""
+    ``n_jobs`` threads (the same graph for any number); ``slides``: each point's slide code
+    (:func:`cut_off_cells`)."""
     random_state = check.seed(random_state)
     k = min(n_neighbors, len(points))
     # decided once, on every cell, for the search over distinct profiles too
     method = "exact" if exact_search(points, k, knn_method) else "approximate"
     indices, distances = nearest_neighbors(points, k, method, random_state, n_jobs)
-    tied = cut_off_cells(distances)
+    tied = cut_off_cells(distances, slides)
     if tied:
         logger.info("%d cells share their profile (identical neighbourhoods) with enough other cells to be "
                     "cut off with them in the kNN graph; building it over distinct profiles so that they do "
@@ -805,7 +813,7 @@ def _fit_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dic
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,
           knn_method: str = "auto", random_state: int = 0, use_rep: str = "X_pca", watch=None, rows=None,
-          n_jobs: int | None = None) -> Embedding:
+          n_jobs: int | None = None, slides: np.ndarray | None = None) -> Embedding:
     """PCA of ``features`` (message-passed, cells x features) and the kNN graph.
 
     ``n_comps`` (or ``pca_kwargs['n_comps']``, as ``utag()`` takes it) is capped below the
@@ -816,7 +824,8 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     :class:`utag._progress.Stopwatch`. ``rows``: build the kNN graph on these cells only
     (a sketch; the PCA is of every cell), or a function choosing them from the PCA
     embedding; kept in ``rows``. ``n_jobs``: threads for the kNN graph (``None``: every
-    core; the same graph for any number).
+    core; the same graph for any number). ``slides``: each cell's slide code (where cells
+    cut off with copies of their profile are counted, :func:`cut_off_cells`).
     """
     random_state = check.seed(random_state)
     n_neighbors = check.as_int("n_neighbors", n_neighbors)
@@ -829,7 +838,8 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     if callable(rows):
         with watch("sketch"):
             rows = rows(fitted["embedding"])
-    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, watch, rows, n_jobs)
+    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, watch, rows, n_jobs,
+                            slides)
 
 
 def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
@@ -842,10 +852,11 @@ def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:
 
 
 def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: str = "auto", random_state: int = 0,
-                     use_rep: str = "X_pca", watch=None, rows=None, n_jobs: int | None = None) -> Embedding:
+                     use_rep: str = "X_pca", watch=None, rows=None, n_jobs: int | None = None,
+                     slides: np.ndarray | None = None) -> Embedding:
     """The kNN graph of :func:`embed`, given its PCA ``fitted``; ``features`` are read
     (the ``rows`` of them) only when ``use_rep`` is ``"X"``, and may then be any array
-    whose rows numpy can read, a Dask array included."""
+    whose rows numpy can read, a Dask array included. ``slides``: every cell's slide code."""
     watch = watch or Stopwatch()
     n_cells = len(fitted["embedding"])
     points = fitted["embedding"]
@@ -857,7 +868,8 @@ def neighbour_graphs(fitted: dict, features, n_neighbors: int = 15, knn_method: 
     n_graph = n_cells if rows is None else len(rows)
     k = min(n_neighbors, n_graph)
     with watch("kNN graph"):
-        connectivities, distances, tied, search = knn_graph(points, k, knn_method, random_state, n_jobs)
+        connectivities, distances, tied, search = knn_graph(points, k, knn_method, random_state, n_jobs,
+                                                            slides if slides is None or rows is None else slides[rows])
     params = {"n_neighbors": k, "method": "umap", "metric": "euclidean", "use_rep": use_rep,
               "random_state": random_state, "distinct_profiles": bool(tied), "knn": search}
     return Embedding(fitted, connectivities, distances, params, rows)

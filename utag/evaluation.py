@@ -84,7 +84,7 @@ def evaluate_performance(
     if pred_keys is None:
         pred_keys = written_labels(adata)
     else:  # one key, or any list-like (uns['utag']['label_keys'] comes back from a file as an array)
-        pred_keys = [str(key) for key in check.as_list(pred_keys)]
+        pred_keys = check.as_list(pred_keys)
     missing = [k for k in [truth_key, *pred_keys, *([batch_key] if batch_key else [])] if k not in adata.obs]
     if missing:
         raise ValueError(f"`adata.obs` has no column(s) {missing}; columns: {list(adata.obs.columns)}.")
@@ -199,7 +199,7 @@ def evaluate_clustering(
     if domain_keys is None:
         domain_keys = written_labels(adata)
     else:  # one key, or any list-like (uns['utag']['label_keys'] comes back from a file as an array)
-        domain_keys = [str(key) for key in check.as_list(domain_keys)]
+        domain_keys = check.as_list(domain_keys)
     if not domain_keys:
         raise ValueError("No labellings to evaluate: pass `domain_keys` or run `utag()` first.")
     n_silhouette = check.as_int("n_silhouette", n_silhouette, minimum=2)

@@ -83,7 +83,7 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     if keys is None:
         keys = list(result.uns.get("utag", {}).get("label_keys", []))
         keys.sort(key=method_and_resolution)
-    keys = [str(key) for key in check.as_list(keys)]
+    keys = check.as_list(keys)  # also an array, as label_keys come back from a file
     if not keys:
         raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
     # a copy, stored back at the end: the model of a view is its parent's, which keeps its own numbers

@@ -205,10 +205,11 @@ def utag(
         the original.
     min_domain_size
         Domains smaller than this are merged into the domain their cells link to most in
-        the kNN graph, for every method (:func:`utag.clustering.merge_small_domains`);
-        below 1 a fraction of the cells, from 1 a number of cells, ``0`` keeps every
-        domain. Default (``None``): 0.2% of the cells, at least 10 (the ``parc`` package's
-        default ``small_pop``).
+        the kNN graph, for every method (:func:`utag.clustering.merge_small_domains`; when
+        small domains hold most of the cells, each joins the neighbour it links to most per
+        cell, so that they pair up rather than all join one); below 1 a fraction of the
+        cells, from 1 a number of cells, ``0`` keeps every domain. Default (``None``):
+        0.2% of the cells, at least 10 (the ``parc`` package's default ``small_pop``).
     random_state
         Seed for every random step (Leiden, PARC, k-means, UMAP): a whole number (R's
         ``1``, sent as ``1.0``, works). Default 0. ``None`` draws a fresh seed, recorded in
@@ -585,7 +586,7 @@ def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, rand
     choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
     knn_method = _knn_method(p, p.sketch_size if sketching else None, len(codes))
     return embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state, p.use_rep,
-                 watch=watch, rows=choose, n_jobs=n_jobs)
+                 watch=watch, rows=choose, n_jobs=n_jobs, slides=codes)
 
 
 def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,

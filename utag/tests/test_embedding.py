@@ -415,3 +415,18 @@ def test_cells_mapped_onto_spots_give_domains_not_fragments():
     labels = result.obs["UTAG Label_leiden_0.1"]
     assert labels.nunique() <= 6
     assert adjusted_rand_score(cells.obs["domain"], labels) > 0.5
+
+
+def test_cut_off_cells_are_counted_per_slide():
+    from utag.embedding import cut_off, cut_off_cells
+
+    # a slide of 90 cells mapped 3 per spot (8% of all cells: each has 2 copies and 3
+    # cells of the next spot at one distance) beside a slide of 1,000 ordinary cells
+    distances = np.zeros((1_090, 15), dtype=np.float32)
+    distances[:90] = [0, 0, 0, 1, 1, 1, *range(2, 11)]
+    distances[90:] = np.arange(15) + np.random.default_rng(0).random((1_000, 1))
+    assert cut_off(distances)[:90].all() and not cut_off(distances)[90:].any()
+    assert cut_off_cells(distances) == 0  # under a tenth of all the cells
+    assert cut_off_cells(distances, slides=np.r_[np.zeros(90, int), np.ones(1_000, int)]) == 90
+    # with k = 2, a cell whose one neighbour is a copy is cut off
+    assert cut_off(np.zeros((4, 2), dtype=np.float32)).all()
