@@ -53,7 +53,9 @@ def main() -> None:
         print(f"== {name}: python benchmarks/{script} {' '.join(arguments)}", flush=True)
         subprocess.run(command, check=True)
         text = out.read_text().rstrip() + "\n"
-        out.write_text(f"`python benchmarks/{script} {' '.join(arguments)}`\n\n{text}")
+        line = f"`python benchmarks/{script} {' '.join(arguments)}`"
+        if not text.startswith(line):  # run.py may name its command itself
+            out.write_text(f"{line}\n\n{text}")
 
 
 if __name__ == "__main__":
