@@ -390,7 +390,9 @@ def read_lazy(path, chunk_rows: int = 65_536) -> AnnData:
     if "X" not in store:
         raise ValueError(f"{path} has no X: store the markers in X (e.g. adata.X = adata.layers[...]).")
     if dict(store["X"].attrs).get("encoding-type", "array") != "array":
-        raise ValueError(f"{path}: X is stored sparse; the Dask route takes dense features.")
+        raise ValueError(f"{path}: X is stored sparse; the Dask route takes dense features. Run it in memory "
+                         "instead (anndata.read_zarr or read_h5ad, then utag(); on the command line, write it "
+                         "as .h5ad and run that without --dask-scheduler), or store X dense.")
     n_features, spatial = store["X"].shape[1], store["obsm"]["spatial"]
     if dict(spatial.attrs).get("encoding-type", "array") == "dataframe":  # centroids are small: read them
         coords = np.asarray(anndata.io.read_elem(spatial), dtype=np.float64)

@@ -157,3 +157,16 @@ def test_labels_table_writes_missing_labels_as_empty_and_whole_numbers_without_a
     obs = pd.DataFrame({"big": [1e20, 2.0, np.nan], "cat": pd.Categorical([1.0, 2.0, np.nan])}, index=list("abc"))
     table = labels_table(AnnData(np.zeros((3, 1)), obs=obs), keys=["big", "cat"])
     assert table.to_dict("list") == {"big": ["1e+20", "2.0", ""], "cat": ["1", "2", ""]}
+
+
+def test_a_sparse_store_is_refused_by_the_dask_route_with_the_way_forward(tmp_path):
+    import scipy.sparse as sp
+
+    from utag.datasets import synthetic_tissue
+    from utag.io import read_lazy, write_domains
+
+    tissue = synthetic_tissue(n_cells=500, n_slides=1, random_state=0)
+    tissue.X = sp.csr_matrix(tissue.X)
+    write_domains(tissue, tmp_path / "sparse.zarr", features=True)
+    with pytest.raises(ValueError, match="stored sparse.*in memory"):
+        read_lazy(tmp_path / "sparse.zarr")
