@@ -640,6 +640,12 @@ def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndar
     what = ("almost none: the neighbourhood means are little more than the cells themselves" if few
             else "most of its slide: the neighbourhood means hardly differ")
     radius = domain_radius(coords, codes)
+    if radius and np.isclose(radius, max_dist):  # max_dist="auto" chose it: the tissue is small or sparse
+        logger.warning("max_dist=%g (%g nearest-cell distances, max_dist='auto') gives a cell %.1f neighbours on "
+                       "average (%s): the slides hold few cells, or few distinct positions, for domains of that "
+                       "size. utag.tuning.max_dist_report compares radii.", max_dist, DOMAIN_RADIUS_FACTOR,
+                       mean_degree, what)
+        return
     hint = f" About {radius:g} suits domains here (max_dist='auto');" if radius else ""
     logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s). Are max_dist and obsm['spatial'] in "
                    "the same units?%s utag.tuning.max_dist_report compares radii.", max_dist, mean_degree, what, hint)

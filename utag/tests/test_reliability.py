@@ -529,7 +529,7 @@ def test_inputs_that_used_to_fail_or_mislead(small, caplog):
     assert list(result.obs_names[:2]) == ["0", "1"]
 
 
-def test_auto_radius_of_cells_that_share_positions():
+def test_auto_radius_of_cells_that_share_positions(caplog):
     from utag.tuning import suggest_max_dist
 
     # cells binned to a 50 um grid: most cells share a position with others
@@ -543,3 +543,9 @@ def test_auto_radius_of_cells_that_share_positions():
     assert spacing == 50
     assert suggest_max_dist(binned, slide_key="roi") == pytest.approx(6 * spacing)
     assert suggest_max_dist(tissue, slide_key="roi") > 0  # unchanged where no cells share a position
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        run_utag(binned, slide_key="roi", max_dist="auto", clustering_method="kmeans", resolutions=[0.3],
+                 progress=False)
+    # 144 positions: the radius links a cell to most of its slide, which is said without
+    # suggesting the same radius again as the one in other units
+    assert "max_dist='auto') gives a cell" in caplog.text and "same units" not in caplog.text
