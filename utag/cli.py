@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -339,14 +340,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: utag()'s parameters that an option of the command line sets, as its errors name them.
+FLAGS = {"max_dist": "--max-dist", "clustering_method": "--method", "resolutions": "--resolutions",
+         "flavor": "--flavor", "random_state": "--random-state", "slide_key": "--slide-key",
+         "channels_to_use": "--markers", "processes": "--processes"}
+
+
+def _with_flags(message: str) -> str:
+    """``message`` (from ``utag()``) followed by the options that set the parameters it names."""
+    named = [flag for name, flag in FLAGS.items() if re.search(rf"`{name}\b", message)]
+    return f"{message} (on the command line: {', '.join(named)})" if named else message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (UsageError, ValueError, ImportError, OSError) as error:
+    except UsageError as error:
         parser.exit(2, f"utag {args.command}: error: {error}\n")
+    except (ValueError, ImportError, OSError) as error:
+        parser.exit(2, f"utag {args.command}: error: {_with_flags(str(error))}\n")
 
 
 if __name__ == "__main__":

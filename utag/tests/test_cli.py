@@ -361,3 +361,13 @@ def test_run_names_a_folder_that_is_no_zarr_store(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["run", str(folder), "--out", str(tmp_path / "o.h5ad"), "--quiet"])
     assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_errors_of_utag_name_the_options_that_set_them(tmp_path, capsys):
+    h5ad = tmp_path / "cells.h5ad"
+    synthetic_tissue(n_cells=300, n_slides=1, n_markers=4, random_state=0).write_h5ad(h5ad)
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(h5ad), "--out", str(tmp_path / "o.h5ad"), "--max-dist", "-5", "--quiet"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and "`max_dist` must be > 0" in error
+    assert "(on the command line: --max-dist)" in error
