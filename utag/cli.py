@@ -349,7 +349,7 @@ FLAGS = {"max_dist": "--max-dist", "clustering_method": "--method", "resolutions
 def _with_flags(message: str) -> str:
     """``message`` (from ``utag()``) followed by the options that set the parameters it names."""
     named = [flag for name, flag in FLAGS.items() if re.search(rf"`{name}\b", message)]
-    return f"{message} (on the command line: {', '.join(named)})" if named else message
+    return f"{message} On the command line: {', '.join(named)}." if named else message
 
 
 def main(argv: list[str] | None = None) -> int:

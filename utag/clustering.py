@@ -110,15 +110,14 @@ class Neighbourhood:
             self._graph = graph
         return self._graph
 
-    @property
-    def directed_graph(self):
-        """Directed weighted igraph graph with an edge each way for every link, in the
-        order of the connectivities' entries: the graph ``scanpy.tl.leiden`` gives leidenalg
-        (``directed=True``, its default), so that the same seed gives its partition."""
+    def scanpy_graph(self, directed: bool = True):
+        """The igraph graph ``scanpy.tl.leiden`` gives leidenalg: an edge for every entry of
+        the connectivities, in their order (so each link twice, one way each when
+        ``directed``, its default), so that the same seed gives its partition."""
         import igraph as ig
 
         entries = self.connectivities.tocoo()
-        graph = ig.Graph(n=self.connectivities.shape[0], directed=True)
+        graph = ig.Graph(n=self.connectivities.shape[0], directed=directed)
         graph.add_edges(np.column_stack([entries.row, entries.col]))
         graph.es["weight"] = entries.data.astype(np.float64)
         return graph
@@ -144,9 +143,10 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     ``"igraph"``, -1 = until convergence for ``"leidenalg"``), ``initial_membership``,
     and for ``"igraph"``/``"leidenalg"`` any other keyword of
     ``igraph.Graph.community_leiden`` or ``leidenalg.find_partition`` (e.g.
-    ``partition_type``). ``"leidenalg"`` runs on the directed graph, as
-    ``scanpy.tl.leiden`` and so the original UTAG call it (``directed=False``: undirected);
-    the other flavours take the graph undirected (``directed`` makes no difference to them).
+    ``partition_type``). ``"leidenalg"`` runs on the graph ``scanpy.tl.leiden``, and so the
+    original UTAG, gives it (directed by default, ``directed=False`` as scanpy builds it
+    undirected); the other flavours take the graph undirected (``directed`` makes no
+    difference to them).
     """
     random_state = check.seed(random_state)
     kwargs = dict(kwargs)
@@ -168,8 +168,7 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
         partition_type = kwargs.pop("partition_type", leidenalg.RBConfigurationVertexPartition)
         _check_takes_resolution(partition_type)
         kwargs.setdefault("n_iterations", -1)
-        if directed:  # as scanpy.tl.leiden (and so the original UTAG) calls it
-            graph = neighbourhood.directed_graph
+        graph = neighbourhood.scanpy_graph(directed)  # as scanpy.tl.leiden (and so the original UTAG) calls it
         membership = leidenalg.find_partition(
             graph, partition_type, weights=weights, resolution_parameter=resolution, seed=random_state, **kwargs
         ).membership

@@ -155,7 +155,8 @@ def project(features, components: np.ndarray, mean: np.ndarray) -> np.ndarray:
     coordinates do not depend on the block of cells it is projected with (the Dask route
     projects slide by slide, ``utag()`` in memory all cells at once) nor on the BLAS: a
     float32 product rounds differently with the shape of the block, and a kNN graph built
-    on the PCA (k-means, Leiden above 50 features) turns such rounding into other domains.
+    on the PCA (Leiden and PARC above 50 features or with ``use_rep="X_pca"``) turns such
+    rounding into other domains.
     The float64 sums still differ in their last bits, so a float32 coordinate can differ
     in its last bit, about once in 10^9 (none in 3 million coordinates tried)."""
     components = np.asarray(components, dtype=np.float64)
@@ -776,7 +777,7 @@ class Embedding:
     connectivities: sp.csr_matrix  # kNN graph on the representation ``params["use_rep"]``
     distances: sp.csr_matrix
     params: dict  # uns['neighbors']['params']
-    rows: np.ndarray | None = None  # the cells the kNN graphs are of (a sketch); None: every cell
+    rows: np.ndarray | None = None  # the cells the kNN graph is of (a sketch); None: every cell
 
 
 def _scanpy_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dict:

@@ -434,6 +434,7 @@ class _Parameters:
     auto: bool  # resolutions="auto"
     n_domains: int | None
     max_dist: float
+    max_dist_chosen: bool  # max_dist="auto": suggest_max_dist chose it
     n_neighbors: int
     knn_method: str
     n_comps: int
@@ -470,7 +471,8 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
         resolutions = []
     else:
         resolutions = check.resolution_list(resolutions)
-    if check.is_auto(max_dist):
+    max_dist_chosen = check.is_auto(max_dist)
+    if max_dist_chosen:
         max_dist = suggest_max_dist(adata, slide_key)
         logger.info("max_dist='auto': %g (%g times the median distance to the nearest cell)", max_dist,
                     DOMAIN_RADIUS_FACTOR)
@@ -513,7 +515,8 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     return _Parameters(
         methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains, max_dist=max_dist,
-        n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps, pca_kwargs=pca_kwargs,
+        max_dist_chosen=max_dist_chosen, n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps,
+        pca_kwargs=pca_kwargs,
         use_rep=representation(use_rep, n_features), min_cells=min_domain_cells(min_domain_size, adata.n_obs),
         backend_kwargs={"leiden": leiden_kwargs, "parc": parc_kwargs, "kmeans": kmeans_kwargs},  # checked copies
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
@@ -580,7 +583,7 @@ def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_name
 
 def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, random_state: int, watch: Stopwatch,
            n_jobs) -> Embedding:
-    """Step 3's embedding: the PCA of every cell and the kNN graphs (of a sketch of the
+    """Step 3's embedding: the PCA of every cell and the kNN graph (of a sketch of the
     cells when ``p.sketch_size`` asks for one and ``may_sketch``)."""
     sketching = bool(p.sketch_size) and may_sketch
     choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
@@ -616,7 +619,7 @@ def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.nd
     multiscale flavour's graph is wider, so its pairs within ``max_dist`` are estimated)."""
     if p.spatial_graph == "radius":
         pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
-        _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist)
+        _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist, p.max_dist_chosen)
 
 
 #: Mean neighbours per cell (within ``max_dist``) below which ``utag()`` warns: at about the
@@ -626,10 +629,12 @@ def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.nd
 FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
 
 
-def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float) -> None:
+def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float,
+                              chosen: bool = False) -> None:
     """A warning, with the radius domains need (:func:`utag.tuning.domain_radius`), when
     the radius graph gives a cell almost no neighbours or most of its slide: ``max_dist``
-    and ``obsm['spatial']`` are then likely in different units."""
+    and ``obsm['spatial']`` are then likely in different units. ``chosen``: ``max_dist``
+    is the one ``max_dist="auto"`` chose (the tissue, not the units, is then the cause)."""
     n_cells = len(codes)
     mean_degree = 2 * n_edges / n_cells
     mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
@@ -639,13 +644,14 @@ def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndar
         return
     what = ("almost none: the neighbourhood means are little more than the cells themselves" if few
             else "most of its slide: the neighbourhood means hardly differ")
-    radius = domain_radius(coords, codes)
-    if radius and np.isclose(radius, max_dist):  # max_dist="auto" chose it: the tissue is small or sparse
-        logger.warning("max_dist=%g (%g nearest-cell distances, max_dist='auto') gives a cell %.1f neighbours on "
-                       "average (%s): the slides hold few cells, or few distinct positions, for domains of that "
-                       "size. utag.tuning.max_dist_report compares radii.", max_dist, DOMAIN_RADIUS_FACTOR,
-                       mean_degree, what)
+    if chosen:
+        why = ("the cells lie in clumps far apart for their spacing within a clump" if few
+               else "the slides hold few cells, or few distinct positions, for domains that wide")
+        logger.warning("max_dist=%g (%g median nearest-cell distances, max_dist='auto') gives a cell %.1f neighbours "
+                       "on average (%s): %s. utag.tuning.max_dist_report compares radii.", max_dist,
+                       DOMAIN_RADIUS_FACTOR, mean_degree, what, why)
         return
+    radius = domain_radius(coords, codes)
     hint = f" About {radius:g} suits domains here (max_dist='auto');" if radius else ""
     logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s). Are max_dist and obsm['spatial'] in "
                    "the same units?%s utag.tuning.max_dist_report compares radii.", max_dist, mean_degree, what, hint)

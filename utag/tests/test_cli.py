@@ -370,4 +370,4 @@ def test_errors_of_utag_name_the_options_that_set_them(tmp_path, capsys):
         main(["run", str(h5ad), "--out", str(tmp_path / "o.h5ad"), "--max-dist", "-5", "--quiet"])
     error = capsys.readouterr().err
     assert stopped.value.code == 2 and "`max_dist` must be > 0" in error
-    assert "(on the command line: --max-dist)" in error
+    assert "On the command line: --max-dist." in error

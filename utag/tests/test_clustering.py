@@ -311,9 +311,10 @@ def test_the_leidenalg_flavour_is_scanpys_call():
     adata = AnnData(np.asarray(tissue.X), obsp={"connectivities": embedded.connectivities})
     adata.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {"method": "umap"}}
     neighbourhood = Neighbourhood(embedded.pca["embedding"], embedded.connectivities)
-    for resolution in (0.3, 1.0):
+    for resolution, directed in ((0.3, True), (1.0, True), (1.0, False)):
         with warnings.catch_warnings():  # scanpy's note that igraph will be its default
             warnings.simplefilter("ignore", FutureWarning)
-            sc.tl.leiden(adata, resolution=resolution, random_state=0, flavor="leidenalg", key_added="scanpy")
-        ours = leiden(neighbourhood, resolution, 0, flavor="leidenalg")
+            sc.tl.leiden(adata, resolution=resolution, random_state=0, flavor="leidenalg", key_added="scanpy",
+                         directed=directed)
+        ours = leiden(neighbourhood, resolution, 0, flavor="leidenalg", directed=directed)
         np.testing.assert_array_equal(ours, adata.obs["scanpy"].astype(int).to_numpy())

@@ -549,3 +549,8 @@ def test_auto_radius_of_cells_that_share_positions(caplog):
     # 144 positions: the radius links a cell to most of its slide, which is said without
     # suggesting the same radius again as the one in other units
     assert "max_dist='auto') gives a cell" in caplog.text and "same units" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="utag"):  # the same radius typed: units may be the cause
+        run_utag(binned, slide_key="roi", max_dist=6 * spacing, clustering_method="kmeans", resolutions=[0.3],
+                 progress=False)
+    assert "same units" in caplog.text
