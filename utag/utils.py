@@ -318,9 +318,10 @@ def measure_per_domain_cell_type_colocalization(
     Returns
     -------
     DataFrame ``log(F / F.sum()) - log(S / S.sum())`` with ``F = M + 1`` and ``S`` = the
-    summed shuffled ``M`` + 1; index and columns are the domains (sorted, or in category
-    order for a categorical column). Positive: the two domains touch more than chance.
-    Nothing is written to ``adata``.
+    summed shuffled ``M`` + 1; index and columns are the domains (sorted, or every category
+    in category order for a categorical column, as the original: a category no cell has,
+    as after subsetting a result to one slide, gets a row and a column of NaN). Positive:
+    the two domains touch more than chance. Nothing is written to ``adata``.
 
     Examples
     --------
@@ -333,7 +334,8 @@ def measure_per_domain_cell_type_colocalization(
     random_state = check.seed(random_state)
     n_iterations = check.as_int("n_iterations", n_iterations)
     values = _obs_column(adata, utag_key, "utag_key")
-    if isinstance(values.dtype, pd.CategoricalDtype):
+    every_category = list(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else None
+    if every_category is not None:
         names = list(values.cat.remove_unused_categories().cat.categories)
     else:
         names = _sorted_names(values)
@@ -351,7 +353,8 @@ def measure_per_domain_cell_type_colocalization(
     for _ in range(n_iterations):
         shuffled[cells] = labels[cells][rng.permutation(len(cells))]
         shuffled_total += pair_counts(shuffled[source], shuffled[target], len(names))[0]
-    return pd.DataFrame(_log_enrichment(observed, shuffled_total), index=pd.Index(names), columns=pd.Index(names))
+    table = pd.DataFrame(_log_enrichment(observed, shuffled_total), index=pd.Index(names), columns=pd.Index(names))
+    return table if every_category is None else table.reindex(index=every_category, columns=every_category)
 
 
 def evaluate_clustering(

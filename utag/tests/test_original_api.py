@@ -476,3 +476,18 @@ def test_colocalization_pools_slides_that_share_positions():
     adata.obsm["spatial"] = np.round(adata.obsm["spatial"] / 20) * 20  # many cells at one position
     table = utag.utils.measure_per_domain_cell_type_colocalization(adata, "domain", 40, 5, random_state=0)
     assert table.shape == (adata.obs["domain"].nunique(),) * 2 and np.isfinite(table.to_numpy()).all()
+
+
+def test_colocalization_keeps_every_category_as_the_original():
+    from utag.datasets import synthetic_tissue
+
+    # a result subset to one slide keeps the categories of domains found only elsewhere:
+    # the original's table has a row and a column of NaN for each, which notebooks index by
+    tissue = synthetic_tissue(n_cells=2_000, n_slides=1, n_domains=3, random_state=0)
+    tissue.obs["UTAG Label"] = pd.Categorical(tissue.obs["domain"].astype(str),
+                                              categories=[*sorted(tissue.obs["domain"].astype(str).unique()), "gone"])
+    table = utag.utils.measure_per_domain_cell_type_colocalization(tissue, "UTAG Label", max_dist=20,
+                                                                    n_iterations=20)
+    assert list(table.index) == list(table.columns) == list(tissue.obs["UTAG Label"].cat.categories)
+    assert table.loc["gone"].isna().all() and table["gone"].isna().all()
+    assert np.isfinite(table.drop(index="gone", columns="gone").to_numpy()).all()
