@@ -73,7 +73,6 @@ class Neighbourhood:
 
     embedding: np.ndarray
     connectivities: sp.csr_matrix
-    _graph: object = field(default=None, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
 
     def leiden_arrays(self, use_weights: bool = True, n_jobs: int | None = None) -> tuple:
@@ -99,28 +98,39 @@ class Neighbourhood:
 
     @property
     def graph(self):
-        """Undirected weighted igraph graph of the connectivities (built on first use)."""
-        if self._graph is None:
-            import igraph as ig
-
-            upper = sp.triu(self.connectivities, k=1).tocoo()
-            graph = ig.Graph(n=self.connectivities.shape[0])
-            graph.add_edges(np.column_stack([upper.row, upper.col]))  # twice as fast as Graph(edges=...)
-            graph.es["weight"] = upper.data.astype(np.float64)
-            self._graph = graph
-        return self._graph
+        """Undirected weighted igraph graph of the connectivities, one edge per link (built
+        on first use)."""
+        if "igraph" not in self._arrays:
+            self._arrays["igraph"] = _igraph(sp.triu(self.connectivities, k=1), directed=False)
+        return self._arrays["igraph"]
 
     def scanpy_graph(self, directed: bool = True):
         """The igraph graph ``scanpy.tl.leiden`` gives leidenalg: an edge for every entry of
         the connectivities, in their order (so each link twice, one way each when
-        ``directed``, its default), so that the same seed gives its partition."""
-        import igraph as ig
+        ``directed``, its default), so that the same seed gives its partition (built on
+        first use)."""
+        key = ("scanpy igraph", bool(directed))
+        if key not in self._arrays:
+            self._arrays[key] = _igraph(self.connectivities, directed)
+        return self._arrays[key]
 
-        entries = self.connectivities.tocoo()
-        graph = ig.Graph(n=self.connectivities.shape[0], directed=directed)
-        graph.add_edges(np.column_stack([entries.row, entries.col]))
-        graph.es["weight"] = entries.data.astype(np.float64)
-        return graph
+    def igraph_of(self, leiden_kwargs: dict):
+        """The igraph graph a Leiden run with ``leiden_kwargs`` clusters (flavour
+        ``"igraph"`` or ``"leidenalg"``)."""
+        if leiden_kwargs.get("flavor") == "leidenalg":
+            return self.scanpy_graph(leiden_kwargs.get("directed", True))
+        return self.graph
+
+
+def _igraph(matrix: sp.spmatrix, directed: bool):
+    """Weighted igraph graph with an edge for every stored entry of ``matrix``, in order."""
+    import igraph as ig
+
+    entries = matrix.tocoo()
+    graph = ig.Graph(n=matrix.shape[0], directed=directed)
+    graph.add_edges(np.column_stack([entries.row, entries.col]))  # twice as fast as Graph(edges=...)
+    graph.es["weight"] = entries.data.astype(np.float64)
+    return graph
 
 
 @contextlib.contextmanager
@@ -153,27 +163,26 @@ def leiden(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     flavor = kwargs.pop("flavor", "fast")
     if flavor == "fast":
         return _leiden.run_to_end(_fast_leiden_run(neighbourhood, resolution, random_state, kwargs))
+    if flavor not in ("igraph", "leidenalg"):
+        raise ValueError(f"`leiden_kwargs['flavor']` must be 'fast', 'igraph' or 'leidenalg', got {flavor!r}.")
+    graph = neighbourhood.igraph_of({"flavor": flavor, **kwargs})
     use_weights = kwargs.pop("use_weights", True)
-    directed = kwargs.pop("directed", True)  # igraph's Leiden takes undirected graphs only
+    kwargs.pop("directed", None)  # in the graph: igraph's Leiden takes it undirected, leidenalg as scanpy does
     weights = "weight" if use_weights else None
-    graph = neighbourhood.graph
     if flavor == "igraph":
         kwargs.setdefault("n_iterations", 2)
         kwargs.setdefault("objective_function", "modularity")
         with _igraph_seed(random_state):
             membership = graph.community_leiden(weights=weights, resolution=resolution, **kwargs).membership
-    elif flavor == "leidenalg":
+    else:
         import leidenalg
 
         partition_type = kwargs.pop("partition_type", leidenalg.RBConfigurationVertexPartition)
         _check_takes_resolution(partition_type)
         kwargs.setdefault("n_iterations", -1)
-        graph = neighbourhood.scanpy_graph(directed)  # as scanpy.tl.leiden (and so the original UTAG) calls it
         membership = leidenalg.find_partition(
             graph, partition_type, weights=weights, resolution_parameter=resolution, seed=random_state, **kwargs
         ).membership
-    else:
-        raise ValueError(f"`leiden_kwargs['flavor']` must be 'fast', 'igraph' or 'leidenalg', got {flavor!r}.")
     return np.asarray(membership)
 
 
@@ -505,7 +514,8 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
             for i, labels in zip(threaded, _take_turns(steps, n_jobs, bar.update)):
                 results[i] = labels
         if forked and n_jobs > 1 and large and "fork" in multiprocessing.get_all_start_methods():
-            neighbourhood.graph  # build once, before forking
+            for i in forked:  # build once, before forking
+                neighbourhood.igraph_of(tasks[i][3])
             _SHARED.update(neighbourhood=neighbourhood, min_cells=min_cells)
             runs = map_processes(_shared_run, [tasks[i] for i in forked], n_workers=n_jobs,
                                  names=[f"{tasks[i][0]} at resolution {tasks[i][1]}" for i in forked],
@@ -747,10 +757,13 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
         alive[label] = False
         row = np.where(alive, links[label], 0.0)
         large = alive & (sizes >= min_cells)
-        if row.max() > 0 and mostly_small:
-            target = int(np.argmax(row / sizes))
-        elif row.max() > 0:
-            target = int(np.argmax(np.where(large, row, 0.0))) if row[large].max(initial=0) > 0 else int(row.argmax())
+        if row.max() > 0:
+            if mostly_small:
+                target = int(np.argmax(row / sizes))
+            elif row[large].max(initial=0) > 0:
+                target = int(np.argmax(np.where(large, row, 0.0)))
+            else:
+                target = int(row.argmax())
         else:
             candidates = np.flatnonzero(large if large.any() else alive)
             target = int(candidates[((centroids[candidates] - centroids[label]) ** 2).sum(axis=1).argmin()])
