@@ -135,10 +135,10 @@ def main() -> None:
     for dataset in labelled_datasets(args.kinds):
         truth = dataset.truth()
         grid = BANKSY_GRID_LARGE if dataset.adata.n_obs > 50_000 else BANKSY_GRID
-        runs = [(f"BANKSY k_geom={k_geom}, {'with' if max_m else 'no'} AGF", "BANKSY",
+        runs = [(f"k_geom={k_geom}, {'with' if max_m else 'no'} AGF", "BANKSY",
                  lambda k_geom=k_geom, max_m=max_m: banksy_labels(dataset.adata, k_geom, max_m, grid))
                 for k_geom, max_m in grid.settings]
-        runs += [(f"utag {flavor}, max_dist={multiple * dataset.max_dist:.3g}", f"utag {flavor}",
+        runs += [(f"max_dist={multiple * dataset.max_dist:.3g}", f"utag, flavor={flavor!r}",
                   lambda flavor=flavor, multiple=multiple: utag_labels(dataset, flavor, multiple * dataset.max_dist))
                  for flavor in ("utag", "multiscale") for multiple in RADIUS_MULTIPLES]
         for setting, method, labels in runs:
@@ -156,7 +156,7 @@ def main() -> None:
     methods = list(dict.fromkeys(row["method"] for row in rows))
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     summary = [{"dataset": name, **{method: f"{best[name, method]['ARI best fixed']:.3f} "
-                                            f"({best[name, method]['setting'].split(', ', 1)[-1]})"
+                                            f"({best[name, method]['setting']})"
                                     for method in methods}} for name in datasets]
     for prefix, label in (("MERFISH", "MERFISH, mean per slide"), ("spleen B", "spleen sections, mean")):
         names = [name for name in datasets if name.startswith(prefix)]
