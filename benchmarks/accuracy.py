@@ -32,6 +32,7 @@ import time
 import labelled
 import numpy as np
 from labelled import labelled_datasets, markdown, publish
+from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from utag import utag
@@ -53,7 +54,7 @@ def scores_once(dataset, flavor: str, max_dist: float, random_state: int) -> dic
     result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=max_dist, clustering_method="leiden",
                   resolutions="auto", flavor=flavor, random_state=random_state, progress=False)
     truth = dataset.truth()
-    scored = truth != "NoAnnotation"
+    scored = scored_cells(truth)
     swept = result.uns["utag_resolution_sweep"]["labels"]
     pairs = [(adjusted_rand_score(truth[scored], labels[scored]),
               normalized_mutual_info_score(truth[scored], labels[scored])) for labels in swept]

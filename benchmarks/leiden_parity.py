@@ -34,6 +34,7 @@ from itertools import combinations
 import labelled
 import numpy as np
 from labelled import labelled_datasets, markdown, publish
+from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -58,7 +59,7 @@ def modularity(connectivities, labels: np.ndarray, resolution: float) -> float:
 
 def runs_of(neighbourhood, truth, resolution, flavor, seeds) -> dict:
     """One flavour at one resolution over ``seeds``: the columns of the table."""
-    scored = truth != "NoAnnotation"
+    scored = scored_cells(truth)
     started = time.perf_counter()
     runs = [leiden(neighbourhood, resolution, random_state=seed, flavor=flavor) for seed in seeds]
     seconds = (time.perf_counter() - started) / len(seeds)

@@ -40,6 +40,7 @@ import labelled
 import numpy as np
 import scipy.sparse as sp
 from labelled import labelled_datasets, markdown, publish
+from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import radius_neighbors_graph
 
@@ -132,7 +133,7 @@ def best_ari(recipe: str, dataset, r: float) -> float:
         features.obsm["spatial"] = adata.obsm["spatial"]
         result = utag(features, max_dist=1e-9, **common)  # no two cells connected: X as given
     truth = dataset.truth()
-    scored = truth != "NoAnnotation"
+    scored = scored_cells(truth)
     return max(adjusted_rand_score(truth[scored], result.obs[key].to_numpy()[scored])
                for key in result.obs if key.startswith("UTAG Label_leiden_"))
 

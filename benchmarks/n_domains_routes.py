@@ -24,6 +24,7 @@ import logging
 
 import numpy as np
 from labelled import labelled_datasets, markdown, parser, publish
+from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -70,7 +71,7 @@ def main() -> None:
     rows = []
     for dataset in labelled_datasets(kinds=args.kinds, synthetic_domains=(3, 5, 8)):
         truth = dataset.truth()
-        scored = truth != "NoAnnotation"
+        scored = scored_cells(truth)
         n_true = len(set(truth[scored]))
         result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=dataset.max_dist,
                       clustering_method="kmeans", resolutions=[n_true / 10], progress=False)

@@ -18,6 +18,7 @@ import logging
 import labelled
 import numpy as np
 from labelled import labelled_datasets, markdown, publish
+from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -32,7 +33,7 @@ def main() -> None:
     rows = []
     for dataset in labelled_datasets(args.kinds):
         truth = dataset.truth()
-        scored = truth != "NoAnnotation"
+        scored = scored_cells(truth)
         for setting, small_pop in SMALL_POPS.items():
             result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=dataset.max_dist,
                           clustering_method="parc", resolutions=RESOLUTIONS, progress=False,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import labelled
 import numpy as np
 from labelled import labelled_datasets, markdown, publish
+from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -39,7 +40,7 @@ def sweep_at(dataset, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
     result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=max_dist, clustering_method="leiden",
                   resolutions=[0.1], progress=False)
     truth = dataset.truth()
-    scored = truth != "NoAnnotation"
+    scored = scored_cells(truth)
     chosen, every = [], []
     for seed in SWEEP_SEEDS:
         table = resolution_sweep(result, n_runs=5, random_state=seed, progress=False)

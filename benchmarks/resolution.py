@@ -33,6 +33,7 @@ import time
 import labelled
 import numpy as np
 from labelled import Dataset, labelled_datasets, markdown, publish
+from measure import scored_cells
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
@@ -84,7 +85,7 @@ def score(dataset, flavor: str) -> list[dict]:
     result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=dataset.max_dist, clustering_method="leiden",
                   resolutions=[0.1], flavor=flavor, progress=False)
     truth = dataset.truth()
-    scored = truth != "NoAnnotation"
+    scored = scored_cells(truth)
     rows = []
     for seed in SWEEP_SEEDS:
         started = time.perf_counter()

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 from labelled import SPLEEN, markdown, publish
-from measure import peak_memory, provenance, reset_peak_memory
+from measure import peak_memory, provenance, reset_peak_memory, scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -38,7 +38,7 @@ RESOLUTIONS = [0.05, 0.1, 0.3]
 
 def domains_found(truth: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     """(true domains of >= 0.5% of the cells that some predicted domain recovers, how many there are)."""
-    kept = truth != "NoAnnotation"
+    kept = scored_cells(truth)
     truth, labels = truth[kept], labels[kept]
     names, truth_codes = np.unique(truth, return_inverse=True)
     _, label_codes = np.unique(labels, return_inverse=True)
@@ -65,7 +65,7 @@ def runs(name: str, adata, slide_key: str, max_dist: float, sizes: list[int]) ->
         labels = {r: result.obs[f"UTAG Label_leiden_{r}"].to_numpy() for r in RESOLUTIONS}
         if reference is None:
             reference = labels
-        scored = truth != "NoAnnotation"
+        scored = scored_cells(truth)
         for resolution in RESOLUTIONS:
             found, large = domains_found(truth, labels[resolution])
             rows.append({
