@@ -48,12 +48,22 @@ def seed(value, name: str = "random_state") -> int:
 def as_float(value) -> float:
     """``float(value)``, with single-precision numbers as they print: ``np.float32(0.3)``
     (also after pandas or NumPy widened it to 0.30000001192092896) gives 0.3, so keys made
-    from it read as the user typed them."""
-    if isinstance(value, np.floating):
+    from it read as the user typed them; so does the rounding noise of double-precision
+    arithmetic (``0.1 + 0.2``, ``np.arange(0.1, 0.4, 0.1)``: 0.30000000000000004).
+
+    Examples
+    --------
+    >>> as_float(np.float32(0.3)), as_float(0.1 + 0.2), as_float(1 / 3)
+    (0.3, 0.3, 0.3333333333333333)
+    """
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:  # single or half precision
         return float(str(value))
     value = float(value)
     single = np.float32(value)
-    return float(str(single)) if np.isfinite(single) and float(single) == value else value
+    if np.isfinite(single) and float(single) == value:
+        return float(str(single))
+    short = float(f"{value:.12g}")  # within a few units in the last place: the number meant
+    return short if abs(short - value) <= 4 * np.spacing(abs(value)) else value
 
 
 #: What :func:`check_positive` says of a distance that is not positive.

@@ -51,9 +51,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Above this many cells the kNN search is approximate (``method="auto"``): the exact
-#: KD-tree search in 10 dimensions grows faster than n log n (3 s at 100,000 cells,
-#: 120 s at 1,000,000 on 2 cores); HNSW takes ~25 s at 1,000,000.
-EXACT_NEIGHBORS_MAX_CELLS = 200_000
+#: KD-tree search grows faster than n log n, and the cost model below misjudges some data
+#: at that size: the cell-type fractions of both CODEX spleen sections together lie in few
+#: effective dimensions, yet their exact search took several times HNSW's
+#: (``benchmarks/knn_methods.py``).
+EXACT_NEIGHBORS_MAX_CELLS = 100_000
 
 #: Below :data:`EXACT_NEIGHBORS_MAX_CELLS`, ``method="auto"`` still searches exactly only
 #: where the KD-tree is quick. A query visits on the order of ``2**d`` leaves in ``d``

@@ -113,6 +113,9 @@ def read_cell_table(
     markers = _marker_values(table[marker_columns], pd.Index(cells), id_column or "row",
                              "missing" if non_numeric == "drop" else non_numeric, name, quiet=non_numeric == "drop")
     obs = table.drop(columns=marker_columns)
+    if slide_column is not None:  # as text from any source (a DataFrame, parquet), as read_csv reads it
+        slides = obs[slide_column]
+        obs[slide_column] = slides.astype(object).where(slides.isna(), slides.astype(str))
     obs.index = pd.Index(cells.to_numpy(), name=None)  # a named index clashing with its column cannot be written
     adata = AnnData(
         X=markers,

@@ -178,7 +178,7 @@ def utag(
         than the other cells is a ``ValueError`` (the default is capped for tiny inputs).
     knn_method
         ``"exact"`` (KD-tree), ``"approximate"`` (HNSW, ~98% of the exact neighbours) or
-        ``"auto"`` (default: exact where the KD-tree is quick, that is up to 200,000 cells
+        ``"auto"`` (default: exact where the KD-tree is quick, that is up to 100,000 cells
         and ``n_cells * min(2**d, n_cells)`` within 5e7 for ``d`` effective dimensions, approximate
         otherwise, where the exact search grows to minutes); see
         :func:`utag.embedding.exact_search`; with ``"auto"``, a sketch of more than 50,000
@@ -644,15 +644,20 @@ def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndar
         return
     what = ("almost none: the neighbourhood means are little more than the cells themselves" if few
             else "most of its slide: the neighbourhood means hardly differ")
+    tissue = ("the cells lie in clumps far apart for their spacing within a clump" if few
+              else "the slides hold few cells, or few distinct positions, for domains that wide")
     if chosen:
-        why = ("the cells lie in clumps far apart for their spacing within a clump" if few
-               else "the slides hold few cells, or few distinct positions, for domains that wide")
         logger.warning("max_dist=%g (%g median nearest-cell distances, max_dist='auto') gives a cell %.1f neighbours "
                        "on average (%s): %s. utag.tuning.max_dist_report compares radii.", max_dist,
-                       DOMAIN_RADIUS_FACTOR, mean_degree, what, why)
+                       DOMAIN_RADIUS_FACTOR, mean_degree, what, tissue)
         return
     radius = domain_radius(coords, codes)
-    hint = f" About {radius:g} suits domains here (max_dist='auto');" if radius else ""
+    # the radius domains need is a hint only where it points away from the misfit: a larger
+    # one for too few neighbours, a smaller one for most of the slide
+    if radius is not None and (radius > max_dist if few else radius < max_dist):
+        hint = f" About {radius:g} suits domains here (max_dist='auto');"
+    else:
+        hint = f" If they are, {tissue};"
     logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s). Are max_dist and obsm['spatial'] in "
                    "the same units?%s utag.tuning.max_dist_report compares radii.", max_dist, mean_degree, what, hint)
 

@@ -46,10 +46,18 @@ def test_every_backend_separates_blobs(blobs, method, kwargs):
     assert labels.min() == 0 and np.bincount(labels).argmax() == 0
 
 
-def test_kmeans_uses_ceil_of_ten_times_resolution(blobs):
+def test_kmeans_uses_ceil_of_ten_times_resolution(blobs, caplog):
     neighbourhood, _ = blobs
     for resolution, k in [(0.05, 1), (0.1, 1), (0.25, 3), (0.71, 8)]:
-        assert cluster("kmeans", neighbourhood, resolution).max() + 1 == k
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="utag.clustering"):
+            assert cluster("kmeans", neighbourhood, resolution).max() + 1 == k
+        # one domain, as in the original code, but said
+        assert ("k = ceil(10 * resolution) = 1: every cell in one domain" in caplog.text) == (k == 1)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utag.clustering"):  # k asked for (n_domains=1): nothing to say
+        assert cluster("kmeans", neighbourhood, 0.1, n_clusters=1).max() == 0
+    assert not caplog.text
 
 
 @pytest.mark.parametrize("method", ["leiden", "parc", "kmeans"])

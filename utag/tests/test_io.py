@@ -144,6 +144,13 @@ def test_slide_names_stay_text_and_column_names_may_be_one_string(table, tmp_pat
     assert list(adata.var_names) == ["CD3"]  # "CD20", not the letters C, D, 2, 0
     with pytest.raises(ValueError, match="more than once"):
         read_cell_table(table, marker_columns=["CD3", "CD3"])
+    # whole-number slide names: text from a DataFrame as from its file, so that selecting a
+    # slide by name works the same for both
+    numbered = table.assign(image=[1, 1, 2, 2, 2])
+    numbered.to_csv(path, index=False)
+    from_file = read_cell_table(path, slide_column="image").obs["image"]
+    from_frame = read_cell_table(numbered, slide_column="image").obs["image"]
+    assert from_frame.tolist() == from_file.tolist() == ["1", "1", "2", "2", "2"]
 
 
 def test_labels_table_writes_missing_labels_as_empty_and_whole_numbers_without_a_point():

@@ -340,7 +340,8 @@ def test_more_domains_than_cells_is_a_clear_error(small):
 
 def test_resolutions_as_any_sequence_and_float32_keys_as_typed(small):
     for resolutions in (pd.Series([0.3, 0.1], dtype=np.float32), pd.Series([np.float32(0.3), 0.1]),
-                        [np.float32(0.3), 0.1], np.array([0.3, 0.1], dtype=np.float32), (0.3, 0.1)):
+                        [np.float32(0.3), 0.1], np.array([0.3, 0.1], dtype=np.float32), (0.3, 0.1),
+                        [0.1 + 0.2, 0.1], np.arange(0.1, 0.4, 0.1)[[2, 0]]):  # 0.30000000000000004
         result = run_utag(small, clustering_method="kmeans", resolutions=resolutions, **FAST)
         assert result.uns["utag"]["label_keys"] == ["UTAG Label_kmeans_0.3", "UTAG Label_kmeans_0.1"]
     single = run_utag(small, clustering_method="kmeans", resolutions=np.float32(0.3), **FAST)

@@ -542,6 +542,17 @@ def test_a_max_dist_in_other_units_is_warned_about(caplog):
     assert UNITS_WARNING in caplog.text
 
 
+
+def test_small_slides_are_not_told_to_take_a_larger_radius(caplog):
+    # 150 slides of 20 cells: a usual radius links a cell to most of its slide; the radius
+    # domains need is larger still, so the warning names the slides, not a larger radius
+    small = synthetic_tissue(n_cells=3_000, n_slides=150, random_state=0)
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        utag(small, slide_key="roi", max_dist=20, clustering_method="kmeans", resolutions=[0.3], progress=False)
+    assert "(most of its slide: the neighbourhood means hardly differ)" in caplog.text
+    assert "If they are, the slides hold few cells" in caplog.text
+    assert "suits domains here" not in caplog.text
+
 def test_a_tiny_sketch_and_a_slide_key_of_cell_ids_are_warned_about(caplog):
     adata = synthetic_tissue(n_cells=6_000, n_slides=2, random_state=0)
     options = dict(clustering_method="kmeans", resolutions=[0.3], progress=False)
