@@ -525,6 +525,12 @@ def test_inputs_that_used_to_fail_or_mislead(small, caplog):
         run_utag(shifted, clustering_method="kmeans", resolutions=[0.3], **FAST)
         assert "vary in adata.X but not once utag holds them as float32" in caplog.text
         caplog.clear()
+        for offset, rounded in ((100.0, False), (1e4, True)):  # float32 steps of ~1e-5 and ~1e-3
+            moved = small.copy()
+            moved.X = small.X.astype(np.float64) + offset
+            run_utag(moved, clustering_method="kmeans", resolutions=[0.3], **FAST)
+            assert ("lose precision as float32" in caplog.text) == rounded
+        caplog.clear()
         result = run_utag(numbered, clustering_method="kmeans", resolutions=[0.3], **FAST)
         assert "not text" in caplog.text
     assert list(result.obs_names[:2]) == ["0", "1"]
