@@ -31,7 +31,7 @@ from labelled import labelled_datasets, markdown, publish
 from measure import provenance
 
 from utag import utag
-from utag.datasets import codex_mouse_spleen, synthetic_tissue
+from utag.datasets import synthetic_tissue
 from utag.embedding import (
     EXACT_NEIGHBORS_MAX_CELLS,
     EXACT_SEARCH_BUDGET,
@@ -81,13 +81,9 @@ def main() -> None:
         rows.append(row("synthetic, 40 markers (benchmarks/run.py)", points_of(tissue, "roi", 20.0)))
         print(markdown(rows[-1:]), flush=True)
     for dataset in labelled_datasets(args.kinds, synthetic_domains=(3, 5, 8), synthetic_seeds=(0,),
-                                     synthetic_layouts=("voronoi", "layers", "islands")):
+                                     synthetic_layouts=("voronoi", "layers", "islands"), pooled_spleen=True):
         rows.append(row(dataset.name, points_of(dataset.adata, dataset.slide_key, dataset.max_dist)))
         print(markdown(rows[-1:]), flush=True)
-        if dataset.name == "spleen BALBc-2":  # both sections pooled, after each alone
-            spleen = codex_mouse_spleen(labelled.SPLEEN)
-            rows.append(row("spleen, both sections", points_of(spleen, "slide", dataset.max_dist)))
-            print(markdown(rows[-1:]), flush=True)
     publish(args.out, "knn_methods.py",
             f"{N_NEIGHBORS} neighbours; exact up to `EXACT_NEIGHBORS_MAX_CELLS` = {EXACT_NEIGHBORS_MAX_CELLS:,} "
             f"cells within the budget (`EXACT_SEARCH_BUDGET`) {EXACT_SEARCH_BUDGET:.0e}; "

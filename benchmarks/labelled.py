@@ -41,8 +41,9 @@ class Dataset:
 
 def labelled_datasets(kinds=("subset", "spleen", "merfish", "synthetic"), synthetic_seeds=(0, 1),
                       synthetic_domains=(5,), synthetic_cells=20_000, spleen_max_dist=150.0,
-                      merfish_max_dist=75.0, synthetic_layouts=("voronoi",)):
-    """The datasets, lazily (one in memory at a time)."""
+                      merfish_max_dist=75.0, synthetic_layouts=("voronoi",), pooled_spleen=False):
+    """The datasets, lazily (one in memory at a time); ``pooled_spleen``: both spleen
+    sections together as one more dataset, after each alone."""
     if "subset" in kinds:
         yield Dataset("spleen subset (bundled)", codex_mouse_spleen(), "slide", 200.0)
     if "spleen" in kinds:
@@ -51,6 +52,8 @@ def labelled_datasets(kinds=("subset", "spleen", "merfish", "synthetic"), synthe
             for section in full.obs["slide"].cat.categories:
                 yield Dataset(f"spleen {section}", full[full.obs["slide"] == section].copy(), "slide",
                               spleen_max_dist)
+            if pooled_spleen:
+                yield Dataset("spleen, both sections", full, "slide", spleen_max_dist)
         else:
             print(f"# skipped the full spleen sections: {SPLEEN} not found", file=sys.stderr)
     if "merfish" in kinds:

@@ -32,13 +32,12 @@ import time
 
 import labelled
 import numpy as np
-from labelled import Dataset, labelled_datasets, markdown, publish
+from labelled import labelled_datasets, markdown, publish
 from measure import scored_cells
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
-from utag.datasets import codex_mouse_spleen
 from utag.tuning import _peaks, resolution_for_n_domains, resolution_sweep
 
 FLAVORS = ("utag", "multiscale")
@@ -73,11 +72,8 @@ def _pick(table, values) -> int:
 
 
 def datasets(kinds):
-    for dataset in labelled_datasets(kinds, synthetic_seeds=(0, 1, 2), synthetic_domains=(3, 5, 8),
-                                     synthetic_layouts=("voronoi", "layers", "islands")):
-        yield dataset
-        if dataset.name == "spleen BALBc-2":  # both sections pooled, after each alone
-            yield Dataset("spleen, both sections", codex_mouse_spleen(labelled.SPLEEN), "slide", dataset.max_dist)
+    return labelled_datasets(kinds, synthetic_seeds=(0, 1, 2), synthetic_domains=(3, 5, 8),
+                             synthetic_layouts=("voronoi", "layers", "islands"), pooled_spleen=True)
 
 
 def score(dataset, flavor: str) -> list[dict]:
