@@ -303,10 +303,11 @@ def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
 
     random_state = check.seed(random_state)
     asked = kwargs.pop("n_clusters", None)
-    if asked is None and math.ceil(10 * resolution) == 1:
+    k = math.ceil(10 * resolution) if asked is None else asked
+    if asked is None and k == 1:
         logger.warning("k-means at resolution %g takes k = ceil(10 * resolution) = 1: every cell in one domain. "
                        "Resolutions of 0.2 and more give k = 2 and more (or pass n_domains=k).", resolution)
-    n_clusters = min(math.ceil(10 * resolution) if asked is None else asked, len(neighbourhood.embedding))
+    n_clusters = min(k, len(neighbourhood.embedding))
     kwargs.setdefault("n_init", "auto")
     model = KMeans(n_clusters=n_clusters, random_state=random_state, **kwargs)
     with warnings.catch_warnings():  # fewer distinct points than k: said below, in words
