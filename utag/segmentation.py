@@ -957,12 +957,12 @@ def _warn_if_float32_erases(given, features, var: pd.DataFrame) -> None:
     rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), _ROUNDING_SAMPLE)).astype(np.int64))
     sample = np.asarray(given[rows], dtype=np.float64)
     spread = sample.std(axis=0)
-    rounding = np.abs(sample - features[rows]).max(axis=0)
-    lossy = rounding > FLOAT32_ROUNDING_WARNING * np.where(spread > 0, spread, np.inf)
+    share = np.abs(sample - features[rows]).max(axis=0) / np.where(spread > 0, spread, np.inf)  # of the spread
+    lossy = share > FLOAT32_ROUNDING_WARNING
     if lossy.any():
         logger.warning("%d features (e.g. %s) lose precision as float32, which utag holds them in (rounding of up "
                        "to %.1g of their spread; the domains can move as much as between seeds): %s",
-                       int(lossy.sum()), list(var.index[lossy][:5]), float((rounding / spread)[lossy].max()), fix)
+                       int(lossy.sum()), list(var.index[lossy][:5]), float(share.max()), fix)
 
 
 def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
