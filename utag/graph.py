@@ -19,10 +19,12 @@ same for the kNN graph, naming an ``n_spatial_neighbors`` that would fit).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,6 +67,22 @@ SPATIAL_GRAPHS = ("radius", "knn", "delaunay")
 #: coordinates and a whole ``max_dist`` below 20,000 px the next possible distance is
 #: more than this above ``max_dist``, so those graphs stay exactly squidpy's.
 INCLUSIVE_SLACK = 1e-9
+
+
+#: Slides of fewer cells build their graph in one thread. For a handful of cells
+#: scikit-learn's neighbour search (under squidpy) takes its brute-force route, whose
+#: OpenMP threads cost about 15 ms to start per slide, against 1 ms in one thread; from
+#: about 100 cells on the number of threads makes no difference
+#: (``benchmarks/tiny_slides.py`` measures both).
+ONE_THREAD_BELOW_CELLS = 1_000
+
+
+@functools.cache
+def _thread_controller():
+    """One controller per process: making one scans the loaded libraries (~10 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _inclusive(max_dist: float) -> float:
@@ -114,7 +132,10 @@ def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
         kind, max_dist = "radius", np.inf
     if kind == "delaunay":
         return _delaunay_graph(coords, _inclusive(max_dist))
-    return _builder(_inclusive(max_dist), kind, n_neighbors).build(coords)
+    builder = _builder(_inclusive(max_dist), kind, n_neighbors)
+    small = len(coords) < ONE_THREAD_BELOW_CELLS
+    with _thread_controller().limit(limits=1) if small else nullcontext():
+        return builder.build(coords)
 
 
 def _delaunay_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:

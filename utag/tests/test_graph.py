@@ -67,6 +67,17 @@ def test_graph_equals_squidpy_on_grid_with_duplicates_and_boundary_distances():
     assert ours.obsp["spatial_connectivities"][interior].nnz == 13
 
 
+def test_graph_of_tiny_slides_equals_squidpy():
+    # slides of a handful of cells take scikit-learn's brute-force route, which utag runs in one thread
+    adata = synthetic_tissue(n_cells=300, n_slides=60, random_state=0)
+    assert adata.obs["roi"].value_counts().max() < graph.ONE_THREAD_BELOW_CELLS
+    ours = spatial_neighbors(adata, max_dist=30, slide_key="roi", copy=True)
+    connectivities, distances = _squidpy_graph(adata, 30, "roi")
+    _assert_same_sparse(ours.obsp["spatial_connectivities"], connectivities)
+    _assert_same_sparse(ours.obsp["spatial_distances"], distances, exact=False)
+    assert connectivities.nnz > adata.n_obs  # some cells are linked to others, not only to themselves
+
+
 def test_radius_graph_matches_brute_force():
     coords = np.random.default_rng(0).uniform(0, 50, size=(300, 2))
     dist = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
