@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from utag import message_passing
 from utag.message_passing import aggregate, pass_messages
 
 
@@ -61,6 +62,27 @@ def test_serial_and_parallel_are_identical(small_case, sparse_input):
     assert serial_edges == pooled_edges == (serial_graph[0].nnz - len(coords)) // 2
     for ours, theirs in zip(serial_graph, pooled_graph):
         assert (ours != theirs).nnz == 0
+
+
+@pytest.mark.parametrize("processes, pool_min_cells, expected", [
+    (None, None, 1),  # the default on a small input: this process
+    (None, 0, None),  # the default on an input of POOL_MIN_CELLS or more: one worker per core
+    (2, None, 2),     # a number of processes is always honoured
+])
+def test_worker_processes_only_for_inputs_worth_them(small_case, monkeypatch, processes, pool_min_cells, expected):
+    coords, features, codes = small_case
+    if pool_min_cells is not None:
+        monkeypatch.setattr(message_passing, "POOL_MIN_CELLS", pool_min_cells)
+    asked = []
+    per_slide = message_passing.per_slide
+
+    def recording(*args, processes=None, **kwargs):
+        asked.append(processes)
+        return per_slide(*args, processes=1, **kwargs)
+
+    monkeypatch.setattr(message_passing, "per_slide", recording)
+    pass_messages(coords, features, codes, 9.0, processes=processes)
+    assert asked == [expected]
 
 
 def test_result_does_not_depend_on_cell_order(small_case):
