@@ -10,7 +10,7 @@ For synthetic tissues of 20,000 to 1,000,000 cells (one slide per ~6,700 cells, 
 process (``processes=1``), then in worker processes (one per core) on a first call,
 which starts them (each imports squidpy), and on a second call, which finds them
 started. ``utag()`` uses worker processes by default only from
-``utag.message_passing.POOL_MIN_CELLS`` cells on.
+``utag.graph.POOL_MIN_CELLS`` cells on.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--cells", type=float, nargs="+", default=[20_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--out", help="also write the table (markdown, with machine and date) to this file")
     args = parser.parse_args()
-    from utag.message_passing import POOL_MIN_CELLS
+    from utag.graph import POOL_MIN_CELLS
 
     workers = os.cpu_count() or 1
     rows = []

@@ -44,12 +44,14 @@ __all__ = [
     "estimate_pairs",
     "LOST_WORKER_HINT",
     "per_slide",
+    "POOL_MIN_CELLS",
     "radius_graph",
     "spatial_graph",
     "SPATIAL_GRAPHS",
     "slide_cells",
     "slide_pairs",
     "spatial_neighbors",
+    "worker_processes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -496,6 +498,25 @@ def _format_bytes(n_bytes: float) -> str:
     return f"{n_bytes:.0f} bytes"
 
 
+#: With ``processes=None`` (one worker process per core), inputs of fewer cells are done
+#: in this process: starting the workers (each imports squidpy) takes seconds on a first
+#: call, more than they save on such an input's slides (``benchmarks/worker_processes.py``).
+POOL_MIN_CELLS = 250_000
+
+
+def worker_processes(processes: int | None, n_cells: int) -> int | None:
+    """The worker processes for the slides of ``n_cells`` cells when ``processes`` are
+    asked for: 1 (this process) instead of ``None`` (one per core) below
+    :data:`POOL_MIN_CELLS`; a number of ``processes`` is kept.
+
+    Examples
+    --------
+    >>> worker_processes(None, 20_000), worker_processes(None, 10**6), worker_processes(2, 20_000)
+    (1, None, 2)
+    """
+    return 1 if processes is None and n_cells < POOL_MIN_CELLS else processes
+
+
 def per_slide(function, items: list, *args, processes: int | None = None, progress: bool = False,
               names: list | None = None) -> list:
     """``function(item, *args)`` for every slide's ``item``, in a pool of ``processes``
@@ -519,14 +540,16 @@ def _upper_pairs_of_slide(coords: np.ndarray, max_dist: float) -> np.ndarray:
 def slide_pairs(coords: np.ndarray, codes: np.ndarray, max_dist: float,
                 bytes_per_pair: float = EDGE_LIST_BYTES_PER_PAIR, processes: int | None = None) -> np.ndarray:
     """Radius pairs ``(i, j)``, ``i < j``, of every slide, as global cell indices (no
-    cross-slide pairs); the slides' graphs are built in ``processes`` worker processes.
+    cross-slide pairs); the slides' graphs are built in ``processes`` worker processes
+    (:func:`worker_processes`).
 
     Raises :class:`GraphTooLargeError` first if the pairs, at ``bytes_per_pair`` bytes
     each for what the caller does with them, would not fit in memory.
     """
     check_graph_fits(coords, codes, max_dist, bytes_per_pair, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    local = per_slide(_upper_pairs_of_slide, [coords[cells] for cells in slides], max_dist, processes=processes,
+    local = per_slide(_upper_pairs_of_slide, [coords[cells] for cells in slides], max_dist,
+                      processes=worker_processes(processes, len(codes)),
                       names=[int(codes[cells[0]]) for cells in slides])
     return np.concatenate([cells[pairs] for cells, pairs in zip(slides, local)])
 
@@ -579,8 +602,9 @@ def spatial_neighbors(
     codes, names = check.slide_codes(adata, slide_key)
     check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR, GRAPH_BYTES_PER_CELL)
     slides = slide_cells(codes)
-    graph = combine_slides(per_slide(radius_graph, [coords[cells] for cells in slides], max_dist,
-                                     names=[names[codes[cells[0]]] for cells in slides]), slides, max_dist)
+    built = per_slide(radius_graph, [coords[cells] for cells in slides], max_dist,
+                      processes=worker_processes(None, len(codes)), names=[names[codes[cells[0]]] for cells in slides])
+    graph = combine_slides(built, slides, max_dist)
     target = adata.copy() if copy else adata
     store_spatial_graph(target, graph, max_dist, key_added)
     return target if copy else None

@@ -31,17 +31,12 @@ from .graph import (
     per_slide,
     slide_cells,
     spatial_graph,
+    worker_processes,
 )
 
-__all__ = ["POOL_MIN_CELLS", "aggregate", "as_float32", "pass_messages", "slide_messages"]
+__all__ = ["aggregate", "as_float32", "pass_messages", "slide_messages"]
 
 logger = logging.getLogger(__name__)
-
-#: With ``processes=None`` (the default: one worker process per core), inputs of fewer
-#: cells are done in this process: starting the workers (each imports squidpy) takes
-#: seconds on a first call, more than they save on the slides of such an input
-#: (``benchmarks/worker_processes.py``). A number of ``processes`` is always honoured.
-POOL_MIN_CELLS = 250_000
 
 
 def aggregate(adjacency: sp.csr_matrix, features, normalization_mode: str = "l1_norm"):
@@ -125,7 +120,7 @@ def pass_messages(
     at every width side by side, unscaled (:func:`utag.multiscale.slide_blocks`; the
     radius graph is built at :func:`utag.multiscale.graph_radius`).
     ``processes``: worker processes for the slides (``None``: one per core, at most one
-    per slide, from :data:`POOL_MIN_CELLS` cells on; 1, or ``parallel=False``: none).
+    per slide, from :data:`utag.graph.POOL_MIN_CELLS` cells on; 1, or ``parallel=False``: none).
     ``slide_names`` (indexed by code) name the slide in the error raised when its worker
     process dies. Raises :class:`utag.graph.GraphTooLargeError` before any work if the graphs would
     not fit in memory (``bytes_per_pair``: what the caller will hold per pair, by default
@@ -141,8 +136,7 @@ def pass_messages(
         check_knn_graph_fits(codes, n_spatial_neighbors, max_dist, bytes_per_pair, bytes_per_cell)
     features = as_float32(features)
     slides = slide_cells(codes)
-    if not parallel or (processes is None and len(codes) < POOL_MIN_CELLS):
-        processes = 1
+    processes = worker_processes(processes if parallel else 1, len(codes))
     results = per_slide(slide_messages, [(coords[cells], features[cells]) for cells in slides], max_dist,
                         normalization_mode, keep_graph, spatial_graph_kind, n_spatial_neighbors, kernel_widths,
                         processes=processes, progress=progress,

@@ -173,7 +173,7 @@ def utag(
         Process slides in ``processes`` worker processes (default, or ``-1`` as in the
         original: one per core, at most one per slide, from 250,000 cells on, below which
         starting them costs more than they save:
-        :data:`utag.message_passing.POOL_MIN_CELLS`), and run clustering resolutions in
+        :data:`utag.graph.POOL_MIN_CELLS`), and run clustering resolutions in
         as many threads. Results are identical to ``parallel=False``.
     n_neighbors
         Neighbours per cell in the kNN graph of the embedding (default 15, as scanpy). More

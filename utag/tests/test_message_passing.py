@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from utag import message_passing
+from utag import graph, message_passing
 from utag.message_passing import aggregate, pass_messages
 
 
@@ -72,7 +72,7 @@ def test_serial_and_parallel_are_identical(small_case, sparse_input):
 def test_worker_processes_only_for_inputs_worth_them(small_case, monkeypatch, processes, pool_min_cells, expected):
     coords, features, codes = small_case
     if pool_min_cells is not None:
-        monkeypatch.setattr(message_passing, "POOL_MIN_CELLS", pool_min_cells)
+        monkeypatch.setattr(graph, "POOL_MIN_CELLS", pool_min_cells)
     asked = []
     per_slide = message_passing.per_slide
 
