@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import TABLE_SUFFIXES, labels_table, read_cell_table, read_lazy, remove_path, write_domains
+from .io import TABLE_SUFFIXES, labels_table, read_cell_table, read_lazy, remove_path, storable_obs, write_domains
 
 __all__ = ["main", "build_parser"]
 
@@ -173,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             if args.with_features:
                 _say(args, "--with-features: an .h5ad --out always holds the message-passed features (X)")
+            result.obs = storable_obs(result.obs)
             result.write_h5ad(written["--out"])
         if "--labels-csv" in written:
             labels_table(result, keys).to_csv(written["--labels-csv"], index_label="cell")

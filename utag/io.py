@@ -16,7 +16,7 @@ from anndata import AnnData
 from . import _validation as check
 from ._keys import written_labels
 
-__all__ = ["read_cell_table", "labels_table", "read_lazy", "write_domains"]
+__all__ = ["read_cell_table", "labels_table", "read_lazy", "storable_obs", "write_domains"]
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +416,8 @@ def write_domains(result: AnnData, path, features: bool = False, overwrite: bool
     graphs kept, which ``uns['neighbors']`` and ``uns['spatial_neighbors']`` name) and
     ``uns``; with ``features``, also the message-passed features ``X`` (with ``var`` and
     ``varm``), computed chunk by chunk when they are a Dask array. Read it back with
-    ``anndata.read_zarr``.
+    ``anndata.read_zarr``. ``obs`` columns whose names hold '/' are written with '_'
+    instead (:func:`storable_obs`).
 
     Parameters
     ----------
@@ -476,17 +477,42 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def storable_obs(obs: pd.DataFrame) -> pd.DataFrame:
+    """``obs`` as it can be written to ``.zarr`` and ``.h5ad``: a '/' in a column name
+    (``CD16/32``, ``Class/Name`` from a cell table) becomes '_', with a warning naming
+    those columns. zarr refuses such names, as a path inside the store, and anndata
+    will refuse them in ``.h5ad`` too. ``obs`` itself is not changed.
+
+    Examples
+    --------
+    >>> storable_obs(pd.DataFrame({"CD16/32": [1.0], "roi": ["a"]})).columns.tolist()
+    ['CD16_32', 'roi']
+    """
+    renamed = {column: str(column).replace("/", "_") for column in obs.columns if "/" in str(column)}
+    if not renamed:
+        return obs
+    clashes = sorted(new for new in renamed.values() if new in obs.columns)
+    if clashes or len(set(renamed.values())) < len(renamed):
+        raise ValueError(f"`obs` columns {sorted(renamed)} contain '/', which .zarr and .h5ad files cannot store, "
+                         f"and replacing it by '_' would give names that are taken ({clashes or sorted(renamed)}). "
+                         "Rename those columns (adata.obs.rename(columns=...)) before writing.")
+    logger.warning("obs columns %s contain '/', which .zarr and .h5ad files cannot store: written as %s.",
+                   list(renamed), list(renamed.values()))
+    return obs.rename(columns=renamed)
+
+
 def _write_store(result: AnnData, path: Path, features: bool) -> None:
     """:func:`write_domains` into ``path`` (absent, or an empty folder)."""
     import dask.array as da
 
     obsm = {key: value.compute() if isinstance(value, da.Array) else value for key, value in result.obsm.items()}
     obsp = dict(result.obsp)  # the graphs uns['neighbors'] and uns['spatial_neighbors'] point to
+    obs = storable_obs(result.obs)
     if features:
-        written = AnnData(X=result.X, obs=result.obs, var=result.var, obsm=obsm, varm=dict(result.varm),
+        written = AnnData(X=result.X, obs=obs, var=result.var, obsm=obsm, varm=dict(result.varm),
                           obsp=obsp, uns=dict(result.uns))
     else:
-        written = AnnData(obs=result.obs, obsm=obsm, obsp=obsp, uns=dict(result.uns))
+        written = AnnData(obs=obs, obsm=obsm, obsp=obsp, uns=dict(result.uns))
     with warnings.catch_warnings():  # anndata's and zarr's notices of defaults that will change
         for notice in ("Writing zarr v2", "zarr v3 autosharding", "Consolidated metadata"):
             warnings.filterwarnings("ignore", message=notice)

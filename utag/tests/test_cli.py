@@ -371,3 +371,19 @@ def test_errors_of_utag_name_the_options_that_set_them(tmp_path, capsys):
     error = capsys.readouterr().err
     assert stopped.value.code == 2 and "`max_dist` must be > 0" in error
     assert "On the command line: --max-dist." in error
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5ad"])
+def test_run_writes_columns_whose_names_hold_a_slash(cell_table, tmp_path, caplog, suffix):
+    # exports name columns "CD16/32" or "Class/Name"; zarr refuses '/' in a key, and .h5ad will
+    path, table = cell_table
+    slashed = tmp_path / "slashed.csv"
+    table.assign(**{"Class/Name": "tumour"}).to_csv(slashed, index=False)
+    out = tmp_path / f"domains{suffix}"
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        assert main(["run", str(slashed), "--out", str(out), "--x-column", "X_centroid", "--y-column", "Y_centroid",
+                     "--slide-column", "image", "--exclude", "area", "--method", "kmeans", "--resolutions", "0.3",
+                     "--quiet"]) == 0
+    written = anndata.read_zarr(out) if suffix == ".zarr" else anndata.read_h5ad(out)
+    assert (written.obs["Class_Name"] == "tumour").all() and "Class/Name" not in written.obs
+    assert "Class/Name" in caplog.text

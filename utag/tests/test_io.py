@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utag.io import read_cell_table
+from utag.io import read_cell_table, storable_obs
 
 
 @pytest.fixture
@@ -177,3 +177,14 @@ def test_a_sparse_store_is_refused_by_the_dask_route_with_the_way_forward(tmp_pa
     write_domains(tissue, tmp_path / "sparse.zarr", features=True)
     with pytest.raises(ValueError, match="stored sparse.*in memory"):
         read_lazy(tmp_path / "sparse.zarr")
+
+
+def test_storable_obs_renames_slashed_columns_in_a_copy_and_refuses_clashes(caplog):
+    obs = pd.DataFrame({"CD16/32": [1.0, 2.0], "roi": ["a", "b"]})
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        stored = storable_obs(obs)
+    assert stored.columns.tolist() == ["CD16_32", "roi"] and stored["CD16_32"].tolist() == [1.0, 2.0]
+    assert obs.columns.tolist() == ["CD16/32", "roi"] and "CD16/32" in caplog.text
+    assert storable_obs(obs[["roi"]]) is not None and storable_obs(obs[["roi"]]).columns.tolist() == ["roi"]
+    with pytest.raises(ValueError, match="CD16_32"):
+        storable_obs(obs.assign(CD16_32=0))
