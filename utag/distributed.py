@@ -106,7 +106,9 @@ def check_unsupported(*, keep_spatial_connectivity, apply_umap, filter_by_varian
 
 
 def features_of(adata: AnnData, channels_to_use):
-    """The Dask array of features to aggregate (float32, the chosen channels) and ``var``."""
+    """The Dask array of features to aggregate (the chosen channels, in their own dtype,
+    True/False as 1/0 in float32; each slide's task checks them, then takes them as
+    float32, as the in-memory route does) and ``var``."""
     import dask.array as da
 
     columns = check.channel_indices(adata, channels_to_use)
@@ -122,13 +124,14 @@ def features_of(adata: AnnData, channels_to_use):
     if columns is not None:
         features = features[:, columns]
     var = adata.var if columns is None else adata.var.iloc[columns]
-    return features.astype(np.float32), var.copy()
+    return (features.astype(np.float32) if features.dtype == bool else features), var.copy()
 
 
 def _slide_task(coords, features, order, background, max_dist, normalization_mode, kind, n_neighbors, widths):
     """Graph and message passing of one slide, its rows in ``order``: the block and its edge count."""
-    features = np.ascontiguousarray(np.asarray(features)[order], dtype=np.float32)
-    check.check_features(features)
+    features = np.asarray(features)[order]
+    check.check_features(features)  # before float32 would turn values beyond its range into inf
+    features = np.ascontiguousarray(features, dtype=np.float32)
     if background is not None:
         features -= background
     aggregated, n_edges, _ = slide_messages((coords, features), max_dist, normalization_mode, False, kind,
@@ -314,6 +317,8 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
     """``utag()`` on Dask input (see the module's text); ``p``: the checked parameters."""
     from dataclasses import replace
 
+    import dask
+
     from . import segmentation as seg
 
     watch = Stopwatch(progress, logger)
@@ -328,8 +333,10 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             p = seg._membership_at(p, order)
         with watch("graph and message passing"):
             background = None
-            if normalization_mode == "l1_norm":
-                background = seg._whole_background(features.mean(axis=0, dtype=np.float64).compute())
+            if normalization_mode == "l1_norm":  # the background needs the features checked first (one pass)
+                means, largest = dask.compute(features.mean(axis=0, dtype=np.float64), abs(features).max())
+                check.check_features(np.array([largest]))
+                background = seg._whole_background(means)
             aggregated, recipe, n_edges = message_passing(coords, codes, features, order, background, p,
                                                           normalization_mode)
             scales = None

@@ -273,6 +273,19 @@ def test_dask_features_that_are_not_real_numbers_are_refused_as_in_memory(shuffl
         utag(_as_dask(odd), clustering_method=["kmeans"], resolutions=[0.4], **KW)
 
 
+@pytest.mark.parametrize("value, message", [(1e300, "beyond what float32"), (np.nan, "NaN or infinite")])
+@pytest.mark.parametrize("normalization_mode", ["l1_norm", "sum"])
+def test_dask_features_out_of_range_get_the_in_memory_message(shuffled_tissue, recwarn, value, message,
+                                                              normalization_mode):
+    odd = shuffled_tissue.copy()
+    odd.X = np.asarray(shuffled_tissue.X, dtype=np.float64)
+    odd.X[5, 1] = value  # float32 would make 1e300 an infinity: checked before the cast
+    for adata in (odd, _as_dask(odd)):
+        with pytest.raises(ValueError, match=message):
+            utag(adata, clustering_method=["kmeans"], resolutions=[0.4], normalization_mode=normalization_mode, **KW)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no overflow on the way
+
+
 def test_dask_input_warns_about_a_max_dist_in_other_units_too(caplog):
     adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
     adata.obsm["spatial"] = adata.obsm["spatial"] * 10  # um read as 0.1 um pixels
