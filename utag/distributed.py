@@ -366,7 +366,8 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
                                        assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
-        embedded = replace(embedded, connectivities=None, distances=None)
+        if embedded.rows is not None and len(embedded.rows) < adata.n_obs:  # the graph of a sample is not stored
+            embedded = replace(embedded, connectivities=None, distances=None)
         labels = {seg.label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         with watch("probabilities"):
             soft = probabilities(aggregated, labels, mean)

@@ -246,7 +246,7 @@ def utag(
         ``"auto"`` (default): 200,000 cells when there are more than 2,000,000, else
         every cell; ``None`` or ``0``: every cell; a number below 1: that fraction of
         the cells; from 1: that many cells. The sample is recorded in
-        ``uns['utag']['sketch']``; the kNN graph (``obsp``) is then not stored. With
+        ``uns['utag']['sketch']``; the kNN graph (``obsp``) of a sample is not stored. With
         ``knn_method="auto"`` a sample of more than 50,000 cells gets the approximate
         (HNSW) kNN graph.
     n_jobs
@@ -349,7 +349,7 @@ def utag(
             runs = _one_domain_runs(p, adata.n_obs)
         elif p.methods:
             runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
-            if sample is not None:
+            if sample is not None and len(sample) < adata.n_obs:  # the graph of a sample is not stored
                 embedded = replace(embedded, connectivities=None, distances=None)
         labels = {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         probabilities, model = {}, None

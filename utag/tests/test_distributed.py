@@ -80,6 +80,12 @@ def test_every_cell_in_the_sketch_gives_the_unsketched_labels(shuffled_tissue):
     np.testing.assert_array_equal(got.obs["UTAG Label_leiden_0.1"].to_numpy(),
                                   unsketched.obs["UTAG Label_leiden_0.1"].to_numpy())
     assert "vote index" not in got.uns["utag"]["timings"]  # nothing to vote on: no index is built
+    # the kNN graph of every cell is stored, as in memory, so that scanpy's functions work on the result
+    assert got.uns["neighbors"]["connectivities_key"] == "connectivities"
+    difference = got.obsp["connectivities"] - unsketched.obsp["connectivities"]
+    assert abs(difference).max() < 1e-6 and got.obsp["connectivities"].nnz == unsketched.obsp["connectivities"].nnz
+    sketched = utag(shuffled_tissue, sketch_size=0.5, **options)  # a sample's graph is not stored
+    assert "connectivities" not in sketched.obsp and "neighbors" not in sketched.uns
 
 
 def test_a_sketch_of_every_cell_keeps_the_exact_search_of_the_unsketched_route(shuffled_tissue, monkeypatch):
