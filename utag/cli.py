@@ -136,11 +136,16 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{', '.join(o for o, given in table_only.items() if given)} apply to cell tables "
                              f"(.csv, .tsv, .parquet), not to {source.name}: an AnnData holds its markers in X "
                              "(choose them with --markers) and its centroids in obsm['spatial'].")
+    try:
+        if lazy:
+            adata = read_lazy(source)
+        elif suffix == ".h5ad":
+            adata = anndata.read_h5ad(source)
+    except (OSError, KeyError, ValueError) as error:  # h5py's and zarr's errors name neither the file nor its kind
+        kind = "a .zarr store" if suffix == ".zarr" else "an .h5ad (HDF5) file"
+        raise UsageError(f"{source.name} could not be read as {kind}: {error}") from None
     if lazy:
-        adata = read_lazy(source)
         suffix = ".h5ad"  # the same options as an .h5ad file
-    elif suffix == ".h5ad":
-        adata = anndata.read_h5ad(source)
     if suffix == ".h5ad":
         if args.markers:
             missing = [m for m in args.markers if m not in adata.var_names]

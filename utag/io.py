@@ -97,6 +97,10 @@ def read_cell_table(
     repeated = sorted({c for c in marker_columns or [] if marker_columns.count(c) > 1})
     if repeated:
         raise ValueError(f"`marker_columns` names {repeated} more than once; name each marker once.")
+    both = [c for c in marker_columns or [] if c in exclude_columns]
+    if both:
+        raise ValueError(f"{both} are named both as markers and as excluded (marker_columns and exclude_columns; "
+                         "--markers and --exclude on the command line): name each in one of them.")
     columns = list(table.columns)
     needed = [c for c in [x_column, y_column, slide_column, id_column] if c is not None]
     missing = [c for c in needed + list(marker_columns or []) + exclude_columns if c not in columns]
@@ -274,12 +278,17 @@ def _read(path: Path, text_columns: list[str] = ()) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise ValueError(f"{path.name}: unknown table type {suffix!r}; use .csv, .tsv, .txt or .parquet.")
-    if suffix == ".parquet":
-        try:
+    kind = "a parquet" if suffix == ".parquet" else f"a {'comma' if suffix == '.csv' else 'tab'}-separated"
+    try:
+        if suffix == ".parquet":
             return pd.read_parquet(path)
-        except ImportError as error:
-            raise ImportError(f"reading {path.name} needs pyarrow: pip install pyarrow ({error})") from None
-    return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={column: str for column in text_columns})
+        return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={column: str for column in text_columns})
+    except ImportError as error:
+        raise ImportError(f"reading {path.name} needs pyarrow: pip install pyarrow ({error})") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path.name} is empty: a cell table needs a header line and one row per cell.") from None
+    except (ValueError, OSError) as error:  # pandas' parser errors and pyarrow's are ValueErrors
+        raise ValueError(f"{path.name} could not be read as {kind} table: {error}") from None
 
 
 def labels_table(adata: AnnData, keys: list[str] | None = None, include: list[str] | None = None) -> pd.DataFrame:

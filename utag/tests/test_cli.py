@@ -387,3 +387,22 @@ def test_run_writes_columns_whose_names_hold_a_slash(cell_table, tmp_path, caplo
     written = anndata.read_zarr(out) if suffix == ".zarr" else anndata.read_h5ad(out)
     assert (written.obs["Class_Name"] == "tumour").all() and "Class/Name" not in written.obs
     assert "Class/Name" in caplog.text
+
+
+def test_run_names_an_input_it_cannot_read(tmp_path, capsys):
+    (tmp_path / "text.h5ad").write_text("hello")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "bad.parquet").write_text("hello")
+    for name, message in [("text.h5ad", "could not be read as an .h5ad"), ("empty.csv", "empty.csv is empty"),
+                          ("bad.parquet", "bad.parquet could not be read as a parquet table")]:
+        with pytest.raises(SystemExit):
+            main(["run", str(tmp_path / name), "--out", str(tmp_path / "o.h5ad"), "--quiet"])
+        assert message in capsys.readouterr().err
+
+
+def test_run_refuses_a_column_named_as_marker_and_excluded(cell_table, tmp_path, capsys):
+    path, _ = cell_table
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--out", str(tmp_path / "o.h5ad"), "--x-column", "X_centroid", "--y-column",
+              "Y_centroid", "--markers", "area", "CD0", "--exclude", "area", "--quiet"])
+    assert "['area'] are named both as markers and as excluded" in capsys.readouterr().err
