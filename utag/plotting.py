@@ -600,6 +600,13 @@ def plot_colocalization(
     >>> len(plot_colocalization(table).axes)  # 2 domains and a colour bar
     3
     """
+    needed = ["domain", "cell_type_a", "cell_type_b", "p_value"]
+    columns = list(table.columns) if isinstance(table, pd.DataFrame) else None
+    if columns is None or not set(needed) <= set(columns) or table.empty:
+        got = (f"a {type(table).__name__}" if columns is None else
+               "an empty table" if set(needed) <= set(columns) else f"a table with columns {columns}")
+        raise ValueError(f"`table` must be what utag.analysis.measure_per_domain_cell_type_colocalization returns "
+                         f"(one row per domain and pair of cell types, columns {needed} and the values), got {got}.")
     _choice("value", value, table)
     # names as text throughout: integer labels and selections of them match
     table = table.assign(**{column: table[column].astype(str) for column in ("domain", "cell_type_a", "cell_type_b")})

@@ -126,6 +126,14 @@ def test_colocalization_heatmaps_mark_significance(adata, tmp_path):
     assert _ink(fig, tmp_path) > 0.1
 
 
+def test_colocalization_plot_names_the_table_it_needs(adata):
+    connectivity = domain_connectivity(adata, "domain", slide_key="roi", max_dist=20)
+    for wrong, got in [(connectivity, "got a dict"), (connectivity["counts"], "got a table with columns"),
+                       (pd.DataFrame(columns=["domain", "cell_type_a", "cell_type_b", "p_value"]), "empty table")]:
+        with pytest.raises(ValueError, match=f"measure_per_domain_cell_type_colocalization returns.*{got}"):
+            plot_colocalization(wrong)
+
+
 def test_resolution_sweep_and_hierarchy_plots(tmp_path):
     from utag import utag
     from utag.plotting import plot_domain_hierarchy, plot_resolution_sweep
