@@ -357,7 +357,8 @@ def utag(
             with watch("probabilities"):
                 probabilities = _soft_assignments(aggregated, labels, n_jobs)
             _log_domain_counts(labels)
-            model = _transfer_model(aggregated, input_var, embedded, labels, p, normalization_mode, background, scales)
+            model = _transfer_model(aggregated, input_var, embedded, labels, p, normalization_mode, background, scales,
+                                    2 * n_edges / adata.n_obs)
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
         outputs = {"aggregated": aggregated, "graph": graph, "embedded": embedded, "labels": labels,
@@ -595,12 +596,13 @@ def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, rand
 
 
 def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,
-                    normalization_mode: str, background, scales) -> dict:
+                    normalization_mode: str, background, scales, mean_neighbours: float) -> dict:
     """What :func:`utag.transfer.transfer_labels` needs to label new cells (``uns['utag']['model']``)."""
     pca = embedded.pca
     return build_model(aggregated, input_var.index, pca["embedding"], pca["components"], labels, p.max_dist,
                        normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
-                       scales, centred=bool(pca.get("params", {}).get("zero_center", True)))
+                       scales, centred=bool(pca.get("params", {}).get("zero_center", True)),
+                       mean_neighbours=mean_neighbours)
 
 
 #: Cells per slide, on average, below which ``utag()`` asks whether ``slide_key`` names slides.

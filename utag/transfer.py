@@ -11,6 +11,7 @@ vote of its nearest training cells (``method="knn"``, needs the training result)
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,13 @@ from .embedding import project
 from .message_passing import pass_messages
 from .multiscale import feature_names, scale_blocks
 from .sketch import majority_vote
+
+logger = logging.getLogger(__name__)
+
+#: :func:`transfer_labels` warns when the new cells' mean number of spatial neighbours
+#: differs from the reference's by more than this factor (either way): coordinates in
+#: other units (um against px: a factor of about 7 in neighbours) are the likely cause.
+NEIGHBOURS_RATIO_WARNING = 4.0
 
 __all__ = ["build_model", "transfer_labels", "domain_numbers"]
 
@@ -71,7 +79,8 @@ def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
 def build_model(features, feature_names, embedding: np.ndarray, components: np.ndarray,
                 labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm",
                 background: np.ndarray | None = None, spatial_graph: str = "radius",
-                n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None, centred: bool = True) -> dict:
+                n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None, centred: bool = True,
+                mean_neighbours: float | None = None) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
     :func:`transfer_labels` reads it to pass messages on new cells with the same settings,
@@ -114,6 +123,9 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         Whether the PCA was centred (default ``True``). ``False`` (``pca_kwargs=
         {"zero_center": False}``): new cells are projected without subtracting the
         features' mean.
+    mean_neighbours
+        Spatial neighbours per cell in the reference's graph, on average (default ``None``:
+        not known); :func:`transfer_labels` compares the new cells' with it.
 
     Returns
     -------
@@ -122,7 +134,8 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         ``components``, ``max_dist``, ``normalization_mode``, ``spatial_graph``,
         ``n_spatial_neighbors``, ``centroids`` (``{key: domains x components}``, the mean
         embedding of each domain's cells), ``flavor`` (``"utag"`` or ``"multiscale"``),
-        ``kernel_widths`` and ``block_scales`` (empty arrays for the ``"utag"`` flavour).
+        ``kernel_widths`` and ``block_scales`` (empty arrays for the ``"utag"`` flavour),
+        ``mean_neighbours`` (NaN when not known).
 
     Examples
     --------
@@ -149,7 +162,24 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         "flavor": "utag" if kernel_widths is None else "multiscale",
         "kernel_widths": np.asarray(kernel_widths if kernel_widths is not None else [], dtype=np.float64),
         "block_scales": np.asarray(block_scales if block_scales is not None else [], dtype=np.float64),
+        "mean_neighbours": float("nan") if mean_neighbours is None else float(mean_neighbours),
     }
+
+
+def _warn_if_other_units(new: float, reference: float, max_dist: float) -> None:
+    """Warn when the new cells have far more or fewer spatial neighbours per cell (``new``)
+    than the reference cells had (``reference``; NaN for a model that does not say)."""
+    if not np.isfinite(reference) or reference <= 0:
+        return
+    ratio = max(new, 1e-9) / reference
+    if 1 / NEIGHBOURS_RATIO_WARNING <= ratio <= NEIGHBOURS_RATIO_WARNING:
+        return
+    logger.warning(
+        "the new cells have %.1f spatial neighbours within max_dist=%g on average, against %.1f in the reference: "
+        "are their coordinates (obsm['spatial']) in the reference's units? Coordinates about %.2g times %s than "
+        "the reference's would explain it; rescale them before transferring, or the domains are learned at "
+        "another scale than the new cells are described at.", new, max_dist, reference, np.sqrt(ratio) if ratio > 1
+        else 1 / np.sqrt(ratio), "smaller" if ratio > 1 else "larger")
 
 
 def _centroids(embedding: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -265,11 +295,14 @@ def transfer_labels(
     codes, _ = check.slide_codes(adata, check.recorded_slide_key(adata, slide_key, record=result))
     matrix = check.feature_matrix(adata, columns)
     widths = tuple(float(w) for w in model.get("kernel_widths", [])) or None
-    aggregated, _, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
-                                     n_jobs != 1, n_jobs, progress,
-                                     spatial_graph_kind=str(model.get("spatial_graph", "radius")),
-                                     n_spatial_neighbors=int(model.get("n_spatial_neighbors", 6)),
-                                     kernel_widths=widths)
+    graph_kind = str(model.get("spatial_graph", "radius"))
+    aggregated, n_edges, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
+                                           n_jobs != 1, n_jobs, progress, spatial_graph_kind=graph_kind,
+                                           n_spatial_neighbors=int(model.get("n_spatial_neighbors", 6)),
+                                           kernel_widths=widths)
+    if graph_kind == "radius":
+        _warn_if_other_units(2 * n_edges / adata.n_obs, float(model.get("mean_neighbours", np.nan)),
+                             float(model["max_dist"]))
     if widths is not None:
         aggregated = scale_blocks(aggregated, model["block_scales"])
         features = feature_names(features, widths)

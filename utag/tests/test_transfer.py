@@ -158,3 +158,19 @@ def test_a_domain_no_cell_has_gets_no_centroid():
     centroids = _centroids(embedding, np.array([0, 0, 2, 2]))
     np.testing.assert_allclose(centroids[[0, 2]], [[1.0, 2.0], [11.0, 10.0]])
     assert np.isnan(centroids[1]).all()  # not the origin of the PCA, where centroid transfer would put cells
+
+
+def test_transfer_warns_about_new_coordinates_in_other_units(four_domains, caplog):
+    adata, result = four_domains
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    with caplog.at_level("WARNING", logger="utag"):
+        transfer_labels(result, new, slide_key="roi")
+    assert "reference's units" not in caplog.text  # another slide of the same tissue, in the same units
+    assert result.uns["utag"]["model"]["mean_neighbours"] > 1
+    for factor, direction in [(0.4, "smaller"), (2.5, "larger")]:  # um against px is about 0.38
+        scaled = new.copy()
+        scaled.obsm["spatial"] = new.obsm["spatial"] * factor
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="utag"):
+            transfer_labels(result, scaled, slide_key="roi")
+        assert "reference's units" in caplog.text and f"2.5 times {direction}" in caplog.text
