@@ -72,10 +72,10 @@ INCLUSIVE_SLACK = 1e-9
 
 
 #: Slides of fewer cells build their graph in one thread. For a handful of cells
-#: scikit-learn's neighbour search (under squidpy) takes its brute-force route, whose
-#: OpenMP threads cost about 15 ms to start per slide, against 1 ms in one thread; from
-#: about 100 cells on the number of threads makes no difference
-#: (``benchmarks/tiny_slides.py`` measures both).
+#: scikit-learn's neighbour search (under squidpy) takes its brute-force route, which
+#: starts its OpenMP threads for every slide: in worker processes, whose threads contend
+#: for the same cores, that took several times as long as the graph itself; from about
+#: 30 cells on the number of threads makes no difference (``benchmarks/tiny_slides.py``).
 ONE_THREAD_BELOW_CELLS = 1_000
 
 
