@@ -82,8 +82,8 @@ def main() -> None:
     import squidpy as sq
 
     rows, same = [], True
-    for per_slide in args.cells_per_slide:
-        adata = synthetic_tissue(n_cells=per_slide * args.slides, n_slides=args.slides, random_state=0)
+    for cells_per_slide in args.cells_per_slide:
+        adata = synthetic_tissue(n_cells=cells_per_slide * args.slides, n_slides=args.slides, random_state=0)
         squidpy_copy, utag_copy = adata.copy(), adata.copy()
         squidpy_s = best_seconds(lambda: sq.gr.spatial_neighbors_radius(
             squidpy_copy, radius=args.max_dist, set_diag=True, library_key="roi"))
@@ -99,7 +99,7 @@ def main() -> None:
                       per_slide_graphs(adata, args.max_dist),
                       graphs_in_workers(adata, args.max_dist, graph.ONE_THREAD_BELOW_CELLS, args.workers)):
             same &= (abs(other - before) > 0).nnz == 0
-        rows.append({"cells per slide": per_slide, "slides": args.slides, "squidpy, library_key (s)": squidpy_s,
+        rows.append({"cells per slide": cells_per_slide, "slides": args.slides, "squidpy, library_key (s)": squidpy_s,
                      "one process, before (s)": before_s, "one process, now (s)": now_s,
                      f"{args.workers} workers, before (s)": workers_before_s,
                      f"{args.workers} workers, now (s)": workers_now_s})

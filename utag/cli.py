@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
             adata = read_lazy(source)
         elif suffix == ".h5ad":
             adata = anndata.read_h5ad(source)
-    except (OSError, KeyError, ValueError) as error:  # h5py's and zarr's errors name neither the file nor its kind
+    except OSError as error:  # h5py's (a file that is no HDF5 file) names neither the file nor its kind
         kind = "a .zarr store" if suffix == ".zarr" else "an .h5ad (HDF5) file"
         raise UsageError(f"{source.name} could not be read as {kind}: {error}") from None
     if lazy:
@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: utag()'s parameters that an option of the command line sets, as its errors name them.
 FLAGS = {"max_dist": "--max-dist", "clustering_method": "--method", "resolutions": "--resolutions",
          "flavor": "--flavor", "random_state": "--random-state", "slide_key": "--slide-key",
-         "channels_to_use": "--markers", "processes": "--processes"}
+         "channels_to_use": "--markers", "processes": "--processes", "marker_columns": "--markers",
+         "exclude_columns": "--exclude"}
 
 
 def _with_flags(message: str) -> str:

@@ -359,14 +359,14 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, seg._knn_method(p, size, adata.n_obs),
                                     random_state, p.use_rep, watch, rows=sample, n_jobs=n_jobs, slides=codes)
         runs, swept, index = [], None, None
-        if p.methods and embedded.rows is not None and len(embedded.rows) < adata.n_obs:
+        if p.methods and embedded.of_a_sample(adata.n_obs):
             with watch("vote index"):  # in the client, on the sketch only
                 index = vote_index(fitted["embedding"][embedded.rows], p.n_neighbors, random_state)
         if p.methods:
             runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
                                        assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
-        if embedded.rows is not None and len(embedded.rows) < adata.n_obs:  # the graph of a sample is not stored
+        if embedded.of_a_sample(adata.n_obs):  # the graph of a sample is not stored
             embedded = replace(embedded, connectivities=None, distances=None)
         labels = {seg.label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         with watch("probabilities"):

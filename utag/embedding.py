@@ -781,6 +781,10 @@ class Embedding:
     params: dict  # uns['neighbors']['params']
     rows: np.ndarray | None = None  # the cells the kNN graph is of (a sketch); None: every cell
 
+    def of_a_sample(self, n_cells: int) -> bool:
+        """Whether the kNN graph is of fewer than all ``n_cells`` cells (a sketch of them)."""
+        return self.rows is not None and len(self.rows) < n_cells
+
 
 def _scanpy_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dict:
     import scanpy as sc

@@ -19,12 +19,13 @@ same for the kNN graph, naming an ``n_spatial_neighbors`` that would fit).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import threading
 import warnings
-from contextlib import nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +38,7 @@ from ._parallel import map_processes
 
 __all__ = [
     "GraphTooLargeError",
+    "mean_neighbours",
     "check_graph_fits",
     "check_knn_graph_fits",
     "combine_slides",
@@ -71,20 +73,36 @@ SPATIAL_GRAPHS = ("radius", "knn", "delaunay")
 INCLUSIVE_SLACK = 1e-9
 
 
-#: Slides of fewer cells build their graph in one thread. For a handful of cells
+#: Slides of fewer cells build their graph in one thread. For about ten cells or fewer
 #: scikit-learn's neighbour search (under squidpy) takes its brute-force route, which
 #: starts its OpenMP threads for every slide: in worker processes, whose threads contend
-#: for the same cores, that took several times as long as the graph itself; from about
-#: 30 cells on the number of threads makes no difference (``benchmarks/tiny_slides.py``).
-ONE_THREAD_BELOW_CELLS = 1_000
+#: for the same cores, that took several times as long as the graph itself
+#: (``benchmarks/tiny_slides.py``). Larger slides search a tree and keep their threads.
+ONE_THREAD_BELOW_CELLS = 50
+
+#: The thread limit is the whole process's: threads that build small slides' graphs at
+#: once (Dask's threaded scheduler) take turns, so that each restores the limits it found.
+_ONE_THREAD = threading.Lock()
 
 
 @functools.cache
 def _thread_controller():
     """One controller per process: making one scans the loaded libraries (~10 ms)."""
-    from threadpoolctl import ThreadpoolController
+    from threadpoolctl import ThreadpoolController  # scikit-learn's dependency
 
     return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Native thread pools (OpenMP, BLAS) limited to one thread inside the block."""
+    with _ONE_THREAD, _thread_controller().limit(limits=1):
+        yield
+
+
+def mean_neighbours(n_edges: float, n_cells: int) -> float:
+    """Neighbours per cell, on average, of a graph of ``n_edges`` pairs (self-loops not counted)."""
+    return 2 * n_edges / max(n_cells, 1)
 
 
 def _inclusive(max_dist: float) -> float:
@@ -135,8 +153,7 @@ def spatial_graph(coords: np.ndarray, max_dist: float, kind: str = "radius",
     if kind == "delaunay":
         return _delaunay_graph(coords, _inclusive(max_dist))
     builder = _builder(_inclusive(max_dist), kind, n_neighbors)
-    small = len(coords) < ONE_THREAD_BELOW_CELLS
-    with _thread_controller().limit(limits=1) if small else nullcontext():
+    with _one_thread() if len(coords) < ONE_THREAD_BELOW_CELLS else contextlib.nullcontext():
         return builder.build(coords)
 
 

@@ -99,8 +99,8 @@ def read_cell_table(
         raise ValueError(f"`marker_columns` names {repeated} more than once; name each marker once.")
     both = [c for c in marker_columns or [] if c in exclude_columns]
     if both:
-        raise ValueError(f"{both} are named both as markers and as excluded (marker_columns and exclude_columns; "
-                         "--markers and --exclude on the command line): name each in one of them.")
+        raise ValueError(f"{both} are named both in `marker_columns` and in `exclude_columns`: name each in one "
+                         "of them.")
     columns = list(table.columns)
     needed = [c for c in [x_column, y_column, slide_column, id_column] if c is not None]
     missing = [c for c in needed + list(marker_columns or []) + exclude_columns if c not in columns]
@@ -280,13 +280,16 @@ def _read(path: Path, text_columns: list[str] = ()) -> pd.DataFrame:
         raise ValueError(f"{path.name}: unknown table type {suffix!r}; use .csv, .tsv, .txt or .parquet.")
     kind = "a parquet" if suffix == ".parquet" else f"a {'comma' if suffix == '.csv' else 'tab'}-separated"
     try:
-        if suffix == ".parquet":
+        if suffix != ".parquet":
+            return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={column: str for column in text_columns})
+        try:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={column: str for column in text_columns})
-    except ImportError as error:
-        raise ImportError(f"reading {path.name} needs pyarrow: pip install pyarrow ({error})") from None
+        except ImportError as error:
+            raise ImportError(f"reading {path.name} needs pyarrow: pip install pyarrow ({error})") from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path.name} is empty: a cell table needs a header line and one row per cell.") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
     except (ValueError, OSError) as error:  # pandas' parser errors and pyarrow's are ValueErrors
         raise ValueError(f"{path.name} could not be read as {kind} table: {error}") from None
 
@@ -500,11 +503,12 @@ def storable_obs(obs: pd.DataFrame) -> pd.DataFrame:
     renamed = {column: str(column).replace("/", "_") for column in obs.columns if "/" in str(column)}
     if not renamed:
         return obs
-    clashes = sorted(new for new in renamed.values() if new in obs.columns)
-    if clashes or len(set(renamed.values())) < len(renamed):
+    targets = list(renamed.values())
+    taken = sorted({new for new in targets if new in obs.columns or targets.count(new) > 1})
+    if taken:
         raise ValueError(f"`obs` columns {sorted(renamed)} contain '/', which .zarr and .h5ad files cannot store, "
-                         f"and replacing it by '_' would give names that are taken ({clashes or sorted(renamed)}). "
-                         "Rename those columns (adata.obs.rename(columns=...)) before writing.")
+                         f"and replacing it by '_' would give names twice ({taken}). Rename those columns "
+                         "(adata.obs.rename(columns=...)) before writing.")
     logger.warning("obs columns %s contain '/', which .zarr and .h5ad files cannot store: written as %s.",
                    list(renamed), list(renamed.values()))
     return obs.rename(columns=renamed)

@@ -43,6 +43,7 @@ from .graph import (
     SPATIAL_GRAPHS,
     STORED_GRAPH_BYTES_PER_PAIR,
     estimate_pairs,
+    mean_neighbours,
     store_spatial_graph,
 )
 from .message_passing import as_float32, pass_messages
@@ -172,7 +173,7 @@ def utag(
     parallel, processes
         Process slides in ``processes`` worker processes (default, or ``-1`` as in the
         original: one per core, at most one per slide, from 250,000 cells on, below which
-        starting them costs more than they save:
+        starting them on a first call costs more than they save:
         :data:`utag.graph.POOL_MIN_CELLS`), and run clustering resolutions in
         as many threads. Results are identical to ``parallel=False``.
     n_neighbors
@@ -349,7 +350,7 @@ def utag(
             runs = _one_domain_runs(p, adata.n_obs)
         elif p.methods:
             runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
-            if sample is not None and len(sample) < adata.n_obs:  # the graph of a sample is not stored
+            if embedded.of_a_sample(adata.n_obs):  # the graph of a sample is not stored
                 embedded = replace(embedded, connectivities=None, distances=None)
         labels = {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
         probabilities, model = {}, None
@@ -358,7 +359,7 @@ def utag(
                 probabilities = _soft_assignments(aggregated, labels, n_jobs)
             _log_domain_counts(labels)
             model = _transfer_model(aggregated, input_var, embedded, labels, p, normalization_mode, background, scales,
-                                    2 * n_edges / adata.n_obs)
+                                    mean_neighbours(n_edges, adata.n_obs))
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
         outputs = {"aggregated": aggregated, "graph": graph, "embedded": embedded, "labels": labels,
@@ -596,13 +597,13 @@ def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, rand
 
 
 def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,
-                    normalization_mode: str, background, scales, mean_neighbours: float) -> dict:
+                    normalization_mode: str, background, scales, mean_spatial_neighbors: float) -> dict:
     """What :func:`utag.transfer.transfer_labels` needs to label new cells (``uns['utag']['model']``)."""
     pca = embedded.pca
     return build_model(aggregated, input_var.index, pca["embedding"], pca["components"], labels, p.max_dist,
                        normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
                        scales, centred=bool(pca.get("params", {}).get("zero_center", True)),
-                       mean_neighbours=mean_neighbours)
+                       mean_spatial_neighbors=mean_spatial_neighbors)
 
 
 #: Cells per slide, on average, below which ``utag()`` asks whether ``slide_key`` names slides.
@@ -640,7 +641,7 @@ def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndar
     and ``obsm['spatial']`` are then likely in different units. ``chosen``: ``max_dist``
     is the one ``max_dist="auto"`` chose (the tissue, not the units, is then the cause)."""
     n_cells = len(codes)
-    mean_degree = 2 * n_edges / n_cells
+    mean_degree = mean_neighbours(n_edges, n_cells)
     mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
     few = mean_degree < min(FEW_NEIGHBOURS, mean_slide - 1)  # not where every cell already links every other
     most = mean_slide > 1 / MOST_OF_SLIDE and mean_degree >= MOST_OF_SLIDE * mean_slide

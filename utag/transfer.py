@@ -25,8 +25,9 @@ from ._keys import probabilities_key
 from ._validation import RECORDED_SLIDE_KEY
 from .clustering import cluster_means
 from .embedding import project
+from .graph import mean_neighbours
 from .message_passing import pass_messages
-from .multiscale import feature_names, scale_blocks
+from .multiscale import feature_names, graph_radius, scale_blocks
 from .sketch import majority_vote
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
                 labels: dict[str, np.ndarray], max_dist: float, normalization_mode: str = "l1_norm",
                 background: np.ndarray | None = None, spatial_graph: str = "radius",
                 n_spatial_neighbors: int = 6, kernel_widths=None, block_scales=None, centred: bool = True,
-                mean_neighbours: float | None = None) -> dict:
+                mean_spatial_neighbors: float | None = None) -> dict:
     """The transfer model ``utag()`` stores in ``uns['utag']['model']``.
 
     :func:`transfer_labels` reads it to pass messages on new cells with the same settings,
@@ -123,9 +124,10 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         Whether the PCA was centred (default ``True``). ``False`` (``pca_kwargs=
         {"zero_center": False}``): new cells are projected without subtracting the
         features' mean.
-    mean_neighbours
+    mean_spatial_neighbors
         Spatial neighbours per cell in the reference's graph, on average (default ``None``:
-        not known); :func:`transfer_labels` compares the new cells' with it.
+        not known); :func:`transfer_labels` compares the new cells' with it (radius
+        graphs only: the others give every cell about the same number).
 
     Returns
     -------
@@ -135,7 +137,7 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         ``n_spatial_neighbors``, ``centroids`` (``{key: domains x components}``, the mean
         embedding of each domain's cells), ``flavor`` (``"utag"`` or ``"multiscale"``),
         ``kernel_widths`` and ``block_scales`` (empty arrays for the ``"utag"`` flavour),
-        ``mean_neighbours`` (NaN when not known).
+        ``mean_spatial_neighbors`` (NaN when not known).
 
     Examples
     --------
@@ -162,23 +164,24 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         "flavor": "utag" if kernel_widths is None else "multiscale",
         "kernel_widths": np.asarray(kernel_widths if kernel_widths is not None else [], dtype=np.float64),
         "block_scales": np.asarray(block_scales if block_scales is not None else [], dtype=np.float64),
-        "mean_neighbours": float("nan") if mean_neighbours is None else float(mean_neighbours),
+        "mean_spatial_neighbors": float("nan") if mean_spatial_neighbors is None else float(mean_spatial_neighbors),
     }
 
 
-def _warn_if_other_units(new: float, reference: float, max_dist: float) -> None:
+def _warn_if_other_units(new: float, reference: float, radius: float) -> None:
     """Warn when the new cells have far more or fewer spatial neighbours per cell (``new``)
-    than the reference cells had (``reference``; NaN for a model that does not say)."""
+    within the spatial graph's ``radius`` than the reference cells had (``reference``; NaN
+    for a model that does not say)."""
     if not np.isfinite(reference) or reference <= 0:
         return
     ratio = max(new, 1e-9) / reference
     if 1 / NEIGHBOURS_RATIO_WARNING <= ratio <= NEIGHBOURS_RATIO_WARNING:
         return
     logger.warning(
-        "the new cells have %.1f spatial neighbours within max_dist=%g on average, against %.1f in the reference: "
+        "the new cells have %.1f spatial neighbours within %g on average, against %.1f in the reference: "
         "are their coordinates (obsm['spatial']) in the reference's units? Coordinates about %.2g times %s than "
         "the reference's would explain it; rescale them before transferring, or the domains are learned at "
-        "another scale than the new cells are described at.", new, max_dist, reference, np.sqrt(ratio) if ratio > 1
+        "another scale than the new cells are described at.", new, radius, reference, np.sqrt(ratio) if ratio > 1
         else 1 / np.sqrt(ratio), "smaller" if ratio > 1 else "larger")
 
 
@@ -301,8 +304,8 @@ def transfer_labels(
                                            n_spatial_neighbors=int(model.get("n_spatial_neighbors", 6)),
                                            kernel_widths=widths)
     if graph_kind == "radius":
-        _warn_if_other_units(2 * n_edges / adata.n_obs, float(model.get("mean_neighbours", np.nan)),
-                             float(model["max_dist"]))
+        _warn_if_other_units(mean_neighbours(n_edges, adata.n_obs), float(model.get("mean_spatial_neighbors", np.nan)),
+                             graph_radius(float(model["max_dist"]), widths))
     if widths is not None:
         aggregated = scale_blocks(aggregated, model["block_scales"])
         features = feature_names(features, widths)

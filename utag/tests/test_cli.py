@@ -405,4 +405,5 @@ def test_run_refuses_a_column_named_as_marker_and_excluded(cell_table, tmp_path,
     with pytest.raises(SystemExit):
         main(["run", str(path), "--out", str(tmp_path / "o.h5ad"), "--x-column", "X_centroid", "--y-column",
               "Y_centroid", "--markers", "area", "CD0", "--exclude", "area", "--quiet"])
-    assert "['area'] are named both as markers and as excluded" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "['area'] are named both in `marker_columns` and in `exclude_columns`" in error and "--exclude" in error

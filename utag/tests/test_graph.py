@@ -67,10 +67,18 @@ def test_graph_equals_squidpy_on_grid_with_duplicates_and_boundary_distances():
     assert ours.obsp["spatial_connectivities"][interior].nnz == 13
 
 
-def test_graph_of_tiny_slides_equals_squidpy():
+def test_graph_of_tiny_slides_equals_squidpy_and_restores_the_thread_limits():
     # slides of a handful of cells take scikit-learn's brute-force route, which utag runs in one thread
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
     adata = synthetic_tissue(n_cells=300, n_slides=60, random_state=0)
-    assert adata.obs["roi"].value_counts().max() < graph.ONE_THREAD_BELOW_CELLS
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    coords = adata.obsm["spatial"]
+    with ThreadPoolExecutor(4) as pool:  # as Dask's threaded scheduler builds slides at once
+        list(pool.map(lambda start: radius_graph(coords[start:start + 5], 30), range(0, 300, 5)))
+    assert [pool["num_threads"] for pool in threadpool_info()] == before
     ours = spatial_neighbors(adata, max_dist=30, slide_key="roi", copy=True)
     connectivities, distances = _squidpy_graph(adata, 30, "roi")
     _assert_same_sparse(ours.obsp["spatial_connectivities"], connectivities)

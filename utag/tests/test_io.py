@@ -185,6 +185,8 @@ def test_storable_obs_renames_slashed_columns_in_a_copy_and_refuses_clashes(capl
         stored = storable_obs(obs)
     assert stored.columns.tolist() == ["CD16_32", "roi"] and stored["CD16_32"].tolist() == [1.0, 2.0]
     assert obs.columns.tolist() == ["CD16/32", "roi"] and "CD16/32" in caplog.text
-    assert storable_obs(obs[["roi"]]) is not None and storable_obs(obs[["roi"]]).columns.tolist() == ["roi"]
-    with pytest.raises(ValueError, match="CD16_32"):
+    assert storable_obs(obs[["roi"]]).columns.tolist() == ["roi"]
+    with pytest.raises(ValueError, match="CD16_32"):  # the new name is taken
         storable_obs(obs.assign(CD16_32=0))
+    with pytest.raises(ValueError, match="a_b_c"):  # two columns would get the same name
+        storable_obs(pd.DataFrame({"a/b_c": [1], "a_b/c": [2]}))
