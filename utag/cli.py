@@ -173,13 +173,9 @@ def _run(args: argparse.Namespace) -> int:
                + ", ".join(f"{k}: {result.obs[k].nunique()}" for k in keys))
     with atomic_outputs(list(outputs.values())) as temporaries:
         written = dict(zip(outputs, temporaries))
-        if outputs["--out"].suffix.lower() == ".zarr":
-            write_domains(result, written["--out"], features=args.with_features)
-        else:
-            if args.with_features:
-                _say(args, "--with-features: an .h5ad --out always holds the message-passed features (X)")
-            result.obs = storable_obs(result.obs)
-            result.write_h5ad(written["--out"])
+        if args.with_features and outputs["--out"].suffix.lower() != ".zarr":
+            _say(args, "--with-features: an .h5ad --out always holds the message-passed features (X)")
+        _write_result(result, written["--out"], features=args.with_features)
         if "--labels-csv" in written:
             labels_table(result, keys).to_csv(written["--labels-csv"], index_label="cell")
     _say(args, "wrote " + " and ".join(str(path) for path in outputs.values()))
@@ -216,6 +212,17 @@ def _dask_client(scheduler: str | None, processes: int | None):
         dask_logger.setLevel(level)
 
 
+def _write_result(result, path: Path, features: bool) -> None:
+    """``result`` to ``path``: a ``.zarr`` store (:func:`utag.io.write_domains`, with the
+    message-passed features if ``features``) or an ``.h5ad`` file (which always holds
+    them); ``obs`` columns named with '/' are written with '_' either way."""
+    if path.suffix.lower() == ".zarr":
+        write_domains(result, path, features=features)
+    else:
+        result.obs = storable_obs(result.obs)  # the command's own result
+        result.write_h5ad(path)
+
+
 def _check_no_missing_markers(adata, name: str) -> None:
     """utag() rejects missing marker values; say so in the command line's terms before it runs."""
     missing = pd.Series(np.isnan(adata.X).sum(axis=0), index=adata.var_names)
@@ -247,10 +254,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     if outputs:
         with atomic_outputs([outputs["--out"]]) as (temporary,):
-            if temporary.suffix.lower() == ".zarr":
-                write_domains(result, temporary, features=True)
-            else:
-                result.write_h5ad(temporary)
+            _write_result(result, temporary, features=True)
         print(f"\nSaved the result to {args.out}")
     return 0
 
