@@ -20,8 +20,11 @@ Criteria: ``stability x agreement`` (utag before issue 14), ``spatial coherence`
 alone, ``stability x agreement x coherence`` (the default from issue 14 to issue
 13's session), ``sqrt(stability) x coherence`` (agreement across resolutions left
 out), ``sqrt(stability x agreement) x coherence`` (the default of ``flavor="utag"``),
-``stability^(1/4) x coherence`` (the default of ``flavor="multiscale"``), each taking
-the best local maximum among labellings with at least 2 domains. With the true number of
+``stability^(1/4) x coherence`` (the default of ``flavor="multiscale"``), and the default
+with the coherence scaled by the share of cell pairs in different domains (1 - the sum of
+squared domain shares): divided by it (``x assortativity``, which favours fewer domains)
+or multiplied by its square root (which favours more), each taking the best local maximum
+among labellings with at least 2 domains. With the true number of
 domains K given (``flavor="utag"``, first seeds): ``n_domains=K`` (Leiden by bisection,
 then merging) against k-means with ``k = K`` on the same PCA, and the smallest domain's
 share of the cells.
@@ -59,6 +62,17 @@ CRITERIA = {
                                                                  * _positive(t["agreement"].fillna(1.0)))
                                                          * _positive(t["spatial_coherence"]),
     "stability^(1/4) x coherence": lambda t: _positive(t["stability"]) ** 0.25 * _positive(t["spatial_coherence"]),
+    # the coherence (a modularity) scaled by the share of cell pairs in different domains,
+    # 1 - sum of squared domain shares: divided by it (the assortativity coefficient, 1 for
+    # a perfect partition into any number of domains) it favours fewer domains, multiplied
+    # by its square root more
+    "sqrt(stability x agreement) x assortativity": lambda t: np.sqrt(_positive(t["stability"])
+                                                                     * _positive(t["agreement"].fillna(1.0)))
+                                                             * _positive(t["spatial_coherence"])
+                                                             / (1 - t["squared_shares"]).clip(lower=1e-9),
+    "sqrt(stability x agreement) x coherence x sqrt(1 - squared shares)":
+        lambda t: np.sqrt(_positive(t["stability"]) * _positive(t["agreement"].fillna(1.0)))
+        * _positive(t["spatial_coherence"]) * np.sqrt(1 - t["squared_shares"]),
 }
 #: The criterion each flavour's ``resolutions="auto"`` uses (``utag.tuning.SCORE_EXPONENTS``).
 DEFAULT = {"utag": "sqrt(stability x agreement) x coherence", "multiscale": "stability^(1/4) x coherence"}
@@ -89,6 +103,8 @@ def score(dataset, flavor: str) -> list[dict]:
         seconds = time.perf_counter() - started
         labels = result.uns["utag_resolution_sweep"]["labels"]
         ari = np.array([adjusted_rand_score(truth[scored], labelling[scored]) for labelling in labels])
+        table = table.assign(squared_shares=[((np.bincount(labelling) / len(labelling)) ** 2).sum()
+                                             for labelling in labels])
         best = int(ari.argmax())
         row = {"dataset": dataset.name, "flavor": flavor, "sweep seeds": f"{seed}-{seed + 4}",
                "cells": f"{dataset.adata.n_obs:,}", "true domains": len(set(truth[scored])),

@@ -211,14 +211,14 @@ def warn_if_names_are_not_text(adata: AnnData) -> None:
                         adata.obs_names.dtype)
 
 
-def save_key(key) -> None:
-    """A ``ValueError`` unless ``key`` can start the names of ``obs`` columns and ``obsm``
-    keys that .h5ad and .zarr files store (text without '/', which they read as a folder)."""
+def save_key(key, name: str = "save_key", what: str = "the start of the label columns' names") -> None:
+    """A ``ValueError`` unless ``key`` (the parameter ``name``) can name ``obs`` columns,
+    ``obsm`` or ``uns`` keys that .h5ad and .zarr files store (text without '/', which
+    they read as a folder)."""
     if not isinstance(key, str) or not key:
-        raise ValueError(f"`save_key` must be a non-empty string (the start of the label columns' names), got "
-                         f"{key!r}.")
+        raise ValueError(f"`{name}` must be a non-empty string ({what}), got {key!r}.")
     if "/" in key:
-        raise ValueError(f"`save_key={key!r}` contains '/': .h5ad and .zarr files take it for a folder, and the "
+        raise ValueError(f"`{name}={key!r}` contains '/': .h5ad and .zarr files take it for a folder, and the "
                          "result could not be written and read back. Use another character, e.g. "
                          f"{key.replace('/', '_')!r}.")
 
@@ -359,3 +359,11 @@ def resolution_list(resolutions) -> list[float]:
     if not values:
         raise ValueError("`resolutions` is empty; pass e.g. `resolutions=[0.05, 0.1, 0.3]`.")
     return list(dict.fromkeys(values))
+
+
+def known_keywords(name: str, kwargs: dict, known, what: str, note: str = "") -> None:
+    """Refuse keys of ``kwargs`` (the parameter ``name``) that are not in ``known``, the
+    keywords ``what`` takes, before any work (else its TypeError comes after all of it)."""
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"`{name}` has keys {what} does not take: {unknown}{note}; it takes {sorted(known)}.")

@@ -373,6 +373,10 @@ def check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs
     if membership is not None and np.shape(membership) != (n_cells,):
         raise ValueError(f"`leiden_kwargs['initial_membership']` must hold one label per cell ({n_cells}, in the "
                          f"order of adata's rows), got shape {np.shape(membership)}.")
+    if checked["kmeans_kwargs"]:
+        from sklearn.cluster import KMeans
+
+        check.known_keywords("kmeans_kwargs", checked["kmeans_kwargs"], KMeans().get_params(), "sklearn's KMeans")
     return checked["leiden_kwargs"], checked["parc_kwargs"], checked["kmeans_kwargs"]
 
 

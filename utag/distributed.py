@@ -45,7 +45,7 @@ from ._progress import Stopwatch
 from .clustering import cluster_sums, soft_block, squared_deviations
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
 from .graph import slide_cells
-from .message_passing import slide_messages
+from .message_passing import less_background, slide_messages, whole_means
 from .sketch import DEFAULT_SKETCH_SIZE, sampled_labels, sketch_size_for, vote, vote_index
 
 __all__ = ["is_lazy", "lazy_sketch_size"]
@@ -131,9 +131,7 @@ def _slide_task(coords, features, order, background, max_dist, normalization_mod
     """Graph and message passing of one slide, its rows in ``order``: the block and its edge count."""
     features = np.asarray(features)[order]
     check.check_features(features)  # before float32 would turn values beyond its range into inf
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    if background is not None:
-        features -= background
+    features = less_background(features, background)
     aggregated, n_edges, _ = slide_messages((coords, features), max_dist, normalization_mode, False, kind,
                                             n_neighbors, widths)
     return aggregated, n_edges
@@ -336,7 +334,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             if normalization_mode == "l1_norm":  # the background needs the features checked first (one pass)
                 means, largest = dask.compute(features.mean(axis=0, dtype=np.float64), abs(features).max())
                 check.check_features(np.array([largest]))
-                background = seg._whole_background(means)
+                background = whole_means(means)
             aggregated, recipe, n_edges = message_passing(coords, codes, features, order, background, p,
                                                           normalization_mode)
             scales = None
@@ -344,7 +342,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
                 scales = multiscale.scales_of_moments(*_moments(aggregated), len(p.kernel_widths))
                 per_column = np.repeat(scales.astype(np.float32), aggregated.shape[1] // len(scales))
                 aggregated, recipe = (aggregated * per_column).persist(), recipe * per_column
-                background = seg._scaled_background(background, scales)
+                background = multiscale.scaled_background(background, scales)
             var = seg._output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
         seg._check_radius(p, n_edges, coords, codes)
@@ -387,7 +385,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
                                    graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
         result.uns["utag"] = seg._summary(p, slide_key, normalization_mode, outputs["embedded"], runs, labels,
                                           random_state, watch, scales, sample, order)
-        result.uns["utag"]["engine"] = "dask"
+        result.uns["utag"].update(engine="dask", save_key=save_key)
         if not isinstance(result.obsm["spatial"], (np.ndarray, pd.DataFrame)):
             # read lazily, they are in memory now (computed apart from the input's array):
             # scanpy's and squidpy's plots of the result index them as numpy arrays

@@ -63,7 +63,8 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     """Renumber labellings in place so a domain keeps its number across them.
 
     ``keys`` (default: the labellings ``utag()`` wrote, ordered by method then
-    resolution) are aligned one after the other, each to the previous one; the
+    resolution, each method's a chain of its own) are aligned one after the other, each
+    to the previous one; the
     probability columns in ``obsm`` are permuted to match. Returns the keys in the
     order they were aligned. The centroids of the transfer model
     (``uns['utag']['model']``) are renumbered too, so :func:`utag.transfer.transfer_labels`
@@ -80,18 +81,22 @@ def consistent_labels(result: AnnData, keys: list[str] | None = None) -> list[st
     :data:`utag._keys.TABLES_OF_LABELS`) are removed; colours stay with the numbers.
     """
 
+    chain_of = None  # with the default keys: each method's labellings are a chain of their own
     if keys is None:
         keys = list(result.uns.get("utag", {}).get("label_keys", []))
         keys.sort(key=method_and_resolution)
+        chain_of = {key: method_and_resolution(key)[0] for key in keys}
     keys = check.as_list(keys)  # also an array, as label_keys come back from a file
     if not keys:
         raise ValueError("No labellings to align: pass `keys` or run `utag()` first.")
     # a copy, stored back at the end: the model of a view is its parent's, which keeps its own numbers
     centroids = dict(result.uns.get("utag", {}).get("model", {}).get("centroids", {}))
     previous, n_previous = None, 0
-    for key in keys:
+    for position, key in enumerate(keys):
         if key not in result.obs:
             raise ValueError(f"`keys`: {key!r} is not a column of `result.obs`.")
+        if chain_of is not None and position > 0 and chain_of[key] != chain_of[keys[position - 1]]:
+            previous, n_previous = None, 0
         probabilities = result.obsm.get(probabilities_key(key))
         names = result.obs[key].astype("string")
         present = names.dropna().unique()
@@ -139,6 +144,10 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
     >>> domain_hierarchy(anndata.AnnData(obs=obs), ["a", "b"])[["domain", "parent", "purity"]].values.tolist()
     [['0', '0', 1.0], ['1', '0', 1.0], ['2', '1', 1.0]]
     """
+    keys = check.as_list(keys)
+    if len(keys) < 2:
+        raise ValueError(f"`keys` must name at least two labellings of `result.obs`, coarse to fine, got {keys}: "
+                         "the hierarchy is of each finer labelling in the one before it.")
     missing = [key for key in keys if key not in result.obs]
     if missing:
         raise ValueError(f"`keys` {missing} are not columns of `result.obs`.")

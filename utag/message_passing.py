@@ -84,6 +84,57 @@ def as_float32(features):
     return np.ascontiguousarray(features, dtype=np.float32)
 
 
+def whole_means(means) -> np.ndarray | None:
+    """Column ``means`` rounded to whole numbers (float32), or ``None`` when all are zero."""
+    rounded = np.round(np.asarray(means, dtype=np.float64)).astype(np.float32)
+    return rounded if rounded.any() else None
+
+
+def wider_than_float32(features) -> bool:
+    """Dense floating-point features that float32 would round (float64 and wider)."""
+    return not sp.issparse(features) and np.issubdtype(features.dtype, np.floating) and features.dtype.itemsize > 4
+
+
+def as_float32_less_shift(features, normalization_mode: str = "l1_norm") -> tuple:
+    """``(float32 features, shift)``: dense features that are averaged (``"l1_norm"``)
+    less each feature's mean rounded to a whole number (``shift``, float32; ``None`` when
+    that is zero everywhere), else :func:`as_float32` and ``None``.
+
+    A mean over neighbours passes a constant through unchanged, so the domains are the
+    same without the shift, and it is added back to the means afterwards. With it, float32
+    sums of values on a large background (raw intensities) keep the digits in which the
+    cells differ; features wider than float32 (``1e9`` plus small differences) are shifted
+    in float64 before they are rounded to float32 for the same reason. Whole numbers keep
+    integer features (one-hot cell types) integers, whose sums are exact in any order, so
+    cells with the same neighbourhood composition keep exactly the same profile. The sum
+    (``"sum"``) multiplies a background by each cell's number of neighbours: it is part of
+    that result and is kept.
+
+    Examples
+    --------
+    >>> features, shift = as_float32_less_shift(np.array([[1e9 + 0.25], [1e9 - 0.25]]))
+    >>> features.ravel().tolist(), shift.tolist()
+    ([0.25, -0.25], [1000000000.0])
+    """
+    if normalization_mode != "l1_norm" or sp.issparse(features):
+        return as_float32(features), None
+    shift = whole_means(features.mean(axis=0, dtype=np.float64))
+    return less_background(features, shift), shift
+
+
+def less_background(features, background: np.ndarray | None):
+    """Dense ``features`` less ``background`` (float32, or ``None``: nothing), as float32:
+    features wider than float32 less the background in float64 before the rounding
+    (without a float64 copy of the matrix), others in float32 (sparse: no background)."""
+    if background is None:
+        return as_float32(features)
+    if not wider_than_float32(features):
+        return as_float32(features) - background
+    shifted = np.empty(features.shape, dtype=np.float32)
+    np.subtract(features, background.astype(np.float64), out=shifted, casting="unsafe")
+    return shifted
+
+
 def pass_messages(
     coords: np.ndarray,
     features,

@@ -210,3 +210,11 @@ def scale_blocks(blocks, scales: np.ndarray):
         return sp.csr_matrix(blocks @ sp.diags(per_column), dtype=np.float32)
     blocks *= per_column
     return blocks
+
+
+def scaled_background(background: np.ndarray | None, scales: np.ndarray | None) -> np.ndarray | None:
+    """The background of the multiscale blocks scaled by ``scales``: a constant passes every
+    kernel unchanged, then is scaled with its block (``background`` as is without ``scales``)."""
+    if background is None or scales is None:
+        return background
+    return np.concatenate([background * scale for scale in scales.astype(np.float32)])

@@ -46,7 +46,7 @@ from .graph import (
     mean_neighbours,
     store_spatial_graph,
 )
-from .message_passing import as_float32, pass_messages
+from .message_passing import as_float32_less_shift, pass_messages, whole_means, wider_than_float32
 from .sketch import assign_by_vote, sketch_cells, sketch_size_for
 from .transfer import build_model
 from .tuning import (
@@ -307,7 +307,8 @@ def utag(
         coords = check.spatial_coordinates(adata)
         codes, slide_names = check.slide_codes(adata, slide_key)
         _warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
-        features, var = _select_features(adata, channels_to_use, filter_by_variance)
+        features, var, shift = _select_features(adata, channels_to_use, filter_by_variance,
+                                                check.normalization_mode(normalization_mode))
     p = _check_parameters(
         adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
@@ -315,7 +316,7 @@ def utag(
         knn_method=knn_method, n_domains=n_domains, use_rep=use_rep, min_domain_size=min_domain_size,
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, normalization_mode=normalization_mode, sketch_size=sketch_size,
-        apply_umap=apply_umap,
+        apply_umap=apply_umap, umap_kwargs=umap_kwargs,
     )
     normalization_mode = check.normalization_mode(normalization_mode)
     random_state = check.seed(random_state)
@@ -332,7 +333,7 @@ def utag(
         with watch("graph and message passing"):
             aggregated, n_edges, graph, background, scales = _message_passing(
                 coords, features, codes, slide_names, p, normalization_mode, keep_spatial_connectivity,
-                processes if parallel else 1, progress)
+                processes if parallel else 1, progress, shift)
         var, input_var = _output_var(var, p.kernel_widths), var
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
         _check_radius(p, n_edges, coords, codes)
@@ -377,6 +378,9 @@ def utag(
                 sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
         result.uns["utag"] = _summary(p, slide_key, normalization_mode, embedded, runs, outputs["labels"], random_state,
                                       watch, scales, sample, order)
+        result.uns["utag"].update(save_key=save_key, filter_by_variance=bool(filter_by_variance),
+                                  keep_spatial_connectivity=bool(keep_spatial_connectivity),
+                                  apply_umap=bool(apply_umap), umap_kwargs=_storable_kwargs(umap_kwargs))
         if model is not None:
             result.uns["utag"]["model"] = model
     finally:
@@ -398,7 +402,9 @@ def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embed
         "n_neighbors": p.n_neighbors,
         "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
         "min_domain_cells": p.min_cells,
+        "pca_kwargs": _storable_kwargs(p.pca_kwargs),
         "clustering_method": list(p.methods),
+        **{f"{method}_kwargs": _storable_kwargs(kwargs) for method, kwargs in p.backend_kwargs.items()},
         "resolutions": sorted({run.resolution for run in runs}),
         "n_domains": p.n_domains if p.n_domains is not None else 0,
         "random_state": random_state,
@@ -417,6 +423,22 @@ def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embed
         in_input_order = sample if order is None else np.sort(order[sample])
         summary["sketch"] = {"size": len(sample), "cells": in_input_order, "n_neighbors_vote": p.n_neighbors}
     return summary
+
+
+def _storable_kwargs(kwargs) -> dict:
+    """``kwargs`` as ``uns`` stores them in .h5ad and .zarr files: numbers, text and
+    flags as they are, ``None`` as ``"None"``, one value per cell (an initial membership)
+    summarised, anything else (a class) by its name."""
+    stored = {}
+    for key, value in (kwargs or {}).items():
+        if value is None:
+            value = "None"
+        elif np.ndim(value) > 0:
+            value = f"{np.size(value)} values"
+        elif not isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
+            value = getattr(value, "__name__", type(value).__name__)
+        stored[str(key)] = value
+    return stored
 
 
 class _Run(NamedTuple):
@@ -457,7 +479,7 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
                       clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,
                       n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
                       n_spatial_neighbors, flavor, kernel_widths, normalization_mode, sketch_size,
-                      apply_umap) -> _Parameters:
+                      apply_umap, umap_kwargs=None) -> _Parameters:
     """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
     auto = bool(apply_clustering) and check.is_auto(resolutions)
@@ -516,16 +538,35 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     leiden_kwargs, parc_kwargs, kmeans_kwargs = check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
                                                                       kmeans_kwargs)
     pca_kwargs = _checked_pca_kwargs(pca_kwargs)
+    if apply_umap:
+        _check_umap_kwargs(umap_kwargs)
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
+    min_cells = _checked_min_cells(min_domain_size, adata.n_obs, bool(methods))
     return _Parameters(
         methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains, max_dist=max_dist,
         max_dist_chosen=max_dist_chosen, n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps,
-        pca_kwargs=pca_kwargs,
-        use_rep=representation(use_rep, n_features), min_cells=min_domain_cells(min_domain_size, adata.n_obs),
+        pca_kwargs=pca_kwargs, use_rep=representation(use_rep, n_features), min_cells=min_cells,
         backend_kwargs={"leiden": leiden_kwargs, "parc": parc_kwargs, "kmeans": kmeans_kwargs},  # checked copies
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, sketch_size=sketched,
     )
+
+
+def _checked_min_cells(min_domain_size, n_cells: int, clustering: bool) -> int:
+    """``min_domain_size`` in cells, refused above the number of cells (every labelling
+    would be one domain), with a warning above a third of them (at most two domains can
+    be that large)."""
+    min_cells = min_domain_cells(min_domain_size, n_cells)
+    if min_domain_size is None or not clustering:
+        return min_cells
+    if min_cells > n_cells:
+        raise ValueError(f"`min_domain_size={min_domain_size!r}` is more than the {n_cells} cells: every domain "
+                         "would be merged into one. Pass a number of cells below that, or a fraction of the cells "
+                         "(e.g. 0.01), or 0 to keep every domain.")
+    if 3 * min_cells > n_cells:
+        logger.warning("min_domain_size=%r is %d cells, more than a third of the %d cells: at most two domains can "
+                       "be that large, and smaller ones are merged into them.", min_domain_size, min_cells, n_cells)
+    return min_cells
 
 
 def _checked_pca_kwargs(pca_kwargs) -> dict:
@@ -539,12 +580,30 @@ def _checked_pca_kwargs(pca_kwargs) -> dict:
 
         import scanpy as sc
 
-        known = [name for name in inspect.signature(sc.pp.pca).parameters if name not in ("data", "copy")]
-        unknown = sorted(set(pca_kwargs) - set(known))
-        if unknown:
-            raise ValueError(f"`pca_kwargs` has keys utag cannot pass to scanpy.pp.pca: {unknown} (utag passes the "
-                             f"data itself, and reads the result); it takes {known}.")
+        known = [name for name in inspect.signature(sc.pp.pca).parameters
+                 if name not in ("data", "copy", *PCA_KWARGS_UTAG_SETS)]
+        check.known_keywords("pca_kwargs", pca_kwargs, known, "the PCA utag runs with scanpy.pp.pca",
+                             " (utag passes the message-passed features itself and reads obsm['X_pca']; choose "
+                             "the features with `channels_to_use` or `filter_by_variance`)")
     return pca_kwargs
+
+
+def _check_umap_kwargs(umap_kwargs) -> None:
+    """``umap_kwargs`` checked against ``scanpy.tl.umap``'s keywords before any work."""
+    if umap_kwargs is not None and not isinstance(umap_kwargs, dict):
+        raise ValueError(f"`umap_kwargs` must be a dict of keyword arguments, got {type(umap_kwargs).__name__}.")
+    if umap_kwargs:
+        import inspect
+
+        import scanpy as sc
+
+        known = [name for name in inspect.signature(sc.tl.umap).parameters if name not in ("adata", "copy")]
+        check.known_keywords("umap_kwargs", umap_kwargs, known, "scanpy.tl.umap")
+
+
+#: ``scanpy.pp.pca`` keywords that choose the data or where the result goes, which utag does
+#: itself: the features are the message-passed ones, the result goes to ``obsm['X_pca']``.
+PCA_KWARGS_UTAG_SETS = ("layer", "key_added", "mask_var", "use_highly_variable", "return_info")
 
 
 def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]:
@@ -562,18 +621,19 @@ def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]
 
 
 def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_names, p: _Parameters,
-                     normalization_mode: str, keep_graph: bool, processes: int | None, progress: bool) -> tuple:
+                     normalization_mode: str, keep_graph: bool, processes: int | None, progress: bool,
+                     shift: np.ndarray | None = None) -> tuple:
     """Step 2 on every slide: ``(aggregated, n_edges, graph, background, scales)``.
 
-    ``aggregated``: the neighbourhood means less ``background`` (see :func:`_background`;
-    ``None`` when there is none), or their sums; with the multiscale flavour, the blocks
-    of every kernel width scaled by ``scales``, and the background with them.
-    ``graph``: the spatial graph with ``keep_graph``, else ``None``."""
+    ``aggregated``: the neighbourhood means of ``features``, which are the input's less
+    ``shift`` (see :func:`utag.message_passing.as_float32_less_shift`; ``None``: nothing
+    taken off), or their sums; with the multiscale flavour, the blocks of every kernel
+    width scaled by ``scales``. ``background``: the shift scaled as the blocks are, to be
+    added back. ``graph``: the spatial graph with ``keep_graph``, else ``None``."""
     # storing the spatial graph costs more per pair than message passing alone
     bytes_per_pair = MESSAGE_PASSING_BYTES_PER_PAIR + (STORED_GRAPH_BYTES_PER_PAIR if keep_graph else 0)
-    background = _background(features, normalization_mode)
     aggregated, n_edges, graph = pass_messages(
-        coords, features if background is None else features - background, codes, p.max_dist, normalization_mode,
+        coords, features, codes, p.max_dist, normalization_mode,
         processes=processes, progress=progress, bytes_per_pair=bytes_per_pair, keep_graph=keep_graph,
         slide_names=slide_names, spatial_graph_kind=p.spatial_graph, n_spatial_neighbors=p.n_spatial_neighbors,
         kernel_widths=p.kernel_widths,
@@ -582,7 +642,7 @@ def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_name
     if p.kernel_widths is not None:
         scales = multiscale.block_scales(aggregated, len(p.kernel_widths))
         aggregated = multiscale.scale_blocks(aggregated, scales)
-    return aggregated, n_edges, graph, _scaled_background(background, scales), scales
+    return aggregated, n_edges, graph, multiscale.scaled_background(shift, scales), scales
 
 
 def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, random_state: int, watch: Stopwatch,
@@ -625,6 +685,13 @@ def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.nd
     if p.spatial_graph == "radius":
         pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
         _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist, p.max_dist_chosen)
+    elif p.spatial_graph == "knn":
+        mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
+        if mean_slide > 1 / MOST_OF_SLIDE and p.n_spatial_neighbors >= MOST_OF_SLIDE * mean_slide:
+            logger.warning("n_spatial_neighbors=%d links each cell to most of its slide (%.0f cells on average): "
+                           "the neighbourhood means hardly differ, and the domains follow the slides. Domains need "
+                           "a neighbourhood much smaller than a slide (the default is 6).",
+                           p.n_spatial_neighbors, mean_slide)
 
 
 #: Mean neighbours per cell (within ``max_dist``) below which ``utag()`` warns: at about the
@@ -696,38 +763,6 @@ def _output_var(var: pd.DataFrame, widths) -> pd.DataFrame:
     return pd.DataFrame({"feature": np.tile(var.index.to_numpy(dtype=str), len(widths)),
                          "kernel_width": np.repeat(np.asarray(widths, dtype=float), len(var))},
                         index=multiscale.feature_names(var.index, widths))
-
-
-def _background(features, normalization_mode: str) -> np.ndarray | None:
-    """The background (float32) that dense features are shifted by before the
-    neighbourhood mean is taken: each feature's mean rounded to a whole number, or
-    ``None`` when that is zero everywhere.
-
-    A mean over neighbours passes a constant background through unchanged, so the results
-    are the same without it; with it, float32 sums of values on a large background (raw
-    intensities) lose the digits in which the cells differ. Whole numbers keep integer
-    features (one-hot cell types) integers, whose sums are exact in any order, so cells
-    with the same neighbourhood composition keep exactly the same profile. The sum
-    (``normalization_mode="sum"``) multiplies the background by each cell's number of
-    neighbours: it is part of that result and is kept.
-    """
-    if normalization_mode != "l1_norm" or sp.issparse(features):
-        return None
-    return _whole_background(features.mean(axis=0, dtype=np.float64))
-
-
-def _whole_background(means) -> np.ndarray | None:
-    """Column ``means`` rounded to whole numbers (float32), or ``None`` when all are zero."""
-    background = np.round(np.asarray(means, dtype=np.float64)).astype(np.float32)
-    return background if background.any() else None
-
-
-def _scaled_background(background: np.ndarray | None, scales: np.ndarray | None) -> np.ndarray | None:
-    """The background of the multiscale blocks scaled by ``scales``: a constant passes every
-    kernel unchanged, then is scaled with its block (``background`` as is without ``scales``)."""
-    if background is None or scales is None:
-        return background
-    return np.concatenate([background * scale for scale in scales.astype(np.float32)])
 
 
 def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_dist: float,
@@ -919,13 +954,16 @@ def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, b
 SPREAD_TIE = 1e-6
 
 
-def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
-    """The feature matrix to aggregate (float32) and the matching ``var`` table."""
+def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool,
+                     normalization_mode: str = "l1_norm"):
+    """``(features, var, shift)``: the feature matrix to aggregate (float32), the matching
+    ``var`` table, and the whole-number means taken off the features
+    (:func:`utag.message_passing.as_float32_less_shift`; ``None``: nothing)."""
     columns = check.channel_indices(adata, channels_to_use)
     given = check.feature_matrix(adata, columns)
-    features = as_float32(given)
+    features, shift = as_float32_less_shift(given, normalization_mode)
     var = adata.var if columns is None else adata.var.iloc[columns]
-    _warn_if_float32_erases(given, features, var)
+    _warn_if_float32_erases(given, features, var, shift)
     if filter_by_variance:
         std = feature_spread(features)[1]
         # spreads within rounding of the median tie with it (not above it), whatever the
@@ -936,7 +974,8 @@ def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
         else:
             logger.info("filter_by_variance keeps %d of %d features", keep.size, len(std))
             features, var = features[:, keep], var.iloc[keep]
-    return features, var.copy()
+            shift = None if shift is None else whole_means(shift[keep])
+    return features, var.copy(), shift
 
 
 #: Rounding to float32, as a share of a feature's spread, above which ``utag()`` warns (on
@@ -945,12 +984,13 @@ def _select_features(adata: AnnData, channels_to_use, filter_by_variance: bool):
 FLOAT32_ROUNDING_WARNING, _ROUNDING_SAMPLE = 1e-4, 20_000
 
 
-def _warn_if_float32_erases(given, features, var: pd.DataFrame) -> None:
+def _warn_if_float32_erases(given, features, var: pd.DataFrame, shift: np.ndarray | None = None) -> None:
     """Warn about the features of ``given`` (float64 or wider) that its float32 copy
-    ``features`` no longer tells apart (values far from zero differing by less than
-    float32's precision, about 1e-7 of their size, look the same to every later step) or
-    rounds by more than :data:`FLOAT32_ROUNDING_WARNING` of their spread."""
-    if sp.issparse(given) or not np.issubdtype(given.dtype, np.floating) or given.dtype.itemsize <= 4:
+    ``features`` (less ``shift``, if any) no longer tells apart (values far from zero
+    differing by less than float32's precision, about 1e-7 of their size, look the same
+    to every later step) or rounds by more than :data:`FLOAT32_ROUNDING_WARNING` of their
+    spread."""
+    if not wider_than_float32(given):
         return
     erased = (column_range(given) > 0) & (column_range(features) == 0)
     fix = ("their values are far from zero for their spread. Subtract each feature's mean first, e.g. "
@@ -960,7 +1000,7 @@ def _warn_if_float32_erases(given, features, var: pd.DataFrame) -> None:
                        int(erased.sum()), list(var.index[erased][:5]), fix)
         return
     rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), _ROUNDING_SAMPLE)).astype(np.int64))
-    sample = np.asarray(given[rows], dtype=np.float64)
+    sample = np.asarray(given[rows], dtype=np.float64) - (0.0 if shift is None else shift.astype(np.float64))
     spread = sample.std(axis=0)
     share = np.abs(sample - features[rows]).max(axis=0) / np.where(spread > 0, spread, np.inf)  # of the spread
     lossy = share > FLOAT32_ROUNDING_WARNING
@@ -1019,6 +1059,10 @@ def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
     else:  # the input's PCA is of other features
         result.obsm.pop("X_pca", None)
         result.uns.pop("pca", None)
+    if "X_umap" in result.obsm or "umap" in result.uns:  # of another graph; apply_umap=True draws a new one
+        logger.info("the input's UMAP (obsm['X_umap']) is of other features and is not carried over")
+        result.obsm.pop("X_umap", None)
+        result.uns.pop("umap", None)
     for name in [name for name, entry in result.uns.items()  # the input's graphs are not carried over
                  if isinstance(entry, dict) and "connectivities_key" in entry
                  and entry["connectivities_key"] not in result.obsp]:

@@ -26,8 +26,8 @@ from ._validation import RECORDED_SLIDE_KEY
 from .clustering import cluster_means
 from .embedding import project
 from .graph import mean_neighbours
-from .message_passing import pass_messages
-from .multiscale import feature_names, graph_radius, scale_blocks
+from .message_passing import as_float32_less_shift, pass_messages
+from .multiscale import feature_names, graph_radius, scale_blocks, scaled_background
 from .sketch import majority_vote
 
 logger = logging.getLogger(__name__)
@@ -296,7 +296,8 @@ def transfer_labels(
     columns = check.channel_indices(adata, features)
     coords = check.spatial_coordinates(adata)
     codes, _ = check.slide_codes(adata, check.recorded_slide_key(adata, slide_key, record=result))
-    matrix = check.feature_matrix(adata, columns)
+    # each feature's whole-number mean taken off first, as utag() does, and back on after
+    matrix, shift = as_float32_less_shift(check.feature_matrix(adata, columns), str(model["normalization_mode"]))
     widths = tuple(float(w) for w in model.get("kernel_widths", [])) or None
     graph_kind = str(model.get("spatial_graph", "radius"))
     aggregated, n_edges, _ = pass_messages(coords, matrix, codes, model["max_dist"], model["normalization_mode"],
@@ -309,7 +310,10 @@ def transfer_labels(
     if widths is not None:
         aggregated = scale_blocks(aggregated, model["block_scales"])
         features = feature_names(features, widths)
-    embedding = project(aggregated, model["components"], model["mean"])
+    shift = scaled_background(shift, model["block_scales"] if widths is not None else None)
+    embedding = project(aggregated, model["components"], model["mean"] - (0 if shift is None else shift))
+    if shift is not None:
+        aggregated += shift  # the neighbourhood means, as utag() stores them
 
     transferred = AnnData(X=aggregated, obs=adata.obs.copy(), var=pd.DataFrame(index=features),
                           obsm={name: value.copy() for name, value in adata.obsm.items()},
@@ -333,6 +337,7 @@ def transfer_labels(
             labelled = np.flatnonzero(numbers >= 0)
             if len(labelled) == 0:
                 raise ValueError(f"`result.obs[{key!r}]` has no labelled cell to vote: transfer another key.")
+            _warn_if_votes_drown_domains(numbers[labelled], n_neighbors, key)
             signature = labelled.tobytes()
             if signature not in nearest:  # cells with a missing label do not vote
                 _, found = cKDTree(reference[labelled]).query(embedding, k=min(n_neighbors, len(labelled)),
@@ -344,3 +349,17 @@ def transfer_labels(
         transferred.obs[key] = pd.Categorical.from_codes(labels, categories=categories)
         transferred.obsm[probabilities_key(key)] = probabilities.astype(np.float32)
     return transferred
+
+
+def _warn_if_votes_drown_domains(numbers: np.ndarray, n_neighbors: int, key: str) -> None:
+    """Warn when ``n_neighbors`` voters outnumber twice the cells of a reference domain
+    (codes ``numbers``): such a domain holds a majority of no new cell's vote, and with
+    ``n_neighbors`` near the number of reference cells every new cell gets the largest
+    domain."""
+    sizes = np.bincount(numbers)
+    sizes = sizes[sizes > 0]
+    if n_neighbors > 2 * sizes.min():
+        logger.warning("transfer_labels of %r: n_neighbors=%d voters per new cell outnumber twice the %d cells of "
+                       "its smallest domain, which then wins almost no vote (and with n_neighbors near the %d "
+                       "reference cells every new cell gets the largest domain); pass fewer n_neighbors "
+                       "(default 15).", key, n_neighbors, int(sizes.min()), int(sizes.sum()))

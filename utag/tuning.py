@@ -175,6 +175,7 @@ def resolution_sweep(
     ['resolution', 'n_domains', 'stability', 'agreement']
     """
     random_state = check.seed(random_state)
+    check.save_key(key_added, "key_added", "the uns key the sweep is written under")
     neighbourhood, coords, codes, order = _in_canonical_order(result, slide_key)
     min_cells = min_domain_cells(min_domain_size, result.n_obs)
     if flavor is None:
@@ -352,9 +353,28 @@ def _peaks(table: pd.DataFrame, scores=None) -> list[int]:
     return peaks
 
 
-def recommended_resolutions(table: pd.DataFrame, n: int = 1) -> list[float]:
-    """The ``n`` best recommended resolutions of a :func:`resolution_sweep` table (the
-    best ranked ones when none is recommended, e.g. when every resolution gives one domain)."""
+def recommended_resolutions(table: pd.DataFrame | AnnData, n: int = 1) -> list[float]:
+    """The ``n`` best recommended resolutions of a :func:`resolution_sweep` table, best
+    first (fewer when fewer are recommended; the best ranked ones when none is, e.g. when
+    every resolution gives one domain). ``table`` may also be the AnnData the sweep (or
+    ``utag(..., resolutions="auto")``) wrote its table into.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"resolution": [0.05, 0.1, 0.3], "recommended": [True, False, True],
+    ...                       "rank": [2, pd.NA, 1]})
+    >>> recommended_resolutions(table, n=2)
+    [0.3, 0.05]
+    """
+    if isinstance(table, AnnData):
+        if SWEEP_KEY not in table.uns:
+            raise ValueError(f"`table` is an AnnData without a sweep (uns[{SWEEP_KEY!r}]): pass the table "
+                             "resolution_sweep(result) returns, or run it (or utag(..., resolutions='auto')) first.")
+        table = table.uns[SWEEP_KEY]["table"]
+    columns = getattr(table, "columns", [])
+    lacking = [column for column in ("resolution", "recommended", "rank") if column not in columns]
+    if lacking:
+        raise ValueError(f"`table` must be the table resolution_sweep() returns; it lacks the columns {lacking}.")
     chosen = (table[table["recommended"]] if table["recommended"].any() else table).sort_values("rank")
     return [float(r) for r in chosen["resolution"].head(n)]
 
@@ -431,7 +451,8 @@ def resolution_for_n_domains(
     if n_domains > n_cells:
         raise ValueError(f"`n_domains` ({n_domains}) is larger than the number of cells ({n_cells}).")
     # each of K domains should hold a real share of the tissue: at least a tenth of 1/K
-    min_cells = max(min_domain_cells(min_domain_size, n_cells), math.ceil(n_cells / (10 * n_domains)))
+    share_cells = math.ceil(n_cells / (10 * n_domains))
+    min_cells = max(min_domain_cells(min_domain_size, n_cells), share_cells)
     kwargs = dict(leiden_kwargs or {})
 
     def count(resolution):
@@ -468,7 +489,10 @@ def resolution_for_n_domains(
             if found == n_domains:
                 return float(resolution), labels
     if finer is None:
-        logger.warning("no resolution gives more than %d domains (asked for %d)", coarser[2], n_domains)
+        logger.warning("no resolution gives more than %d domain(s) of at least %d cells (asked for %d): domains "
+                       "smaller than that are merged (min_domain_size, and a tenth of an equal share, %d cells / "
+                       "(10 x %d)). Ask for fewer domains%s.", coarser[2], min_cells, n_domains, n_cells, n_domains,
+                       ", or pass min_domain_size=0 if smaller domains are real" if min_cells > share_cells else "")
         return coarser[0], coarser[1]
     if coords is None and isinstance(result, AnnData) and "spatial" in result.obsm:
         coords, slide_codes = tissue_of(result)  # read only here: the bisection rarely ends in a merge

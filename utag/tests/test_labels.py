@@ -44,6 +44,18 @@ def test_consistent_labels_across_resolutions_and_hierarchy(four_domains):
     assert hierarchy.groupby("fine_key")["n_cells"].sum().eq(adata.n_obs).all()
 
 
+def test_consistent_labels_aligns_each_method_on_its_own_by_default():
+    tissue = synthetic_tissue(n_cells=1_500, n_slides=2, n_markers=12, random_state=0)
+    result = utag(tissue, slide_key="roi", clustering_method=["leiden", "kmeans"], resolutions=[0.1, 0.3, 0.5],
+                  progress=False)
+    keys = consistent_labels(result)
+    for key in keys:  # no number left empty because the chain passed from one method to the other
+        assert (result.obs[key].value_counts() > 0).all(), key
+    leiden = [key for key in keys if "_leiden_" in key]
+    a, b = (result.obs[key].to_numpy() for key in leiden[:2])
+    assert all((b[a == label] == label).mean() > 0.3 for label in np.unique(a))  # aligned within the method
+
+
 def test_consistent_labels_drops_the_tables_counted_under_the_old_numbers(four_domains):
     from utag.utils import celltype_connectivity, domain_connectivity
 
@@ -101,6 +113,8 @@ def test_domain_hierarchy_leaves_unlabelled_cells_out():
         ["0", "0", 2, 1.0], ["1", "0", 1, 1.0], ["2", "1", 2, 1.0]]
     with pytest.raises(ValueError, match="keys"):
         domain_hierarchy(anndata.AnnData(obs=obs), ["a", "c"])
+    with pytest.raises(ValueError, match=r"at least two labellings .* got \['a'\]"):  # not its letters
+        domain_hierarchy(anndata.AnnData(obs=obs), "a")
 
 
 def test_consistent_labels_on_a_view_leaves_the_parent_alone():

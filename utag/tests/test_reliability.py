@@ -446,7 +446,14 @@ def test_whole_number_backend_keywords_take_r_numbers_and_any_negative_iteration
 
 @pytest.mark.parametrize("options, message", [
     ({"slide_key": pd.Series(["a"] * 300)}, r"`slide_key` must name a column of `adata.obs`, got a Series"),
-    ({"pca_kwargs": {"n_comps": 5, "svd_solverr": "arpack"}}, r"utag cannot pass to scanpy.pp.pca: \['svd_solverr'\]"),
+    ({"pca_kwargs": {"n_comps": 5, "svd_solverr": "arpack"}}, r"`pca_kwargs` has keys .* \['svd_solverr'\]"),
+    # scanpy keywords for where the data come from or the result goes: they used to fail after the graph
+    ({"pca_kwargs": {"key_added": "mine"}}, r"`pca_kwargs` has keys .*\['key_added'\] \(utag passes"),
+    ({"pca_kwargs": {"layer": "raw", "mask_var": None}}, r"`pca_kwargs` has keys .*\['layer', 'mask_var'\]"),
+    ({"apply_umap": True, "umap_kwargs": {"n_neighbours": 10}},
+     r"`umap_kwargs` has keys scanpy.tl.umap does not take: \['n_neighbours'\]"),
+    ({"clustering_method": "kmeans", "kmeans_kwargs": {"ninit": 10}},
+     r"`kmeans_kwargs` has keys sklearn's KMeans does not take: \['ninit'\]"),
     ({"max_dist": "twenty"}, r"`max_dist` must be a positive number .* or 'auto', got 'twenty'"),
     ({"clustering_method": []}, r"`clustering_method` is empty"),
     ({"resolutions": None}, r"`resolutions` is None: .*`n_domains=K`"),
@@ -454,11 +461,21 @@ def test_whole_number_backend_keywords_take_r_numbers_and_any_negative_iteration
      r"kmeans_kwargs\['n_clusters'\]` is set by utag\(\): pass `resolutions=` .* k = ceil\(10 \* resolution\)"),
     ({"flavor": "banksy"}, r"`flavor` must be one of \['utag', 'multiscale'\], got 'banksy'"),
     ({"n_neighbors": 5_000}, r"`n_neighbors=5000` is more than the 299 other cells"),
+    ({"min_domain_size": 301}, r"`min_domain_size=301` is more than the 300 cells: every domain would be merged"),
 ])
 def test_mistakes_in_parameters_are_named_before_any_work(options, message):
     adata = synthetic_tissue(n_cells=300, n_slides=1, n_markers=5, random_state=0)
     with pytest.raises(ValueError, match=message):
         run_utag(adata, **{"slide_key": "roi", "progress": False, **options})
+
+
+def test_a_min_domain_size_above_a_third_of_the_cells_is_flagged(caplog):
+    adata = synthetic_tissue(n_cells=300, n_slides=1, n_markers=5, random_state=0)
+    with caplog.at_level("WARNING", logger="utag.segmentation"):
+        result = run_utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[0.5], min_domain_size=0.4,
+                          progress=False)
+    assert "is 120 cells, more than a third of the 300 cells" in caplog.text
+    assert result.obs["UTAG Label_kmeans_0.5"].nunique() <= 2  # k = 5, merged to what the warning said
 
 
 def test_named_choices_take_any_case():
@@ -521,14 +538,19 @@ def test_inputs_that_used_to_fail_or_mislead(small, caplog):
     shifted.X = shifted.X.astype(np.float64) + 1e9  # varies in float64, not in float32
     numbered = small.copy()
     numbered.obs.index = pd.RangeIndex(small.n_obs)  # set in place: AnnData keeps the integers
+    kmeans = {"clustering_method": "kmeans", "resolutions": [0.3], **FAST}
     with caplog.at_level(logging.WARNING, logger="utag"):
-        run_utag(shifted, clustering_method="kmeans", resolutions=[0.3], **FAST)
+        # the mean is taken off in float64 before float32 (it used to give one domain)
+        on_background = run_utag(shifted, **kmeans).obs["UTAG Label_kmeans_0.3"]
+        assert (on_background == run_utag(small, **kmeans).obs["UTAG Label_kmeans_0.3"]).all()
+        assert "float32" not in caplog.text
+        run_utag(shifted, normalization_mode="sum", **kmeans)  # the sum keeps the background: rounded away
         assert "vary in adata.X but not once utag holds them as float32" in caplog.text
         caplog.clear()
         for offset, rounded in ((100.0, False), (1e4, True)):  # float32 steps of ~1e-5 and ~1e-3
             moved = small.copy()
             moved.X = small.X.astype(np.float64) + offset
-            run_utag(moved, clustering_method="kmeans", resolutions=[0.3], **FAST)
+            run_utag(moved, normalization_mode="sum", **kmeans)
             assert ("lose precision as float32" in caplog.text) == rounded
         caplog.clear()
         result = run_utag(numbered, clustering_method="kmeans", resolutions=[0.3], **FAST)

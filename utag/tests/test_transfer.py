@@ -65,6 +65,40 @@ def test_transfer_projects_the_reference_cells_onto_their_own_embedding(four_dom
     np.testing.assert_allclose(moved.obsm["X_pca"], result.obsm["X_pca"], atol=1e-4)
 
 
+@pytest.mark.parametrize("flavor", ["utag", "multiscale"])
+def test_transfer_of_float64_features_on_a_large_background(four_domains, flavor):
+    # float64 values of 1e9 plus the markers: rounded to float32 first, every cell looked alike
+    adata, _ = four_domains
+    lifted = adata.copy()
+    lifted.X = adata.X.astype(np.float64) + 1e9
+    moved = {}
+    for name, tissue in (("plain", adata), ("lifted", lifted)):
+        reference, new = (tissue[tissue.obs["roi"] == roi].copy() for roi in ("roi_0", "roi_1"))
+        result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], flavor=flavor,
+                      progress=False)
+        moved[name] = transfer_labels(result, new, slide_key="roi", method="centroid")
+    np.testing.assert_allclose(moved["lifted"].obsm["X_pca"], moved["plain"].obsm["X_pca"], atol=1e-3)
+    key = "UTAG Label_kmeans_0.4"
+    assert (moved["lifted"].obs[key] == moved["plain"].obs[key]).mean() > 0.99
+    assert moved["lifted"].obs[key].nunique() == 4
+    # X holds the neighbourhood means, background included, as the reference's X does
+    np.testing.assert_allclose(moved["lifted"].X.mean(axis=0), result.X.mean(axis=0), rtol=1e-3)
+
+
+def test_knn_transfer_warns_when_the_voters_drown_small_domains(four_domains, caplog):
+    adata, _ = four_domains
+    reference, new = (adata[adata.obs["roi"] == roi].copy() for roi in ("roi_0", "roi_1"))
+    result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], progress=False)
+    key = "UTAG Label_kmeans_0.4"
+    smallest = int(result.obs[key].value_counts().min())
+    with caplog.at_level("WARNING", logger="utag.transfer"):
+        usual = transfer_labels(result, new, slide_key="roi")
+        assert "outnumber" not in caplog.text and usual.obs[key].nunique() == 4
+        everyone = transfer_labels(result, new, slide_key="roi", n_neighbors=reference.n_obs)
+    assert f"outnumber twice the {smallest} cells" in caplog.text
+    assert everyone.obs[key].nunique() == 1  # what the warning is about: every cell gets the largest domain
+
+
 def test_knn_transfer_reads_domains_by_name_and_skips_missing_labels(four_domains):
     adata, result = four_domains
     key = "UTAG Label_leiden_0.1"

@@ -31,6 +31,13 @@ def test_sweep_reports_stability_and_recommends_a_good_resolution(four_domains):
     ari = [adjusted_rand_score(truth, labels) for labels in stored["labels"]]
     chosen = recommended_resolutions(table)[0]
     assert ari[list(table["resolution"]).index(chosen)] >= max(ari) - 0.05
+    assert recommended_resolutions(result, n=len(table)) == recommended_resolutions(table, n=len(table))
+    with pytest.raises(ValueError, match="without a sweep"):  # the AnnData of another run: no traceback
+        recommended_resolutions(adata)
+    with pytest.raises(ValueError, match="lacks the columns"):
+        recommended_resolutions(table.drop(columns="rank"))
+    with pytest.raises(ValueError, match="`key_added='sweep/1'` contains '/'"):
+        resolution_sweep(result, resolutions=[0.1, 0.2], n_runs=2, key_added="sweep/1", progress=False)
     assert table.loc[table["rank"] == 1, "n_domains"].item() == 4
 
 
@@ -82,6 +89,18 @@ def test_sweep_and_n_domains_do_not_depend_on_the_order_of_the_rows(four_domains
 def test_sweep_needs_a_utag_result():
     with pytest.raises(ValueError, match="connectivities"):
         resolution_sweep(AnnData(np.zeros((3, 2))))
+
+
+def test_n_domains_beyond_the_smallest_domain_size_says_why_and_how(caplog):
+    tissue = synthetic_tissue(n_cells=1_500, n_slides=2, random_state=0)
+    options = dict(slide_key="roi", clustering_method="leiden", resolutions=None, n_domains=100, progress=False)
+    with caplog.at_level("WARNING", logger="utag.tuning"):
+        capped = utag(tissue, **options)  # domains under 10 cells are merged
+        assert "of at least 10 cells (asked for 100)" in caplog.text and "min_domain_size=0" in caplog.text
+        caplog.clear()
+        exact = utag(tissue, min_domain_size=0, **options)
+    assert capped.obs[capped.uns["utag"]["label_keys"][0]].nunique() < 100
+    assert exact.obs[exact.uns["utag"]["label_keys"][0]].nunique() == 100 and not caplog.text
 
 
 @pytest.mark.parametrize("k", [2, 4, 7])

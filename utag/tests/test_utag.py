@@ -80,6 +80,26 @@ def test_defaults_and_caller_dicts_are_never_mutated(tissue):
     assert defaults_after["pca_kwargs"] == {"n_comps": 10}
 
 
+def test_every_parameter_that_changes_the_labels_is_recorded_and_written(tissue, tmp_path):
+    import anndata
+    import leidenalg
+
+    membership = np.arange(tissue.n_obs) % 3
+    result = utag(tissue, slide_key="roi", save_key="run1", filter_by_variance=True, keep_spatial_connectivity=True,
+                  clustering_method=["leiden", "kmeans"], resolutions=[0.3], pca_kwargs={"svd_solver": "full"},
+                  leiden_kwargs={"flavor": "leidenalg", "partition_type": leidenalg.RBConfigurationVertexPartition,
+                                 "initial_membership": membership},
+                  kmeans_kwargs={"max_iter": 50}, progress=False)
+    result.write_h5ad(tmp_path / "run.h5ad")
+    recorded = anndata.read_h5ad(tmp_path / "run.h5ad").uns["utag"]
+    assert recorded["save_key"] == "run1" and recorded["filter_by_variance"] and recorded["keep_spatial_connectivity"]
+    assert recorded["pca_kwargs"] == {"svd_solver": "full"} and recorded["kmeans_kwargs"] == {"max_iter": 50}
+    leiden = recorded["leiden_kwargs"]
+    assert leiden["flavor"] == "leidenalg" and leiden["initial_membership"] == f"{tissue.n_obs} values"
+    assert leiden["partition_type"] == "RBConfigurationVertexPartition"
+    assert recorded["parc_kwargs"] == {} and not recorded["apply_umap"]
+
+
 def test_n_comps_is_capped_below_the_number_of_features(tissue, caplog):
     result = _run(tissue, pca_kwargs={"n_comps": 50})
     assert result.obsm["X_pca"].shape[1] == tissue.n_vars - 1
@@ -464,9 +484,14 @@ def test_the_result_carries_no_stale_graphs_pca_or_tables_of_the_input():
     tissue.obsp["connectivities"] = tissue.obsp["spatial_connectivities"] = sp.identity(tissue.n_obs, format="csr")
     tissue.uns["neighbors"] = {"connectivities_key": "connectivities"}
     tissue.uns["spatial_neighbors"] = {"connectivities_key": "spatial_connectivities"}
-    tissue.obsm["X_pca"] = np.zeros((tissue.n_obs, 2))
+    tissue.obsm["X_pca"] = tissue.obsm["X_umap"] = np.zeros((tissue.n_obs, 2))
+    tissue.uns["umap"] = {"params": {}}
     bare = _run(tissue, apply_clustering=False)
     assert "neighbors" not in bare.uns and "spatial_neighbors" not in bare.uns and "X_pca" not in bare.obsm
+    clustered = _run(tissue)  # a UMAP of other features would sit beside the new kNN graph
+    assert "X_umap" not in clustered.obsm and "umap" not in clustered.uns
+    drawn = _run(tissue, apply_umap=True)
+    assert drawn.obsm["X_umap"].std() > 0 and "X_umap" in tissue.obsm  # a new one; the input keeps its own
     key = "dom_kmeans_0.3"
     first = _run(tissue, save_key="dom")
     assert "neighbors" in first.uns and first.uns["neighbors"]["connectivities_key"] in first.obsp
