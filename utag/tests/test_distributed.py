@@ -47,6 +47,18 @@ def shuffled_tissue():
     return _shuffled_tissue(12_000)
 
 
+def test_float64_features_on_a_large_background_give_the_in_process_result():
+    tissue = _shuffled_tissue(3_000)
+    tissue.X = tissue.X.astype(np.float64) + 1e9  # rounded to float32 first, every cell looked alike
+    options = dict(clustering_method="kmeans", resolutions=[0.4], **KW)
+    expected = utag(tissue, **options)
+    assert expected.obs["UTAG Label_kmeans_0.4"].nunique() == 4
+    got = utag(_as_dask(tissue, chunk_rows=1_000), **options)
+    np.testing.assert_array_equal(got.obs["UTAG Label_kmeans_0.4"].to_numpy(),
+                                  expected.obs["UTAG Label_kmeans_0.4"].to_numpy())
+    np.testing.assert_allclose(got.obsm["X_pca"], expected.obsm["X_pca"], atol=1e-4)
+
+
 def test_dask_input_gives_the_in_process_sketch_result(shuffled_tissue):
     options = dict(clustering_method=["leiden", "kmeans"], resolutions=[0.1], sketch_size=3_000, **KW)
     expected = utag(shuffled_tissue, **options)
