@@ -582,7 +582,7 @@ def _checked_pca_kwargs(pca_kwargs) -> dict:
 
         known = [name for name in inspect.signature(sc.pp.pca).parameters
                  if name not in ("data", "copy", *PCA_KWARGS_UTAG_SETS)]
-        check.known_keywords("pca_kwargs", pca_kwargs, known, "the PCA utag runs with scanpy.pp.pca",
+        check.known_keywords("pca_kwargs", pca_kwargs, known, "utag's PCA (scanpy.pp.pca)",
                              " (utag passes the message-passed features itself and reads obsm['X_pca']; choose "
                              "the features with `channels_to_use` or `filter_by_variance`)")
     return pca_kwargs
