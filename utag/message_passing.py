@@ -34,7 +34,8 @@ from .graph import (
     worker_processes,
 )
 
-__all__ = ["aggregate", "as_float32", "pass_messages", "slide_messages"]
+__all__ = ["aggregate", "as_float32", "as_float32_less_shift", "less_background", "pass_messages", "slide_messages",
+           "whole_means", "wider_than_float32"]
 
 logger = logging.getLogger(__name__)
 

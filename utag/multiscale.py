@@ -32,7 +32,7 @@ from .graph import count_edges, spatial_graph
 
 __all__ = ["FLAVORS", "DEFAULT_WIDTHS", "flavor_widths", "block_scales",
            "edge_lengths", "feature_names", "gaussian_kernel", "graph_radius",
-           "kernel_passes", "kernel_widths", "scale_blocks", "slide_blocks"]
+           "kernel_passes", "kernel_widths", "scale_blocks", "scaled_background", "slide_blocks"]
 
 #: ``utag(flavor=...)``: the published method, or the multiscale neighbourhoods.
 FLAVORS = ("utag", "multiscale")
@@ -214,7 +214,13 @@ def scale_blocks(blocks, scales: np.ndarray):
 
 def scaled_background(background: np.ndarray | None, scales: np.ndarray | None) -> np.ndarray | None:
     """The background of the multiscale blocks scaled by ``scales``: a constant passes every
-    kernel unchanged, then is scaled with its block (``background`` as is without ``scales``)."""
+    kernel unchanged, then is scaled with its block (``background`` as is without ``scales``).
+
+    Examples
+    --------
+    >>> scaled_background(np.array([10.0, 20.0], dtype=np.float32), np.array([1.0, 0.5])).tolist()
+    [10.0, 20.0, 5.0, 10.0]
+    """
     if background is None or scales is None:
         return background
     return np.concatenate([background * scale for scale in scales.astype(np.float32)])
