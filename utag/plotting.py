@@ -94,16 +94,34 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     palette = list(palette)
     if len(palette) < len(names):
         colormap = plt.get_cmap("hsv")
-        palette = palette + [colormap(i / len(names)) for i in range(len(names) - len(palette))]
+        # hues spread over the colours still needed, starting past red (hsv's first)
+        palette = palette + [colormap((i + 1) / (len(names) - len(palette) + 1))
+                             for i in range(len(names) - len(palette))]
     colors = [to_hex(c) for c in palette[: len(names)]]
     adata.uns[colors_key(key)] = colors
     return dict(zip(names, colors))
 
 
 def _legend(fig: Figure, colors: dict[str, str], title: str) -> None:
+    """The domains' colours beside the panels, the figure widened to hold them."""
     handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=c, label=n) for n, c in colors.items()]
-    fig.legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               ncols=max(1, math.ceil(len(handles) / 25)))
+    legend = fig.legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                        ncols=max(1, math.ceil(len(handles) / 25)))
+    kept = _widen_for(fig, legend)
+    legend.set_bbox_to_anchor((kept, 0.5), transform=fig.transFigure)  # where the figure ended before
+
+
+def _widen_for(fig: Figure, legend) -> float:
+    """Widen ``fig`` by the width of ``legend`` (drawn right of the plots), keeping the
+    plots their size, so that a plain ``savefig`` keeps the legend; returns the share of
+    the new width that the old figure takes."""
+    width, height = fig.get_size_inches()
+    pad = 2 * legend.borderaxespad * legend.prop.get_size_in_points() / 72  # inches, either side of the legend
+    extra = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + pad
+    kept = width / (width + extra)
+    fig.set_size_inches(width + extra, height)
+    fig.subplots_adjust(left=fig.subplotpars.left * kept, right=fig.subplotpars.right * kept)
+    return kept
 
 
 def plot_domains(
@@ -355,7 +373,11 @@ def plot_domain_network(
     fig, ax = (plt.subplots(figsize=(6, 6)) if ax is None else (ax.figure, ax))
     edge_values = np.array([graph.edges[e]["weight"] for e in graph.edges])
     if len(edge_values):
-        widths = 0.5 + 6 * edge_values / edge_values.max()
+        if edge_values.min() >= 0:  # counts, ratios: width in proportion
+            widths = 0.5 + 6 * edge_values / max(edge_values.max(), np.finfo(float).tiny)
+        else:  # log2 ratios below 0 as well: the least depleted pair widest
+            spread = np.ptp(edge_values)
+            widths = 0.5 + 6 * ((edge_values - edge_values.min()) / spread if spread > 0 else 1.0)
         nx.draw_networkx_edges(graph, positions, width=widths, edge_color="grey", alpha=0.7, ax=ax)
     node_area = 300 + 2700 * sizes / max(sizes.max(), 1)
     nx.draw_networkx_nodes(graph, positions, node_size=node_area, node_color=[colors[n] for n in names],
@@ -415,7 +437,8 @@ def plot_chord(
         or another table of ``connectivity`` such as ``"ratio"``: negative values and
         NaN count as 0).
     gap
-        Space between neighbouring arcs, as a fraction of the circle (default ``0.03``).
+        Space between neighbouring arcs, as a fraction of the circle (default ``0.03``; with
+        many domains less, so that the gaps take half the circle at the most).
     ax
         Matplotlib axes to draw on; default ``None``: a new 6 x 6 inch figure.
 
@@ -444,6 +467,7 @@ def plot_chord(
     if totals.sum() == 0:
         ax.set_title(f"{domain_key}: no contacts between domains")
         return fig
+    gap = min(gap, 0.5 / len(names))  # the gaps take half the circle at the most, however many domains
     span = 2 * np.pi * (1 - gap * len(names)) * totals / totals.sum()
     starts = np.concatenate([[0], np.cumsum(span + 2 * np.pi * gap)[:-1]])
     # sub-arc of domain a reserved for its contacts with b, partners in index order
@@ -524,6 +548,7 @@ def plot_composition(
         raise ValueError("`value='enrichment'` (log2 fold changes, negative for depleted cell types) is drawn as "
                          "a heatmap: pass kind='heatmap', or kind='bars' with value='proportions' or 'counts'.")
     table = composition[value]
+    created = ax is None
     fig, ax = (plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
                if ax is None else (ax.figure, ax))
     if kind == "heatmap":
@@ -545,7 +570,10 @@ def plot_composition(
             left += table[cell_type].to_numpy()
         ax.invert_yaxis()
         ax.set_xlabel(value)
-        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=celltype_key)
+        legend = ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=celltype_key)
+        if created:  # a figure of the caller's keeps its size
+            _widen_for(fig, legend)
+            fig.tight_layout()  # room for the domains' names too
     ax.set_ylabel(domain_key)
     return fig
 

@@ -456,8 +456,11 @@ def evaluate_performance(
 
     Returns
     -------
-    A list of floats, one per slide in order of first appearance in ``obs[batch_key]``.
-    :func:`utag.evaluate_performance` gives more scores, pooled and per slide, as a table.
+    A list of floats, one per slide in order of first appearance in ``obs[batch_key]``,
+    over the cells with both labels (cells without a reference or a predicted label, or
+    without a slide, are left out, as :func:`utag.evaluate_performance` leaves them out; a
+    slide with no such cell scores NaN). :func:`utag.evaluate_performance` gives more
+    scores, pooled and per slide, as a table.
 
     Examples
     --------
@@ -471,9 +474,17 @@ def evaluate_performance(
         raise ValueError(f"`method` must be one of {list(PERFORMANCE_METHODS)}, got {method!r}.")
     score = SCORES[method]
     slides, _ = pd.factorize(_obs_column(adata, batch_key, "batch_key"))  # codes in order of appearance
-    truth = _obs_column(adata, truth_key, "truth_key").to_numpy()
-    predicted = _obs_column(adata, pred_key, "pred_key").to_numpy()
-    return [float(score(truth[cells], predicted[cells])) for cells in slide_cells(slides) if slides[cells[0]] >= 0]
+    truth = _obs_column(adata, truth_key, "truth_key")
+    predicted = _obs_column(adata, pred_key, "pred_key")
+    both = (truth.notna() & predicted.notna()).to_numpy()
+    truth, predicted = truth.astype(str).to_numpy(), predicted.astype(str).to_numpy()
+    scores = []
+    for cells in slide_cells(slides):
+        if slides[cells[0]] < 0:  # cells without a slide
+            continue
+        cells = cells[both[cells]]
+        scores.append(float(score(truth[cells], predicted[cells])) if len(cells) else np.nan)
+    return scores
 
 
 # --- small array helpers the original exported ----------------------------------------------

@@ -310,6 +310,14 @@ def test_evaluate_performance_scores_each_slide_in_order_of_appearance(ran):
     assert all(isinstance(score, float) for score in results["rand"])
     with pytest.raises(ValueError, match="`method`"):
         utag.utils.evaluate_performance(before, method="ari")
+    # a cell without a reference label is left out (it used to stop scikit-learn with "Input contains NaN")
+    unlabelled = before.copy()
+    first = unlabelled.obs_names[0]
+    unlabelled.obs["DOM_argmax"] = unlabelled.obs["DOM_argmax"].astype(object)
+    unlabelled.obs.loc[first, "DOM_argmax"] = np.nan
+    kept = (slides != slides[0]) | (np.arange(len(slides)) > 0)
+    expected = [rand_score(truth[(slides == s) & kept], predicted[(slides == s) & kept]) for s in order]
+    assert utag.utils.evaluate_performance(unlabelled) == pytest.approx(expected)
 
 
 def test_draw_network_draws_a_node_per_domain_and_an_edge_per_contact(ran):
