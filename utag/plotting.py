@@ -54,8 +54,10 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
         category, in category order; a list too short is completed with ``"hsv"``
         colours) or a matplotlib colormap name (e.g. ``"tab10"``, ``"viridis"``), sampled
         evenly. Default ``None``: keep the colours in ``uns[f"{key}_colors"]`` if there is
-        one per category (used or not, as scanpy stores them), else scanpy's default
-        palettes (``default_20``, or ``default_102`` beyond 20 categories).
+        one per category (used or not, as scanpy stores them), else the colours scanpy
+        gives a column it has not coloured yet: matplotlib's colour cycle (``tab10``)
+        when it has enough colours, else scanpy's ``default_20``, ``default_28`` or
+        ``default_102`` palette (beyond 102 categories completed with ``"hsv"`` colours).
 
     Returns
     -------
@@ -69,9 +71,9 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     >>> from utag.datasets import synthetic_tissue
     >>> adata = synthetic_tissue(n_cells=500, n_domains=3, random_state=0)
     >>> domain_colors(adata, "domain")
-    {'domain_0': '#1f77b4', 'domain_1': '#ff7f0e', 'domain_2': '#279e68'}
+    {'domain_0': '#1f77b4', 'domain_1': '#ff7f0e', 'domain_2': '#2ca02c'}
     >>> adata.uns["domain_colors"]
-    ['#1f77b4', '#ff7f0e', '#279e68']
+    ['#1f77b4', '#ff7f0e', '#2ca02c']
     >>> domain_colors(adata, "domain", palette=["red", "green", "blue"])["domain_2"]
     '#0000ff'
     >>> domain_colors(adata, "domain")["domain_2"]  # kept from now on
@@ -84,10 +86,12 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     stored = adata.uns.get(colors_key(key))
     if palette is None and stored is not None and len(stored) == len(names):
         return dict(zip(names, stored))
-    if palette is None:
-        from scanpy.plotting.palettes import default_20, default_102
+    if palette is None:  # what scanpy.pl would choose for this column, so both draw the same colours
+        from scanpy.plotting.palettes import default_20, default_28, default_102
 
-        palette = default_20 if len(names) <= 20 else default_102
+        cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", [])
+        palette = next(colors for colors in (cycle, default_20, default_28, default_102)
+                       if len(colors) >= len(names) or colors is default_102)
     if isinstance(palette, str):
         colormap = plt.get_cmap(palette)
         palette = [colormap(i / max(len(names) - 1, 1)) for i in range(len(names))]
@@ -226,8 +230,9 @@ def plot_domains(
                                           "lower right", frameon=False, size_vertical=0))
     for ax in axes.flat[len(panels):]:
         ax.remove()
-    if legend:
-        _legend(fig, colors, key)
+    if legend:  # the domains drawn (a category no cell has is left out, as in the panels)
+        shown = np.flatnonzero(np.bincount(labels[labels >= 0], minlength=len(names)) > 0)
+        _legend(fig, {names[i]: colors[names[i]] for i in shown}, key)
     return fig
 
 

@@ -71,6 +71,9 @@ def test_colours_stay_with_their_domain_when_a_category_is_unused(adata):
     colors = domain_colors(cropped, "domain")
     assert colors[categories[3]] == "#333333"
     assert cropped.uns["domain_colors"] == stored  # one colour per category, as scanpy stores them
+    figure = plot_domains(cropped, "domain", slide_key="roi")  # the legend lists the domains drawn
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == categories[:2] + categories[3:]
+    plt.close(figure)
 
 
 def test_plots_leave_adata_as_it_was_and_name_bad_choices(adata):
@@ -280,3 +283,17 @@ def test_legends_fit_in_a_plain_savefig_and_filled_colours_differ(adata, tmp_pat
         plt.close(fig)
     colors = domain_colors(adata, "domain", palette=["red"])  # the rest filled in
     assert len(set(colors.values())) == 4
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # scanpy's own plotting, on matplotlib 3.10
+@pytest.mark.parametrize("n_domains", [3, 12, 25])
+def test_default_colours_are_those_scanpy_gives(n_domains):
+    import scanpy as sc
+
+    tissue = synthetic_tissue(n_cells=2_000, n_slides=1, n_domains=n_domains, random_state=0)
+    tissue.obs["domain"] = tissue.obs["domain"].astype("category")
+    by_scanpy = tissue.copy()
+    sc.pl.embedding(by_scanpy, basis="spatial", color="domain", show=False)
+    plt.close("all")
+    assert list(domain_colors(tissue, "domain").values()) == list(by_scanpy.uns["domain_colors"])
+
