@@ -111,8 +111,8 @@ def _legend(fig: Figure, colors: dict[str, str], title: str) -> None:
     handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=c, label=n) for n, c in colors.items()]
     legend = fig.legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                         ncols=max(1, math.ceil(len(handles) / 25)))
-    kept = _widen_for(fig, legend)
-    legend.set_bbox_to_anchor((kept, 0.5), transform=fig.transFigure)  # where the figure ended before
+    _widen_for(fig, legend)
+    legend.set_bbox_to_anchor((fig.subplotpars.right, 0.5), transform=fig.transFigure)  # beside the panels
 
 
 def _widen_for(fig: Figure, legend) -> float:
