@@ -230,6 +230,7 @@ def plot_domains(
                                           "lower right", frameon=False, size_vertical=0))
     for ax in axes.flat[len(panels):]:
         ax.remove()
+    fig.tight_layout()  # room for the slides' names, however small the panels
     if legend:  # the domains drawn (a category no cell has is left out, as in the panels)
         shown = np.flatnonzero(np.bincount(labels[labels >= 0], minlength=len(names)) > 0)
         _legend(fig, {names[i]: colors[names[i]] for i in shown}, key)

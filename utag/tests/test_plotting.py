@@ -281,6 +281,11 @@ def test_legends_fit_in_a_plain_savefig_and_filled_colours_differ(adata, tmp_pat
         legend = (fig.legends or [ax.get_legend() for ax in fig.axes if ax.get_legend()])[0]
         assert legend.get_window_extent(renderer).x1 <= fig.bbox.width + 1
         plt.close(fig)
+    small = plot_domains(adata, "domain", slide_key="roi", panel_size=1.0)  # the slides' names used to be cut off
+    small.savefig(tmp_path / "small.png")
+    renderer = small.canvas.get_renderer()
+    assert all(ax.title.get_window_extent(renderer).y1 <= small.bbox.height + 1 for ax in small.axes)
+    plt.close(small)
     colors = domain_colors(adata, "domain", palette=["red"])  # the rest filled in
     assert len(set(colors.values())) == 4
 
