@@ -17,9 +17,9 @@ truth, mean over seeds 0 and 1, of:
 * ``... by centroid distance``: the same finer domains merged by Ward's criterion on their
   centroids in the embedding (the pair whose merge adds least within-domain variance);
 * ``... by normalised cut on the tissue`` (from 2K and 3K): the same, merging the pair
-  whose merge removes the most normalised cut on the tissue graph, ``links(a, b) x
-  (1 / degree(a) + 1 / degree(b))``: unlike modularity it does not hold large domains
-  apart, so a large compartment split in two can join again;
+  whose merge removes the most normalised cut on the tissue graph
+  (``merge_to_n_domains(..., criterion="normalised_cut")``): unlike modularity it does
+  not hold large domains apart, so a large compartment split in two can join again;
 * ``bisection, most coherent of 5 seeds``: the bisection with seeds 0-4 (for seed s,
   seeds s to s + 4), keeping the labelling most coherent on the tissue
   (``utag.tuning.spatial_coherence``, the score ``resolutions="auto"`` uses);
@@ -35,7 +35,7 @@ from measure import scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
-from utag.clustering import cluster, domain_links, relabel_by_size
+from utag.clustering import cluster, relabel_by_size
 from utag.tuning import (
     merge_to_n_domains,
     neighbourhood_of,
@@ -68,30 +68,6 @@ def ward_merge(labels: np.ndarray, embedding: np.ndarray, n_domains: int) -> np.
         a, b = sorted(np.unravel_index(np.argmin(cost), cost.shape))
         centroids[a] = (centroids[a] * sizes[a] + centroids[b] * sizes[b]) / (sizes[a] + sizes[b])
         sizes[a] += sizes[b]
-        alive[b] = False
-        mapping[mapping == b] = a
-    return relabel_by_size(mapping[labels])
-
-
-def ncut_merge(labels: np.ndarray, graph, n_domains: int) -> np.ndarray:
-    """Merge domains pairwise down to ``n_domains``, each time the pair whose merge removes
-    the most normalised cut on ``graph``: ``links(a, b) * (1 / degree(a) + 1 / degree(b))``."""
-    labels = relabel_by_size(labels)
-    n_labels = int(labels.max()) + 1
-    links = domain_links(graph, labels, n_labels)
-    degree = links.sum(axis=1)
-    alive = np.ones(n_labels, dtype=bool)
-    mapping = np.arange(n_labels)
-    for _ in range(n_labels - n_domains):
-        inverse = 1 / np.maximum(degree, np.finfo(float).tiny)
-        gain = links * (inverse[:, None] + inverse[None])
-        np.fill_diagonal(gain, -np.inf)
-        gain[~alive] = -np.inf
-        gain[:, ~alive] = -np.inf
-        a, b = sorted(np.unravel_index(np.argmax(gain), gain.shape))
-        links[a] += links[b]
-        links[:, a] += links[:, b]
-        degree[a] += degree[b]
         alive[b] = False
         mapping[mapping == b] = a
     return relabel_by_size(mapping[labels])
@@ -131,7 +107,7 @@ def main() -> None:
                     score(ward_merge(finer, neighbourhood.embedding, n_true)))
                 if factor in (2, 3):
                     scores.setdefault(f"from {start}, by normalised cut on the tissue", []).append(
-                        score(ncut_merge(finer, on_tissue, n_true)))
+                        score(merge_to_n_domains(finer, on_tissue, n_true, criterion="normalised_cut")))
             restarts = np.stack([resolution_for_n_domains(neighbourhood, n_true, random_state=seed + run, **tissue)[1]
                                  for run in range(5)])
             coherent = restarts[int(np.argmax(spatial_coherence(restarts, coords, slide_codes)))]

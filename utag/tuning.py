@@ -506,10 +506,22 @@ def resolution_for_n_domains(
     return finer[0], merge_to_n_domains(finer[1], graph, n_domains)
 
 
-def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domains: int) -> np.ndarray:
+#: What :func:`merge_to_n_domains` can merge by.
+MERGE_CRITERIA = ("modularity", "normalised_cut")
+
+
+def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domains: int,
+                       criterion: str = "modularity") -> np.ndarray:
     """Coarsen ``labels`` to ``n_domains`` by merging, again and again, the two domains
-    whose merge gives the largest modularity gain on the kNN graph ``connectivities``
-    (greedy agglomeration as in Clauset, Newman & Moore 2004, started from ``labels``).
+    whose merge gives the largest gain on the graph ``connectivities`` (the kNN graph of
+    the embedding, or the cells' neighbours on the tissue):
+
+    * ``criterion="modularity"`` (default): the modularity gain, ``links(a, b) -
+      degree(a) degree(b) / 2m`` (greedy agglomeration as in Clauset, Newman & Moore
+      2004, started from ``labels``);
+    * ``"normalised_cut"``: the normalised cut removed, ``links(a, b) (1 / degree(a) +
+      1 / degree(b))``, which, unlike modularity, does not hold large domains apart.
+      ``benchmarks/n_domains_routes.py`` compares both (``docs/choosing.md``).
 
     Examples
     --------
@@ -517,8 +529,11 @@ def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domain
     >>> ring = sp.csr_matrix(np.array([[0, 5, 1, 0], [5, 0, 0, 0], [1, 0, 0, 5], [0, 0, 5, 0]], dtype=float))
     >>> merge_to_n_domains(np.array([0, 1, 2, 3]), ring, 2).tolist()
     [0, 0, 1, 1]
+    >>> merge_to_n_domains(np.array([0, 1, 2, 3]), ring, 2, criterion="normalised_cut").tolist()
+    [0, 0, 1, 1]
     """
     n_domains = check.as_int("n_domains", n_domains, minimum=1)
+    criterion = check.choice("criterion", criterion, MERGE_CRITERIA)
     connectivities = sp.csr_matrix(connectivities)
     labels = np.asarray(labels).ravel()
     if connectivities.shape != (len(labels), len(labels)):
@@ -532,8 +547,11 @@ def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domain
     alive = np.ones(n_labels, dtype=bool)
     mapping = np.arange(n_labels)
     for _ in range(n_labels - n_domains):
-        # gain (x 2m) of merging a and b: 2 * (links_ab - degree_a * degree_b / 2m)
-        gain = links - np.outer(degree, degree) / two_m
+        if criterion == "modularity":  # gain (x 2m) of merging a and b: 2 * (links_ab - degree_a * degree_b / 2m)
+            gain = links - np.outer(degree, degree) / two_m
+        else:
+            inverse = 1 / np.maximum(degree, np.finfo(float).tiny)
+            gain = links * (inverse[:, None] + inverse[None])
         np.fill_diagonal(gain, -np.inf)
         gain[~alive] = -np.inf
         gain[:, ~alive] = -np.inf
