@@ -361,6 +361,14 @@ def resolution_list(resolutions) -> list[float]:
     return list(dict.fromkeys(values))
 
 
+def kwargs_dict(name: str, kwargs) -> dict:
+    """A copy of the keyword arguments ``kwargs`` (the parameter ``name``; ``None``: none),
+    refusing anything but a dict."""
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"`{name}` must be a dict of keyword arguments, got {type(kwargs).__name__}.")
+    return dict(kwargs or {})
+
+
 def known_keywords(name: str, kwargs: dict, known, what: str, note: str = "") -> None:
     """Refuse keys of ``kwargs`` (the parameter ``name``) that are not in ``known``, the
     keywords ``what`` takes, before any work (else its TypeError comes after all of it)."""

@@ -353,9 +353,7 @@ def check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs
     given = {"leiden_kwargs": leiden_kwargs, "parc_kwargs": parc_kwargs, "kmeans_kwargs": kmeans_kwargs}
     checked = {}
     for name, kwargs in given.items():
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ValueError(f"`{name}` must be a dict of keyword arguments, got {type(kwargs).__name__}.")
-        kwargs = dict(kwargs or {})
+        kwargs = check.kwargs_dict(name, kwargs)
         for key, instead in RESERVED_KWARGS[name].items():
             if key in kwargs:
                 raise ValueError(f"`{name}[{key!r}]` is set by utag(): pass `{instead}=` to utag() instead"

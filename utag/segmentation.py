@@ -572,9 +572,7 @@ def _checked_min_cells(min_domain_size, n_cells: int, clustering: bool) -> int:
 def _checked_pca_kwargs(pca_kwargs) -> dict:
     """A copy of ``pca_kwargs``, its keys checked against ``scanpy.pp.pca``'s (which runs
     the PCA when any but ``n_comps`` is given), before any work."""
-    if pca_kwargs is not None and not isinstance(pca_kwargs, dict):
-        raise ValueError(f"`pca_kwargs` must be a dict of keyword arguments, got {type(pca_kwargs).__name__}.")
-    pca_kwargs = dict(pca_kwargs or {})
+    pca_kwargs = check.kwargs_dict("pca_kwargs", pca_kwargs)
     if set(pca_kwargs) - {"n_comps"}:
         import inspect
 
@@ -590,9 +588,7 @@ def _checked_pca_kwargs(pca_kwargs) -> dict:
 
 def _check_umap_kwargs(umap_kwargs) -> None:
     """``umap_kwargs`` checked against ``scanpy.tl.umap``'s keywords before any work."""
-    if umap_kwargs is not None and not isinstance(umap_kwargs, dict):
-        raise ValueError(f"`umap_kwargs` must be a dict of keyword arguments, got {type(umap_kwargs).__name__}.")
-    if umap_kwargs:
+    if check.kwargs_dict("umap_kwargs", umap_kwargs):
         import inspect
 
         import scanpy as sc
@@ -686,8 +682,8 @@ def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.nd
         pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
         _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist, p.max_dist_chosen)
     elif p.spatial_graph == "knn":
-        mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
-        if mean_slide > 1 / MOST_OF_SLIDE and p.n_spatial_neighbors >= MOST_OF_SLIDE * mean_slide:
+        mean_slide = _mean_slide_size(codes)
+        if _most_of_slide(p.n_spatial_neighbors, mean_slide):
             logger.warning("n_spatial_neighbors=%d links each cell to most of its slide (%.0f cells on average): "
                            "the neighbourhood means hardly differ, and the domains follow the slides. Domains need "
                            "a neighbourhood much smaller than a slide (the default is 6).",
@@ -701,6 +697,17 @@ def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.nd
 FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
 
 
+def _mean_slide_size(codes: np.ndarray) -> float:
+    """The size of the slide a cell is on, on average over the cells."""
+    return float(np.mean(np.bincount(codes)[codes]))
+
+
+def _most_of_slide(neighbours: float, mean_slide: float) -> bool:
+    """Whether ``neighbours`` per cell are :data:`MOST_OF_SLIDE` of slides of ``mean_slide``
+    cells or more (on slides large enough for that to tell)."""
+    return mean_slide > 1 / MOST_OF_SLIDE and neighbours >= MOST_OF_SLIDE * mean_slide
+
+
 def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float,
                               chosen: bool = False) -> None:
     """A warning, with the radius domains need (:func:`utag.tuning.domain_radius`), when
@@ -709,9 +716,9 @@ def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndar
     is the one ``max_dist="auto"`` chose (the tissue, not the units, is then the cause)."""
     n_cells = len(codes)
     mean_degree = mean_neighbours(n_edges, n_cells)
-    mean_slide = float(np.mean(np.bincount(codes)[codes]))  # the slide size a cell sees, on average
+    mean_slide = _mean_slide_size(codes)
     few = mean_degree < min(FEW_NEIGHBOURS, mean_slide - 1)  # not where every cell already links every other
-    most = mean_slide > 1 / MOST_OF_SLIDE and mean_degree >= MOST_OF_SLIDE * mean_slide
+    most = _most_of_slide(mean_degree, mean_slide)
     if not (few or most):
         return
     what = ("almost none: the neighbourhood means are little more than the cells themselves" if few
