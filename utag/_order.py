@@ -39,12 +39,22 @@ def canonical_order(codes: np.ndarray, coords: np.ndarray, features) -> np.ndarr
     return None if np.array_equal(order, np.arange(len(order))) else order
 
 
+def inverse_order(order: np.ndarray) -> np.ndarray:
+    """The permutation that puts rows taken in ``order`` back where they were.
+
+    >>> inverse_order(np.array([2, 0, 1])).tolist()
+    [1, 2, 0]
+    """
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return inverse
+
+
 def rows_back(values, order: np.ndarray | None, axis: int = 0):
     """``values`` computed on the cells in ``order`` (along ``axis``), in the input's order."""
     if order is None or values is None:
         return values
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
+    inverse = inverse_order(order)
     if sp.issparse(values):
         return sp.csr_matrix(values)[inverse]
     return np.take(values, inverse, axis=axis)

@@ -51,6 +51,7 @@ __all__ = [
     "leiden",
     "parc",
     "kmeans",
+    "kmeans_resolution",
     "relabel_by_size",
     "cluster",
     "cluster_many",
@@ -295,6 +296,16 @@ def parc(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0,
     return np.asarray(model.labels)
 
 
+def kmeans_resolution(k: int) -> float:
+    """The resolution whose k-means has ``k`` domains (:func:`kmeans` takes ``k =
+    ceil(10 * resolution)``), under which a k-means run for ``n_domains=k`` is written.
+
+    >>> kmeans_resolution(3)
+    0.3
+    """
+    return k / 10
+
+
 def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 0, **kwargs) -> np.ndarray:
     """k-means of the embedding with ``k = ceil(10 * resolution)`` (or ``n_clusters`` from ``kwargs``;
     the other ``kwargs`` go to ``KMeans``)."""
@@ -342,7 +353,6 @@ RESERVED_NOTES = {"n_clusters": " (k-means takes k = ceil(10 * resolution)), or 
 WHOLE_NUMBER_KWARGS = {"leiden_kwargs": {"n_iterations": -sys.maxsize},
                        "parc_kwargs": {"small_pop": 0, "n_iter_leiden": -sys.maxsize},
                        "kmeans_kwargs": {"max_iter": 1}}
-
 
 
 def check_backend_kwargs(n_cells: int, leiden_kwargs, parc_kwargs, kmeans_kwargs) -> tuple[dict, dict, dict]:

@@ -40,7 +40,7 @@ from anndata import AnnData
 
 from . import _validation as check
 from . import multiscale
-from ._order import canonical_order
+from ._order import canonical_order, inverse_order
 from ._progress import Stopwatch
 from .clustering import cluster_sums, soft_block, squared_deviations
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
@@ -137,8 +137,7 @@ def _slide_task(coords, features, order, background, max_dist, normalization_mod
     return aggregated, n_edges
 
 
-def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.ndarray, background, p,
-                    normalization_mode: str):
+def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.ndarray, background, p):
     """The message-passed features as a Dask array of one block per slide, in the
     canonical ``order``: persisted on the workers, and as the recipe that computes them
     again from the input (what the result keeps: it outlives the workers); and the
@@ -155,7 +154,7 @@ def message_passing(coords: np.ndarray, codes: np.ndarray, features, order: np.n
         # must not refer to data scattered to workers that end with the cluster
         task = dask.delayed(_slide_task, nout=2, pure=True)(
             coords[rows], piece, np.searchsorted(reading, rows), background, p.max_dist,
-            normalization_mode, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths)
+            p.normalization_mode, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths)
         blocks.append(da.from_delayed(task[0], shape=(len(rows), n_out), dtype=np.float32))
         edges.append(task[1])
     lazy = da.concatenate(blocks, axis=0)
@@ -310,7 +309,7 @@ def probabilities(aggregated, labellings: dict[str, np.ndarray], mean: np.ndarra
     return {key: np.concatenate([soft[index] for soft in per_block]) for index, key in enumerate(labellings)}
 
 
-def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalization_mode: str, random_state: int,
+def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, random_state: int,
         progress: bool, sketch_size, n_jobs: int | None = None) -> AnnData:
     """``utag()`` on Dask input (see the module's text); ``p``: the checked parameters."""
     from dataclasses import replace
@@ -331,21 +330,20 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             p = seg._membership_at(p, order)
         with watch("graph and message passing"):
             background = None
-            if normalization_mode == "l1_norm":  # the background needs the features checked first (one pass)
+            if p.normalization_mode == "l1_norm":  # the background needs the features checked first (one pass)
                 means, largest = dask.compute(features.mean(axis=0, dtype=np.float64), abs(features).max())
                 check.check_features(np.array([largest]))
                 background = whole_means(means)
-            aggregated, recipe, n_edges = message_passing(coords, codes, features, order, background, p,
-                                                          normalization_mode)
+            aggregated, recipe, n_edges = message_passing(coords, codes, features, order, background, p)
             scales = None
             if p.kernel_widths is not None:
                 scales = multiscale.scales_of_moments(*_moments(aggregated), len(p.kernel_widths))
-                per_column = np.repeat(scales.astype(np.float32), aggregated.shape[1] // len(scales))
+                per_column = multiscale.column_factors(scales, aggregated.shape[1])
                 aggregated, recipe = (aggregated * per_column).persist(), recipe * per_column
                 background = multiscale.scaled_background(background, scales)
             var = seg._output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
-        seg._check_radius(p, n_edges, coords, codes)
+        seg._warn_if_spatial_graph_misfits(p, n_edges, coords, codes)
         coords, codes = coords[order], codes[order]
 
         with watch("PCA"):
@@ -364,9 +362,8 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
             runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
                                        assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
-        if embedded.of_a_sample(adata.n_obs):  # the graph of a sample is not stored
-            embedded = replace(embedded, connectivities=None, distances=None)
-        labels = {seg.label_key(save_key, run.method, run.resolution): run.labels for run in runs}
+        embedded = embedded.to_store(adata.n_obs)
+        labels = seg._labels_of(runs, save_key)
         with watch("probabilities"):
             soft = probabilities(aggregated, labels, mean)
         seg._log_domain_counts(labels)
@@ -377,13 +374,9 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, normalizatio
         outputs = {"aggregated": None, "graph": None, "embedded": embedded, "labels": labels,
                    "probabilities": soft, "swept": swept}
         seg._to_input_order(outputs, order)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        outputs["aggregated"] = recipe if np.array_equal(order, np.arange(len(order))) else recipe[inverse]
-        result = seg._write_result(adata, **outputs, var=var,
-                                   graph_radius=multiscale.graph_radius(p.max_dist, p.kernel_widths),
-                                   graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
-        result.uns["utag"] = seg._summary(p, slide_key, normalization_mode, outputs["embedded"], runs, labels,
+        outputs["aggregated"] = recipe if np.array_equal(order, np.arange(len(order))) else recipe[inverse_order(order)]
+        result = seg._write_result(adata, p, **outputs, var=var)
+        result.uns["utag"] = seg._summary(p, slide_key, outputs["embedded"], runs, labels,
                                           random_state, watch, scales, sample, order)
         result.uns["utag"].update(engine="dask", save_key=save_key)
         if not isinstance(result.obsm["spatial"], (np.ndarray, pd.DataFrame)):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -785,6 +785,13 @@ class Embedding:
         """Whether the kNN graph is of fewer than all ``n_cells`` cells (a sketch of them)."""
         return self.rows is not None and len(self.rows) < n_cells
 
+    def to_store(self, n_cells: int) -> "Embedding":
+        """What the result keeps: everything but a kNN graph of a sample of the ``n_cells``
+        cells, which no cell outside the sample could be looked up in."""
+        if self.of_a_sample(n_cells):
+            return replace(self, connectivities=None, distances=None)
+        return self
+
 
 def _scanpy_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dict:
     import scanpy as sc
@@ -814,8 +821,6 @@ def _fit_pca(features, n_comps: int, random_state: int, pca_kwargs: dict) -> dic
     if (pca_kwargs or n_features > MAX_COVARIANCE_FEATURES) and n_features > 1:
         return _scanpy_pca(features, n_comps, random_state, pca_kwargs)
     return {**pca(features, n_comps), "params": {"zero_center": True, "method": "covariance"}}
-
-
 
 
 def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbors: int = 15,

@@ -202,10 +202,19 @@ def feature_names(names, widths) -> list[str]:
     return [f"{name}@{width:g}" for width in widths for name in names]
 
 
+def column_factors(scales: np.ndarray, n_columns: int) -> np.ndarray:
+    """Each block's factor in ``scales`` repeated over its columns (float32).
+
+    >>> column_factors(np.array([1.0, 0.5]), 4).tolist()
+    [1.0, 1.0, 0.5, 0.5]
+    """
+    return np.repeat(np.asarray(scales, dtype=np.float32), n_columns // len(scales))
+
+
 def scale_blocks(blocks, scales: np.ndarray):
     """``blocks`` (float32) with each column block multiplied by its factor, in place
     when dense."""
-    per_column = np.repeat(np.asarray(scales, dtype=np.float32), blocks.shape[1] // len(scales))
+    per_column = column_factors(scales, blocks.shape[1])
     if sp.issparse(blocks):
         return sp.csr_matrix(blocks @ sp.diags(per_column), dtype=np.float32)
     blocks *= per_column

@@ -32,6 +32,7 @@ from .clustering import (
     cluster_many,
     feature_scale,
     feature_spread,
+    kmeans_resolution,
     merge_small_domains,
     min_domain_cells,
     relabel_by_size,
@@ -298,6 +299,7 @@ def utag(
     check.save_key(save_key)
     check.warn_if_names_are_not_text(adata)
     n_jobs, processes = _workers(n_jobs, processes, parallel)
+    normalization_mode = check.normalization_mode(normalization_mode)
     lazy = distributed.is_lazy(adata)  # Dask arrays: utag.distributed reads the cells slide by slide
     if lazy:
         distributed.check_unsupported(keep_spatial_connectivity=keep_spatial_connectivity, apply_umap=apply_umap,
@@ -307,8 +309,7 @@ def utag(
         coords = check.spatial_coordinates(adata)
         codes, slide_names = check.slide_codes(adata, slide_key)
         _warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
-        features, var, shift = _select_features(adata, channels_to_use, filter_by_variance,
-                                                check.normalization_mode(normalization_mode))
+        features, var, shift = _select_features(adata, channels_to_use, filter_by_variance, normalization_mode)
     p = _check_parameters(
         adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
@@ -318,12 +319,11 @@ def utag(
         kernel_widths=kernel_widths, normalization_mode=normalization_mode, sketch_size=sketch_size,
         apply_umap=apply_umap, umap_kwargs=umap_kwargs,
     )
-    normalization_mode = check.normalization_mode(normalization_mode)
     random_state = check.seed(random_state)
     if lazy:
         return distributed.run(adata, p, channels_to_use=channels_to_use, slide_key=slide_key, save_key=save_key,
-                               normalization_mode=normalization_mode, random_state=random_state, progress=progress,
-                               sketch_size=sketch_size, n_jobs=n_jobs)
+                               random_state=random_state, progress=progress, sketch_size=sketch_size,
+                               n_jobs=n_jobs)
     order = canonical_order(codes, coords, features)  # results must not depend on the order of the rows
     if order is not None:
         coords, codes, features = coords[order], codes[order], features[order]
@@ -332,34 +332,36 @@ def utag(
     try:
         with watch("graph and message passing"):
             aggregated, n_edges, graph, background, scales = _message_passing(
-                coords, features, codes, slide_names, p, normalization_mode, keep_spatial_connectivity,
+                coords, features, codes, slide_names, p, keep_spatial_connectivity,
                 processes if parallel else 1, progress, shift)
-        var, input_var = _output_var(var, p.kernel_widths), var
+        output_var = _output_var(var, p.kernel_widths)  # one block per kernel width
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
-        _check_radius(p, n_edges, coords, codes)
-        one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales) if p.methods else None
+        _warn_if_spatial_graph_misfits(p, n_edges, coords, codes)
+        why_one_profile = None  # or why every cell has the same neighbourhood profile
+        if p.methods:
+            why_one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales)
         del features  # from here on only the message-passed features count
 
         embedded, sample = None, None
         if apply_clustering or apply_umap:
             # one profile: one domain, nothing to sample
-            embedded = _embed(aggregated, codes, p, not one_profile, random_state, watch, n_jobs)
+            embedded = _embed(aggregated, codes, p, not why_one_profile, random_state, watch, n_jobs)
             sample = embedded.rows
         runs, swept = [], None
-        if one_profile:
-            logger.warning("every cell has the same neighbourhood profile (%s): one domain", one_profile)
+        if why_one_profile:
+            logger.warning("every cell has the same neighbourhood profile (%s): one domain", why_one_profile)
             runs = _one_domain_runs(p, adata.n_obs)
         elif p.methods:
             runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
-            if embedded.of_a_sample(adata.n_obs):  # the graph of a sample is not stored
-                embedded = replace(embedded, connectivities=None, distances=None)
-        labels = {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
+        if embedded is not None:
+            embedded = embedded.to_store(adata.n_obs)
+        labels = _labels_of(runs, save_key)
         probabilities, model = {}, None
         if labels:
             with watch("probabilities"):
                 probabilities = _soft_assignments(aggregated, labels, n_jobs)
             _log_domain_counts(labels)
-            model = _transfer_model(aggregated, input_var, embedded, labels, p, normalization_mode, background, scales,
+            model = _transfer_model(aggregated, var, embedded, labels, p, background, scales,
                                     mean_neighbours(n_edges, adata.n_obs))
         if background is not None:
             aggregated += background  # the mean of the neighbourhood, as published
@@ -367,16 +369,14 @@ def utag(
                    "probabilities": probabilities, "swept": swept}
         del aggregated, graph, embedded, labels, probabilities, swept  # freed one by one as they are reordered
         _to_input_order(outputs, order)
-        result = _write_result(adata, **outputs, var=var,
-                               graph_radius=multiscale.graph_radius(p.max_dist, p.kernel_widths),
-                               graph_kind=(p.spatial_graph, p.n_spatial_neighbors))
+        result = _write_result(adata, p, **outputs, var=output_var)
         embedded = outputs["embedded"]
         if apply_umap:
             import scanpy as sc
 
             with watch("UMAP"):
                 sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-        result.uns["utag"] = _summary(p, slide_key, normalization_mode, embedded, runs, outputs["labels"], random_state,
+        result.uns["utag"] = _summary(p, slide_key, embedded, runs, outputs["labels"], random_state,
                                       watch, scales, sample, order)
         result.uns["utag"].update(save_key=save_key, filter_by_variance=bool(filter_by_variance),
                                   keep_spatial_connectivity=bool(keep_spatial_connectivity),
@@ -388,7 +388,12 @@ def utag(
     return result
 
 
-def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embedding | None, runs: list[_Run],
+def _labels_of(runs: list[_Run], save_key: str) -> dict[str, np.ndarray]:
+    """Each run's labels under the key ``utag()`` writes them to."""
+    return {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
+
+
+def _summary(p: _Parameters, slide_key, embedded: Embedding | None, runs: list[_Run],
              labels: dict, random_state: int, watch: Stopwatch, scales, sample, order) -> dict:
     """``uns['utag']``: the parameters the run used and what it chose."""
     summary = {
@@ -397,7 +402,7 @@ def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embed
         "spatial_graph": p.spatial_graph,
         "n_spatial_neighbors": p.n_spatial_neighbors,
         "flavor": p.flavor,
-        "normalization_mode": normalization_mode,
+        "normalization_mode": p.normalization_mode,
         "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
         "n_neighbors": p.n_neighbors,
         "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
@@ -416,7 +421,7 @@ def _summary(p: _Parameters, slide_key, normalization_mode: str, embedded: Embed
             "kernel_widths": np.asarray(p.kernel_widths),
             "kernel_passes": np.asarray([multiscale.kernel_passes(w, p.max_dist) for w in p.kernel_widths]),
             "kernel_cutoff": multiscale.CUTOFF,
-            "graph_radius": multiscale.graph_radius(p.max_dist, p.kernel_widths),
+            "graph_radius": p.graph_radius,
             "block_scales": scales,
         }
     if sample is not None:
@@ -459,6 +464,7 @@ class _Parameters:
     resolutions: list[float]
     auto: bool  # resolutions="auto"
     n_domains: int | None
+    normalization_mode: str  # "l1_norm" (the mean) or "sum"
     max_dist: float
     max_dist_chosen: bool  # max_dist="auto": suggest_max_dist chose it
     n_neighbors: int
@@ -474,6 +480,12 @@ class _Parameters:
     kernel_widths: tuple[float, ...] | None  # flavor="multiscale" only
     sketch_size: int | None  # cells to cluster; None: every cell
 
+    @property
+    def graph_radius(self) -> float:
+        """The radius of the spatial graph message passing builds (wider than ``max_dist``
+        for the multiscale flavour's kernels)."""
+        return multiscale.graph_radius(self.max_dist, self.kernel_widths)
+
 
 def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
                       clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,
@@ -485,27 +497,13 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     auto = bool(apply_clustering) and check.is_auto(resolutions)
     flavor = check.choice("flavor", flavor, multiscale.FLAVORS)
     spatial_graph = check.choice("spatial_graph", spatial_graph, SPATIAL_GRAPHS)
-    if n_domains is not None:
-        n_domains = check.as_int("n_domains", n_domains, minimum=1)
-        if n_domains > adata.n_obs:
-            raise ValueError(f"`n_domains={n_domains}` is more than the {adata.n_obs} cells; ask for at most "
-                             f"{adata.n_obs} domains.")
-        if "parc" in methods:
-            raise ValueError("`n_domains` works with clustering_method 'leiden' and 'kmeans'; PARC sets its own "
-                             "number of clusters. Drop 'parc' or pass `resolutions` instead.")
+    n_domains = _checked_n_domains(n_domains, adata.n_obs, methods)
     if not apply_clustering or auto or (n_domains is not None and resolutions is None):
         resolutions = []
     else:
         resolutions = check.resolution_list(resolutions)
     max_dist_chosen = check.is_auto(max_dist)
-    if max_dist_chosen:
-        max_dist = suggest_max_dist(adata, slide_key)
-        logger.info("max_dist='auto': %g (%g times the median distance to the nearest cell)", max_dist,
-                    DOMAIN_RADIUS_FACTOR)
-    elif isinstance(max_dist, str):
-        raise ValueError(f"`max_dist` must be a positive number (in the units of obsm['spatial']) or 'auto', "
-                         f"got {max_dist!r}.")
-    max_dist = check.check_positive("max_dist", max_dist)
+    max_dist = _checked_max_dist(max_dist, adata, slide_key)
     n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
     if n_neighbors > max(15, adata.n_obs - 1):  # the default, 15, is capped quietly for tiny inputs
         raise ValueError(f"`n_neighbors={n_neighbors}` is more than the {adata.n_obs - 1} other cells: every cell "
@@ -514,27 +512,11 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
     kernel_widths = multiscale.flavor_widths(flavor, max_dist, kernel_widths)
     if kernel_widths is not None:
-        if check.normalization_mode(normalization_mode) != "l1_norm":
+        if normalization_mode != "l1_norm":
             raise ValueError("flavor='multiscale' takes weighted means; `normalization_mode` must be 'l1_norm' "
                              f"(the default), got {normalization_mode!r}.")
         n_features *= len(kernel_widths)
-    sketched = sketch_size_for(sketch_size, adata.n_obs)  # checked whether or not it is used
-    if not apply_clustering or (apply_umap and check.is_auto(sketch_size)):  # UMAP needs every cell's kNN graph
-        sketched = None
-    if sketched and apply_umap:
-        raise ValueError(f"apply_umap=True needs the kNN graph of every cell, but {adata.n_obs} cells are sketched "
-                         f"(sketch_size={sketch_size!r}); pass sketch_size=None for UMAP.")
-    if sketched and n_domains is not None and n_domains > sketched:
-        raise ValueError(f"`n_domains={n_domains}` is more than the {sketched} cells of the sketch; ask for fewer "
-                         "domains or pass a larger `sketch_size` (None: every cell).")
-    if sketched and sketched < min(SMALL_SKETCH, adata.n_obs):
-        logger.warning("sketch_size=%r clusters %d cells: a domain of a few percent of the tissue is seen in only a "
-                       "few dozen of them and may be lost (docs/performance.md measures sketches of 20,000 cells and "
-                       "more); sketch_size=None clusters every cell.", sketch_size, sketched)
-    if sketched and check.is_auto(sketch_size):
-        logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
-                    "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
-                    adata.n_obs, sketched)
+    sketched = _checked_sketch_size(sketch_size, adata.n_obs, apply_clustering, apply_umap, n_domains)
     leiden_kwargs, parc_kwargs, kmeans_kwargs = check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
                                                                       kmeans_kwargs)
     pca_kwargs = _checked_pca_kwargs(pca_kwargs)
@@ -543,13 +525,64 @@ def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, p
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
     min_cells = _checked_min_cells(min_domain_size, adata.n_obs, bool(methods))
     return _Parameters(
-        methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains, max_dist=max_dist,
-        max_dist_chosen=max_dist_chosen, n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps,
+        methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains,
+        normalization_mode=normalization_mode, max_dist=max_dist, max_dist_chosen=max_dist_chosen,
+        n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps,
         pca_kwargs=pca_kwargs, use_rep=representation(use_rep, n_features), min_cells=min_cells,
         backend_kwargs={"leiden": leiden_kwargs, "parc": parc_kwargs, "kmeans": kmeans_kwargs},  # checked copies
         spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
         kernel_widths=kernel_widths, sketch_size=sketched,
     )
+
+
+def _checked_n_domains(n_domains, n_cells: int, methods: tuple) -> int | None:
+    """``n_domains`` as an int (or None), refused above the number of cells and with PARC."""
+    if n_domains is None:
+        return None
+    n_domains = check.as_int("n_domains", n_domains, minimum=1)
+    if n_domains > n_cells:
+        raise ValueError(f"`n_domains={n_domains}` is more than the {n_cells} cells; ask for at most "
+                         f"{n_cells} domains.")
+    if "parc" in methods:
+        raise ValueError("`n_domains` works with clustering_method 'leiden' and 'kmeans'; PARC sets its own "
+                         "number of clusters. Drop 'parc' or pass `resolutions` instead.")
+    return n_domains
+
+
+def _checked_max_dist(max_dist, adata: AnnData, slide_key) -> float:
+    """``max_dist`` as a positive number; ``"auto"`` is :func:`suggest_max_dist`'s radius."""
+    if check.is_auto(max_dist):
+        max_dist = suggest_max_dist(adata, slide_key)
+        logger.info("max_dist='auto': %g (%g times the median distance to the nearest cell)", max_dist,
+                    DOMAIN_RADIUS_FACTOR)
+    elif isinstance(max_dist, str):
+        raise ValueError(f"`max_dist` must be a positive number (in the units of obsm['spatial']) or 'auto', "
+                         f"got {max_dist!r}.")
+    return check.check_positive("max_dist", max_dist)
+
+
+def _checked_sketch_size(sketch_size, n_cells: int, apply_clustering: bool, apply_umap: bool,
+                         n_domains: int | None) -> int | None:
+    """The cells to cluster (None: every cell). ``sketch_size`` is checked whether or not it
+    is used; UMAP needs every cell's kNN graph, so ``"auto"`` does not sketch with it."""
+    sketched = sketch_size_for(sketch_size, n_cells)
+    if not apply_clustering or (apply_umap and check.is_auto(sketch_size)):
+        return None
+    if sketched and apply_umap:
+        raise ValueError(f"apply_umap=True needs the kNN graph of every cell, but {n_cells} cells are sketched "
+                         f"(sketch_size={sketch_size!r}); pass sketch_size=None for UMAP.")
+    if sketched and n_domains is not None and n_domains > sketched:
+        raise ValueError(f"`n_domains={n_domains}` is more than the {sketched} cells of the sketch; ask for fewer "
+                         "domains or pass a larger `sketch_size` (None: every cell).")
+    if sketched and sketched < min(SMALL_SKETCH, n_cells):
+        logger.warning("sketch_size=%r clusters %d cells: a domain of a few percent of the tissue is seen in only a "
+                       "few dozen of them and may be lost (docs/performance.md measures sketches of 20,000 cells and "
+                       "more); sketch_size=None clusters every cell.", sketch_size, sketched)
+    if sketched and check.is_auto(sketch_size):
+        logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
+                    "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
+                    n_cells, sketched)
+    return sketched
 
 
 def _checked_min_cells(min_domain_size, n_cells: int, clustering: bool) -> int:
@@ -617,7 +650,7 @@ def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]
 
 
 def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_names, p: _Parameters,
-                     normalization_mode: str, keep_graph: bool, processes: int | None, progress: bool,
+                     keep_graph: bool, processes: int | None, progress: bool,
                      shift: np.ndarray | None = None) -> tuple:
     """Step 2 on every slide: ``(aggregated, n_edges, graph, background, scales)``.
 
@@ -629,7 +662,7 @@ def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_name
     # storing the spatial graph costs more per pair than message passing alone
     bytes_per_pair = MESSAGE_PASSING_BYTES_PER_PAIR + (STORED_GRAPH_BYTES_PER_PAIR if keep_graph else 0)
     aggregated, n_edges, graph = pass_messages(
-        coords, features, codes, p.max_dist, normalization_mode,
+        coords, features, codes, p.max_dist, p.normalization_mode,
         processes=processes, progress=progress, bytes_per_pair=bytes_per_pair, keep_graph=keep_graph,
         slide_names=slide_names, spatial_graph_kind=p.spatial_graph, n_spatial_neighbors=p.n_spatial_neighbors,
         kernel_widths=p.kernel_widths,
@@ -653,11 +686,11 @@ def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, rand
 
 
 def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,
-                    normalization_mode: str, background, scales, mean_spatial_neighbors: float) -> dict:
+                    background, scales, mean_spatial_neighbors: float) -> dict:
     """What :func:`utag.transfer.transfer_labels` needs to label new cells (``uns['utag']['model']``)."""
     pca = embedded.pca
     return build_model(aggregated, input_var.index, pca["embedding"], pca["components"], labels, p.max_dist,
-                       normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
+                       p.normalization_mode, background, p.spatial_graph, p.n_spatial_neighbors, p.kernel_widths,
                        scales, centred=bool(pca.get("params", {}).get("zero_center", True)),
                        mean_spatial_neighbors=mean_spatial_neighbors)
 
@@ -675,9 +708,11 @@ def _warn_if_slides_are_tiny(slide_key, n_slides: int, n_cells: int) -> None:
                        slide_key, n_cells, n_slides, n_cells / n_slides, slide_key)
 
 
-def _check_radius(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.ndarray) -> None:
-    """:func:`_warn_if_max_dist_misfits` for the radius graph (``n_edges``: its pairs; the
-    multiscale flavour's graph is wider, so its pairs within ``max_dist`` are estimated)."""
+def _warn_if_spatial_graph_misfits(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.ndarray) -> None:
+    """Warnings for a spatial graph that links too few or too many cells: for the radius
+    graph :func:`_warn_if_max_dist_misfits` (``n_edges``: its pairs; the multiscale
+    flavour's graph is wider, so its pairs within ``max_dist`` are estimated), for the kNN
+    graph when ``n_spatial_neighbors`` covers most of a slide."""
     if p.spatial_graph == "radius":
         pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
         _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist, p.max_dist_chosen)
@@ -797,7 +832,7 @@ def _one_domain_runs(p: _Parameters, n_cells: int) -> list[_Run]:
     runs = [_Run(method, resolution, {}, np.zeros(n_cells, dtype=np.int64))
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
-        runs += [_Run(method, p.n_domains / 10, {}, np.zeros(n_cells, dtype=np.int64))
+        runs += [_Run(method, kmeans_resolution(p.n_domains), {}, np.zeros(n_cells, dtype=np.int64))
                  for method in p.methods if method != "parc"]
     return runs
 
@@ -828,7 +863,10 @@ def _plan_runs(p: _Parameters, neighbourhood: Neighbourhood, coords: np.ndarray,
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(swept.table.loc[swept.table["resolution"] == resolutions[0], "n_domains"].iloc[0])
         backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
-    runs = [_Run(method, chosen / 10 if p.auto and method == "kmeans" else resolution, backend_kwargs[method], None)
+    def key_resolution(method: str, resolution: float) -> float:  # k-means after "auto": Leiden's count
+        return kmeans_resolution(chosen) if p.auto and method == "kmeans" else resolution
+
+    runs = [_Run(method, key_resolution(method, resolution), backend_kwargs[method], None)
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):
@@ -947,12 +985,12 @@ def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, b
                          floor=n_domains))
     if "kmeans" in methods:
         kwargs = {**backend_kwargs["kmeans"], "n_clusters": n_domains}
-        labels = cluster("kmeans", neighbourhood, n_domains / 10, random_state, min_cells,
+        labels = cluster("kmeans", neighbourhood, kmeans_resolution(n_domains), random_state, min_cells,
                          keep=n_domains, **kwargs)
         if np.bincount(labels).min() < min_cells:
             logger.info("n_domains=%d: k-means keeps domains below min_domain_size (%d cells) to give %d",
                         n_domains, min_cells, n_domains)
-        runs.append(_Run("kmeans", n_domains / 10, kwargs, labels, floor=n_domains))
+        runs.append(_Run("kmeans", kmeans_resolution(n_domains), kwargs, labels, floor=n_domains))
     return runs
 
 
@@ -1053,14 +1091,14 @@ def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
         outputs[name] = {key: rows_back(values, order) for key, values in outputs[name].items()}
 
 
-def _write_result(adata: AnnData, aggregated, graph, embedded: Embedding | None,
+def _write_result(adata: AnnData, p: _Parameters, aggregated, graph, embedded: Embedding | None,
                   labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
-                  var: pd.DataFrame, graph_radius: float, graph_kind: tuple = ("radius", 6)) -> AnnData:
+                  var: pd.DataFrame) -> AnnData:
     """The new AnnData: the input's annotations, the message-passed features, and every
     result under the keys scanpy, squidpy and the original UTAG use."""
     result = _new_result(adata, aggregated, var)
     if graph is not None:
-        store_spatial_graph(result, graph, graph_radius, "spatial", *graph_kind)
+        store_spatial_graph(result, graph, p.graph_radius, "spatial", p.spatial_graph, p.n_spatial_neighbors)
     if embedded is not None:
         _store_embedding(result, embedded)
     else:  # the input's PCA is of other features

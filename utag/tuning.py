@@ -304,7 +304,6 @@ def _same_slide_neighbours(coords: np.ndarray, slide_codes: np.ndarray, n_neighb
     cell (or the cells flagged in the boolean mask ``among``), as two index arrays."""
     from scipy.spatial import cKDTree
 
-
     coords = np.asarray(coords, dtype=np.float64)
     firsts, seconds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for cells in slide_cells(np.asarray(slide_codes)):
@@ -494,8 +493,6 @@ def resolution_for_n_domains(
                        "(10 x %d)). Ask for fewer domains%s.", coarser[2], min_cells, n_domains, n_cells, n_domains,
                        ", or pass min_domain_size=0 if smaller domains are real" if min_cells > share_cells else "")
         return coarser[0], coarser[1]
-    if coords is None and isinstance(result, AnnData) and "spatial" in result.obsm:
-        coords, slide_codes = tissue_of(result)  # read only here: the bisection rarely ends in a merge
     if coords is None:
         graph, on = neighbourhood.connectivities, "the kNN graph"
     else:
@@ -665,8 +662,6 @@ def max_dist_report(
     >>> report.loc[report["slide"] == "all", ["max_dist", "suggested"]].values.tolist()
     [[5.0, False], [20.0, False], [35.0, True], [60.0, False]]
     """
-
-
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
     if len(names) > 1:  # the pooled rows are named POOLED
