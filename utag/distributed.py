@@ -41,7 +41,10 @@ from anndata import AnnData
 from . import _validation as check
 from . import multiscale
 from ._order import canonical_order, inverse_order
+from ._parameters import warn_if_slides_are_tiny, warn_if_spatial_graph_misfits
 from ._progress import Stopwatch
+from ._result import output_var, summary, to_input_order, write_result
+from ._runs import choose_sketch, knn_method_for, labels_of, log_domain_counts, membership_at, run_clustering
 from .clustering import cluster_sums, soft_block, squared_deviations
 from .embedding import capped_n_comps, centred_scatter, neighbour_graphs, principal_axes, project
 from .graph import slide_cells
@@ -316,18 +319,16 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, random_state
 
     import dask
 
-    from . import segmentation as seg
-
     watch = Stopwatch(progress, logger)
     try:
         with watch("reading coordinates"):
             coords = check.spatial_coordinates(adata)
             codes, slide_names = check.slide_codes(adata, slide_key)
-            seg._warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
+            warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
             features, var = features_of(adata, channels_to_use)
             order = canonical_order(codes, coords, features)
             order = np.arange(adata.n_obs) if order is None else order
-            p = seg._membership_at(p, order)
+            p = membership_at(p, order)
         with watch("graph and message passing"):
             background = None
             if p.normalization_mode == "l1_norm":  # the background needs the features checked first (one pass)
@@ -341,9 +342,9 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, random_state
                 per_column = multiscale.column_factors(scales, aggregated.shape[1])
                 aggregated, recipe = (aggregated * per_column).persist(), recipe * per_column
                 background = multiscale.scaled_background(background, scales)
-            var = seg._output_var(var, p.kernel_widths)
+            var = output_var(var, p.kernel_widths)
         logger.info("%d cells, %d slides, %d spatial edges (Dask)", adata.n_obs, len(slide_names), n_edges)
-        seg._warn_if_spatial_graph_misfits(p, n_edges, coords, codes)
+        warn_if_spatial_graph_misfits(p, n_edges, coords, codes)
         coords, codes = coords[order], codes[order]
 
         with watch("PCA"):
@@ -351,32 +352,32 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, random_state
             fitted, projected = fit_pca(aggregated, p.n_comps, mean)
         size = lazy_sketch_size(sketch_size, adata.n_obs)
         with watch("sketch"):
-            sample = seg._sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
-        embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, seg._knn_method(p, size, adata.n_obs),
+            sample = choose_sketch(fitted["embedding"], codes, replace(p, sketch_size=size), random_state)
+        embedded = neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method_for(p, size, adata.n_obs),
                                     random_state, p.use_rep, watch, rows=sample, n_jobs=n_jobs, slides=codes)
         runs, swept, index = [], None, None
         if p.methods and embedded.of_a_sample(adata.n_obs):
             with watch("vote index"):  # in the client, on the sketch only
                 index = vote_index(fitted["embedding"][embedded.rows], p.n_neighbors, random_state)
         if p.methods:
-            runs, swept = seg._cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
+            runs, swept = run_clustering(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
                                        assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
         embedded = embedded.to_store(adata.n_obs)
-        labels = seg._labels_of(runs, save_key)
+        labels = labels_of(runs, save_key)
         with watch("probabilities"):
             soft = probabilities(aggregated, labels, mean)
-        seg._log_domain_counts(labels)
+        log_domain_counts(labels)
 
         del aggregated  # frees the workers' copy
         if background is not None:
             recipe = recipe + background
         outputs = {"aggregated": None, "graph": None, "embedded": embedded, "labels": labels,
                    "probabilities": soft, "swept": swept}
-        seg._to_input_order(outputs, order)
+        to_input_order(outputs, order)
         outputs["aggregated"] = recipe if np.array_equal(order, np.arange(len(order))) else recipe[inverse_order(order)]
-        result = seg._write_result(adata, p, **outputs, var=var)
-        result.uns["utag"] = seg._summary(p, slide_key, outputs["embedded"], runs, labels,
+        result = write_result(adata, p, **outputs, var=var)
+        result.uns["utag"] = summary(p, slide_key, outputs["embedded"], runs, labels,
                                           random_state, watch, scales, sample, order)
         result.uns["utag"].update(engine="dask", save_key=save_key)
         if not isinstance(result.obsm["spatial"], (np.ndarray, pd.DataFrame)):

@@ -3,73 +3,46 @@
 Each step is an array function in the module named after it: :mod:`utag.graph` and
 :mod:`utag.message_passing` (steps 1-2), :mod:`utag.embedding` (PCA and the kNN graph),
 :mod:`utag.clustering` (Leiden, PARC, k-means, soft assignments). ``utag()`` checks its
-parameters once, reads the AnnData at the start, runs the steps on arrays and writes
-one new AnnData at the end.
+parameters once (:mod:`utag._parameters`), reads the AnnData at the start, runs the
+steps on arrays (the clustering runs: :mod:`utag._runs`) and writes one new AnnData at
+the end (:mod:`utag._result`). The Dask route, :mod:`utag.distributed`, shares those
+three modules.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import warnings
-from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validation as check
 from . import distributed, multiscale
 from ._arrays import column_range
-from ._keys import DEFAULT_SAVE_KEY, SWEEP_KEY, drop_tables_of, label_key, probabilities_key, sweep_entry
-from ._order import canonical_order, graph_back, rows_back
+from ._keys import DEFAULT_SAVE_KEY, label_key
+from ._order import canonical_order
+from ._parameters import Parameters, check_parameters, warn_if_slides_are_tiny, warn_if_spatial_graph_misfits
 from ._progress import Stopwatch
-from .clustering import (
-    Neighbourhood,
-    check_backend_kwargs,
-    cluster,
-    cluster_many,
-    feature_scale,
-    feature_spread,
-    kmeans_resolution,
-    merge_small_domains,
-    min_domain_cells,
-    relabel_by_size,
-    soft_assignments,
+from ._result import output_var, storable_kwargs, summary, to_input_order, write_result
+from ._runs import (
+    choose_sketch,
+    knn_method_for,
+    labels_of,
+    log_domain_counts,
+    membership_at,
+    one_domain_runs,
+    run_clustering,
 )
-from .embedding import Embedding, check_knn_method, embed, representation
-from .graph import (
-    MESSAGE_PASSING_BYTES_PER_PAIR,
-    SPATIAL_GRAPHS,
-    STORED_GRAPH_BYTES_PER_PAIR,
-    estimate_pairs,
-    mean_neighbours,
-    store_spatial_graph,
-)
+from .clustering import feature_scale, feature_spread, soft_assignments
+from .embedding import Embedding, embed
+from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, STORED_GRAPH_BYTES_PER_PAIR, mean_neighbours
 from .message_passing import as_float32_less_shift, pass_messages, whole_means, wider_than_float32
-from .sketch import assign_by_vote, sketch_cells, sketch_size_for
 from .transfer import build_model
-from .tuning import (
-    DEFAULT_RESOLUTIONS,
-    DOMAIN_RADIUS_FACTOR,
-    domain_radius,
-    recommended_resolutions,
-    resolution_for_n_domains,
-    score_exponents,
-    suggest_max_dist,
-    sweep,
-)
 from .utils import evaluate_performance  # noqa: F401  (the original's utag.segmentation.evaluate_performance)
 
 __all__ = ["utag", "evaluate_performance", "label_key"]
 
 logger = logging.getLogger(__name__)
-
-#: A sketch of fewer cells than this is warned about: small domains may get too few of them.
-SMALL_SKETCH = 5_000
-#: A sketch of more cells than this builds its kNN graph with HNSW (``knn_method="auto"``).
-SKETCH_EXACT_KNN = 50_000
 
 
 def utag(
@@ -308,9 +281,9 @@ def utag(
     else:
         coords = check.spatial_coordinates(adata)
         codes, slide_names = check.slide_codes(adata, slide_key)
-        _warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
+        warn_if_slides_are_tiny(slide_key, len(slide_names), adata.n_obs)
         features, var, shift = _select_features(adata, channels_to_use, filter_by_variance, normalization_mode)
-    p = _check_parameters(
+    p = check_parameters(
         adata, slide_key, len(var), max_dist=max_dist, pca_kwargs=pca_kwargs, apply_clustering=apply_clustering,
         clustering_method=clustering_method, resolutions=resolutions, leiden_kwargs=leiden_kwargs,
         parc_kwargs=parc_kwargs, kmeans_kwargs=kmeans_kwargs, n_neighbors=n_neighbors,
@@ -327,16 +300,16 @@ def utag(
     order = canonical_order(codes, coords, features)  # results must not depend on the order of the rows
     if order is not None:
         coords, codes, features = coords[order], codes[order], features[order]
-        p = _membership_at(p, order)
+        p = membership_at(p, order)
     watch = Stopwatch(progress, logger)
     try:
         with watch("graph and message passing"):
             aggregated, n_edges, graph, background, scales = _message_passing(
                 coords, features, codes, slide_names, p, keep_spatial_connectivity,
                 processes if parallel else 1, progress, shift)
-        output_var = _output_var(var, p.kernel_widths)  # one block per kernel width
+        aggregated_var = output_var(var, p.kernel_widths)  # one block per kernel width
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
-        _warn_if_spatial_graph_misfits(p, n_edges, coords, codes)
+        warn_if_spatial_graph_misfits(p, n_edges, coords, codes)
         why_one_profile = None  # or why every cell has the same neighbourhood profile
         if p.methods:
             why_one_profile = _why_one_profile(features, aggregated, codes, n_edges, p.max_dist, scales)
@@ -350,17 +323,17 @@ def utag(
         runs, swept = [], None
         if why_one_profile:
             logger.warning("every cell has the same neighbourhood profile (%s): one domain", why_one_profile)
-            runs = _one_domain_runs(p, adata.n_obs)
+            runs = one_domain_runs(p, adata.n_obs)
         elif p.methods:
-            runs, swept = _cluster(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
+            runs, swept = run_clustering(p, embedded, coords, codes, random_state, n_jobs, progress, watch)
         if embedded is not None:
             embedded = embedded.to_store(adata.n_obs)
-        labels = _labels_of(runs, save_key)
+        labels = labels_of(runs, save_key)
         probabilities, model = {}, None
         if labels:
             with watch("probabilities"):
                 probabilities = _soft_assignments(aggregated, labels, n_jobs)
-            _log_domain_counts(labels)
+            log_domain_counts(labels)
             model = _transfer_model(aggregated, var, embedded, labels, p, background, scales,
                                     mean_neighbours(n_edges, adata.n_obs))
         if background is not None:
@@ -368,271 +341,24 @@ def utag(
         outputs = {"aggregated": aggregated, "graph": graph, "embedded": embedded, "labels": labels,
                    "probabilities": probabilities, "swept": swept}
         del aggregated, graph, embedded, labels, probabilities, swept  # freed one by one as they are reordered
-        _to_input_order(outputs, order)
-        result = _write_result(adata, p, **outputs, var=output_var)
+        to_input_order(outputs, order)
+        result = write_result(adata, p, **outputs, var=aggregated_var)
         embedded = outputs["embedded"]
         if apply_umap:
             import scanpy as sc
 
             with watch("UMAP"):
                 sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
-        result.uns["utag"] = _summary(p, slide_key, embedded, runs, outputs["labels"], random_state,
+        result.uns["utag"] = summary(p, slide_key, embedded, runs, outputs["labels"], random_state,
                                       watch, scales, sample, order)
         result.uns["utag"].update(save_key=save_key, filter_by_variance=bool(filter_by_variance),
                                   keep_spatial_connectivity=bool(keep_spatial_connectivity),
-                                  apply_umap=bool(apply_umap), umap_kwargs=_storable_kwargs(umap_kwargs))
+                                  apply_umap=bool(apply_umap), umap_kwargs=storable_kwargs(umap_kwargs))
         if model is not None:
             result.uns["utag"]["model"] = model
     finally:
         watch.close()
     return result
-
-
-def _labels_of(runs: list[_Run], save_key: str) -> dict[str, np.ndarray]:
-    """Each run's labels under the key ``utag()`` writes them to."""
-    return {label_key(save_key, run.method, run.resolution): run.labels for run in runs}
-
-
-def _summary(p: _Parameters, slide_key, embedded: Embedding | None, runs: list[_Run],
-             labels: dict, random_state: int, watch: Stopwatch, scales, sample, order) -> dict:
-    """``uns['utag']``: the parameters the run used and what it chose."""
-    summary = {
-        "slide_key": slide_key if slide_key is not None else "None",
-        "max_dist": p.max_dist,
-        "spatial_graph": p.spatial_graph,
-        "n_spatial_neighbors": p.n_spatial_neighbors,
-        "flavor": p.flavor,
-        "normalization_mode": p.normalization_mode,
-        "n_comps": int(embedded.pca["embedding"].shape[1]) if embedded is not None else 0,
-        "n_neighbors": p.n_neighbors,
-        "use_rep": embedded.params["use_rep"] if embedded is not None else "None",
-        "min_domain_cells": p.min_cells,
-        "pca_kwargs": _storable_kwargs(p.pca_kwargs),
-        "clustering_method": list(p.methods),
-        **{f"{method}_kwargs": _storable_kwargs(kwargs) for method, kwargs in p.backend_kwargs.items()},
-        "resolutions": sorted({run.resolution for run in runs}),
-        "n_domains": p.n_domains if p.n_domains is not None else 0,
-        "random_state": random_state,
-        "label_keys": list(labels),
-        "timings": watch.seconds,
-    }
-    if p.kernel_widths is not None:
-        summary["multiscale"] = {
-            "kernel_widths": np.asarray(p.kernel_widths),
-            "kernel_passes": np.asarray([multiscale.kernel_passes(w, p.max_dist) for w in p.kernel_widths]),
-            "kernel_cutoff": multiscale.CUTOFF,
-            "graph_radius": p.graph_radius,
-            "block_scales": scales,
-        }
-    if sample is not None:
-        in_input_order = sample if order is None else np.sort(order[sample])
-        summary["sketch"] = {"size": len(sample), "cells": in_input_order, "n_neighbors_vote": p.n_neighbors}
-    return summary
-
-
-def _storable_kwargs(kwargs) -> dict:
-    """``kwargs`` as ``uns`` stores them in .h5ad and .zarr files: numbers, text and
-    flags as they are, ``None`` as ``"None"``, one value per cell (an initial membership)
-    summarised, anything else (a class) by its name."""
-    stored = {}
-    for key, value in (kwargs or {}).items():
-        if value is None:
-            value = "None"
-        elif np.ndim(value) > 0:
-            value = f"{np.size(value)} values"
-        elif not isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
-            value = getattr(value, "__name__", type(value).__name__)
-        stored[str(key)] = value
-    return stored
-
-
-class _Run(NamedTuple):
-    """One clustering run of ``utag()``: a labelling under ``label_key(save_key, method, resolution)``."""
-
-    method: str
-    resolution: float
-    kwargs: dict  # the backend's keywords
-    labels: np.ndarray | None  # None until clustered
-    floor: int = 1  # domains that merging small ones must leave: n_domains for the runs that give that many
-
-
-@dataclass(frozen=True)
-class _Parameters:
-    """``utag()``'s parameters, checked once, in the form the steps take them."""
-
-    methods: tuple[str, ...]
-    resolutions: list[float]
-    auto: bool  # resolutions="auto"
-    n_domains: int | None
-    normalization_mode: str  # "l1_norm" (the mean) or "sum"
-    max_dist: float
-    max_dist_chosen: bool  # max_dist="auto": suggest_max_dist chose it
-    n_neighbors: int
-    knn_method: str
-    n_comps: int
-    pca_kwargs: dict  # without n_comps
-    use_rep: str
-    min_cells: int
-    backend_kwargs: dict  # per method
-    spatial_graph: str
-    n_spatial_neighbors: int
-    flavor: str
-    kernel_widths: tuple[float, ...] | None  # flavor="multiscale" only
-    sketch_size: int | None  # cells to cluster; None: every cell
-
-    @property
-    def graph_radius(self) -> float:
-        """The radius of the spatial graph message passing builds (wider than ``max_dist``
-        for the multiscale flavour's kernels)."""
-        return multiscale.graph_radius(self.max_dist, self.kernel_widths)
-
-
-def _check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
-                      clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,
-                      n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
-                      n_spatial_neighbors, flavor, kernel_widths, normalization_mode, sketch_size,
-                      apply_umap, umap_kwargs=None) -> _Parameters:
-    """Every parameter checked before any work, with errors that name it."""
-    methods = check.clustering_methods(clustering_method) if apply_clustering else ()
-    auto = bool(apply_clustering) and check.is_auto(resolutions)
-    flavor = check.choice("flavor", flavor, multiscale.FLAVORS)
-    spatial_graph = check.choice("spatial_graph", spatial_graph, SPATIAL_GRAPHS)
-    n_domains = _checked_n_domains(n_domains, adata.n_obs, methods)
-    if not apply_clustering or auto or (n_domains is not None and resolutions is None):
-        resolutions = []
-    else:
-        resolutions = check.resolution_list(resolutions)
-    max_dist_chosen = check.is_auto(max_dist)
-    max_dist = _checked_max_dist(max_dist, adata, slide_key)
-    n_neighbors = check.as_int("n_neighbors", n_neighbors, minimum=2)
-    if n_neighbors > max(15, adata.n_obs - 1):  # the default, 15, is capped quietly for tiny inputs
-        raise ValueError(f"`n_neighbors={n_neighbors}` is more than the {adata.n_obs - 1} other cells: every cell "
-                         "would be every other's neighbour. Typical values are 10-30 (default 15).")
-    knn_method = check_knn_method(knn_method)
-    n_spatial_neighbors = check.as_int("n_spatial_neighbors", n_spatial_neighbors)
-    kernel_widths = multiscale.flavor_widths(flavor, max_dist, kernel_widths)
-    if kernel_widths is not None:
-        if normalization_mode != "l1_norm":
-            raise ValueError("flavor='multiscale' takes weighted means; `normalization_mode` must be 'l1_norm' "
-                             f"(the default), got {normalization_mode!r}.")
-        n_features *= len(kernel_widths)
-    sketched = _checked_sketch_size(sketch_size, adata.n_obs, apply_clustering, apply_umap, n_domains)
-    leiden_kwargs, parc_kwargs, kmeans_kwargs = check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
-                                                                      kmeans_kwargs)
-    pca_kwargs = _checked_pca_kwargs(pca_kwargs)
-    if apply_umap:
-        _check_umap_kwargs(umap_kwargs)
-    n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))
-    min_cells = _checked_min_cells(min_domain_size, adata.n_obs, bool(methods))
-    return _Parameters(
-        methods=methods, resolutions=resolutions, auto=auto, n_domains=n_domains,
-        normalization_mode=normalization_mode, max_dist=max_dist, max_dist_chosen=max_dist_chosen,
-        n_neighbors=n_neighbors, knn_method=knn_method, n_comps=n_comps,
-        pca_kwargs=pca_kwargs, use_rep=representation(use_rep, n_features), min_cells=min_cells,
-        backend_kwargs={"leiden": leiden_kwargs, "parc": parc_kwargs, "kmeans": kmeans_kwargs},  # checked copies
-        spatial_graph=spatial_graph, n_spatial_neighbors=n_spatial_neighbors, flavor=flavor,
-        kernel_widths=kernel_widths, sketch_size=sketched,
-    )
-
-
-def _checked_n_domains(n_domains, n_cells: int, methods: tuple) -> int | None:
-    """``n_domains`` as an int (or None), refused above the number of cells and with PARC."""
-    if n_domains is None:
-        return None
-    n_domains = check.as_int("n_domains", n_domains, minimum=1)
-    if n_domains > n_cells:
-        raise ValueError(f"`n_domains={n_domains}` is more than the {n_cells} cells; ask for at most "
-                         f"{n_cells} domains.")
-    if "parc" in methods:
-        raise ValueError("`n_domains` works with clustering_method 'leiden' and 'kmeans'; PARC sets its own "
-                         "number of clusters. Drop 'parc' or pass `resolutions` instead.")
-    return n_domains
-
-
-def _checked_max_dist(max_dist, adata: AnnData, slide_key) -> float:
-    """``max_dist`` as a positive number; ``"auto"`` is :func:`suggest_max_dist`'s radius."""
-    if check.is_auto(max_dist):
-        max_dist = suggest_max_dist(adata, slide_key)
-        logger.info("max_dist='auto': %g (%g times the median distance to the nearest cell)", max_dist,
-                    DOMAIN_RADIUS_FACTOR)
-    elif isinstance(max_dist, str):
-        raise ValueError(f"`max_dist` must be a positive number (in the units of obsm['spatial']) or 'auto', "
-                         f"got {max_dist!r}.")
-    return check.check_positive("max_dist", max_dist)
-
-
-def _checked_sketch_size(sketch_size, n_cells: int, apply_clustering: bool, apply_umap: bool,
-                         n_domains: int | None) -> int | None:
-    """The cells to cluster (None: every cell). ``sketch_size`` is checked whether or not it
-    is used; UMAP needs every cell's kNN graph, so ``"auto"`` does not sketch with it."""
-    sketched = sketch_size_for(sketch_size, n_cells)
-    if not apply_clustering or (apply_umap and check.is_auto(sketch_size)):
-        return None
-    if sketched and apply_umap:
-        raise ValueError(f"apply_umap=True needs the kNN graph of every cell, but {n_cells} cells are sketched "
-                         f"(sketch_size={sketch_size!r}); pass sketch_size=None for UMAP.")
-    if sketched and n_domains is not None and n_domains > sketched:
-        raise ValueError(f"`n_domains={n_domains}` is more than the {sketched} cells of the sketch; ask for fewer "
-                         "domains or pass a larger `sketch_size` (None: every cell).")
-    if sketched and sketched < min(SMALL_SKETCH, n_cells):
-        logger.warning("sketch_size=%r clusters %d cells: a domain of a few percent of the tissue is seen in only a "
-                       "few dozen of them and may be lost (docs/performance.md measures sketches of 20,000 cells and "
-                       "more); sketch_size=None clusters every cell.", sketch_size, sketched)
-    if sketched and check.is_auto(sketch_size):
-        logger.info("%d cells: clustering a sketch of %d of them and assigning the others by their nearest "
-                    "sketched cells (sketch_size='auto'); pass sketch_size=None to cluster every cell",
-                    n_cells, sketched)
-    return sketched
-
-
-def _checked_min_cells(min_domain_size, n_cells: int, clustering: bool) -> int:
-    """``min_domain_size`` in cells, refused above the number of cells (every labelling
-    would be one domain), with a warning above a third of them (at most two domains can
-    be that large)."""
-    min_cells = min_domain_cells(min_domain_size, n_cells)
-    if min_domain_size is None or not clustering:
-        return min_cells
-    if min_cells > n_cells:
-        raise ValueError(f"`min_domain_size={min_domain_size!r}` is more than the {n_cells} cells: every domain "
-                         "would be merged into one. Pass a number of cells below that, or a fraction of the cells "
-                         "(e.g. 0.01), or 0 to keep every domain.")
-    if 3 * min_cells > n_cells:
-        logger.warning("min_domain_size=%r is %d cells, more than a third of the %d cells: at most two domains can "
-                       "be that large, and smaller ones are merged into them.", min_domain_size, min_cells, n_cells)
-    return min_cells
-
-
-def _checked_pca_kwargs(pca_kwargs) -> dict:
-    """A copy of ``pca_kwargs``, its keys checked against ``scanpy.pp.pca``'s (which runs
-    the PCA when any but ``n_comps`` is given), before any work."""
-    pca_kwargs = check.kwargs_dict("pca_kwargs", pca_kwargs)
-    if set(pca_kwargs) - {"n_comps"}:
-        import inspect
-
-        import scanpy as sc
-
-        known = [name for name in inspect.signature(sc.pp.pca).parameters
-                 if name not in ("data", "copy", *PCA_KWARGS_UTAG_SETS)]
-        check.known_keywords("pca_kwargs", pca_kwargs, known, "utag's PCA (scanpy.pp.pca)",
-                             " (utag passes the message-passed features itself and reads obsm['X_pca']; choose "
-                             "the features with `channels_to_use` or `filter_by_variance`)")
-    return pca_kwargs
-
-
-def _check_umap_kwargs(umap_kwargs) -> None:
-    """``umap_kwargs`` checked against ``scanpy.tl.umap``'s keywords before any work."""
-    if check.kwargs_dict("umap_kwargs", umap_kwargs):
-        import inspect
-
-        import scanpy as sc
-
-        known = [name for name in inspect.signature(sc.tl.umap).parameters if name not in ("adata", "copy")]
-        check.known_keywords("umap_kwargs", umap_kwargs, known, "scanpy.tl.umap")
-
-
-#: ``scanpy.pp.pca`` keywords that choose the data or where the result goes, which utag does
-#: itself: the features are the message-passed ones, the result goes to ``obsm['X_pca']``.
-PCA_KWARGS_UTAG_SETS = ("layer", "key_added", "mask_var", "use_highly_variable", "return_info")
 
 
 def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]:
@@ -649,7 +375,7 @@ def _workers(n_jobs, processes, parallel: bool) -> tuple[int | None, int | None]
     return (n_jobs if n_jobs is not None else (processes if parallel else 1)), processes
 
 
-def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_names, p: _Parameters,
+def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_names, p: Parameters,
                      keep_graph: bool, processes: int | None, progress: bool,
                      shift: np.ndarray | None = None) -> tuple:
     """Step 2 on every slide: ``(aggregated, n_edges, graph, background, scales)``.
@@ -674,18 +400,18 @@ def _message_passing(coords: np.ndarray, features, codes: np.ndarray, slide_name
     return aggregated, n_edges, graph, multiscale.scaled_background(shift, scales), scales
 
 
-def _embed(aggregated, codes: np.ndarray, p: _Parameters, may_sketch: bool, random_state: int, watch: Stopwatch,
+def _embed(aggregated, codes: np.ndarray, p: Parameters, may_sketch: bool, random_state: int, watch: Stopwatch,
            n_jobs) -> Embedding:
     """Step 3's embedding: the PCA of every cell and the kNN graph (of a sketch of the
     cells when ``p.sketch_size`` asks for one and ``may_sketch``)."""
     sketching = bool(p.sketch_size) and may_sketch
-    choose = (lambda embedding: _sketch(embedding, codes, p, random_state)) if sketching else None
-    knn_method = _knn_method(p, p.sketch_size if sketching else None, len(codes))
+    choose = (lambda embedding: choose_sketch(embedding, codes, p, random_state)) if sketching else None
+    knn_method = knn_method_for(p, p.sketch_size if sketching else None, len(codes))
     return embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state, p.use_rep,
                  watch=watch, rows=choose, n_jobs=n_jobs, slides=codes)
 
 
-def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: _Parameters,
+def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: Parameters,
                     background, scales, mean_spatial_neighbors: float) -> dict:
     """What :func:`utag.transfer.transfer_labels` needs to label new cells (``uns['utag']['model']``)."""
     pca = embedded.pca
@@ -695,116 +421,10 @@ def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, la
                        mean_spatial_neighbors=mean_spatial_neighbors)
 
 
-#: Cells per slide, on average, below which ``utag()`` asks whether ``slide_key`` names slides.
-FEW_CELLS_PER_SLIDE = 10
-
-
-def _warn_if_slides_are_tiny(slide_key, n_slides: int, n_cells: int) -> None:
-    """A warning when ``slide_key`` splits the cells into slides of a few cells each (a
-    column of cell ids, say): no graph crosses slides, so such cells have no neighbours."""
-    if n_slides > 1 and n_cells / n_slides < FEW_CELLS_PER_SLIDE:
-        logger.warning("slide_key=%r splits %d cells into %d slides (%.1f cells each): no neighbourhood crosses a "
-                       "slide, so cells keep almost only themselves. Is %r the column naming each cell's image?",
-                       slide_key, n_cells, n_slides, n_cells / n_slides, slide_key)
-
-
-def _warn_if_spatial_graph_misfits(p: _Parameters, n_edges: int, coords: np.ndarray, codes: np.ndarray) -> None:
-    """Warnings for a spatial graph that links too few or too many cells: for the radius
-    graph :func:`_warn_if_max_dist_misfits` (``n_edges``: its pairs; the multiscale
-    flavour's graph is wider, so its pairs within ``max_dist`` are estimated), for the kNN
-    graph when ``n_spatial_neighbors`` covers most of a slide."""
-    if p.spatial_graph == "radius":
-        pairs = n_edges if p.kernel_widths is None else estimate_pairs(coords, codes, p.max_dist)
-        _warn_if_max_dist_misfits(pairs, coords, codes, p.max_dist, p.max_dist_chosen)
-    elif p.spatial_graph == "knn":
-        mean_slide = _mean_slide_size(codes)
-        if _most_of_slide(p.n_spatial_neighbors, mean_slide):
-            logger.warning("n_spatial_neighbors=%d links each cell to most of its slide (%.0f cells on average): "
-                           "the neighbourhood means hardly differ, and the domains follow the slides. Domains need "
-                           "a neighbourhood much smaller than a slide (the default is 6).",
-                           p.n_spatial_neighbors, mean_slide)
-
-
-#: Mean neighbours per cell (within ``max_dist``) below which ``utag()`` warns: at about the
-#: distance to the nearest cell a cell has one neighbour or none, and the neighbourhood
-#: means are little more than the cells themselves (``benchmarks/radius.py``: domains need
-#: about six nearest-cell distances). And the share of its slide above which it warns.
-FEW_NEIGHBOURS, MOST_OF_SLIDE = 2.0, 0.25
-
-
-def _mean_slide_size(codes: np.ndarray) -> float:
-    """The size of the slide a cell is on, on average over the cells."""
-    return float(np.mean(np.bincount(codes)[codes]))
-
-
-def _most_of_slide(neighbours: float, mean_slide: float) -> bool:
-    """Whether ``neighbours`` per cell are :data:`MOST_OF_SLIDE` of slides of ``mean_slide``
-    cells or more (on slides large enough for that to tell)."""
-    return mean_slide > 1 / MOST_OF_SLIDE and neighbours >= MOST_OF_SLIDE * mean_slide
-
-
-def _warn_if_max_dist_misfits(n_edges: float, coords: np.ndarray, codes: np.ndarray, max_dist: float,
-                              chosen: bool = False) -> None:
-    """A warning, with the radius domains need (:func:`utag.tuning.domain_radius`), when
-    the radius graph gives a cell almost no neighbours or most of its slide: ``max_dist``
-    and ``obsm['spatial']`` are then likely in different units. ``chosen``: ``max_dist``
-    is the one ``max_dist="auto"`` chose (the tissue, not the units, is then the cause)."""
-    n_cells = len(codes)
-    mean_degree = mean_neighbours(n_edges, n_cells)
-    mean_slide = _mean_slide_size(codes)
-    few = mean_degree < min(FEW_NEIGHBOURS, mean_slide - 1)  # not where every cell already links every other
-    most = _most_of_slide(mean_degree, mean_slide)
-    if not (few or most):
-        return
-    what = ("almost none: the neighbourhood means are little more than the cells themselves" if few
-            else "most of its slide: the neighbourhood means hardly differ")
-    tissue = ("the cells lie in clumps far apart for their spacing within a clump" if few
-              else "the slides hold few cells, or few distinct positions, for domains that wide")
-    if chosen:
-        logger.warning("max_dist=%g (%g median nearest-cell distances, max_dist='auto') gives a cell %.1f neighbours "
-                       "on average (%s): %s. utag.tuning.max_dist_report compares radii.", max_dist,
-                       DOMAIN_RADIUS_FACTOR, mean_degree, what, tissue)
-        return
-    radius = domain_radius(coords, codes)
-    # the radius domains need is a hint only where it points away from the misfit: a larger
-    # one for too few neighbours, a smaller one for most of the slide
-    if radius is not None and (radius > max_dist if few else radius < max_dist):
-        hint = f" About {radius:g} suits domains here (max_dist='auto');"
-    else:
-        hint = f" If they are, {tissue};"
-    logger.warning("max_dist=%g gives a cell %.1f neighbours on average (%s). Are max_dist and obsm['spatial'] in "
-                   "the same units?%s utag.tuning.max_dist_report compares radii.", max_dist, mean_degree, what, hint)
-
-
-def _knn_method(p: _Parameters, sketch_size: int | None, n_cells: int) -> str:
-    """``p.knn_method``, except that ``"auto"`` searches a sketch of more than
-    :data:`SKETCH_EXACT_KNN` cells approximately: the exact search costs minutes in tens of
-    dimensions. A "sketch" of every cell keeps the unsketched route's choice, so that it
-    gives the same labels."""
-    if p.knn_method == "auto" and sketch_size is not None and SKETCH_EXACT_KNN < sketch_size < n_cells:
-        return "approximate"
-    return p.knn_method
-
-
 def _soft_assignments(aggregated, labels: dict, n_jobs) -> dict:
     """The soft assignments of every labelling (one feature scale for all)."""
     scale = feature_scale(aggregated, n_jobs)
     return {key: soft_assignments(aggregated, codes, n_jobs, scale) for key, codes in labels.items()}
-
-
-def _log_domain_counts(labels: dict) -> None:
-    for key, codes in labels.items():
-        logger.info("%s: %d domains", key, codes.max() + 1)
-
-
-def _output_var(var: pd.DataFrame, widths) -> pd.DataFrame:
-    """``var`` of the message-passed features: the input's, or with the multiscale flavour
-    (kernel ``widths``) one row per feature and kernel width."""
-    if widths is None:
-        return var
-    return pd.DataFrame({"feature": np.tile(var.index.to_numpy(dtype=str), len(widths)),
-                         "kernel_width": np.repeat(np.asarray(widths, dtype=float), len(var))},
-                        index=multiscale.feature_names(var.index, widths))
 
 
 def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_dist: float,
@@ -824,174 +444,6 @@ def _why_one_profile(features, aggregated, codes: np.ndarray, n_edges: int, max_
         return (f"max_dist={max_dist:g} connects every cell of a slide with every other; are max_dist and "
                 "obsm['spatial'] in the same units?")
     return "the neighbourhood means do not differ"
-
-
-def _one_domain_runs(p: _Parameters, n_cells: int) -> list[_Run]:
-    """One domain under every key the call asks for (``"auto"``: at the sweep's first resolution)."""
-    resolutions = p.resolutions or ([] if p.n_domains else [DEFAULT_RESOLUTIONS[0]])
-    runs = [_Run(method, resolution, {}, np.zeros(n_cells, dtype=np.int64))
-            for resolution in resolutions for method in p.methods]
-    if p.n_domains is not None:
-        runs += [_Run(method, kmeans_resolution(p.n_domains), {}, np.zeros(n_cells, dtype=np.int64))
-                 for method in p.methods if method != "parc"]
-    return runs
-
-
-def _neighbourhood(embedded: Embedding, sample: np.ndarray | None = None) -> Neighbourhood:
-    """What every method clusters, as in the original UTAG (of the ``sample`` cells, if
-    any): the PCA and the kNN graph on ``use_rep`` (Leiden and PARC the graph, k-means the
-    PCA; see :data:`utag.clustering.BACKENDS`)."""
-    points = embedded.pca["embedding"] if sample is None else embedded.pca["embedding"][sample]
-    return Neighbourhood(points, embedded.connectivities)
-
-
-def _plan_runs(p: _Parameters, neighbourhood: Neighbourhood, coords: np.ndarray, codes: np.ndarray, random_state: int,
-               n_jobs, progress: bool, watch: Stopwatch) -> tuple[list[_Run], tuple | None]:
-    """The clustering runs to do (labels ``None`` where still to be clustered) and the
-    resolution sweep's ``(table, labels)`` when ``resolutions="auto"``.
-
-    ``auto``: the resolution comes from a stability sweep (k-means then takes as many
-    domains as Leiden finds there); ``n_domains``: runs that give exactly that many.
-    """
-    backend_kwargs, resolutions, swept = p.backend_kwargs, p.resolutions, None
-    if p.auto:
-        with watch("resolution sweep"):
-            swept = sweep(neighbourhood, coords, codes, n_runs=5, random_state=random_state,
-                          leiden_kwargs=backend_kwargs["leiden"], n_jobs=n_jobs, progress=progress,
-                          min_cells=p.min_cells, exponents=score_exponents(p.flavor))
-        resolutions = recommended_resolutions(swept.table)
-        logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
-        chosen = int(swept.table.loc[swept.table["resolution"] == resolutions[0], "n_domains"].iloc[0])
-        backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
-    def key_resolution(method: str, resolution: float) -> float:  # k-means after "auto": Leiden's count
-        return kmeans_resolution(chosen) if p.auto and method == "kmeans" else resolution
-
-    runs = [_Run(method, key_resolution(method, resolution), backend_kwargs[method], None)
-            for resolution in resolutions for method in p.methods]
-    if p.n_domains is not None:
-        with watch(f"resolution for {p.n_domains} domains"):
-            fixed = _runs_for_n_domains(neighbourhood, p.n_domains, p.methods, backend_kwargs,
-                                        random_state, p.min_cells, coords, codes)
-        runs = _without_runs_under_the_keys_of(runs, fixed, p.n_domains, p.auto) + fixed
-    return runs, swept
-
-
-def _without_runs_under_the_keys_of(runs: list[_Run], fixed: list[_Run], n_domains: int,
-                                    auto: bool = False) -> list[_Run]:
-    """``runs`` less those that would be written under the key of one of the ``fixed``
-    runs for ``n_domains`` (k-means' is at resolution ``n_domains / 10``, where the default
-    resolutions have 0.3 and 1.0; Leiden's bisection can land on a planned resolution too):
-    the ``n_domains`` run takes the key, with a warning, rather than one overwriting the
-    other unseen."""
-    taken = {(run.method, str(run.resolution)) for run in fixed}
-    kept = []
-    for run in runs:
-        if (run.method, str(run.resolution)) in taken:
-            fix = ("resolutions='auto' chose it too" if auto
-                   else f"drop {run.resolution} from `resolutions` to silence this")
-            logger.warning("n_domains=%d: its %s run is at resolution %s, which was asked for too; the labels "
-                           "under that resolution's key are the n_domains run's (%s)", n_domains, run.method,
-                           run.resolution, fix)
-        else:
-            kept.append(run)
-    return kept
-
-
-def _cluster(p: _Parameters, embedded: Embedding, coords: np.ndarray, codes: np.ndarray, random_state: int, n_jobs,
-             progress: bool, watch: Stopwatch, assign_by=assign_by_vote) -> tuple[list[_Run], tuple | None]:
-    """Every clustering run, clustered, and the resolution sweep, with labels for every cell: those of a sketch
-    (``embedded.rows``) are assigned to the other cells by vote (``assign_by``, as
-    :func:`utag.sketch.assign_by_vote`)."""
-    sample = embedded.rows
-    neighbourhood = _neighbourhood(embedded, sample)
-    clustered_params, clustered_coords, clustered_codes = p, coords, codes
-    if sample is not None:  # the sketch's cells, with a minimum domain size in proportion
-        clustered_params = replace(_membership_at(p, sample),
-                                   min_cells=max(1, round(p.min_cells * len(sample) / len(codes))))
-        clustered_coords, clustered_codes = coords[sample], codes[sample]
-    runs, swept = _plan_runs(clustered_params, neighbourhood, clustered_coords, clustered_codes, random_state,
-                             n_jobs, progress, watch)
-    runs = _cluster_runs(runs, neighbourhood, random_state, clustered_params.min_cells, n_jobs, progress, watch)
-    del neighbourhood  # the clustering backends' copies of the graph
-    if sample is not None:
-        with watch("assigning the other cells"):
-            runs, swept = _assign_others(runs, swept, embedded, sample, p, random_state, n_jobs, assign_by)
-    return runs, swept
-
-
-def _membership_at(p: _Parameters, rows: np.ndarray) -> _Parameters:
-    """``p`` with ``leiden_kwargs['initial_membership']`` (one label per cell) taken at
-    ``rows``: the cells reordered, or the sketch."""
-    leiden = p.backend_kwargs["leiden"]
-    if "initial_membership" not in leiden:
-        return p
-    membership = np.asarray(leiden["initial_membership"])[rows]
-    return replace(p, backend_kwargs={**p.backend_kwargs, "leiden": {**leiden, "initial_membership": membership}})
-
-
-def _sketch(embedding: np.ndarray, codes: np.ndarray, p: _Parameters, random_state: int) -> np.ndarray:
-    """The cells to cluster: :func:`utag.sketch.sketch_cells` on the PCA of every cell."""
-    sample = sketch_cells(embedding, codes, p.sketch_size, random_state)
-    logger.info("sketch: clustering %d of %d cells", len(sample), len(codes))
-    return sample
-
-
-def _assign_others(runs: list[_Run], swept, embedded: Embedding, sample: np.ndarray, p: _Parameters,
-                   random_state: int, n_jobs, assign_by=assign_by_vote) -> tuple[list[_Run], tuple | None]:
-    """The labels of the sketch's runs (and sweep) extended to every cell by vote."""
-    labellings = [run.labels for run in runs]
-    if swept is not None:
-        labellings += list(swept.labels)
-    embedding = embedded.pca["embedding"]
-    assigned = assign_by(embedding, sample, labellings, p.n_neighbors, random_state, n_jobs=n_jobs)
-    # the vote can leave a domain below min_cells of all cells: it joins the nearest (no kNN graph of
-    # all cells), down to the run's floor
-    no_links = sp.csr_matrix((len(embedding), len(embedding)), dtype=np.float32)
-    runs = [run._replace(labels=merge_small_domains(labels, no_links, embedding, p.min_cells, run.floor))
-            for run, labels in zip(runs, assigned[:len(runs)])]
-    if swept is not None:
-        swept = swept._replace(labels=np.asarray(assigned[len(runs):]))
-    return runs, swept
-
-
-def _cluster_runs(runs: list[_Run], neighbourhood: Neighbourhood, random_state: int, min_cells: int, n_jobs,
-                  progress: bool, watch: Stopwatch) -> list[_Run]:
-    """``runs`` with their labels: every run of one method at once (Leiden resolutions in parallel)."""
-    done = list(runs)
-    for method in dict.fromkeys(run.method for run in runs if run.labels is None):
-        todo = [i for i, run in enumerate(runs) if run.method == method and run.labels is None]
-        resolutions = ", ".join(str(runs[i].resolution) for i in todo)
-        with watch(f"{method} {resolutions}"):
-            labels = cluster_many(neighbourhood,
-                                  [(method, runs[i].resolution, random_state, runs[i].kwargs) for i in todo],
-                                  n_jobs=n_jobs, progress=progress, min_cells=min_cells)
-        for i, run_labels in zip(todo, labels):
-            done[i] = runs[i]._replace(labels=run_labels)
-    return done
-
-
-def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, backend_kwargs: dict,
-                        random_state: int, min_cells: int, coords: np.ndarray, codes: np.ndarray) -> list[_Run]:
-    """Clustering runs that give ``n_domains`` domains: Leiden by bisection (and merging on
-    the tissue, see :func:`utag.tuning.resolution_for_n_domains`), k-means directly (its
-    domains below ``min_cells`` merged only while more than ``n_domains`` are left: the
-    number asked for wins over the minimum size)."""
-    runs = []
-    if "leiden" in methods:
-        resolution, labels = resolution_for_n_domains(neighbourhood, n_domains, random_state,
-                                                      backend_kwargs["leiden"], min_domain_size=min_cells,
-                                                      coords=coords, slide_codes=codes)
-        runs.append(_Run("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels),
-                         floor=n_domains))
-    if "kmeans" in methods:
-        kwargs = {**backend_kwargs["kmeans"], "n_clusters": n_domains}
-        labels = cluster("kmeans", neighbourhood, kmeans_resolution(n_domains), random_state, min_cells,
-                         keep=n_domains, **kwargs)
-        if np.bincount(labels).min() < min_cells:
-            logger.info("n_domains=%d: k-means keeps domains below min_domain_size (%d cells) to give %d",
-                        n_domains, min_cells, n_domains)
-        runs.append(_Run("kmeans", kmeans_resolution(n_domains), kwargs, labels, floor=n_domains))
-    return runs
 
 
 #: Relative difference below which ``filter_by_variance`` takes two standard deviations as
@@ -1055,81 +507,3 @@ def _warn_if_float32_erases(given, features, var: pd.DataFrame, shift: np.ndarra
                        int(lossy.sum()), list(var.index[lossy][:5]), float(share.max()), fix)
 
 
-def _new_result(adata: AnnData, aggregated, var: pd.DataFrame) -> AnnData:
-    """A new AnnData holding the aggregated matrix and copies of the input's annotations
-    (``obs`` in memory, also when it was read lazily)."""
-    obs = adata.obs
-    with warnings.catch_warnings():  # names that are not text: utag() said so, in words
-        warnings.filterwarnings("ignore", message="Transforming to str index")
-        return AnnData(
-            X=aggregated,
-            obs=obs.copy() if isinstance(obs, pd.DataFrame) else obs.to_memory(),
-            var=var,
-            obsm={key: value.copy() for key, value in adata.obsm.items()},
-            uns=copy.deepcopy(dict(adata.uns)),
-        )
-
-
-def _to_input_order(outputs: dict, order: np.ndarray | None) -> None:
-    """Put the results computed on the cells in ``order`` back in the input's order, in
-    place, one at a time (so that at most one old copy is alive at once)."""
-    if order is None:
-        return
-    if outputs["graph"] is not None:
-        outputs["graph"] = tuple(graph_back(matrix, order) for matrix in outputs["graph"])
-    embedded = outputs.pop("embedded")  # rebinding it below frees the old graphs before the next copy
-    if embedded is not None:
-        graphs = {name: None if getattr(embedded, name) is None else graph_back(getattr(embedded, name), order)
-                  for name in ("connectivities", "distances")}
-        embedded = replace(embedded, pca={**embedded.pca, "embedding": rows_back(embedded.pca["embedding"], order)},
-                           **graphs)
-    outputs["embedded"] = embedded
-    if outputs["swept"] is not None:
-        outputs["swept"] = outputs["swept"]._replace(labels=rows_back(outputs["swept"].labels, order, axis=1))
-    outputs["aggregated"] = rows_back(outputs["aggregated"], order)
-    for name in ("labels", "probabilities"):
-        outputs[name] = {key: rows_back(values, order) for key, values in outputs[name].items()}
-
-
-def _write_result(adata: AnnData, p: _Parameters, aggregated, graph, embedded: Embedding | None,
-                  labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
-                  var: pd.DataFrame) -> AnnData:
-    """The new AnnData: the input's annotations, the message-passed features, and every
-    result under the keys scanpy, squidpy and the original UTAG use."""
-    result = _new_result(adata, aggregated, var)
-    if graph is not None:
-        store_spatial_graph(result, graph, p.graph_radius, "spatial", p.spatial_graph, p.n_spatial_neighbors)
-    if embedded is not None:
-        _store_embedding(result, embedded)
-    else:  # the input's PCA is of other features
-        result.obsm.pop("X_pca", None)
-        result.uns.pop("pca", None)
-    if "X_umap" in result.obsm or "umap" in result.uns:  # of another graph; apply_umap=True draws a new one
-        logger.info("the input's UMAP (obsm['X_umap']) is of other features and is not carried over")
-        result.obsm.pop("X_umap", None)
-        result.uns.pop("umap", None)
-    for name in [name for name, entry in result.uns.items()  # the input's graphs are not carried over
-                 if isinstance(entry, dict) and "connectivities_key" in entry
-                 and entry["connectivities_key"] not in result.obsp]:
-        del result.uns[name]
-    for key, codes in labels.items():
-        result.obs[key] = pd.Categorical.from_codes(codes, categories=[str(i) for i in range(codes.max() + 1)])
-        result.obsm[probabilities_key(key)] = probabilities[key]
-        drop_tables_of(result, key, colors=True)  # of the labels of an earlier run
-    result.uns.pop(SWEEP_KEY, None)  # an earlier run's
-    if swept is not None:
-        result.uns[SWEEP_KEY] = sweep_entry(*swept)
-    return result
-
-
-def _store_embedding(result: AnnData, embedded: Embedding) -> None:
-    """Write the PCA and kNN graph where ``scanpy.pp.pca`` and ``scanpy.pp.neighbors`` do."""
-    result.obsm["X_pca"] = embedded.pca["embedding"]
-    result.varm["PCs"] = embedded.pca["components"]
-    result.uns["pca"] = {key: value for key, value in embedded.pca.items() if key not in ("embedding", "components")}
-    if embedded.connectivities is None:  # a sketch: the kNN graph is of the sampled cells only
-        return
-    result.obsp["connectivities"] = embedded.connectivities
-    result.obsp["distances"] = embedded.distances
-    result.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
-                               "params": embedded.params}

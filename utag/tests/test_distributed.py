@@ -101,10 +101,10 @@ def test_every_cell_in_the_sketch_gives_the_unsketched_labels(shuffled_tissue):
 
 
 def test_a_sketch_of_every_cell_keeps_the_exact_search_of_the_unsketched_route(shuffled_tissue, monkeypatch):
-    from utag import segmentation
+    from utag import _runs
 
     # above SKETCH_EXACT_KNN a real sketch searches approximately; every cell is no sketch
-    monkeypatch.setattr(segmentation, "SKETCH_EXACT_KNN", 1_000)
+    monkeypatch.setattr(_runs, "SKETCH_EXACT_KNN", 1_000)
     options = dict(clustering_method=["leiden"], resolutions=[0.1], **KW)
     unsketched = utag(shuffled_tissue, sketch_size=None, **options)
     for got in (utag(shuffled_tissue, sketch_size=shuffled_tissue.n_obs, **options),
@@ -307,7 +307,7 @@ def test_dask_features_out_of_range_get_the_in_memory_message(shuffled_tissue, r
 def test_dask_input_warns_about_a_max_dist_in_other_units_too(caplog):
     adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
     adata.obsm["spatial"] = adata.obsm["spatial"] * 10  # um read as 0.1 um pixels
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(_as_dask(adata), slide_key="roi", max_dist=20, clustering_method="kmeans", resolutions=[0.3],
              progress=False)
     assert "neighbours on average (almost none" in caplog.text and "About 350 suits" in caplog.text
@@ -316,7 +316,7 @@ def test_dask_input_warns_about_a_max_dist_in_other_units_too(caplog):
 def test_dask_input_warns_about_a_slide_key_of_cell_ids(caplog):
     adata = synthetic_tissue(n_cells=600, n_slides=2, random_state=0)
     adata.obs["cell_id"] = [f"c{i}" for i in range(adata.n_obs)]
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(_as_dask(adata), slide_key="cell_id", clustering_method="kmeans", resolutions=[0.3], progress=False)
     assert "slide_key='cell_id' splits 600 cells into 600 slides (1.0 cells each)" in caplog.text
 

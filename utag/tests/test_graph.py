@@ -267,7 +267,7 @@ def test_knn_spatial_graph_too_large_names_the_neighbours_that_fit(monkeypatch):
 def test_a_knn_spatial_graph_over_most_of_the_slide_is_flagged(caplog):
     tissue = synthetic_tissue(n_cells=1_500, n_slides=2, random_state=0)  # 750 cells a slide
     options = dict(slide_key="roi", spatial_graph="knn", clustering_method="kmeans", resolutions=[0.3], progress=False)
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(tissue, n_spatial_neighbors=15, **options)
         assert "most of its slide" not in caplog.text
         utag(tissue, n_spatial_neighbors=5_000, **options)  # used to be capped at the slide, silently

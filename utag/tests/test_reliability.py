@@ -471,7 +471,7 @@ def test_mistakes_in_parameters_are_named_before_any_work(options, message):
 
 def test_a_min_domain_size_above_a_third_of_the_cells_is_flagged(caplog):
     adata = synthetic_tissue(n_cells=300, n_slides=1, n_markers=5, random_state=0)
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         result = run_utag(adata, slide_key="roi", clustering_method="kmeans", resolutions=[0.5], min_domain_size=0.4,
                           progress=False)
     assert "is 120 cells, more than a third of the 300 cells" in caplog.text

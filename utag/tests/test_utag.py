@@ -520,7 +520,7 @@ def test_an_n_domains_run_never_overwrites_a_resolution_run_unseen(caplog):
     alone = utag(adata, resolutions=[0.3], **options)
     assert alone.obs["UTAG Label_kmeans_0.3"].nunique() < 3  # k=3, then domains below 400 cells merged
     # n_domains=3 writes k-means (k=3, all kept) under the same key: it takes the key, and says so
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         both = utag(adata, resolutions=[0.3], n_domains=3, **options)
     assert both.obs["UTAG Label_kmeans_0.3"].nunique() == 3
     assert both.uns["utag"]["label_keys"] == ["UTAG Label_kmeans_0.3"]
@@ -532,12 +532,12 @@ def test_an_n_domains_run_never_overwrites_a_resolution_run_unseen(caplog):
 
 
 def test_a_run_that_lands_on_an_asked_resolution_is_announced(caplog):
-    from utag.segmentation import _Run, _without_runs_under_the_keys_of
+    from utag._runs import Run, without_runs_under_the_keys_of
 
-    planned = [_Run("leiden", 0.1, {}, None), _Run("leiden", 0.3, {}, None), _Run("kmeans", 0.1, {}, None)]
-    fixed = [_Run("leiden", 0.1, {}, np.zeros(3, dtype=int), floor=4)]
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
-        kept = _without_runs_under_the_keys_of(planned, fixed, 4)
+    planned = [Run("leiden", 0.1, {}, None), Run("leiden", 0.3, {}, None), Run("kmeans", 0.1, {}, None)]
+    fixed = [Run("leiden", 0.1, {}, np.zeros(3, dtype=int), floor=4)]
+    with caplog.at_level("WARNING", logger="utag"):
+        kept = without_runs_under_the_keys_of(planned, fixed, 4)
     assert [(run.method, run.resolution) for run in kept] == [("leiden", 0.3), ("kmeans", 0.1)]
     assert "n_domains=4: its leiden run is at resolution 0.1" in caplog.text
 
@@ -549,20 +549,20 @@ UNITS_WARNING = ("(almost none: the neighbourhood means are little more than the
 def test_a_max_dist_in_other_units_is_warned_about(caplog):
     adata = synthetic_tissue(n_cells=3_000, n_slides=2, random_state=0)
     options = dict(slide_key="roi", clustering_method="kmeans", resolutions=[0.3], progress=False)
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(adata, max_dist=20, **options)  # about 6 neighbours per cell: no warning
     assert "same units" not in caplog.text
     nearest = adata.copy()
     nearest.obsm["spatial"] = nearest.obsm["spatial"] * 10  # um read as 0.1 um pixels
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(nearest, max_dist=20, **options)
     assert UNITS_WARNING in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(adata, max_dist=250, **options)  # slides of 1,500 cells, about 475 units wide
     assert "(most of its slide: the neighbourhood means hardly differ)" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(nearest, max_dist=20, flavor="multiscale", **options)
     assert UNITS_WARNING in caplog.text
 
@@ -572,7 +572,7 @@ def test_small_slides_are_not_told_to_take_a_larger_radius(caplog):
     # 150 slides of 20 cells: a usual radius links a cell to most of its slide; the radius
     # domains need is larger still, so the warning names the slides, not a larger radius
     small = synthetic_tissue(n_cells=3_000, n_slides=150, random_state=0)
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(small, slide_key="roi", max_dist=20, clustering_method="kmeans", resolutions=[0.3], progress=False)
     assert "(most of its slide: the neighbourhood means hardly differ)" in caplog.text
     assert "If they are, the slides hold few cells" in caplog.text
@@ -581,11 +581,11 @@ def test_small_slides_are_not_told_to_take_a_larger_radius(caplog):
 def test_a_tiny_sketch_and_a_slide_key_of_cell_ids_are_warned_about(caplog):
     adata = synthetic_tissue(n_cells=6_000, n_slides=2, random_state=0)
     options = dict(clustering_method="kmeans", resolutions=[0.3], progress=False)
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(adata, slide_key="roi", sketch_size=3_000, **options)
     assert "sketch_size=3000 clusters 3000 cells" in caplog.text and "splits" not in caplog.text
     caplog.clear()
     adata.obs["cell_id"] = [f"c{i}" for i in range(adata.n_obs)]
-    with caplog.at_level("WARNING", logger="utag.segmentation"):
+    with caplog.at_level("WARNING", logger="utag"):
         utag(adata[:600].copy(), slide_key="cell_id", parallel=False, **options)
     assert "slide_key='cell_id' splits 600 cells into 600 slides (1.0 cells each)" in caplog.text
