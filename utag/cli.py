@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import TABLE_SUFFIXES, labels_table, read_cell_table, read_lazy, remove_path, storable_obs, write_domains
+from .io import (
+    TABLE_SUFFIXES,
+    labels_table,
+    read_cell_table,
+    read_lazy,
+    remove_path,
+    storable_names,
+    storable_obs,
+    storable_uns,
+    write_domains,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -41,7 +51,11 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
     given = {option: getattr(args, name, None) for name, option in OUTPUT_OPTIONS.items()}
     outputs = {option: Path(value) for option, value in given.items() if value}
     if "--out" in outputs and outputs["--out"].suffix.lower() not in (".h5ad", ".zarr"):
-        raise UsageError(f"--out must end in .h5ad or .zarr, got {outputs['--out']}.")
+        raise UsageError(f"--out must be a file name ending in .h5ad or .zarr (e.g. domains.h5ad), got "
+                         f"{outputs['--out']}.")
+    if "--labels-csv" in outputs and outputs["--labels-csv"].suffix.lower() == ".zarr":
+        raise UsageError(f"--labels-csv writes a CSV table, not a .zarr store; give a name such as labels.csv, got "
+                         f"{outputs['--labels-csv']}.")
     for option, path in outputs.items():
         if path.suffix.lower() == ".zarr" and path.exists():
             raise UsageError(f"{option} {path} exists; remove it or choose another name (a .zarr store is not "
@@ -160,6 +174,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"{source.name}: unknown input type {suffix!r}; use .h5ad, .zarr, .csv, .tsv, .txt or "
                          ".parquet.")
+    try:  # a column name with '/' is written with '_': refused now if that name is taken
+        storable_names(adata.obs)
+    except ValueError as error:
+        raise UsageError(f"{source.name}: {error}") from None
     _say(args, f"{source.name}: {adata.n_obs:,} cells, {adata.n_vars} markers"
                + (f", slides in '{args.slide_key}'" if args.slide_key else ", one slide"))
     started = time.perf_counter()
@@ -219,7 +237,8 @@ def _write_result(result, path: Path, features: bool) -> None:
     if path.suffix.lower() == ".zarr":
         write_domains(result, path, features=features)
     else:
-        result.obs = storable_obs(result.obs)  # the command's own result
+        result.uns = storable_uns(result.uns, result.obs)  # the command's own result
+        result.obs = storable_obs(result.obs)
         result.write_h5ad(path)
 
 

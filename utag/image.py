@@ -153,8 +153,11 @@ def add_spatial_image(
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise ValueError(f"`image` must be height x width (x 3 or 4); got shape {image.shape}.")
-    spatial = adata.uns.setdefault("spatial", {})
+    # one assignment of a new dict: on a view (one slide of a result) it makes the view its
+    # own AnnData, as anndata does for any write, and never writes into the parent's uns
+    spatial = dict(adata.uns.get("spatial", {}))
     spatial[library_id] = {
         "images": {img_key: image},
         "scalefactors": {f"tissue_{img_key}_scalef": float(scale), "spot_diameter_fullres": float(spot_diameter)},
     }
+    adata.uns["spatial"] = spatial

@@ -55,9 +55,11 @@ def read_cell_table(
         other than the ones named here and ``exclude_columns`` whose entries are numbers,
         or at least half of whose filled entries are (a few like ``"<LOD"`` or ``"1,5"``
         do not hide a marker: see ``non_numeric``). Columns of text go to ``obs``, and so
-        do, with a log message, empty columns and columns of cell ids: unique whole
-        numbers in a column named ``Unnamed: ...`` (a row index written with the table)
-        or ending in ``id`` as a word of its own (``CellID``, ``cell_id``; not ``Lipid``).
+        do, with a log message, empty columns, True/False columns (flags, not
+        intensities) and columns of cell ids: whole numbers unique in the table, or
+        within each slide of ``slide_column`` (ids that restart in each image), in a
+        column named ``Unnamed: ...`` (a row index written with the table) or ending in
+        ``id`` as a word of its own (``CellID``, ``cell_id``; not ``Lipid``).
     exclude_columns
         Column name or names of numeric columns that are not markers (cell area,
         eccentricity, ...); kept in ``obs``. Default ``None``: none.
@@ -108,7 +110,7 @@ def read_cell_table(
         raise ValueError(f"{name} has no column(s) {missing}; its columns are {columns}. Name the right ones "
                          "(x_column/y_column/slide_column/marker_columns; --x-column etc. on the command line).")
     if marker_columns is None:
-        used = set(needed) | set(exclude_columns) | _not_markers(table, name)
+        used = set(needed) | set(exclude_columns) | _not_markers(table, name, slide_column)
         marker_columns = [c for c in columns if c not in used and _looks_numeric(table[c])]
     marker_columns = list(marker_columns)
     if not marker_columns:
@@ -159,31 +161,45 @@ def _cell_names(table: pd.DataFrame, id_column: str | None, name: str) -> pd.Ind
     return cells
 
 
-def _not_markers(table: pd.DataFrame, name: str) -> set:
+def _not_markers(table: pd.DataFrame, name: str, slide_column: str | None = None) -> set:
     """Columns that look numeric but are no markers: columns of cell ids
-    (:func:`_looks_like_ids`) and columns with no entry at all; each is logged and kept in
-    ``obs`` (name it in ``marker_columns`` to use it)."""
+    (:func:`_looks_like_ids`, unique in the table or within each slide of
+    ``slide_column``), True/False columns and columns with no entry at all; each is logged
+    and kept in ``obs`` (name it in ``marker_columns`` to use it)."""
+    slides = None if slide_column is None else table[slide_column]
     left_out = set()
     for column in table.columns:
         entries = table[column]
         if entries.isna().all() or (entries.dtype == object and entries.astype(str).str.strip().eq("").all()):
             logger.warning("%s: column %r is empty; it is not a marker (kept in obs)", name, column)
             left_out.add(column)
-        elif _looks_like_ids(column, entries):
-            logger.warning("%s: column %r holds cell ids (unique whole numbers; a row index written with the "
-                           "table, e.g. by DataFrame.to_csv, or an id column); it is not a marker (kept in obs; "
-                           "name it in marker_columns to use it)", name, column)
+        elif pd.api.types.is_bool_dtype(entries.dtype):
+            logger.warning("%s: column %r holds True/False flags; it is not a marker (kept in obs; name it in "
+                           "marker_columns to use it)", name, column)
+            left_out.add(column)
+        elif column != slide_column and _looks_like_ids(column, entries, slides):
+            logger.warning("%s: column %r holds cell ids (whole numbers unique in the table or in each slide; a "
+                           "row index written with the table, e.g. by DataFrame.to_csv, or an id column); it is "
+                           "not a marker (kept in obs; name it in marker_columns to use it)", name, column)
             left_out.add(column)
     return left_out
 
 
-def _looks_like_ids(column, entries: pd.Series) -> bool:
-    """Unique whole numbers in a column named ``Unnamed: ...`` (a row index pandas wrote
-    with the table) or ending in ``id`` as a word of its own (``CellID``, ``cell_id``)."""
+def _looks_like_ids(column, entries: pd.Series, slides: pd.Series | None = None) -> bool:
+    """Whole numbers, unique in the table or within each of ``slides`` (ids that restart
+    in each image, as in MCMICRO's tables), in a column named ``Unnamed: ...`` (a row
+    index pandas wrote with the table) or ending in ``id`` as a word of its own
+    (``CellID``, ``cell_id``)."""
     name = str(column).strip()  # "CellID", "cell_id", "Object ID"; not "Amyloid" or "Lipid"
     named = name.startswith("Unnamed: ") or re.search(r"(^|[\s_.\-])id$", name, re.IGNORECASE) is not None \
         or re.search(r"[a-z0-9](ID|Id)$", name) is not None
-    return bool(named and pd.api.types.is_integer_dtype(entries.dtype) and entries.is_unique)
+    if not (named and pd.api.types.is_integer_dtype(entries.dtype)):
+        return False
+    if entries.is_unique:
+        return True
+    if slides is None:
+        return False
+    return not pd.DataFrame({"slide": slides.to_numpy(), "id": entries.to_numpy()}).duplicated().any()
 
 
 def _names(value) -> list:
@@ -500,18 +516,38 @@ def storable_obs(obs: pd.DataFrame) -> pd.DataFrame:
     >>> storable_obs(pd.DataFrame({"CD16/32": [1.0], "roi": ["a"]})).columns.tolist()
     ['CD16_32', 'roi']
     """
-    renamed = {column: str(column).replace("/", "_") for column in obs.columns if "/" in str(column)}
+    renamed = storable_names(obs)
     if not renamed:
         return obs
+    logger.warning("obs columns %s contain '/', which .zarr and .h5ad files cannot store: written as %s.",
+                   list(renamed), list(renamed.values()))
+    return obs.rename(columns=renamed)
+
+
+def storable_names(obs: pd.DataFrame) -> dict:
+    """``{column: name it is written under}`` for the ``obs`` columns with '/' in their
+    name (see :func:`storable_obs`); a ValueError when a new name is taken, which callers
+    can check before any work."""
+    renamed = {column: str(column).replace("/", "_") for column in obs.columns if "/" in str(column)}
     targets = list(renamed.values())
     taken = sorted({new for new in targets if new in obs.columns or targets.count(new) > 1})
     if taken:
         raise ValueError(f"`obs` columns {sorted(renamed)} contain '/', which .zarr and .h5ad files cannot store, "
                          f"and replacing it by '_' would give names twice ({taken}). Rename those columns "
-                         "(adata.obs.rename(columns=...)) before writing.")
-    logger.warning("obs columns %s contain '/', which .zarr and .h5ad files cannot store: written as %s.",
-                   list(renamed), list(renamed.values()))
-    return obs.rename(columns=renamed)
+                         "(adata.obs.rename(columns=...), or in the cell table) before writing.")
+    return renamed
+
+
+def storable_uns(uns, obs: pd.DataFrame) -> dict:
+    """``uns`` as it is written beside :func:`storable_obs`'s ``obs``: the slide column
+    ``utag()`` recorded (``uns['utag']['slide_key']``) under its written name, so that
+    the functions that find it there still find it after reading the file back."""
+    uns = dict(uns)
+    record = uns.get("utag")
+    renamed = storable_names(obs)
+    if isinstance(record, dict) and record.get("slide_key") in renamed:
+        uns["utag"] = {**record, "slide_key": renamed[record["slide_key"]]}
+    return uns
 
 
 def _write_store(result: AnnData, path: Path, features: bool) -> None:
@@ -520,12 +556,12 @@ def _write_store(result: AnnData, path: Path, features: bool) -> None:
 
     obsm = {key: value.compute() if isinstance(value, da.Array) else value for key, value in result.obsm.items()}
     obsp = dict(result.obsp)  # the graphs uns['neighbors'] and uns['spatial_neighbors'] point to
-    obs = storable_obs(result.obs)
+    obs, uns = storable_obs(result.obs), storable_uns(result.uns, result.obs)
     if features:
         written = AnnData(X=result.X, obs=obs, var=result.var, obsm=obsm, varm=dict(result.varm),
-                          obsp=obsp, uns=dict(result.uns))
+                          obsp=obsp, uns=uns)
     else:
-        written = AnnData(obs=obs, obsm=obsm, obsp=obsp, uns=dict(result.uns))
+        written = AnnData(obs=obs, obsm=obsm, obsp=obsp, uns=uns)
     with warnings.catch_warnings():  # anndata's and zarr's notices of defaults that will change
         for notice in ("Writing zarr v2", "zarr v3 autosharding", "Consolidated metadata"):
             warnings.filterwarnings("ignore", message=notice)

@@ -177,7 +177,8 @@ def no_work(monkeypatch):
     ("missing/deeper/out.h5ad", "does not exist; create it first"),
     ("a_directory.h5ad", "is a directory"),
     ("READ_ONLY/out.h5ad", "cannot write to the directory"),
-    ("out.csv", "--out must end in .h5ad"),
+    ("out.csv", "--out must be a file name ending in .h5ad or .zarr"),
+    (".h5ad", "--out must be a file name ending in .h5ad or .zarr (e.g. domains.h5ad), got"),
 ])
 def test_outputs_are_checked_before_any_work(cell_table, tmp_path, read_only_directory, no_work, capsys,
                                              command, where, message):
@@ -198,6 +199,7 @@ def test_outputs_are_checked_before_any_work(cell_table, tmp_path, read_only_dir
     ("missing/labels.csv", "--labels-csv .* does not exist"),
     ("READ_ONLY/labels.csv", "--labels-csv .* cannot write"),
     ("out.h5ad", "--out and --labels-csv name the same file"),
+    ("labels.zarr", "--labels-csv writes a CSV table, not a .zarr store"),
 ])
 def test_labels_csv_is_checked_with_out(cell_table, tmp_path, read_only_directory, no_work, capsys, labels, message):
     labels = str(tmp_path / labels).replace(str(tmp_path / "READ_ONLY"), str(read_only_directory))
@@ -387,6 +389,39 @@ def test_run_writes_columns_whose_names_hold_a_slash(cell_table, tmp_path, caplo
     written = anndata.read_zarr(out) if suffix == ".zarr" else anndata.read_h5ad(out)
     assert (written.obs["Class_Name"] == "tumour").all() and "Class/Name" not in written.obs
     assert "Class/Name" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5ad"])
+def test_a_slide_column_with_a_slash_stays_the_recorded_slide_key(cell_table, tmp_path, suffix):
+    from utag.analysis import spatial_edges
+
+    # written as "Image_Name", the column was still recorded as "Image/Name": read back,
+    # every downstream function found no slides and linked cells across them
+    path, table = cell_table
+    slashed = tmp_path / "slashed.csv"
+    table.rename(columns={"image": "Image/Name"}).to_csv(slashed, index=False)
+    out = tmp_path / f"domains{suffix}"
+    assert main(["run", str(slashed), "--out", str(out), "--x-column", "X_centroid", "--y-column", "Y_centroid",
+                 "--slide-column", "Image/Name", "--exclude", "area", "--method", "kmeans", "--resolutions", "0.3",
+                 "--quiet"]) == 0
+    written = anndata.read_zarr(out) if suffix == ".zarr" else anndata.read_h5ad(out)
+    assert written.uns["utag"]["slide_key"] == "Image_Name"
+    edges = spatial_edges(written, max_dist=20)  # slide_key="auto": the recorded one
+    slides = written.obs["Image_Name"].to_numpy()
+    assert len(edges.source) > 0 and (slides[edges.source] == slides[edges.target]).all()
+
+
+def test_a_slashed_column_whose_new_name_is_taken_is_refused_before_any_work(cell_table, tmp_path, capsys,
+                                                                            monkeypatch):
+    path, table = cell_table
+    clash = tmp_path / "clash.csv"
+    table.assign(**{"Class/Name": "a", "Class_Name": "b"}).to_csv(clash, index=False)
+    monkeypatch.setattr("utag.utag", lambda *args, **kwargs: pytest.fail("UTAG ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(clash), "--out", str(tmp_path / "out.h5ad"), "--x-column", "X_centroid", "--y-column",
+              "Y_centroid", "--slide-column", "image", "--exclude", "area", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "clash.csv: `obs` columns ['Class/Name'] contain '/'" in capsys.readouterr().err
 
 
 def test_run_names_an_input_it_cannot_read(tmp_path, capsys):

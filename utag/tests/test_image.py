@@ -79,3 +79,20 @@ def test_one_channel_by_name_names_as_an_index_and_a_nan_pixel(stack):
     red = rgb_image(holed, [2])[..., 0]
     assert red[0, 0] == 0 and red.max() == 1  # one NaN pixel blanked the whole channel
     np.testing.assert_allclose(red[1:], rgb_image(stack, [2])[..., 0][1:], atol=0.02)
+
+
+def test_an_image_added_to_one_slide_of_a_result_stays_with_that_slide():
+    import anndata
+    from anndata import ImplicitModificationWarning
+
+    # a view of one slide (as plotted): setdefault on anndata's DictView lost the image,
+    # or wrote it into the parent's uns['spatial']
+    for parent_images in ({}, {"spatial": {"r1": {"images": {}, "scalefactors": {}}}}):
+        parent = anndata.AnnData(np.zeros((4, 1)), obs={"roi": ["r0", "r0", "r1", "r1"]},
+                                 obsm={"spatial": np.ones((4, 2))}, uns=dict(parent_images))
+        roi = parent[parent.obs["roi"] == "r0"]
+        with pytest.warns(ImplicitModificationWarning):  # the view becomes its own AnnData
+            add_spatial_image(roi, np.zeros((10, 10, 3)), "r0")
+        assert "r0" in roi.uns["spatial"] and roi.uns["spatial"]["r0"]["images"]["hires"].shape == (10, 10, 3)
+        assert "r0" not in parent.uns.get("spatial", {})
+        assert list(roi.uns["spatial"]) == list(parent_images.get("spatial", {})) + ["r0"]

@@ -136,6 +136,25 @@ def test_columns_of_cell_ids_are_not_markers(table, tmp_path, caplog):
         "CD3", "CD20", "Amyloid", "Lipid"]
 
 
+def test_ids_that_restart_in_each_image_and_flag_columns_are_not_markers(table, tmp_path, caplog):
+    # several images in one table (MCMICRO): CellID counts from 1 in each image; a QC flag
+    # of True/False. Either as a marker dominated the PCA (ARI 0.37 -> 0.03 in a bug hunt)
+    cells = pd.concat([table, table.assign(image="r2")], ignore_index=True)
+    cells["CellID"] = np.tile(np.arange(1, 6), 2)
+    cells["on_edge"] = [True, False] * 5
+    path = tmp_path / "cells.csv"
+    cells.to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING, logger="utag"):
+        adata = read_cell_table(path, slide_column="image")
+    assert list(adata.var_names) == ["CD3", "CD20"]
+    assert "'CellID' holds cell ids" in caplog.text and "'on_edge' holds True/False flags" in caplog.text
+    assert {"CellID", "on_edge"} <= set(adata.obs.columns)
+    # without the slide column the repeated numbers are no ids: a marker, as before
+    assert "CellID" in read_cell_table(cells.drop(columns="image")).var_names
+    # repeated within one image: no ids either
+    cells.loc[1, "CellID"] = 1
+    assert "CellID" in read_cell_table(cells, slide_column="image").var_names
+
 def test_slide_names_stay_text_and_column_names_may_be_one_string(table, tmp_path):
     path = tmp_path / "cells.csv"
     table.assign(image=["001", "001", "010", "010", "010"]).to_csv(path, index=False)
