@@ -14,7 +14,15 @@ import scipy.sparse as sp
 
 from ._keys import label_key
 from ._progress import Stopwatch
-from .clustering import Neighbourhood, cluster, cluster_many, kmeans_resolution, merge_small_domains, relabel_by_size
+from .clustering import (
+    ClusteringTask,
+    Neighbourhood,
+    cluster,
+    cluster_many,
+    kmeans_resolution,
+    merge_small_domains,
+    relabel_by_size,
+)
 from .embedding import Embedding
 from .sketch import assign_by_vote, sketch_cells
 from .tuning import DEFAULT_RESOLUTIONS, recommended_resolutions, resolution_for_n_domains, score_exponents, sweep
@@ -195,9 +203,8 @@ def _cluster_runs(runs: list[Run], neighbourhood: Neighbourhood, random_state: i
         todo = [i for i, run in enumerate(runs) if run.method == method and run.labels is None]
         resolutions = ", ".join(str(runs[i].resolution) for i in todo)
         with watch(f"{method} {resolutions}"):
-            labels = cluster_many(neighbourhood,
-                                  [(method, runs[i].resolution, random_state, runs[i].kwargs) for i in todo],
-                                  n_jobs=n_jobs, progress=progress, min_cells=min_cells)
+            tasks = [ClusteringTask(method, runs[i].resolution, random_state, runs[i].kwargs) for i in todo]
+            labels = cluster_many(neighbourhood, tasks, n_jobs=n_jobs, progress=progress, min_cells=min_cells)
         for i, run_labels in zip(todo, labels):
             done[i] = runs[i]._replace(labels=run_labels)
     return done

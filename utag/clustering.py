@@ -34,6 +34,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,6 +56,7 @@ __all__ = [
     "relabel_by_size",
     "cluster",
     "cluster_many",
+    "ClusteringTask",
     "cluster_means",
     "soft_assignments",
     "feature_scale",
@@ -416,7 +418,22 @@ def _merged(labels, neighbourhood: Neighbourhood, min_cells: int, keep: int = 1)
     return relabel_by_size(labels)
 
 
-def _cluster_steps(neighbourhood: Neighbourhood, task: tuple, min_cells: int):
+class ClusteringTask(NamedTuple):
+    """One run of :func:`cluster_many`: ``method`` at ``resolution``, seeded with
+    ``random_state``, with the backend's keywords ``kwargs``."""
+
+    method: str
+    resolution: float
+    random_state: int
+    kwargs: dict
+
+    def is_threaded(self) -> bool:
+        """Whether the run is the compiled Leiden or PARC (``flavor="fast"``), which
+        releases the GIL: such runs share one graph in threads."""
+        return self.method in ("leiden", "parc") and self.kwargs.get("flavor", "fast") == "fast"
+
+
+def _cluster_steps(neighbourhood: Neighbourhood, task: ClusteringTask, min_cells: int):
     """:func:`cluster` for ``task`` as a generator that returns the labels: a compiled
     Leiden run yields after each level of the algorithm, anything else runs in one step."""
     method, resolution, seed, kwargs = task
@@ -493,8 +510,9 @@ def _shared_run(task) -> np.ndarray:
 
 def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None = None,
                  progress: bool = False, min_cells: int = 0) -> list[np.ndarray]:
-    """:func:`cluster` for every ``(method, resolution, random_state, kwargs)`` task, in order
-    (domains under ``min_cells`` cells merged).
+    """:func:`cluster` for every task, a :class:`ClusteringTask` or a tuple ``(method,
+    resolution, random_state, kwargs)``, in order (domains under ``min_cells`` cells
+    merged).
 
     The compiled Leiden and PARC (``flavor="fast"``, the default) release the GIL, so their
     runs share one graph in ``n_jobs`` threads (default: one per core), which take turns
@@ -504,27 +522,25 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
     uses the cores itself).
     Every run is seeded on its own, so the labels do not depend on ``n_jobs``.
     """
+    tasks = [ClusteringTask(*task) for task in tasks]
     cores = n_threads(n_jobs)  # None and -1: every core
     n_jobs = max(1, min(cores, len(tasks)))
     bar = tqdm(total=len(tasks), desc="clustering", disable=not progress or not tasks)
 
-    def run(task):
-        labels = cluster(task[0], neighbourhood, task[1], task[2], min_cells, **task[3])
+    def run(task: ClusteringTask):
+        labels = cluster(task.method, neighbourhood, task.resolution, task.random_state, min_cells, **task.kwargs)
         bar.update()
         return labels
 
-    def fast(task):
-        return task[0] in ("leiden", "parc") and task[3].get("flavor", "fast") == "fast"
-
     results: list = [None] * len(tasks)
-    threaded = [i for i, task in enumerate(tasks) if fast(task)]
-    forked = [i for i, task in enumerate(tasks) if task[0] == "leiden" and not fast(task)]
+    threaded = [i for i, task in enumerate(tasks) if task.is_threaded()]
+    forked = [i for i, task in enumerate(tasks) if task.method == "leiden" and not task.is_threaded()]
     large = neighbourhood.connectivities.shape[0] >= FORK_MIN_CELLS
     try:
         # built once, in every thread allowed, before the runs share them
-        for use_weights in {tasks[i][3].get("use_weights", True) for i in threaded if tasks[i][0] == "leiden"}:
+        for use_weights in {tasks[i].kwargs.get("use_weights", True) for i in threaded if tasks[i].method == "leiden"}:
             neighbourhood.leiden_arrays(bool(use_weights), cores)
-        if any(tasks[i][0] == "parc" for i in threaded):
+        if any(tasks[i].method == "parc" for i in threaded):
             neighbourhood.parc_arrays(cores)
         if threaded and n_jobs > 1:
             steps = [_cluster_steps(neighbourhood, tasks[i], min_cells) for i in threaded]
@@ -532,10 +548,10 @@ def cluster_many(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None =
                 results[i] = labels
         if forked and n_jobs > 1 and large and "fork" in multiprocessing.get_all_start_methods():
             for i in forked:  # build once, before forking
-                neighbourhood.igraph_of(tasks[i][3])
+                neighbourhood.igraph_of(tasks[i].kwargs)
             _SHARED.update(neighbourhood=neighbourhood, min_cells=min_cells)
             runs = map_processes(_shared_run, [tasks[i] for i in forked], n_workers=n_jobs,
-                                 names=[f"{tasks[i][0]} at resolution {tasks[i][1]}" for i in forked],
+                                 names=[f"{tasks[i].method} at resolution {tasks[i].resolution}" for i in forked],
                                  what="run", hint="pass fewer n_jobs (or parallel=False) or cluster fewer cells",
                                  start="fork")  # the workers share the graph; igraph runs no OpenMP
             for i, labels in zip(forked, runs):
@@ -787,8 +803,16 @@ def merge_small_domains(labels: np.ndarray, connectivities: sp.csr_matrix, embed
         weight = sizes[label] / (sizes[label] + sizes[target])
         centroids[target] = (1 - weight) * centroids[target] + weight * centroids[label]
         sizes[target] += sizes[label]
-        links[target] += links[label]
-        links[:, target] += links[:, label]
+        merge_domain_links(links, mapping, target, label)
         links[target, target] = 0.0
-        mapping[mapping == label] = target
     return relabel_by_size(mapping[labels])
+
+
+def merge_domain_links(links: np.ndarray, mapping: np.ndarray, into: int, away: int) -> None:
+    """Domain ``away`` merged into ``into``, in place: its links to every domain (the
+    domains x domains matrix of :func:`domain_links`) added to ``into``'s, both ways, and
+    its labels in ``mapping`` (label -> domain) pointed at ``into``. The diagonal is the
+    caller's: it then holds the links within the merged domain."""
+    links[into] += links[away]
+    links[:, into] += links[:, away]
+    mapping[mapping == away] = into

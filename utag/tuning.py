@@ -27,7 +27,16 @@ from . import _validation as check
 from . import multiscale
 from ._keys import SWEEP_KEY, sweep_entry
 from ._order import canonical_order, rows_back
-from .clustering import Neighbourhood, cluster, cluster_many, domain_links, min_domain_cells, relabel_by_size
+from .clustering import (
+    ClusteringTask,
+    Neighbourhood,
+    cluster,
+    cluster_many,
+    domain_links,
+    merge_domain_links,
+    min_domain_cells,
+    relabel_by_size,
+)
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, check_graph_fits, slide_cells
 from .labels import align_labels, consistent_labels, domain_hierarchy
 from .message_passing import as_float32, slide_messages
@@ -115,8 +124,8 @@ def tissue_of(result: AnnData, slide_key: str | None = check.RECORDED_SLIDE_KEY)
 def _run_all(neighbourhood: Neighbourhood, tasks: list, n_jobs: int | None, progress: bool,
              min_cells: int = 0) -> list:
     """Leiden labels (int32) for every (resolution, seed, kwargs) task."""
-    runs = cluster_many(neighbourhood, [("leiden", resolution, seed, kwargs) for resolution, seed, kwargs in tasks],
-                        n_jobs=n_jobs, progress=progress, min_cells=min_cells)
+    tasks = [ClusteringTask("leiden", resolution, seed, kwargs) for resolution, seed, kwargs in tasks]
+    runs = cluster_many(neighbourhood, tasks, n_jobs=n_jobs, progress=progress, min_cells=min_cells)
     return [labels.astype(np.int32) for labels in runs]
 
 
@@ -554,11 +563,9 @@ def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domain
         gain[:, ~alive] = -np.inf
         a, b = np.unravel_index(np.argmax(gain), gain.shape)
         a, b = min(a, b), max(a, b)
-        links[a] += links[b]
-        links[:, a] += links[:, b]
+        merge_domain_links(links, mapping, a, b)
         degree[a] += degree[b]
         alive[b] = False
-        mapping[mapping == b] = a
     return relabel_by_size(mapping[labels])
 
 
