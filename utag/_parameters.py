@@ -90,6 +90,7 @@ def check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pc
     leiden_kwargs, parc_kwargs, kmeans_kwargs = check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
                                                                       kmeans_kwargs)
     pca_kwargs = _checked_pca_kwargs(pca_kwargs)
+    check.kwargs_dict("umap_kwargs", umap_kwargs)  # recorded in uns['utag'] whether or not UMAP runs
     if apply_umap:
         _check_umap_kwargs(umap_kwargs)
     n_comps = check.as_int("pca_kwargs['n_comps']", pca_kwargs.pop("n_comps", 10))

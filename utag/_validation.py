@@ -26,11 +26,32 @@ def as_list(values) -> list:
 
 def as_int(name: str, value, minimum: int = 1) -> int:
     """Accept ints and integral floats (R sends ``10`` as ``10.0``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value != int(value):
         raise ValueError(f"`{name}` must be a whole number, got {value!r}.")
     if int(value) < minimum:
         raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}.")
     return int(value)
+
+
+def n_jobs(value, name: str = "n_jobs") -> int | None:
+    """Threads: ``None`` or ``-1`` (every core) or a whole number of at least 1."""
+    if value is None or (not isinstance(value, bool) and isinstance(value, numbers.Real) and value == -1):
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value != int(value) or value < 1:
+        raise ValueError(f"`{name}` must be a number of threads (1 or more), or None or -1 for one per core; "
+                         f"got {value!r}.")
+    return int(value)
+
+
+def names_list(name: str, values) -> list:
+    """``values``, one name or several, as a list; anything else is refused naming ``name``."""
+    if isinstance(values, str):
+        return [values]
+    if isinstance(values, Iterable) and not isinstance(values, (bytes, dict)):
+        return list(values)
+    raise ValueError(f"`{name}` must be a name or a list of names, got {values!r}.")
 
 
 def seed(value, name: str = "random_state") -> int:
@@ -227,9 +248,10 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
     """Positions of ``channels_to_use`` in ``var_names`` (None keeps all)."""
     if channels_to_use is None:
         return None
-    if isinstance(channels_to_use, str):
-        channels_to_use = [channels_to_use]
-    channels = list(channels_to_use)
+    if not isinstance(channels_to_use, Iterable) or isinstance(channels_to_use, np.generic):
+        raise ValueError(f"`channels_to_use` must be a list of feature names (or of positions, or a mask), got "
+                         f"{channels_to_use!r}; pass None to use every feature.")
+    channels = [channels_to_use] if isinstance(channels_to_use, str) else list(channels_to_use)
     if not channels:
         raise ValueError("`channels_to_use` is empty; pass None to use every feature.")
     if all(isinstance(c, (bool, np.bool_)) for c in channels):  # a mask over the features

@@ -281,6 +281,8 @@ def domain_connectivity(
     >>> sorted(result) == sorted(adata.uns["domain_connectivity"])
     True
     """
+    if key_added is not None:
+        check.save_key(key_added, "key_added", "the uns key the tables are stored under")
     result = _connectivity_tables(adata, domain_key, slide_key, max_dist, graph_key)
     adata.uns[key_added or table_key(domain_key, "connectivity")] = result
     return result
@@ -539,6 +541,8 @@ def measure_per_domain_cell_type_colocalization(
     >>> len(table)  # 2 domains x 6 unordered pairs of 3 cell types
     12
     """
+    if key_added is not None:
+        check.save_key(key_added, "key_added", "the uns key the table is stored under")
     random_state = check.seed(random_state)
     n_permutations = check.as_int("n_permutations", n_permutations)
     within = _within_domain(adata, domain_key, celltype_key, slide_key, max_dist, graph_key)

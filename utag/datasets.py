@@ -100,6 +100,7 @@ def synthetic_tissue(
     (['slide', 'cell_type', 'domain'], ['domain_0', 'domain_1', 'domain_2'])
     """
     random_state = check.seed(random_state)
+    check.save_key(slide_key, "slide_key", "the obs column naming each cell's slide")
     n_cells = as_int("n_cells", n_cells)
     n_slides = as_int("n_slides", n_slides)
     n_markers = as_int("n_markers", n_markers)

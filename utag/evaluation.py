@@ -11,6 +11,7 @@ from sklearn import metrics
 
 from . import _validation as check
 from ._keys import written_labels
+from ._order import canonical_order
 from ._validation import POOLED
 from .analysis import _labels, domain_composition, spatial_edges
 
@@ -208,7 +209,13 @@ def evaluate_clustering(
     has_graph = max_dist is not None or graph_key in adata.obsp
     edges = spatial_edges(adata, slide_key, max_dist, graph_key) if has_graph else None
     embedding = adata.obsm[use_rep] if use_rep in adata.obsm else None
-    sample = np.random.default_rng(random_state).permutation(adata.n_obs)[:n_silhouette]
+    sample = None
+    if embedding is not None:  # drawn from the cells in an order of their own, not the rows'
+        embedding = np.asarray(embedding)
+        where = np.asarray(adata.obsm["spatial"], dtype=float) if "spatial" in adata.obsm else embedding
+        order = canonical_order(np.zeros(adata.n_obs, dtype=np.int64), where, embedding)
+        sample = np.random.default_rng(random_state).permutation(adata.n_obs)[:n_silhouette]
+        sample = sample if order is None else order[sample]
     rows = []
     for key in domain_keys:
         labels, names = _labels(adata, key)

@@ -615,6 +615,7 @@ def spatial_neighbors(
     """
     check.check_n_cells(adata, features=False)  # only the coordinates are needed
     max_dist = check.check_positive("max_dist", max_dist)
+    check.save_key(key_added, "key_added", "the start of the obsp and uns keys written")
     coords = check.spatial_coordinates(adata)
     codes, names = check.slide_codes(adata, slide_key)
     check_graph_fits(coords, codes, max_dist, SPATIAL_GRAPH_BYTES_PER_PAIR, GRAPH_BYTES_PER_CELL)

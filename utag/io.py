@@ -476,7 +476,14 @@ def write_domains(result: AnnData, path, features: bool = False, overwrite: bool
     >>> anndata.read_zarr(path).obs["UTAG Label_kmeans_0.3"].nunique()
     3
     """
+    if str(path).strip() in ("", "."):
+        raise ValueError(f"`path` must name the .zarr store to write (e.g. 'domains.zarr'), got {str(path)!r}.")
     path = Path(path)
+    if path.suffix.lower() == ".h5ad":  # a store named .h5ad is a folder that read_h5ad cannot open
+        raise ValueError(f"write_domains writes a .zarr store, but `path` {str(path)!r} ends in .h5ad: name it "
+                         "'....zarr', or write an .h5ad file with `result.write_h5ad(path)`.")
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise ValueError(f"`overwrite` must be True or False, got {overwrite!r}.")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):  # nothing there to lose
         _write_store(result, path, features)
     elif not overwrite:

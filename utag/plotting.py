@@ -8,6 +8,7 @@ figure here and in ``scanpy.pl``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -95,6 +96,8 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     if isinstance(palette, str):
         colormap = plt.get_cmap(palette)
         palette = [colormap(i / max(len(names) - 1, 1)) for i in range(len(names))]
+    if not isinstance(palette, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+        raise ValueError(f"`palette` must be a list of matplotlib colours or a colormap name, got {palette!r}.")
     palette = list(palette)
     if len(palette) < len(names):
         colormap = plt.get_cmap("hsv")
@@ -193,6 +196,11 @@ def plot_domains(
     2
     """
     coords = check.spatial_coordinates(adata)
+    panel_size = check.check_positive("panel_size", panel_size, "It is each panel's width in inches.")
+    if point_size is not None:
+        point_size = check.check_positive("point_size", point_size, "It is the dots' area in points^2.")
+    if scale_bar is not None:
+        scale_bar = check.check_positive("scale_bar", scale_bar)
     labels, names = _labels(adata, key)
     colors = domain_colors(adata, key)
     rgba = to_rgba_array([colors[n] for n in names] + ["lightgrey"])  # last: missing label
@@ -258,6 +266,10 @@ def _connectivity(adata, domain_key, connectivity, slide_key, max_dist) -> dict[
     stored; else counted from the spatial graph in ``obsp``. Given or stored tables must
     be of the current domains (they may have been counted before the labels changed):
     they are put in the current order of the domains."""
+    if connectivity is not None and not (isinstance(connectivity, dict) and _square_tables(connectivity)):
+        raise ValueError("`connectivity` must be the dict of tables utag.analysis.domain_connectivity returns "
+                         f"(domain x domain DataFrames by name), got {type(connectivity).__name__}; or leave it "
+                         "out to use the stored tables or to count them (with max_dist).")
     if connectivity is None and max_dist is not None:
         return _connectivity_tables(adata, domain_key, slide_key, max_dist)
     tables = connectivity if connectivity is not None else adata.uns.get(table_key(domain_key, "connectivity"))
@@ -357,6 +369,9 @@ def plot_domain_network(
     import networkx as nx
 
     random_state = check.seed(random_state)
+    if isinstance(min_weight, bool) or not isinstance(min_weight, numbers.Real) or np.isnan(min_weight):
+        raise ValueError(f"`min_weight` must be a number (edges of that weight or less are not drawn), got "
+                         f"{min_weight!r}.")
     if layout not in ("spring", "circular"):
         raise ValueError(f"`layout` must be 'spring' or 'circular', got {layout!r}.")
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
@@ -461,6 +476,8 @@ def plot_chord(
     >>> len(fig.axes[0].patches) > 4  # 4 arcs and the ribbons between them
     True
     """
+    if isinstance(gap, bool) or not isinstance(gap, numbers.Real) or not 0 <= gap < 1:
+        raise ValueError(f"`gap` must be a fraction of the circle from 0 to below 1 (default 0.03), got {gap!r}.")
     tables = _connectivity(adata, domain_key, connectivity, slide_key, max_dist)
     _choice("weight", weight, _square_tables(tables))
     matrix = np.nan_to_num(np.asarray(tables[weight], dtype=float)).clip(0)
@@ -657,6 +674,8 @@ def plot_colocalization(
     limit = max(float(np.nanmax(np.abs(table[value]))), 1e-9)
     ncols = min(check.as_int("ncols", ncols, minimum=1), len(domains))
     nrows = math.ceil(len(domains) / ncols)
+    if panel_size is not None:
+        panel_size = check.check_positive("panel_size", panel_size, "It is each panel's width in inches.")
     panel_size = panel_size or max(4.0, 2.5 + 0.25 * len(types))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False,
                              layout="constrained")

@@ -91,10 +91,11 @@ def utag(
     ----------
     adata
         Cells x features (marker intensities, or gene expression), with centroids in
-        ``adata.obsm['spatial']`` (n_cells x 2). Dense or sparse, any numeric dtype.
-        Never modified.
+        ``adata.obsm['spatial']`` (n_cells x 2, or x 3 for cells placed in 3-D). Dense or
+        sparse, any numeric dtype. Never modified.
     channels_to_use
-        Feature names to use (default: all of ``adata.var_names``).
+        Feature names to use (default: all of ``adata.var_names``); as in the original,
+        their positions or a boolean mask over the features are taken too.
     slide_key
         Column of ``adata.obs`` naming each cell's slide/image; graphs never connect
         different slides. ``None``: all cells are one slide. Default ``"Slide"``.

@@ -275,7 +275,8 @@ def transfer_labels(
                          "with apply_clustering=True.")
     if method not in ("centroid", "knn"):
         raise ValueError(f"`method` must be 'centroid' or 'knn', got {method!r}.")
-    keys = list(model["centroids"]) if keys is None else ([keys] if isinstance(keys, str) else list(keys))
+    keys = list(model["centroids"]) if keys is None else check.names_list("keys", keys)
+    n_jobs = check.n_jobs(n_jobs)
     unknown = [k for k in keys if k not in model["centroids"]]
     if unknown:
         raise ValueError(f"`keys` {unknown} are not labellings of the model ({list(model['centroids'])}).")

@@ -166,7 +166,9 @@ def resolution_sweep(
       domains, ``rank`` 1 the best.
 
     The most typical run of every resolution is kept in ``result.uns[key_added]`` with
-    the table (``result`` is changed only there). ``n_jobs``: threads for the Leiden runs
+    the table (``result`` is changed only there). ``leiden_kwargs``: keywords of the Leiden
+    runs, as in :func:`utag.utag` (e.g. ``{"flavor": "igraph"}``; default: the compiled
+    Leiden's defaults). ``n_jobs``: threads for the Leiden runs
     (default: one per core; results do not depend on it). ``slide_key``: the slides of
     ``result.obsm['spatial']`` (default ``"auto"``: the one ``utag()`` recorded; ``None``: one slide). ``flavor``: whose
     score to use (default: the flavour ``utag()`` recorded, else ``"utag"``). Why this score:
@@ -184,6 +186,7 @@ def resolution_sweep(
     ['resolution', 'n_domains', 'stability', 'agreement']
     """
     random_state = check.seed(random_state)
+    leiden_kwargs, n_jobs = check.kwargs_dict("leiden_kwargs", leiden_kwargs), check.n_jobs(n_jobs)
     check.save_key(key_added, "key_added", "the uns key the sweep is written under")
     neighbourhood, coords, codes, order = _in_canonical_order(result, slide_key)
     min_cells = min_domain_cells(min_domain_size, result.n_obs)
@@ -383,6 +386,7 @@ def recommended_resolutions(table: pd.DataFrame | AnnData, n: int = 1) -> list[f
     lacking = [column for column in ("resolution", "recommended", "rank") if column not in columns]
     if lacking:
         raise ValueError(f"`table` must be the table resolution_sweep() returns; it lacks the columns {lacking}.")
+    n = check.as_int("n", n, minimum=1)
     chosen = (table[table["recommended"]] if table["recommended"].any() else table).sort_values("rank")
     return [float(r) for r in chosen["resolution"].head(n)]
 
@@ -424,6 +428,10 @@ def resolution_for_n_domains(
        every labelled dataset (``docs/choosing.md``): merging on the tissue scores higher
        on most of them.
 
+    ``leiden_kwargs``: keywords of the Leiden runs, as in :func:`utag.utag`;
+    ``max_steps``: bisection steps at most (default 40; 0 skips the bisection and merges
+    the domains of ``high``).
+
     Returns
     -------
     ``(resolution, labels)``: labels ``0..n_domains-1`` by decreasing size (fewer only
@@ -461,7 +469,7 @@ def resolution_for_n_domains(
     # each of K domains should hold a real share of the tissue: at least a tenth of 1/K
     share_cells = math.ceil(n_cells / (10 * n_domains))
     min_cells = max(min_domain_cells(min_domain_size, n_cells), share_cells)
-    kwargs = dict(leiden_kwargs or {})
+    kwargs = check.kwargs_dict("leiden_kwargs", leiden_kwargs)
 
     def count(resolution):
         labels = cluster("leiden", neighbourhood, resolution, random_state, min_cells, **kwargs)
@@ -595,10 +603,14 @@ def _domain_radius(median_nearest: float) -> float:
     return float(f"{DOMAIN_RADIUS_FACTOR * median_nearest:.2g}")
 
 
-def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
+def suggest_max_dist(adata: AnnData, slide_key: str | None = check.RECORDED_SLIDE_KEY) -> float:
     """A ``max_dist`` for domains: :data:`DOMAIN_RADIUS_FACTOR` times the median distance
     from a cell to its nearest cell (same slide; at another position, so that cells
     mapped onto spots or binned to a grid count), rounded to 2 significant digits.
+
+    ``slide_key``: the column of ``adata.obs`` naming each cell's slide (default
+    ``"auto"``: the one ``utag()`` recorded in a result, else none; ``None``: the cells
+    are one slide). Pass it for an input with several slides, whose coordinates may overlap.
 
     What ``utag(..., max_dist="auto")`` uses, and what :func:`max_dist_report` suggests.
     ``benchmarks/radius.py`` shows how its domains compare with the best radius in
@@ -611,7 +623,7 @@ def suggest_max_dist(adata: AnnData, slide_key: str | None = None) -> float:
     35.0
     """
     coords = check.spatial_coordinates(adata)
-    codes, _ = check.slide_codes(adata, slide_key)
+    codes, _ = check.slide_codes(adata, check.recorded_slide_key(adata, slide_key))
     radius = domain_radius(coords, codes)
     if radius is None:
         raise ValueError("`max_dist='auto'` needs slides of at least 2 cells at distinct positions; "
@@ -629,7 +641,7 @@ def domain_radius(coords: np.ndarray, slide_codes: np.ndarray) -> float | None:
 def max_dist_report(
     adata: AnnData,
     max_dists=None,
-    slide_key: str | None = None,
+    slide_key: str | None = check.RECORDED_SLIDE_KEY,
     n_neighbors: int = 15,
     channels_to_use=None,
     *,
@@ -654,7 +666,10 @@ def max_dist_report(
     nearest (on a log scale) to :func:`suggest_max_dist`, the radius domains need.
 
     ``max_dists`` default: 1, 1.5, 2, 3, 4, 6, 8 and 12 times the median distance from a
-    cell to its nearest neighbour.
+    cell to its nearest neighbour. ``slide_key``: the column of ``adata.obs`` naming each
+    cell's slide (default ``"auto"``: the one ``utag()`` recorded in a result, else none;
+    ``None``: the cells are one slide). ``channels_to_use``: the features whose identical
+    profiles are counted, as in :func:`utag.utag` (default: every feature).
 
     ``flavor="multiscale"`` (and ``kernel_widths``, as in :func:`utag.utag`) reports the
     graph that flavour builds for each ``max_dist``: its radius is ``graph_radius``
@@ -670,6 +685,7 @@ def max_dist_report(
     [[5.0, False], [20.0, False], [35.0, True], [60.0, False]]
     """
     coords = check.spatial_coordinates(adata)
+    slide_key = check.recorded_slide_key(adata, slide_key)
     codes, names = check.slide_codes(adata, slide_key)
     if len(names) > 1:  # the pooled rows are named POOLED
         check.check_no_slide_named_pooled(names, slide_key)

@@ -193,8 +193,10 @@ def add_spatial_image(
     the original did) and replaces ``adata.uns['spatial']`` with
     ``{'image': {'images': {'hires': image}, 'scalefactors': {'tissue_hires_scalef': 1,
     'spot_diameter_fullres': 1}}}``, where ``image`` is
-    :func:`rgbfy_multiplexed_image` of the other arguments (note the different
-    defaults). Returns ``adata``.
+    :func:`rgbfy_multiplexed_image` of the other arguments (``image_path``,
+    ``rgb_channels``, ``log_transform``, ``median_filter``, ``scale_method``,
+    ``contrast_percentile``, ``gamma``, ``gain``: see that function; note the different
+    defaults here, the original's). Returns ``adata``.
 
     Examples
     --------
@@ -287,7 +289,9 @@ def draw_network(
     and colour (``YlOrRd``) scaled from ``edge_weight_baseline`` to
     ``edge_weight_baseline + edge_weight`` by its count (``log(count + 1)`` with
     ``log_transform``). Spring layout with seed 42 and ``k=1``. Nodes are outlined in the
-    domain colours of ``uns[f"{node_key}_colors"]`` if present, else light grey.
+    domain colours of ``uns[f"{node_key}_colors"]`` if present, else light grey, and
+    labelled in ``font_size`` points; ``figsize`` and ``dpi`` size a new figure (unless
+    ``ax`` is given).
 
     Returns
     -------
