@@ -126,10 +126,8 @@ def _plan_runs(p: Parameters, neighbourhood: Neighbourhood, coords: np.ndarray, 
         logger.info("resolutions='auto' chose %s (see uns['utag_resolution_sweep'])", resolutions)
         chosen = int(swept.table.loc[swept.table["resolution"] == resolutions[0], "n_domains"].iloc[0])
         backend_kwargs = {**backend_kwargs, "kmeans": {**backend_kwargs["kmeans"], "n_clusters": chosen}}
-    def key_resolution(method: str, resolution: float) -> float:  # k-means after "auto": Leiden's count
-        return kmeans_resolution(chosen) if p.auto and method == "kmeans" else resolution
-
-    runs = [Run(method, key_resolution(method, resolution), backend_kwargs[method], None)
+    runs = [Run(method, kmeans_resolution(chosen) if p.auto and method == "kmeans" else resolution,
+                backend_kwargs[method], None)  # after "auto", k-means takes Leiden's count of domains
             for resolution in resolutions for method in p.methods]
     if p.n_domains is not None:
         with watch(f"resolution for {p.n_domains} domains"):

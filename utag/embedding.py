@@ -33,6 +33,8 @@ from ._progress import Stopwatch
 __all__ = [
     "Embedding",
     "embed",
+    "fit_pca",
+    "neighbour_graphs",
     "pca",
     "nearest_neighbors",
     "exact_neighbors",
@@ -834,24 +836,30 @@ def embed(features, n_comps: int = 10, pca_kwargs: dict | None = None, n_neighbo
     unless there is one feature or none varies (:func:`_fit_pca`). The kNN graph is built
     on ``use_rep`` (``"X"``: the features, ``"X_pca"``: the PCA). ``watch``: a
     :class:`utag._progress.Stopwatch`. ``rows``: build the kNN graph on these cells only
-    (a sketch; the PCA is of every cell), or a function choosing them from the PCA
-    embedding; kept in ``rows``. ``n_jobs``: threads for the kNN graph (``None``: every
-    core; the same graph for any number). ``slides``: each cell's slide code (where cells
-    cut off with copies of their profile are counted, :func:`cut_off_cells`).
+    (a sketch; the PCA is of every cell); kept in ``rows``. ``n_jobs``: threads for the
+    kNN graph (``None``: every core; the same graph for any number). ``slides``: each
+    cell's slide code (where cells cut off with copies of their profile are counted,
+    :func:`cut_off_cells`). It is :func:`fit_pca` then :func:`neighbour_graphs`.
     """
     random_state = check.seed(random_state)
     n_neighbors = check.as_int("n_neighbors", n_neighbors)
+    fitted = fit_pca(features, n_comps, pca_kwargs, random_state, watch)
+    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, watch, rows, n_jobs,
+                            slides)
+
+
+def fit_pca(features, n_comps: int = 10, pca_kwargs: dict | None = None, random_state: int = 0,
+            watch=None) -> dict:
+    """The PCA :func:`embed` takes of every cell (``n_comps`` capped, see there): a dict
+    with the float32 ``"embedding"``, ``"components"``, ``"variance"``,
+    ``"variance_ratio"`` and ``"params"``, timed as "PCA" by ``watch``."""
     watch = watch or Stopwatch()
     pca_kwargs = dict(pca_kwargs or {})
     n_comps = pca_kwargs.pop("n_comps", n_comps)  # as utag() takes it (capped; no reason for scanpy's PCA)
     with watch("PCA"):
-        fitted = _fit_pca(features, capped_n_comps(n_comps, *features.shape), random_state, pca_kwargs)
+        fitted = _fit_pca(features, capped_n_comps(n_comps, *features.shape), check.seed(random_state), pca_kwargs)
         fitted["embedding"] = np.ascontiguousarray(fitted["embedding"], dtype=np.float32)
-    if callable(rows):
-        with watch("sketch"):
-            rows = rows(fitted["embedding"])
-    return neighbour_graphs(fitted, features, n_neighbors, knn_method, random_state, use_rep, watch, rows, n_jobs,
-                            slides)
+    return fitted
 
 
 def capped_n_comps(n_comps: int, n_cells: int, n_features: int) -> int:

@@ -34,7 +34,7 @@ from ._runs import (
     run_clustering,
 )
 from .clustering import feature_scale, feature_spread, soft_assignments
-from .embedding import Embedding, embed
+from .embedding import Embedding, fit_pca, neighbour_graphs
 from .graph import MESSAGE_PASSING_BYTES_PER_PAIR, STORED_GRAPH_BYTES_PER_PAIR, mean_neighbours
 from .message_passing import as_float32_less_shift, pass_messages, whole_means, wider_than_float32
 from .transfer import build_model
@@ -406,10 +406,14 @@ def _embed(aggregated, codes: np.ndarray, p: Parameters, may_sketch: bool, rando
     """Step 3's embedding: the PCA of every cell and the kNN graph (of a sketch of the
     cells when ``p.sketch_size`` asks for one and ``may_sketch``)."""
     sketching = bool(p.sketch_size) and may_sketch
-    choose = (lambda embedding: choose_sketch(embedding, codes, p, random_state)) if sketching else None
+    fitted = fit_pca(aggregated, p.n_comps, p.pca_kwargs, random_state, watch)
+    sample = None
+    if sketching:  # chosen in the PCA of every cell
+        with watch("sketch"):
+            sample = choose_sketch(fitted["embedding"], codes, p, random_state)
     knn_method = knn_method_for(p, p.sketch_size if sketching else None, len(codes))
-    return embed(aggregated, p.n_comps, p.pca_kwargs, p.n_neighbors, knn_method, random_state, p.use_rep,
-                 watch=watch, rows=choose, n_jobs=n_jobs, slides=codes)
+    return neighbour_graphs(fitted, aggregated, p.n_neighbors, knn_method, random_state, p.use_rep, watch,
+                            rows=sample, n_jobs=n_jobs, slides=codes)
 
 
 def _transfer_model(aggregated, input_var: pd.DataFrame, embedded: Embedding, labels: dict, p: Parameters,
