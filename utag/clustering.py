@@ -138,7 +138,8 @@ def _igraph(matrix: sp.spmatrix, directed: bool):
 
 @contextlib.contextmanager
 def _igraph_seed(random_state: int):
-    """Seed igraph's random number generator for one call, then restore the default."""
+    """Seed igraph's random number generator for one call, then restore the default
+    (Python's ``random`` module: igraph offers no way to read a generator set before)."""
     import igraph as ig
 
     ig.set_random_number_generator(random.Random(random_state))

@@ -151,10 +151,11 @@ def domain_hierarchy(result: AnnData, keys: list[str]) -> pd.DataFrame:
     missing = [key for key in keys if key not in result.obs]
     if missing:
         raise ValueError(f"`keys` {missing} are not columns of `result.obs`.")
-    rows = []
+    levels = []
     for coarse, fine in zip(keys[:-1], keys[1:]):  # cells without a label in either are left out
         table = pd.crosstab(result.obs[fine].astype("string"), result.obs[coarse].astype("string"))
-        for domain, counts in table.iterrows():
-            rows.append({"coarse_key": coarse, "fine_key": fine, "domain": domain, "parent": counts.idxmax(),
-                         "n_cells": int(counts.sum()), "purity": float(counts.max() / counts.sum())})
-    return pd.DataFrame(rows)
+        n_cells = table.sum(axis=1)
+        levels.append(pd.DataFrame({"coarse_key": coarse, "fine_key": fine, "domain": table.index.to_numpy(),
+                                    "parent": table.idxmax(axis=1).to_numpy(), "n_cells": n_cells.to_numpy(),
+                                    "purity": (table.max(axis=1) / n_cells).to_numpy(dtype=float)}))
+    return pd.concat(levels, ignore_index=True)

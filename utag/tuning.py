@@ -560,20 +560,26 @@ def merge_to_n_domains(labels: np.ndarray, connectivities: sp.spmatrix, n_domain
     two_m = max(degree.sum(), np.finfo(float).tiny)
     alive = np.ones(n_labels, dtype=bool)
     mapping = np.arange(n_labels)
+
+    def gain(rows, columns):  # of merging domain a (rows) and b (columns)
+        if criterion == "modularity":  # (x 2m): 2 * (links_ab - degree_a * degree_b / 2m)
+            return links[rows, columns] - np.multiply.outer(degree[rows], degree[columns]) / two_m
+        inverse = 1 / np.maximum(degree, np.finfo(float).tiny)
+        return links[rows, columns] * np.add.outer(inverse[rows], inverse[columns])
+
+    gains = gain(slice(None), slice(None))
+    np.fill_diagonal(gains, -np.inf)
     for _ in range(n_labels - n_domains):
-        if criterion == "modularity":  # gain (x 2m) of merging a and b: 2 * (links_ab - degree_a * degree_b / 2m)
-            gain = links - np.outer(degree, degree) / two_m
-        else:
-            inverse = 1 / np.maximum(degree, np.finfo(float).tiny)
-            gain = links * (inverse[:, None] + inverse[None])
-        np.fill_diagonal(gain, -np.inf)
-        gain[~alive] = -np.inf
-        gain[:, ~alive] = -np.inf
-        a, b = np.unravel_index(np.argmax(gain), gain.shape)
+        a, b = np.unravel_index(np.argmax(gains), gains.shape)
         a, b = min(a, b), max(a, b)
         merge_domain_links(links, mapping, a, b)
         degree[a] += degree[b]
         alive[b] = False
+        # only the merged domain's gains change (one row and one column, not all K x K)
+        gains[a] = np.where(alive, gain(a, slice(None)), -np.inf)
+        gains[:, a] = np.where(alive, gain(slice(None), a), -np.inf)
+        gains[a, a] = -np.inf
+        gains[b] = gains[:, b] = -np.inf
     return relabel_by_size(mapping[labels])
 
 
@@ -716,17 +722,16 @@ def max_dist_report(
     rows = []
     slide_sizes = np.bincount(codes)[codes]  # the size of each cell's slide
     for max_dist in max_dists:
-        degrees, profiles = np.zeros(len(coords)), [None] * len(slides)
-        for position, (slide, cells) in enumerate(zip(names, slides)):
+        degrees, profiles = np.zeros(len(coords)), np.zeros(len(coords), dtype=np.uint64)
+        for slide, cells in zip(names, slides):
             aggregated, _, (connectivities, _) = slide_messages((coords[cells], features[cells]), max_dist,
                                                                 keep_graph=True, kernel_widths=widths[max_dist])
             degrees[cells] = np.diff(connectivities.indptr) - 1  # self-loops are not neighbours
-            profiles[position] = aggregated.toarray() if sp.issparse(aggregated) else np.asarray(aggregated)
-            rows.append(_report_row(str(slide), max_dist, degrees[cells], _tied(profiles[position], n_neighbors)))
+            profiles[cells] = row_hashes(aggregated)  # sparse stays sparse: one number per cell is kept
+            rows.append(_report_row(str(slide), max_dist, degrees[cells], _tied(profiles[cells], n_neighbors)))
         if len(slides) > 1:
-            tied = np.zeros(len(coords), dtype=bool)
-            tied[np.concatenate(slides)] = _tied(np.concatenate(profiles), n_neighbors)
-            rows.append(_report_row(check.POOLED, max_dist, degrees, tied, slide_sizes=slide_sizes))
+            rows.append(_report_row(check.POOLED, max_dist, degrees, _tied(profiles, n_neighbors),
+                                    slide_sizes=slide_sizes))
     report = pd.DataFrame(rows)
     report.insert(2, "graph_radius", report["max_dist"].map(radii))
     pooled = report[report["slide"] == (check.POOLED if len(slides) > 1 else str(names[0]))]
@@ -737,9 +742,35 @@ def max_dist_report(
     return report
 
 
-def _tied(profiles: np.ndarray, n_neighbors: int) -> np.ndarray:
-    """Whether each row's profile is shared by at least ``n_neighbors`` rows (itself included)."""
-    _, inverse, counts = np.unique(profiles, axis=0, return_inverse=True, return_counts=True)
+def row_hashes(profiles) -> np.ndarray:
+    """A 64-bit hash of each row of ``profiles`` (dense, or sparse without densifying):
+    rows with the same values have the same hash, and different rows the same hash only
+    by a chance of about one in 2**64 per pair.
+
+    >>> hashes = row_hashes(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
+    >>> bool(hashes[0] == hashes[1]), bool(hashes[0] == hashes[2])
+    (True, False)
+    >>> sparse = row_hashes(sp.csr_matrix(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])))
+    >>> bool(sparse[0] == sparse[1]), bool(sparse[0] == sparse[2])
+    (True, False)
+    """
+    if not sp.issparse(profiles):
+        return pd.util.hash_pandas_object(pd.DataFrame(np.asarray(profiles)), index=False).to_numpy()
+    rows = sp.csr_matrix(profiles, copy=True)
+    rows.sum_duplicates()
+    rows.eliminate_zeros()  # an explicit zero is no different from an absent one
+    # each entry hashed with its column; a row's hash is the sum of its entries' (in any order)
+    entries = pd.util.hash_array(rows.indices.astype(np.int64)) * np.uint64(0x9E3779B97F4A7C15) \
+        ^ pd.util.hash_array(rows.data.astype(np.float64))
+    sums = np.add.reduceat(np.append(entries, np.uint64(0)), np.minimum(rows.indptr[:-1], len(entries)))
+    sums[np.diff(rows.indptr) == 0] = 0
+    return sums
+
+
+def _tied(hashes: np.ndarray, n_neighbors: int) -> np.ndarray:
+    """Whether each cell's profile (:func:`row_hashes`) is shared by at least
+    ``n_neighbors`` cells (itself included)."""
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     return counts[inverse.ravel()] >= n_neighbors
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score
 
@@ -233,6 +234,50 @@ def test_n_domains_coarsens_by_modularity_when_counts_jump():
     assert len(set(merged[:10])) == 1 and len(set(merged[10:])) == 1 and merged[0] != merged[10]
 
 
+
+def _greedy_merges_by_brute_force(labels, graph, n_domains, criterion):
+    """Merge, again and again, the pair of domains with the largest gain, every gain
+    counted anew from the cells' graph."""
+    dense = graph.toarray()
+    domains = [set(np.flatnonzero(labels == label)) for label in np.unique(labels)]
+    two_m = dense.sum()
+    while len(domains) > n_domains:
+        best, pair = -np.inf, None
+        for i in range(len(domains)):
+            for j in range(len(domains)):
+                if i == j:
+                    continue
+                a, b = sorted(domains[i]), sorted(domains[j])
+                links, degree_a, degree_b = dense[np.ix_(a, b)].sum(), dense[a].sum(), dense[b].sum()
+                gain = (links - degree_a * degree_b / two_m if criterion == "modularity"
+                        else links * (1 / max(degree_a, 1e-300) + 1 / max(degree_b, 1e-300)))
+                if gain > best + 1e-12:
+                    best, pair = gain, (min(i, j), max(i, j))
+        i, j = pair
+        domains[i] |= domains.pop(j)
+    merged = np.empty(len(labels), dtype=int)
+    for label, cells in enumerate(domains):
+        merged[sorted(cells)] = label
+    return merged
+
+
+@pytest.mark.parametrize("criterion", ["modularity", "normalised_cut"])
+def test_merge_to_n_domains_merges_as_brute_force_does(criterion):
+    from utag.tuning import merge_to_n_domains
+
+    # gains kept up to date merge by merge (one row and column each) instead of all K x K
+    # recounted: the same merges as recounting every gain from the cells' graph
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        points = rng.random((120, 2))
+        near = np.linalg.norm(points[:, None] - points[None], axis=2) < 0.15
+        graph = sp.csr_matrix(np.triu(near * rng.random((120, 120)), 1))
+        graph = graph + graph.T
+        labels = np.floor(points[:, 0] * 4).astype(int) * 4 + np.floor(points[:, 1] * 4).astype(int)
+        merged = merge_to_n_domains(labels, graph, 3, criterion=criterion)
+        expected = _greedy_merges_by_brute_force(labels, graph, 3, criterion)
+        assert adjusted_rand_score(expected, merged) == 1.0
+
 def test_max_dist_report_counts_copies_across_slides_as_the_joint_knn_graph_does():
     # 20 isolated cells of one type, 10 per slide: no slide holds 15 copies, the cohort does
     profiles = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (20, 1))
@@ -246,6 +291,25 @@ def test_max_dist_report_counts_copies_across_slides_as_the_joint_knn_graph_does
     with pytest.raises(ValueError, match="max_dists"):
         max_dist_report(cells, [], slide_key="slide")
 
+
+
+def test_max_dist_report_reads_sparse_features_as_dense_ones_without_densifying(monkeypatch):
+    # transcriptomics: a sparse cells x genes matrix was made dense per slide (800,000 x
+    # 5,000 genes: 16 GB); the copies are now counted on a hash of each sparse row
+    rng = np.random.default_rng(0)
+    dense = np.zeros((600, 40), dtype=np.float32)
+    dense[:, :3] = rng.poisson(0.3, size=(600, 3))  # few genes: many cells share a profile
+    dense[::7, 10:] = rng.random((len(dense[::7]), 30))  # and a seventh of them are all distinct
+    obs = pd.DataFrame({"slide": np.repeat(["a", "b"], 300)}, index=[str(i) for i in range(600)])
+    coords = {"spatial": rng.random((600, 2)) * 300}
+    tables = [max_dist_report(AnnData(dense, obs=obs, obsm=coords), [5.0, 40.0], slide_key="slide")]
+    for kind in ("csr", "csc", "coo"):  # no sparse matrix of the cells is made dense
+        monkeypatch.setattr(getattr(sp, f"{kind}_matrix"), "toarray", lambda *a, **k: pytest.fail("densified"))
+    tables += [max_dist_report(AnnData(x, obs=obs, obsm=coords), [5.0, 40.0], slide_key="slide")
+               for x in (sp.csr_matrix(dense), sp.csc_matrix(dense))]
+    assert tables[0]["identical_profiles"].between(0.01, 0.99).any()  # the count is put to the test
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    pd.testing.assert_frame_equal(tables[0], tables[2])
 
 def test_sweep_seeds_wrap_and_cells_at_one_position_are_not_their_own_neighbours(four_domains):
     from utag.tuning import spatial_coherence, spatial_neighbour_graph
