@@ -55,6 +55,24 @@ def test_transfer_to_a_new_slide(four_domains):
         transfer_labels(result, new, method="svm")
 
 
+
+def test_a_large_reference_votes_through_the_seeded_index_as_the_exact_search_does(four_domains, monkeypatch):
+    import utag.transfer as transfer
+
+    # above what an exact search does quickly (utag()'s own rule for its kNN graph), the
+    # voters come from the sketch's seeded HNSW index: the same votes bar a few, the same
+    # labels for any number of threads
+    adata, _ = four_domains
+    reference = adata[adata.obs["roi"] == "roi_0"].copy()
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    result = utag(reference, slide_key="roi", clustering_method="kmeans", resolutions=[0.4], progress=False)
+    key = "UTAG Label_kmeans_0.4"
+    exact = transfer_labels(result, new, slide_key="roi").obs[key].to_numpy()
+    monkeypatch.setattr(transfer, "exact_search", lambda *args, **kwargs: False)
+    indexed = [transfer_labels(result, new, slide_key="roi", n_jobs=n_jobs).obs[key].to_numpy() for n_jobs in (1, 2)]
+    np.testing.assert_array_equal(indexed[0], indexed[1])
+    assert (indexed[0] == exact).mean() > 0.97
+
 @pytest.mark.parametrize("pca_kwargs", [None, {"zero_center": False}], ids=["centred", "uncentred"])
 def test_transfer_projects_the_reference_cells_onto_their_own_embedding(four_domains, pca_kwargs):
     adata, _ = four_domains
