@@ -58,10 +58,10 @@ class Parameters:
 
 
 def check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
-                      clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,
-                      n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
-                      n_spatial_neighbors, flavor, kernel_widths, normalization_mode, sketch_size,
-                      apply_umap, umap_kwargs=None) -> Parameters:
+                     clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,
+                     n_neighbors, knn_method, n_domains, use_rep, min_domain_size, spatial_graph,
+                     n_spatial_neighbors, flavor, kernel_widths, normalization_mode, sketch_size,
+                     apply_umap, umap_kwargs=None) -> Parameters:
     """Every parameter checked before any work, with errors that name it."""
     methods = check.clustering_methods(clustering_method) if apply_clustering else ()
     auto = bool(apply_clustering) and check.is_auto(resolutions)
@@ -88,7 +88,7 @@ def check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pc
         n_features *= len(kernel_widths)
     sketched = _checked_sketch_size(sketch_size, adata.n_obs, apply_clustering, apply_umap, n_domains)
     leiden_kwargs, parc_kwargs, kmeans_kwargs = check_backend_kwargs(adata.n_obs, leiden_kwargs, parc_kwargs,
-                                                                      kmeans_kwargs)
+                                                                     kmeans_kwargs)
     pca_kwargs = _checked_pca_kwargs(pca_kwargs)
     check.kwargs_dict("umap_kwargs", umap_kwargs)  # recorded in uns['utag'] whether or not UMAP runs
     if apply_umap:

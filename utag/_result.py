@@ -39,7 +39,7 @@ def output_var(var: pd.DataFrame, widths) -> pd.DataFrame:
 
 
 def summary(p: Parameters, slide_key, embedded: Embedding | None, runs: list[Run],
-             labels: dict, random_state: int, watch: Stopwatch, scales, sample, order) -> dict:
+            labels: dict, random_state: int, watch: Stopwatch, scales, sample, order) -> dict:
     """``uns['utag']``: the parameters the run used and what it chose."""
     summary = {
         "slide_key": slide_key if slide_key is not None else "None",
@@ -128,8 +128,8 @@ def to_input_order(outputs: dict, order: np.ndarray | None) -> None:
 
 
 def write_result(adata: AnnData, p: Parameters, aggregated, graph, embedded: Embedding | None,
-                  labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
-                  var: pd.DataFrame) -> AnnData:
+                 labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], swept, *,
+                 var: pd.DataFrame) -> AnnData:
     """The new AnnData: the input's annotations, the message-passed features, and every
     result under the keys scanpy, squidpy and the original UTAG use."""
     result = _new_result(adata, aggregated, var)

@@ -87,7 +87,7 @@ def _neighbourhood(embedded: Embedding, sample: np.ndarray | None = None) -> Nei
 
 
 def run_clustering(p: Parameters, embedded: Embedding, coords: np.ndarray, codes: np.ndarray, random_state: int, n_jobs,
-             progress: bool, watch: Stopwatch, assign_by=assign_by_vote) -> tuple[list[Run], tuple | None]:
+                   progress: bool, watch: Stopwatch, assign_by=assign_by_vote) -> tuple[list[Run], tuple | None]:
     """Every clustering run, clustered, and the resolution sweep, with labels for every cell: those of a sketch
     (``embedded.rows``) are assigned to the other cells by vote (``assign_by``, as
     :func:`utag.sketch.assign_by_vote`)."""
@@ -138,7 +138,7 @@ def _plan_runs(p: Parameters, neighbourhood: Neighbourhood, coords: np.ndarray, 
 
 
 def without_runs_under_the_keys_of(runs: list[Run], fixed: list[Run], n_domains: int,
-                                    auto: bool = False) -> list[Run]:
+                                   auto: bool = False) -> list[Run]:
     """``runs`` less those that would be written under the key of one of the ``fixed``
     runs for ``n_domains`` (k-means' is at resolution ``n_domains / 10``, where the default
     resolutions have 0.3 and 1.0; Leiden's bisection can land on a planned resolution too):
@@ -220,7 +220,7 @@ def _runs_for_n_domains(neighbourhood: Neighbourhood, n_domains: int, methods, b
                                                       backend_kwargs["leiden"], min_domain_size=min_cells,
                                                       coords=coords, slide_codes=codes)
         runs.append(Run("leiden", float(f"{resolution:.4g}"), backend_kwargs["leiden"], relabel_by_size(labels),
-                         floor=n_domains))
+                        floor=n_domains))
     if "kmeans" in methods:
         kwargs = {**backend_kwargs["kmeans"], "n_clusters": n_domains}
         labels = cluster("kmeans", neighbourhood, kmeans_resolution(n_domains), random_state, min_cells,

@@ -45,15 +45,6 @@ def n_jobs(value, name: str = "n_jobs") -> int | None:
     return int(value)
 
 
-def names_list(name: str, values) -> list:
-    """``values``, one name or several, as a list; anything else is refused naming ``name``."""
-    if isinstance(values, str):
-        return [values]
-    if isinstance(values, Iterable) and not isinstance(values, (bytes, dict)):
-        return list(values)
-    raise ValueError(f"`{name}` must be a name or a list of names, got {values!r}.")
-
-
 def seed(value, name: str = "random_state") -> int:
     """A seed from an integer, an integral float (R sends ``1`` as ``1.0``) or ``None``
     (a fresh seed, which the caller records so that the run can be repeated)."""
@@ -248,7 +239,7 @@ def channel_indices(adata: AnnData, channels_to_use) -> np.ndarray | None:
     """Positions of ``channels_to_use`` in ``var_names`` (None keeps all)."""
     if channels_to_use is None:
         return None
-    if not isinstance(channels_to_use, Iterable) or isinstance(channels_to_use, np.generic):
+    if not isinstance(channels_to_use, str) and not pd.api.types.is_list_like(channels_to_use):
         raise ValueError(f"`channels_to_use` must be a list of feature names (or of positions, or a mask), got "
                          f"{channels_to_use!r}; pass None to use every feature.")
     channels = [channels_to_use] if isinstance(channels_to_use, str) else list(channels_to_use)

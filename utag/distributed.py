@@ -361,7 +361,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, random_state
                 index = vote_index(fitted["embedding"][embedded.rows], p.n_neighbors, random_state)
         if p.methods:
             runs, swept = run_clustering(p, embedded, coords, codes, random_state, n_jobs, progress, watch,
-                                       assign_by=functools.partial(assign_on_workers, projected, index))
+                                         assign_by=functools.partial(assign_on_workers, projected, index))
         del projected, index
         embedded = embedded.to_store(adata.n_obs)
         labels = labels_of(runs, save_key)
@@ -378,7 +378,7 @@ def run(adata: AnnData, p, *, channels_to_use, slide_key, save_key, random_state
         outputs["aggregated"] = recipe if np.array_equal(order, np.arange(len(order))) else recipe[inverse_order(order)]
         result = write_result(adata, p, **outputs, var=var)
         result.uns["utag"] = summary(p, slide_key, outputs["embedded"], runs, labels,
-                                          random_state, watch, scales, sample, order)
+                                     random_state, watch, scales, sample, order)
         result.uns["utag"].update(engine="dask", save_key=save_key)
         if not isinstance(result.obsm["spatial"], (np.ndarray, pd.DataFrame)):
             # read lazily, they are in memory now (computed apart from the input's array):

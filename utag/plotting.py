@@ -96,7 +96,7 @@ def domain_colors(adata: AnnData, key: str, palette=None) -> dict[str, str]:
     if isinstance(palette, str):
         colormap = plt.get_cmap(palette)
         palette = [colormap(i / max(len(names) - 1, 1)) for i in range(len(names))]
-    if not isinstance(palette, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+    if not pd.api.types.is_list_like(palette):
         raise ValueError(f"`palette` must be a list of matplotlib colours or a colormap name, got {palette!r}.")
     palette = list(palette)
     if len(palette) < len(names):

@@ -351,7 +351,7 @@ def utag(
             with watch("UMAP"):
                 sc.tl.umap(result, **{"random_state": random_state, **(umap_kwargs or {})})
         result.uns["utag"] = summary(p, slide_key, embedded, runs, outputs["labels"], random_state,
-                                      watch, scales, sample, order)
+                                     watch, scales, sample, order)
         result.uns["utag"].update(save_key=save_key, filter_by_variance=bool(filter_by_variance),
                                   keep_spatial_connectivity=bool(keep_spatial_connectivity),
                                   apply_umap=bool(apply_umap), umap_kwargs=storable_kwargs(umap_kwargs))

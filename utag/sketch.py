@@ -256,8 +256,15 @@ def vote(index, points: np.ndarray, labellings: list[np.ndarray], n_neighbors: i
     ``n_neighbors`` nearest sampled cells in ``index`` (:func:`vote_index`; ``labellings``
     give the sampled cells' labels). Each row's answer depends on that row alone, so any
     split of the cells, searched with any number of threads, gives the same labels."""
-    k = min(n_neighbors, index.get_current_count())
-    neighbours = index.knn_query(np.ascontiguousarray(points, dtype=np.float32), k=k,
-                                 num_threads=n_threads)[0].astype(np.int64)
+    neighbours = nearest_indexed(index, points, n_neighbors, n_threads)
     labellings = [np.asarray(labels, dtype=np.int64) for labels in labellings]
     return [majority_vote(labels[neighbours], int(labels.max()) + 1)[0] for labels in labellings]
+
+
+def nearest_indexed(index, points: np.ndarray, n_neighbors: int = 15, n_threads: int = 1) -> np.ndarray:
+    """The positions in ``index`` (:func:`vote_index`) of each row's ``n_neighbors``
+    nearest indexed points (all of them if fewer), nearest first; a row's answer depends
+    on that row alone, whatever ``n_threads``."""
+    k = min(n_neighbors, index.get_current_count())
+    return index.knn_query(np.ascontiguousarray(points, dtype=np.float32), k=k,
+                           num_threads=n_threads)[0].astype(np.int64)

@@ -29,7 +29,7 @@ from .embedding import exact_search, project
 from .graph import mean_neighbours
 from .message_passing import as_float32_less_shift, pass_messages
 from .multiscale import feature_names, graph_radius, scale_blocks, scaled_background
-from .sketch import majority_vote, vote_index
+from .sketch import majority_vote, nearest_indexed, vote_index
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def transfer_labels(
                          "with apply_clustering=True.")
     if method not in ("centroid", "knn"):
         raise ValueError(f"`method` must be 'centroid' or 'knn', got {method!r}.")
-    keys = list(model["centroids"]) if keys is None else check.names_list("keys", keys)
+    keys = list(model["centroids"]) if keys is None else check.as_list(keys)
     n_jobs = check.n_jobs(n_jobs)
     unknown = [k for k in keys if k not in model["centroids"]]
     if unknown:
@@ -365,9 +365,7 @@ def _nearest_reference_cells(reference: np.ndarray, points: np.ndarray, n_neighb
     k = min(n_neighbors, len(reference))
     if exact_search(reference, k):
         return cKDTree(reference).query(points, k=k, workers=-1)[1].reshape(len(points), -1)
-    index = vote_index(reference, k)
-    return index.knn_query(np.ascontiguousarray(points, dtype=np.float32), k=k,
-                           num_threads=n_threads(n_jobs))[0].astype(np.int64)
+    return nearest_indexed(vote_index(reference, k), points, k, n_threads(n_jobs))
 
 
 def _warn_if_votes_drown_domains(numbers: np.ndarray, n_neighbors: int, key: str) -> None:
