@@ -6,7 +6,9 @@ Usage (from the repository root, with utag installed)::
     python benchmarks/radius.py --kinds subset synthetic        # without shared/
 
 For every labelled dataset (the bundled spleen subset, each full spleen section and each
-MERFISH slide from ``shared/``, synthetic tissues with 3, 5 and 8 domains), ``utag()`` with
+MERFISH slide from ``shared/``, synthetic tissues with 3, 5 and 8 domains in each of the three
+layouts of :func:`utag.datasets.synthetic_tissue`: Voronoi regions, layers like a cortex,
+islands like follicles), ``utag()`` with
 Leiden at radii of 2, 3, 4, 6, 8 and 12 median nearest-cell distances, each followed by
 ``resolutions="auto"``'s sweep. Per dataset: the best (radius, resolution) pair in
 hindsight; the ARI at the suggested radius (:func:`utag.tuning.suggest_max_dist`, 6 such
@@ -87,7 +89,8 @@ def main() -> None:
     parser = labelled.parser(__doc__)
     args = parser.parse_args()
     rows = []
-    for dataset in labelled_datasets(args.kinds, synthetic_seeds=(0,), synthetic_domains=(3, 5, 8)):
+    for dataset in labelled_datasets(args.kinds, synthetic_seeds=(0,), synthetic_domains=(3, 5, 8),
+                                     synthetic_layouts=("voronoi", "layers", "islands")):
         rows.append(score(dataset))
         print(markdown([_shown(rows[-1])]).splitlines()[-1], flush=True)
     gaps = np.array([row["gap"] for row in rows])

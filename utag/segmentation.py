@@ -176,11 +176,11 @@ def utag(
         Leiden's domains then each hold at least a tenth of an equal share of the cells;
         k-means keeps its ``n_domains`` domains even where some are below ``min_domain_size``.
     use_rep
-        What the kNN graph that Leiden clusters is built on: ``None`` (default) chooses as
-        ``scanpy.pp.neighbors`` with its default ``use_rep``, as the original UTAG did: the
-        message-passed features ``"X"`` when there are at most 50 of them, ``"X_pca"``
-        otherwise. PARC and k-means always cluster ``X_pca`` (and its kNN graph), as in
-        the original.
+        What the kNN graph that Leiden and PARC cluster is built on: ``None`` (default)
+        chooses as ``scanpy.pp.neighbors`` with its default ``use_rep``, as the original
+        UTAG did: the message-passed features ``"X"`` when there are at most 50 of them,
+        ``"X_pca"`` otherwise. PARC takes that graph as its neighbour graph with ``X_pca``
+        as its data, and k-means always clusters ``X_pca``, as in the original.
     min_domain_size
         Domains smaller than this are merged into the domain their cells link to most in
         the kNN graph, for every method (:func:`utag.clustering.merge_small_domains`; when
@@ -308,6 +308,10 @@ def utag(
             aggregated, n_edges, graph, background, scales = _message_passing(
                 coords, features, codes, slide_names, p, keep_spatial_connectivity,
                 processes if parallel else 1, progress, shift)
+        if background is not None and p.pca_kwargs.get("zero_center", True) is False:
+            # an uncentred PCA sees the features' offset: fit it on the means as published
+            aggregated += background
+            background = None
         aggregated_var = output_var(var, p.kernel_widths)  # one block per kernel width
         logger.info("%d cells, %d slides, %d spatial edges", adata.n_obs, len(slide_names), n_edges)
         warn_if_spatial_graph_misfits(p, n_edges, coords, codes)

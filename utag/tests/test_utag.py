@@ -432,6 +432,29 @@ def test_parc_clusters_leidens_graph_and_kmeans_the_pca(tissue, monkeypatch):
                                   on_pca.obs["UTAG Label_kmeans_0.3"].to_numpy())
 
 
+def test_an_uncentred_pca_is_fitted_on_the_neighbourhood_means_it_returns():
+    # raw intensities on a background: utag shifts dense features internally for float32
+    # precision, which a centred PCA never sees; an uncentred one must see the means as
+    # returned (the original ran sc.tl.pca(result, zero_center=False)), dense or sparse
+    import scanpy as sc
+
+    adata = synthetic_tissue(n_cells=1_500, n_slides=2, random_state=2)
+    adata.X = np.asarray(adata.X) + 50
+    kwargs = dict(slide_key="roi", max_dist=20, pca_kwargs={"n_comps": 5, "zero_center": False},
+                  clustering_method=["kmeans"], resolutions=[0.3], progress=False)
+    dense = utag(adata, **kwargs)
+    sparse_input = adata.copy()
+    sparse_input.X = sp.csr_matrix(sparse_input.X)
+    from_sparse = utag(sparse_input, **kwargs)
+    reference = AnnData(np.asarray(dense.X).copy())
+    sc.pp.pca(reference, n_comps=5, zero_center=False)
+    np.testing.assert_allclose(np.abs(dense.varm["PCs"][:, 0]), np.abs(reference.varm["PCs"][:, 0]), atol=1e-4)
+    assert dense.obsm["X_pca"][:, 0].mean() == pytest.approx(reference.obsm["X_pca"][:, 0].mean(), rel=1e-3)
+    np.testing.assert_allclose(dense.obsm["X_pca"], from_sparse.obsm["X_pca"], atol=1e-2)
+    np.testing.assert_array_equal(dense.obs["UTAG Label_kmeans_0.3"].to_numpy(),
+                                  from_sparse.obs["UTAG Label_kmeans_0.3"].to_numpy())
+
+
 def test_no_domain_below_min_domain_size(tissue):
     for min_size, min_cells in [(None, 10), (0.05, 150), (40, 40)]:
         result = _run(tissue, clustering_method=["leiden", "parc", "kmeans"], resolutions=[1.0],
