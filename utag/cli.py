@@ -33,7 +33,7 @@ EXAMPLES = """examples:
   utag demo --out spleen_utag.h5ad            ... and save the result
   utag run cells.csv --out domains.h5ad --x-column X_centroid --y-column Y_centroid \\
       --slide-column image --max-dist 20 --resolutions 0.05 0.1 0.3 --labels-csv domains.csv
-  utag run cells.h5ad --out domains.h5ad --slide-key roi --method leiden kmeans
+  utag run cells.h5ad --out domains.h5ad --slide-key roi --method leiden kmeans --resolutions 0.3 0.5
   utag run cells.zarr --out domains.zarr --slide-key roi --dask-scheduler local
                                               on Dask: a local cluster, one worker per core
 """
@@ -147,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
                       "--x-column": args.x_column != "x", "--y-column": args.y_column != "y",
                       "--non-numeric": args.non_numeric != "error"}
         if any(table_only.values()):
-            raise UsageError(f"{', '.join(o for o, given in table_only.items() if given)} apply to cell tables "
+            options = [o for o, given in table_only.items() if given]
+            raise UsageError(f"{', '.join(options)} appl{'ies' if len(options) == 1 else 'y'} to cell tables "
                              f"(.csv, .tsv, .parquet), not to {source.name}: an AnnData holds its markers in X "
                              "(choose them with --markers) and its centroids in obsm['spatial'].")
     try:
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "names them and stops; drop leaves their cells out and counts them; missing reads "
                           "them as missing values (for a Python user who imputes them: the run itself then stops)")
     run.add_argument("--processes", type=int,
-                     help="worker processes for slides (default, or -1: one per core)")
+                     help="worker processes for slides (default, or -1: one per core, from 250,000 cells on; "
+                          "none below)")
     run.add_argument("--dask-scheduler", metavar="ADDRESS|local",
                      help="run on Dask (utag.distributed): 'local' starts a cluster of --processes workers, an "
                           "address (tcp://host:8786) uses a running scheduler. INPUT (.h5ad or .zarr) is read "

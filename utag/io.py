@@ -161,6 +161,10 @@ def _cell_names(table: pd.DataFrame, id_column: str | None, name: str) -> pd.Ind
     return cells
 
 
+#: How to use a column that :func:`read_cell_table` left out of the markers, in Python and in the CLI.
+_TO_USE_IT = "name it in marker_columns, or --markers on the command line, to use it"
+
+
 def _not_markers(table: pd.DataFrame, name: str, slide_column: str | None = None) -> set:
     """Columns that look numeric but are no markers: columns of cell ids
     (:func:`_looks_like_ids`, unique in the table or within each slide of
@@ -174,13 +178,13 @@ def _not_markers(table: pd.DataFrame, name: str, slide_column: str | None = None
             logger.warning("%s: column %r is empty; it is not a marker (kept in obs)", name, column)
             left_out.add(column)
         elif pd.api.types.is_bool_dtype(entries.dtype):
-            logger.warning("%s: column %r holds True/False flags; it is not a marker (kept in obs; name it in "
-                           "marker_columns to use it)", name, column)
+            logger.warning("%s: column %r holds True/False flags; it is not a marker (kept in obs; %s)",
+                           name, column, _TO_USE_IT)
             left_out.add(column)
         elif column != slide_column and _looks_like_ids(column, entries, slides):
             logger.warning("%s: column %r holds cell ids (whole numbers unique in the table or in each slide; a "
                            "row index written with the table, e.g. by DataFrame.to_csv, or an id column); it is "
-                           "not a marker (kept in obs; name it in marker_columns to use it)", name, column)
+                           "not a marker (kept in obs; %s)", name, column, _TO_USE_IT)
             left_out.add(column)
     return left_out
 

@@ -131,6 +131,16 @@ def _widen_for(fig: Figure, legend) -> float:
     return kept
 
 
+def _heighten_for(fig: Figure, legend) -> None:
+    """Make ``fig`` at least as tall as ``legend`` (a long list of entries beside a few
+    rows of plots), so that a plain ``savefig`` keeps every entry."""
+    width, height = fig.get_size_inches()
+    pad = 2 * legend.borderaxespad * legend.prop.get_size_in_points() / 72
+    needed = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + pad
+    if needed > height:
+        fig.set_size_inches(width, needed)
+
+
 def plot_domains(
     adata: AnnData,
     key: str,
@@ -572,8 +582,10 @@ def plot_composition(
                          "a heatmap: pass kind='heatmap', or kind='bars' with value='proportions' or 'counts'.")
     table = composition[value]
     created = ax is None
-    fig, ax = (plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
-               if ax is None else (ax.figure, ax))
+    # a heatmap has a column per cell type; bars are as wide whatever their number
+    width = 1.0 + 0.45 * table.shape[1] if kind == "heatmap" else 7.0
+    fig, ax = plt.subplots(figsize=(width, 1.0 + 0.4 * table.shape[0])) if ax is None else (ax.figure, ax)
+    ax.set_ylabel(domain_key)
     if kind == "heatmap":
         data = table.to_numpy(dtype=float)
         finite = data[np.isfinite(data)]
@@ -595,9 +607,9 @@ def plot_composition(
         ax.set_xlabel(value)
         legend = ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=celltype_key)
         if created:  # a figure of the caller's keeps its size
+            _heighten_for(fig, legend)
             _widen_for(fig, legend)
             fig.tight_layout()  # room for the domains' names too
-    ax.set_ylabel(domain_key)
     return fig
 
 

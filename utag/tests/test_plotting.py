@@ -290,6 +290,19 @@ def test_legends_fit_in_a_plain_savefig_and_filled_colours_differ(adata, tmp_pat
     assert len(set(colors.values())) == 4
 
 
+def test_a_long_legend_of_cell_types_beside_a_few_bars_fits_too(tmp_path):
+    # 27 cell types beside 3 domains: the legend is taller than the bars' rows
+    many = synthetic_tissue(n_cells=3_000, n_slides=1, n_domains=3, n_cell_types=27, n_markers=54, random_state=0)
+    fig = plot_composition(many, "domain", "cell_type", kind="bars")
+    fig.savefig(tmp_path / "bars.png")  # no bbox_inches="tight"
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    assert len(fig.axes[0].get_legend().get_texts()) == 27
+    assert legend.y0 >= -1 and legend.y1 <= fig.bbox.height + 1 and legend.x1 <= fig.bbox.width + 1
+    assert fig.axes[0].yaxis.label.get_window_extent(renderer).x0 >= -1  # "domain" not cut off
+    plt.close(fig)
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # scanpy's own plotting, on matplotlib 3.10
 @pytest.mark.parametrize("n_domains", [3, 12, 25])
 def test_default_colours_are_those_scanpy_gives(n_domains):
