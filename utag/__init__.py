@@ -5,7 +5,7 @@ Finds microanatomical domains in single-cell spatial data (Kim et al., Nature Me
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets
+from . import _numba, datasets  # noqa: F401  (_numba first: a cache for numba where the installation has none)
 from .evaluation import evaluate_performance
 from .graph import spatial_neighbors
 from .segmentation import utag

@@ -18,14 +18,14 @@ graph utag built (the graph PARC uses when given ``neighbor_graph``, as utag doe
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from . import _leiden
+from ._numba import jit
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _jaccard(indptr, indices):
     """Jaccard similarity of the neighbour sets (self excluded) of both ends of every stored
     edge of a symmetric CSR graph, in the order of ``indices``."""

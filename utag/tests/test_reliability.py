@@ -3,9 +3,11 @@ inputs checked at the door (R's numbers among them), and inputs that must be acc
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -417,19 +419,48 @@ def test_evaluate_performance_leaves_unlabelled_cells_out():
 # --- import -------------------------------------------------------------------------------
 
 def test_import_works_where_numba_cannot_cache():
-    """A read-only installation and no writable home leave numba no cache location."""
+    """No cache location at all: utag's kernels (PARC's Jaccard weights too) compile without one."""
     script = textwrap.dedent("""
         import numba.core.caching as caching
-        caching.CacheImpl._locator_classes = []   # what a read-only install and home amount to
+        caching.CacheImpl._locator_classes = []   # no location numba could cache in
         import numpy as np
         from utag._leiden import leiden
+        from utag._parc import _jaccard
         import scipy.sparse as sp
         graph = sp.csr_matrix(np.ones((4, 4)) - np.eye(4))
-        print(len(leiden(graph, resolution=0.1)))
+        print(len(leiden(graph, resolution=0.1)), len(_jaccard(graph.indptr, graph.indices)))
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "4"
+    assert run.stdout.split() == ["4", "12"]
+
+
+def test_a_read_only_installation_without_a_writable_home_caches_in_the_temporary_directory(tmp_path):
+    """numba can then cache neither next to the packages nor in the home directory, and
+    squidpy (whose graph builders utag uses) failed to import: utag points numba's cache
+    at the temporary directory, where its kernels and squidpy's go."""
+    script = textwrap.dedent("""
+        import numba.core.caching as caching
+        # what a read-only install and home leave: only a directory named by the user
+        caching.CacheImpl._locator_classes = [caching.UserProvidedCacheLocator]
+        import numba
+        import numpy as np
+        import scipy.sparse as sp
+        import utag
+        from utag._parc import _jaccard
+        from utag.graph import spatial_graph
+        graph, _ = spatial_graph(np.random.default_rng(0).uniform(0, 50, size=(200, 2)), 10.0)  # squidpy's builder
+        graph = sp.csr_matrix(graph)
+        print(len(_jaccard(graph.indptr, graph.indices)) == graph.nnz, numba.config.CACHE_DIR)
+    """)
+    environment = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    environment["TMPDIR"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env=environment)
+    assert run.returncode == 0, run.stderr
+    count, directory = run.stdout.split()
+    assert count == "True" and directory.startswith(str(tmp_path))
+    assert any(path.suffix == ".nbi" for path in Path(directory).rglob("*"))  # utag's kernels cached there
 
 
 def test_whole_number_backend_keywords_take_r_numbers_and_any_negative_iteration_count(small):
