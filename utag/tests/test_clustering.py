@@ -194,7 +194,7 @@ def test_domains_that_all_start_small_pair_up_instead_of_snowballing():
     rows = np.concatenate([rng.integers(starts[d], starts[d + 1], 5) for d in range(40)])
     cols = np.concatenate([rng.integers(starts[(d + 1) % 40], starts[(d + 1) % 40 + 1], 5) for d in range(40)])
     ring = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(labels), len(labels)))
-    adjacency = (sp.block_diag([np.ones((n, n)) - np.eye(n) for n in sizes]) + ring + ring.T).tocsr()
+    adjacency = (sp.block_diag([sp.csr_matrix(np.ones((n, n)) - np.eye(n)) for n in sizes]) + ring + ring.T).tocsr()
     merged = merge_small_domains(labels, adjacency, np.zeros((len(labels), 2)), min_cells=300)
     counts = np.bincount(merged)
     assert counts.min() >= 300 and counts.max() < 3 * 300
@@ -320,8 +320,9 @@ def test_the_leidenalg_flavour_is_scanpys_call():
     adata.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {"method": "umap"}}
     neighbourhood = Neighbourhood(embedded.pca["embedding"], embedded.connectivities)
     for resolution, directed in ((0.3, True), (1.0, True), (1.0, False)):
-        with warnings.catch_warnings():  # scanpy's note that igraph will be its default
+        with warnings.catch_warnings():  # scanpy's notes that igraph is (or will be) its default, and faster
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", "The `igraph` implementation of leiden", UserWarning)
             sc.tl.leiden(adata, resolution=resolution, random_state=0, flavor="leidenalg", key_added="scanpy",
                          directed=directed)
         ours = leiden(neighbourhood, resolution, 0, flavor="leidenalg", directed=directed)

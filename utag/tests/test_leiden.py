@@ -243,7 +243,7 @@ def test_every_level_is_aggregated_until_no_node_moves():
     # a ring of cliques: Leiden must join cliques at the coarser levels too, and its
     # result must be as good as igraph's (which aggregates the unrefined partition)
     n_cliques, size = 30, 6
-    blocks = sp.block_diag([np.ones((size, size)) - np.eye(size)] * n_cliques, format="lil")
+    blocks = sp.block_diag([sp.csr_matrix(np.ones((size, size)) - np.eye(size))] * n_cliques, format="lil")
     for c in range(n_cliques):
         a, b = c * size, ((c + 1) % n_cliques) * size + 1
         blocks[a, b] = blocks[b, a] = 1.0
@@ -304,14 +304,14 @@ def test_nodes_are_renumbered_as_scipy_indexes_them(tissue_graph, n_jobs):
 def test_resolution_outside_zero_to_infinity_is_refused(resolution):
     # two cliques with no edge between them: a negative resolution put them in one community,
     # NaN left every node alone; both without a word
-    graph = sp.csr_matrix(sp.block_diag([np.ones((4, 4)) - np.eye(4)] * 2))
+    graph = sp.csr_matrix(sp.block_diag([sp.csr_matrix(np.ones((4, 4)) - np.eye(4))] * 2))
     with pytest.raises(ValueError, match="resolution"):
         _leiden.leiden(graph, resolution)
 
 
 @pytest.mark.parametrize("resolution", [0.0, 1e12])
 def test_resolution_zero_joins_components_and_huge_splits_every_node(resolution):
-    graph = sp.csr_matrix(sp.block_diag([np.ones((4, 4)) - np.eye(4)] * 2))
+    graph = sp.csr_matrix(sp.block_diag([sp.csr_matrix(np.ones((4, 4)) - np.eye(4))] * 2))
     labels = _leiden.leiden(graph, resolution, n_iterations=-1)
     np.testing.assert_array_equal(labels, np.repeat([0, 1], 4) if resolution == 0 else np.arange(8))
 

@@ -225,7 +225,7 @@ def test_n_domains_coarsens_by_modularity_when_counts_jump():
     from utag.tuning import merge_to_n_domains
 
     # two dense pairs of groups joined by one weak edge: the 4 groups merge pairwise
-    blocks = sp.block_diag([np.ones((5, 5))] * 4, format="lil")
+    blocks = sp.block_diag([sp.csr_matrix(np.ones((5, 5)))] * 4, format="lil")
     blocks[0, 5] = blocks[5, 0] = 3.0
     blocks[10, 15] = blocks[15, 10] = 3.0
     blocks[4, 14] = blocks[14, 4] = 0.1
@@ -418,7 +418,7 @@ def test_merge_to_n_domains_checks_its_inputs():
 
     from utag.tuning import merge_to_n_domains
 
-    graph = sp.csr_matrix(sp.block_diag([np.ones((5, 5))] * 4))
+    graph = sp.csr_matrix(sp.block_diag([sp.csr_matrix(np.ones((5, 5)))] * 4))
     labels = np.repeat(np.arange(4), 5)
     # labels of another set of cells used to read outside the graph (a segmentation fault)
     with pytest.raises(ValueError, match="labels.*16.*20"):
