@@ -124,8 +124,8 @@ def _obs_column(adata: AnnData, key: str, argument: str) -> pd.Series:
 
 
 def _codes(values: pd.Series, names: list) -> np.ndarray:
-    """Position of each value in ``names``; -1 where the value is missing."""
-    return pd.Categorical(values, categories=names).codes.astype(np.int64)
+    """Position of each value in ``names``; -1 where the value is missing or not among them."""
+    return pd.Index(names).get_indexer(pd.Series(values, dtype=object).to_numpy()).astype(np.int64)
 
 
 def _sorted_names(values: pd.Series) -> list:

@@ -221,7 +221,7 @@ def test_the_command_line_runs_a_zarr_store_on_dask(shuffled_tissue, tmp_path, s
 def test_rows_swapped_in_pairs_come_back_in_the_input_order():
     # slides given in reverse order: the canonical order swaps them back and is its own inverse
     tissue = synthetic_tissue(n_cells=6_000, n_slides=2, random_state=2)  # two slides of 3,000 cells
-    second, xy = np.asarray(tissue.obs_vector("roi") == "roi_1"), tissue.obsm["spatial"]
+    second, xy = tissue.obs["roi"].to_numpy() == "roi_1", tissue.obsm["spatial"]
     canonical = tissue[np.lexsort((xy[:, 1], xy[:, 0], second))]
     swapped = canonical[np.r_[3_000:6_000, 0:3_000]].copy()
     options = dict(clustering_method=["kmeans"], resolutions=[0.3], sketch_size=2_000, **KW)

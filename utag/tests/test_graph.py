@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
-from scipy.spatial import Delaunay, distance_matrix
+from scipy.spatial import Delaunay
+from scipy.spatial.distance import cdist
 
 from utag import graph, utag
 from utag._memory import available_memory, cgroup_headroom
@@ -356,7 +357,7 @@ def test_delaunay_keeps_edges_exactly_max_dist_long_in_any_units():
 # edges removed, each equal to brute force ------------------------------------------------
 
 def _knn_brute_force(coords: np.ndarray, k: int) -> np.ndarray:
-    distances = distance_matrix(coords, coords)
+    distances = cdist(coords, coords)
     np.fill_diagonal(distances, np.inf)
     adjacency = np.eye(len(coords))
     nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]

@@ -55,6 +55,7 @@ def test_bad_arguments(stack, kwargs, message):
 # layout add_spatial_image writes), and calls matplotlib's Colormap.set_bad, which matplotlib
 # will deprecate: third-party warnings about scanpy's own code
 @pytest.mark.filterwarnings("ignore:Use `squidpy.pl.spatial_scatter` instead:FutureWarning")
+@pytest.mark.filterwarnings("ignore:The function spatial is deprecated:FutureWarning")  # scanpy 1.12's wording
 @pytest.mark.filterwarnings("ignore:The set_bad function will be deprecated:PendingDeprecationWarning")
 def test_scanpy_draws_domains_over_the_attached_image(stack):
     import scanpy as sc
