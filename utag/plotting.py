@@ -118,13 +118,19 @@ def _legend(fig: Figure, colors: dict[str, str], title: str) -> None:
     legend.set_bbox_to_anchor((fig.subplotpars.right, 0.5), transform=fig.transFigure)  # beside the panels
 
 
+def _legend_inches(fig: Figure, legend) -> tuple[float, float]:
+    """Width and height of ``legend`` in inches, with its padding on either side."""
+    pad = 2 * legend.borderaxespad * legend.prop.get_size_in_points() / 72
+    extent = legend.get_window_extent(fig.canvas.get_renderer())
+    return extent.width / fig.dpi + pad, extent.height / fig.dpi + pad
+
+
 def _widen_for(fig: Figure, legend) -> float:
     """Widen ``fig`` by the width of ``legend`` (drawn right of the plots), keeping the
     plots their size, so that a plain ``savefig`` keeps the legend; returns the share of
     the new width that the old figure takes."""
     width, height = fig.get_size_inches()
-    pad = 2 * legend.borderaxespad * legend.prop.get_size_in_points() / 72  # inches, either side of the legend
-    extra = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + pad
+    extra = _legend_inches(fig, legend)[0]
     kept = width / (width + extra)
     fig.set_size_inches(width + extra, height)
     fig.subplots_adjust(left=fig.subplotpars.left * kept, right=fig.subplotpars.right * kept)
@@ -135,8 +141,7 @@ def _heighten_for(fig: Figure, legend) -> None:
     """Make ``fig`` at least as tall as ``legend`` (a long list of entries beside a few
     rows of plots), so that a plain ``savefig`` keeps every entry."""
     width, height = fig.get_size_inches()
-    pad = 2 * legend.borderaxespad * legend.prop.get_size_in_points() / 72
-    needed = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + pad
+    needed = _legend_inches(fig, legend)[1]
     if needed > height:
         fig.set_size_inches(width, needed)
 
