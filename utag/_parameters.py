@@ -56,6 +56,12 @@ class Parameters:
         for the multiscale flavour's kernels)."""
         return multiscale.graph_radius(self.max_dist, self.kernel_widths)
 
+    @property
+    def pca_uncentred(self) -> bool:
+        """Whether scanpy's PCA will skip centring, as ``scanpy.pp.pca`` decides: a falsy
+        ``zero_center`` in ``pca_kwargs``, unless ``chunked`` (which always centres)."""
+        return not self.pca_kwargs.get("zero_center", True) and not self.pca_kwargs.get("chunked", False)
+
 
 def check_parameters(adata: AnnData, slide_key, n_features: int, *, max_dist, pca_kwargs, apply_clustering,
                      clustering_method, resolutions, leiden_kwargs, parc_kwargs, kmeans_kwargs,

@@ -308,7 +308,7 @@ def utag(
             aggregated, n_edges, graph, background, scales = _message_passing(
                 coords, features, codes, slide_names, p, keep_spatial_connectivity,
                 processes if parallel else 1, progress, shift)
-        if background is not None and p.pca_kwargs.get("zero_center", True) is False:
+        if background is not None and p.pca_uncentred:
             # an uncentred PCA sees the features' offset: fit it on the means as published
             aggregated += background
             background = None

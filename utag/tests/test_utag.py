@@ -432,7 +432,8 @@ def test_parc_clusters_leidens_graph_and_kmeans_the_pca(tissue, monkeypatch):
                                   on_pca.obs["UTAG Label_kmeans_0.3"].to_numpy())
 
 
-def test_an_uncentred_pca_is_fitted_on_the_neighbourhood_means_it_returns():
+@pytest.mark.parametrize("zero_center", [False, 0], ids=["False", "0"])  # scanpy reads it by truth value
+def test_an_uncentred_pca_is_fitted_on_the_neighbourhood_means_it_returns(zero_center):
     # raw intensities on a background: utag shifts dense features internally for float32
     # precision, which a centred PCA never sees; an uncentred one must see the means as
     # returned (the original ran sc.tl.pca(result, zero_center=False)), dense or sparse
@@ -440,7 +441,7 @@ def test_an_uncentred_pca_is_fitted_on_the_neighbourhood_means_it_returns():
 
     adata = synthetic_tissue(n_cells=1_500, n_slides=2, random_state=2)
     adata.X = np.asarray(adata.X) + 50
-    kwargs = dict(slide_key="roi", max_dist=20, pca_kwargs={"n_comps": 5, "zero_center": False},
+    kwargs = dict(slide_key="roi", max_dist=20, pca_kwargs={"n_comps": 5, "zero_center": zero_center},
                   clustering_method=["kmeans"], resolutions=[0.3], progress=False)
     dense = utag(adata, **kwargs)
     sparse_input = adata.copy()
