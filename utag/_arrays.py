@@ -1,10 +1,12 @@
-"""Small helpers on cells x features arrays, dense or sparse, shared by the stages."""
+"""Small helpers on cells x features arrays, dense or sparse, and on per-cell labels,
+shared by the stages."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["ROW_BLOCK", "column_mean", "column_range", "row_blocks"]
+__all__ = ["ROW_BLOCK", "column_mean", "column_range", "positions_in", "row_blocks"]
 
 #: Rows per block where work goes over the cells block by block (bounded extra memory;
 #: threads take blocks in turn).
@@ -53,3 +55,15 @@ def column_range(features) -> np.ndarray:
     if sp.issparse(top):
         top, bottom = top.toarray(), bottom.toarray()
     return np.asarray(top, dtype=np.float64).ravel() - np.asarray(bottom, dtype=np.float64).ravel()
+
+
+def positions_in(values, names) -> np.ndarray:
+    """Position of each of ``values`` (one per cell) in ``names`` (distinct), int64; -1
+    where the value is missing or not among them. (A ``pd.Categorical`` with ``names``
+    as its categories gives the same codes, but pandas 3 deprecates, and pandas 4 will
+    refuse, values outside the categories.)
+
+    >>> positions_in(pd.Series(["b", None, "z", "a"]), ["a", "b"]).tolist()
+    [1, -1, -1, 0]
+    """
+    return pd.Index(names).get_indexer(pd.Series(values, dtype=object).to_numpy()).astype(np.int64)

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from scipy.special import softmax
 
 from . import _validation as check
-from ._arrays import column_mean
+from ._arrays import column_mean, positions_in
 from ._keys import probabilities_key
 from ._parallel import n_threads
 from ._validation import RECORDED_SLIDE_KEY
@@ -70,7 +70,7 @@ def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
     [0, 2, -1, 3]
     """
     names = pd.Series(labels).astype("string")
-    numbers = pd.Categorical(names, categories=[str(i) for i in range(n_domains)]).codes.astype(np.int64)
+    numbers = positions_in(names, [str(i) for i in range(n_domains)])
     unknown = names.notna().to_numpy() & (numbers < 0)
     if unknown.any():
         raise ValueError(f"`{key}` holds labels that are not domains of the model ('0' to '{n_domains - 1}'), "

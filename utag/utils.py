@@ -29,6 +29,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _validation as check
+from ._arrays import positions_in
 from ._keys import table_key
 from .analysis import _canonical_rank, pair_counts, spatial_edges
 from .evaluation import SCORES
@@ -123,11 +124,6 @@ def _obs_column(adata: AnnData, key: str, argument: str) -> pd.Series:
     return adata.obs[key]
 
 
-def _codes(values: pd.Series, names: list) -> np.ndarray:
-    """Position of each value in ``names``; -1 where the value is missing or not among them."""
-    return pd.Index(names).get_indexer(pd.Series(values, dtype=object).to_numpy()).astype(np.int64)
-
-
 def _sorted_names(values: pd.Series) -> list:
     """Distinct non-missing values, sorted by value as the original's ``sorted(unique())``."""
     return sorted(values.dropna().unique().tolist())
@@ -147,7 +143,7 @@ def _domain_pair_counts(adata: AnnData, slide_key: str, domain_key: str):
     values = _obs_column(adata, domain_key, "domain_key")
     names = _sorted_names(values)
     edges = spatial_edges(adata, slide_key, max_dist=ORIGINAL_RADIUS)
-    counts = _label_pair_counts(edges.source, edges.target, _codes(values, names), len(names),
+    counts = _label_pair_counts(edges.source, edges.target, positions_in(values, names), len(names),
                                 edges.slide, len(edges.slide_names))
     return counts, names, edges
 
@@ -273,10 +269,10 @@ def celltype_connectivity(
     domains = _obs_column(adata, domain_key, "domain_key")
     cell_types = _obs_column(adata, celltype_key, "celltype_key")
     domain_names, type_names = _names_in_order(domains), _names_in_order(cell_types)
-    domain_codes = _codes(domains, domain_names)
+    domain_codes = positions_in(domains, domain_names)
     edges = spatial_edges(adata, slide_key, max_dist=ORIGINAL_RADIUS)
     inside = (domain_codes[edges.source] == domain_codes[edges.target]) & (domain_codes[edges.source] >= 0)
-    counts = _label_pair_counts(edges.source[inside], edges.target[inside], _codes(cell_types, type_names),
+    counts = _label_pair_counts(edges.source[inside], edges.target[inside], positions_in(cell_types, type_names),
                                 len(type_names), domain_codes, len(domain_names))
     adata.uns[table_key(domain_key, "celltype_adjacency_matrix")] = {
         domain: _square(table, type_names) for domain, table in zip(domain_names, counts)
@@ -339,7 +335,7 @@ def measure_per_domain_cell_type_colocalization(
         names = list(values.cat.remove_unused_categories().cat.categories)
     else:
         names = _sorted_names(values)
-    labels = _codes(values, names)
+    labels = positions_in(values, names)
     edges = spatial_edges(adata, None, max_dist=max_dist)
     source, target = _labelled_edges(edges.source, edges.target, labels)
     observed = pair_counts(labels[source], labels[target], len(names))[0]
@@ -408,7 +404,7 @@ def evaluate_clustering(
     if "entropy" in metrics:
         cell_type_values = _obs_column(adata, celltype_label, "celltype_label")
         type_names = _names_in_order(cell_type_values)
-        cell_types = _codes(cell_type_values, type_names)
+        cell_types = positions_in(cell_type_values, type_names)
     if "silhouette_score" in metrics and adata.X is None:
         raise ValueError("`adata.X` is empty, so there is no silhouette score: drop 'silhouette_score' from `metrics`.")
     edges = spatial_edges(adata, slide_key, max_dist=ORIGINAL_RADIUS) if "connectivity" in metrics else None
@@ -416,7 +412,7 @@ def evaluate_clustering(
     for key in cluster_keys:
         values = _obs_column(adata, key, "cluster_keys")
         names = _sorted_names(values)
-        clusters = _codes(values, names)
+        clusters = positions_in(values, names)
         for metric in metrics:
             if metric == "entropy":
                 score = _mean_entropy(clusters, len(names), cell_types, len(type_names))

@@ -229,3 +229,12 @@ def test_transfer_warns_about_new_coordinates_in_other_units(four_domains, caplo
             transfer_labels(result, scaled, slide_key="roi")
         named = re.search(rf"about ([0-9.]+) times {direction}", caplog.text)
         assert "reference's units" in caplog.text and named and 2 < float(named.group(1)) < 3
+
+
+def test_labels_that_are_no_domains_of_the_model_are_refused_naming_them():
+    from utag.transfer import domain_numbers
+
+    labels = pd.Series(pd.Categorical(["0", "2", None, "3"], categories=["0", "2", "3"]))
+    assert domain_numbers(labels, 4).tolist() == [0, 2, -1, 3]
+    with pytest.raises(ValueError, match=r"`UTAG Label_leiden_0.1` holds labels that are not domains .* '7'"):
+        domain_numbers(pd.Series(["0", "7"]), 4, "UTAG Label_leiden_0.1")
