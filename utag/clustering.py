@@ -326,12 +326,31 @@ def kmeans(neighbourhood: Neighbourhood, resolution: float, random_state: int = 
     model = KMeans(n_clusters=n_clusters, random_state=random_state, **kwargs)
     with warnings.catch_warnings():  # fewer distinct points than k: said below, in words
         warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = model.fit_predict(neighbourhood.embedding)
+        labels = model.fit_predict(_in_float32_range(neighbourhood.embedding))
     found = len(np.unique(labels))
     if found < n_clusters:
         logger.warning("k-means found %d clusters for k = %d: the embedding has only %d distinct points",
                        found, n_clusters, found)
     return labels
+
+
+#: k-means' squared distances stay far inside float32's range for embeddings of a root mean
+#: square between these (others are rescaled: the same labels, without over- or underflow).
+KMEANS_SCALES = (1e-6, 1e6)
+
+
+def _in_float32_range(embedding: np.ndarray) -> np.ndarray:
+    """``embedding``, divided by its root mean square where that lies outside
+    :data:`KMEANS_SCALES` (features far from unit scale: k-means' squared distances would
+    over- or underflow float32 and collapse its clusters).
+
+    >>> _in_float32_range(np.full((2, 2), 1e20, dtype=np.float32)).tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    scale = float(np.sqrt(np.mean(np.square(embedding, dtype=np.float64)))) if embedding.size else 1.0
+    if scale == 0 or KMEANS_SCALES[0] <= scale <= KMEANS_SCALES[1]:
+        return embedding
+    return (embedding / scale).astype(embedding.dtype, copy=False)
 
 
 #: Every method gets one :class:`Neighbourhood`, as in the original UTAG: the PCA and the kNN

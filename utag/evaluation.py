@@ -52,7 +52,8 @@ def evaluate_performance(
     batch_key
         ``obs`` column of the slide; adds one row per slide besides the pooled row.
         Default ``None``: the pooled row only. No slide may be named ``"all"``
-        (:data:`POOLED`), the name of the pooled row: that raises a ValueError.
+        (:data:`POOLED`), the name of the pooled row: that raises a ValueError. Cells
+        without a slide (NaN/None) are scored in the pooled row only.
     ignore_labels
         Reference label (a string) or labels whose cells are left out of the scores
         (unannotated cells); default ``("NoAnnotation",)``; ``None``: none. Cells without
@@ -101,9 +102,11 @@ def evaluate_performance(
                          f"{list(ignore_labels)}.")
     groups = [(POOLED, scored)]
     if batch_key:
-        slides = adata.obs[batch_key].astype(str).to_numpy()
-        check.check_no_slide_named_pooled(np.unique(slides), batch_key, "batch_key")
-        groups += [(slide, scored & (slides == slide)) for slide in np.unique(slides)]
+        on_a_slide = adata.obs[batch_key].notna().to_numpy()  # the others count in the pooled row only
+        slides = np.where(on_a_slide, adata.obs[batch_key].astype(str).to_numpy(), "")
+        names = np.unique(slides[on_a_slide])
+        check.check_no_slide_named_pooled(names, batch_key, "batch_key")
+        groups += [(slide, scored & on_a_slide & (slides == slide)) for slide in names]
     truth = pd.factorize(truth)[0]  # the scores count pairs: integer codes, counted far faster than text
     rows = []
     for key in pred_keys:

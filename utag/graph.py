@@ -170,7 +170,10 @@ def _delaunay_graph(coords: np.ndarray, max_dist: float) -> tuple[sp.csr_matrix,
     points, position = np.unique(coords, axis=0, return_inverse=True)
     position = position.ravel()
     varying = np.ptp(points, axis=0) > 0 if len(points) else np.ones(coords.shape[1], dtype=bool)
-    reduced = np.ascontiguousarray(points[:, varying])
+    reduced = points[:, varying]
+    # moved next to the origin by whole numbers (exact for integer and most pixel coordinates):
+    # Qhull loses precision when the slide lies far from it (an offset of 1e6 cell spacings)
+    reduced = np.ascontiguousarray(reduced - np.floor(reduced.min(axis=0)) if len(reduced) else reduced)
     try:  # the whole triangulation: its edges are cut below, once left-out positions have their place
         connectivities, _ = _builder(np.inf, "delaunay").build(reduced)
     except (QhullError, ValueError):  # fewer than 3 positions, or all on a line (in 3-D: on a plane)

@@ -37,8 +37,11 @@ logger = logging.getLogger(__name__)
 #: differs from the reference's by more than this factor (either way): coordinates in
 #: other units (um against px: a factor of about 7 in neighbours) are the likely cause.
 NEIGHBOURS_RATIO_WARNING = 4.0
+#: :func:`transfer_labels` warns when the new cells' spread in the embedding is this many
+#: times larger or smaller than the reference cells' (features on another scale).
+SPREAD_RATIO_WARNING = 4.0
 
-__all__ = ["build_model", "transfer_labels", "domain_numbers"]
+__all__ = ["build_model", "transfer_labels", "domain_numbers", "spread"]
 
 
 def domain_numbers(labels, n_domains: int, key: str = "labels") -> np.ndarray:
@@ -129,6 +132,8 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         Spatial neighbours per cell in the reference's graph, on average (default ``None``:
         not known); :func:`transfer_labels` compares the new cells' with it (radius
         graphs only: the others give every cell about the same number).
+        The embedding's spread (:func:`spread`) is recorded as well, for
+        :func:`transfer_labels` to compare the new cells' with.
 
     Returns
     -------
@@ -138,7 +143,7 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         ``n_spatial_neighbors``, ``centroids`` (``{key: domains x components}``, the mean
         embedding of each domain's cells), ``flavor`` (``"utag"`` or ``"multiscale"``),
         ``kernel_widths`` and ``block_scales`` (empty arrays for the ``"utag"`` flavour),
-        ``mean_spatial_neighbors`` (NaN when not known).
+        ``mean_spatial_neighbors`` (NaN when not known), ``embedding_spread``.
 
     Examples
     --------
@@ -166,7 +171,19 @@ def build_model(features, feature_names, embedding: np.ndarray, components: np.n
         "kernel_widths": np.asarray(kernel_widths if kernel_widths is not None else [], dtype=np.float64),
         "block_scales": np.asarray(block_scales if block_scales is not None else [], dtype=np.float64),
         "mean_spatial_neighbors": float("nan") if mean_spatial_neighbors is None else float(mean_spatial_neighbors),
+        "embedding_spread": spread(embedding),
     }
+
+
+def spread(embedding: np.ndarray) -> float:
+    """The root mean square distance of the cells to their mean in the embedding.
+
+    Examples
+    --------
+    >>> spread(np.array([[0.0, 0.0], [2.0, 0.0]]))
+    1.0
+    """
+    return float(np.sqrt(np.var(np.asarray(embedding, dtype=np.float64), axis=0).sum()))
 
 
 def _warn_if_other_units(new: float, reference: float, radius: float) -> None:
@@ -184,6 +201,21 @@ def _warn_if_other_units(new: float, reference: float, radius: float) -> None:
         "the reference's would explain it; rescale them before transferring, or the domains are learned at "
         "another scale than the new cells are described at.", new, radius, reference, np.sqrt(ratio) if ratio > 1
         else 1 / np.sqrt(ratio), "smaller" if ratio > 1 else "larger")
+
+
+def _warn_if_other_scale(new: float, reference: float) -> None:
+    """Warn when the new cells' :func:`spread` in the embedding (``new``) is far from the
+    reference cells' (``reference``; NaN for a model that does not say)."""
+    if not np.isfinite(reference) or reference <= 0:
+        return
+    ratio = max(new, 1e-30) / reference
+    if 1 / SPREAD_RATIO_WARNING <= ratio <= SPREAD_RATIO_WARNING:
+        return
+    logger.warning(
+        "the new cells spread %.3g times %s in the embedding than the reference cells: are their features (X) on "
+        "the reference's scale (the same normalisation and transformation)? Domains of cells on another scale are "
+        "not comparable; transform them as the reference's were before transferring.",
+        ratio if ratio > 1 else 1 / ratio, "wider" if ratio > 1 else "narrower")
 
 
 def _centroids(embedding: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -316,6 +348,8 @@ def transfer_labels(
         features = feature_names(features, widths)
     shift = scaled_background(shift, model["block_scales"] if widths is not None else None)
     embedding = project(aggregated, model["components"], model["mean"] - (0 if shift is None else shift))
+    if adata.n_obs > 1:
+        _warn_if_other_scale(spread(embedding), float(model.get("embedding_spread", np.nan)))
     if shift is not None:
         aggregated += shift  # the neighbourhood means, as utag() stores them
 

@@ -60,6 +60,16 @@ def test_kmeans_uses_ceil_of_ten_times_resolution(blobs, caplog):
     assert not caplog.text
 
 
+def test_kmeans_finds_the_same_clusters_on_any_scale_of_features(blobs):
+    # squared distances of an embedding of 1e20 overflow float32 (of 1e-25, underflow): one cluster
+    neighbourhood, truth = blobs
+    expected = cluster("kmeans", neighbourhood, 0.3)
+    assert len(np.unique(expected)) == 3
+    for factor in (1e-25, 1e-8, 1e8, 1e20):
+        scaled = Neighbourhood(neighbourhood.embedding * np.float32(factor), neighbourhood.connectivities)
+        np.testing.assert_array_equal(cluster("kmeans", scaled, 0.3), expected, err_msg=str(factor))
+
+
 @pytest.mark.parametrize("method", ["leiden", "parc", "kmeans"])
 def test_backends_are_deterministic(blobs, method):
     neighbourhood, _ = blobs

@@ -55,6 +55,18 @@ def test_cells_without_a_predicted_domain_and_empty_slides_are_not_scored():
     assert table.loc["s2", "n_cells"] == 0 and table.loc["s2", ["rand", "adjusted_rand", "nmi"]].isna().all()
 
 
+@pytest.mark.parametrize("categorical", [False, True])
+def test_cells_without_a_slide_are_scored_in_the_pooled_row_only(categorical):
+    # not as a slide named "None" or "nan", nor with a real slide of that name
+    slides = pd.Series(["a", "a", "nan", "nan", None, None], dtype="category" if categorical else object)
+    obs = pd.DataFrame({"slide": slides.to_numpy(), "truth": list("xyxyxy"), "UTAG Label_x": list("010110")},
+                       index=list("123456"))
+    table = evaluate_performance(AnnData(np.zeros((6, 1)), obs=obs), "truth", batch_key="slide").set_index("slide")
+    assert list(table.index) == ["all", "a", "nan"]
+    assert list(table["n_cells"]) == [6, 2, 2]
+    assert table.loc["nan", "adjusted_rand"] == 1.0  # its two cells only, not the slideless ones (ARI -0.5)
+
+
 def test_a_slide_named_like_the_pooled_row_is_refused():
     adata = _labelled()
     adata.obs["slide"] = adata.obs["slide"].map({"s1": "all", "s2": "s2"})

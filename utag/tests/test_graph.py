@@ -393,6 +393,15 @@ def test_delaunay_graph_drops_edges_longer_than_max_dist(points):
     assert distances.max() <= 8
 
 
+def test_delaunay_graph_does_not_change_when_the_tissue_lies_far_from_the_origin(points):
+    # stage coordinates of a whole-slide scan can be 1e7 cell spacings from the origin, where
+    # Qhull loses precision on the raw positions
+    expected = _delaunay_brute_force(points, 8)
+    for offset in (1e6, 1e8, -3e9):
+        moved, _ = spatial_graph(points + offset, max_dist=8, kind="delaunay")
+        np.testing.assert_array_equal(moved.toarray(), expected, err_msg=str(offset))
+
+
 def test_delaunay_cells_at_one_position_share_its_neighbours(points):
     # Qhull leaves repeated points out of the triangulation; each copy gets the position's edges
     repeated = np.concatenate([points, points[:20]])

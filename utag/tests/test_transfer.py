@@ -238,3 +238,21 @@ def test_labels_that_are_no_domains_of_the_model_are_refused_naming_them():
     assert domain_numbers(labels, 4).tolist() == [0, 2, -1, 3]
     with pytest.raises(ValueError, match=r"`UTAG Label_leiden_0.1` holds labels that are not domains .* '7'"):
         domain_numbers(pd.Series(["0", "7"]), 4, "UTAG Label_leiden_0.1")
+
+
+def test_transfer_warns_about_new_features_on_another_scale(four_domains, caplog):
+    adata, result = four_domains
+    new = adata[adata.obs["roi"] == "roi_1"].copy()
+    key = result.uns["utag"]["label_keys"][0]
+    with caplog.at_level("WARNING", logger="utag"):
+        kept = transfer_labels(result, new, keys=key, slide_key="roi").obs[key].to_numpy()
+    assert "reference's scale" not in caplog.text  # another slide of the same tissue, on the same scale
+    for factor, direction in [(1000.0, "wider"), (0.001, "narrower")]:  # raw against normalised values, say
+        scaled = new.copy()
+        scaled.X = new.X * factor
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="utag"):
+            moved = transfer_labels(result, scaled, keys=key, slide_key="roi").obs[key].to_numpy()
+        named = re.search(rf"spread ([0-9.e+]+) times {direction}", caplog.text)
+        assert "reference's scale" in caplog.text and named and 300 < float(named.group(1)) < 3000
+        assert (moved != kept).any()  # what the warning is about: other domains
