@@ -186,14 +186,21 @@ def spread(embedding: np.ndarray) -> float:
     return float(np.sqrt(np.var(np.asarray(embedding, dtype=np.float64), axis=0).sum()))
 
 
+def _ratio_beyond(new: float, reference: float, factor: float) -> float | None:
+    """``new / reference`` where it lies beyond ``factor`` either way, else ``None`` (also
+    for a ``reference`` that is not known: NaN, or not positive)."""
+    if not np.isfinite(reference) or reference <= 0:
+        return None
+    ratio = max(new / reference, 1e-12)  # none at all: read as a trillion times fewer, not a division by 0
+    return None if 1 / factor <= ratio <= factor else ratio
+
+
 def _warn_if_other_units(new: float, reference: float, radius: float) -> None:
     """Warn when the new cells have far more or fewer spatial neighbours per cell (``new``)
     within the spatial graph's ``radius`` than the reference cells had (``reference``; NaN
     for a model that does not say)."""
-    if not np.isfinite(reference) or reference <= 0:
-        return
-    ratio = max(new, 1e-9) / reference
-    if 1 / NEIGHBOURS_RATIO_WARNING <= ratio <= NEIGHBOURS_RATIO_WARNING:
+    ratio = _ratio_beyond(new, reference, NEIGHBOURS_RATIO_WARNING)
+    if ratio is None:
         return
     logger.warning(
         "the new cells have %.1f spatial neighbours within %g on average, against %.1f in the reference: "
@@ -206,10 +213,8 @@ def _warn_if_other_units(new: float, reference: float, radius: float) -> None:
 def _warn_if_other_scale(new: float, reference: float) -> None:
     """Warn when the new cells' :func:`spread` in the embedding (``new``) is far from the
     reference cells' (``reference``; NaN for a model that does not say)."""
-    if not np.isfinite(reference) or reference <= 0:
-        return
-    ratio = max(new, 1e-30) / reference
-    if 1 / SPREAD_RATIO_WARNING <= ratio <= SPREAD_RATIO_WARNING:
+    ratio = _ratio_beyond(new, reference, SPREAD_RATIO_WARNING)
+    if ratio is None:
         return
     logger.warning(
         "the new cells spread %.3g times %s in the embedding than the reference cells: are their features (X) on "
