@@ -55,7 +55,6 @@ def test_transfer_to_a_new_slide(four_domains):
         transfer_labels(result, new, method="svm")
 
 
-
 def test_a_large_reference_votes_through_the_seeded_index_as_the_exact_search_does(four_domains, monkeypatch):
     import utag.transfer as transfer
 
@@ -72,6 +71,7 @@ def test_a_large_reference_votes_through_the_seeded_index_as_the_exact_search_do
     indexed = [transfer_labels(result, new, slide_key="roi", n_jobs=n_jobs).obs[key].to_numpy() for n_jobs in (1, 2)]
     np.testing.assert_array_equal(indexed[0], indexed[1])
     assert (indexed[0] == exact).mean() > 0.97
+
 
 @pytest.mark.parametrize("pca_kwargs", [None, {"zero_center": False}], ids=["centred", "uncentred"])
 def test_transfer_projects_the_reference_cells_onto_their_own_embedding(four_domains, pca_kwargs):
