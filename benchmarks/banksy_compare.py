@@ -40,8 +40,7 @@ import labelled
 import matplotlib
 import numpy as np
 from labelled import labelled_datasets, markdown, publish
-from measure import scored_cells
-from sklearn.metrics import adjusted_rand_score
+from measure import best_fixed
 
 from utag import utag
 from utag.tuning import DEFAULT_RESOLUTIONS
@@ -110,18 +109,6 @@ def utag_labels(dataset, flavor: str, max_dist: float) -> dict:
         for resolution in DEFAULT_RESOLUTIONS:
             labels[resolution, seed] = result.obs[f"UTAG Label_leiden_{resolution}"].to_numpy()
     return labels
-
-
-def best_fixed(labels: dict, truth: np.ndarray) -> tuple[float, float, float]:
-    """``(ARI, resolution, domains)`` at the resolution whose mean ARI over the seeds is highest."""
-    scored = scored_cells(truth)
-    resolutions = sorted({resolution for resolution, _ in labels})
-    seeds = sorted({seed for _, seed in labels})
-    means = [np.mean([adjusted_rand_score(truth[scored], labels[r, seed][scored]) for seed in seeds])
-             for r in resolutions]
-    best = int(np.argmax(means))
-    domains = np.mean([len(np.unique(labels[resolutions[best], seed])) for seed in seeds])
-    return float(means[best]), resolutions[best], float(domains)
 
 
 def main() -> None:

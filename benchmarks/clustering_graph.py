@@ -31,7 +31,7 @@ import time
 import labelled
 import numpy as np
 from labelled import labelled_datasets, markdown, publish
-from measure import scored_cells
+from measure import best_fixed, scored_cells
 from sklearn.metrics import adjusted_rand_score
 
 from utag import utag
@@ -44,22 +44,19 @@ GRAPHS = {"default": {},
 FLAVORS = ("utag", "multiscale")
 
 
-def best_fixed(dataset, flavor: str, graph: dict) -> tuple[float, float, float]:
+def best_fixed_run(dataset, flavor: str, graph: dict) -> tuple[float, float, float]:
     """``(ARI, resolution, seconds per call)`` at the resolution whose mean ARI over the seeds is highest."""
-    truth = dataset.truth()
-    scored = scored_cells(truth)
-    scores = {resolution: [] for resolution in DEFAULT_RESOLUTIONS}
+    labels = {}
     start = time.perf_counter()
     for seed in SEEDS:
         result = utag(dataset.adata, slide_key=dataset.slide_key, max_dist=dataset.max_dist, flavor=flavor,
                       clustering_method="leiden", resolutions=list(DEFAULT_RESOLUTIONS), random_state=seed,
                       progress=False, **graph)
         for resolution in DEFAULT_RESOLUTIONS:
-            labels = result.obs[f"UTAG Label_leiden_{resolution}"].to_numpy()
-            scores[resolution].append(adjusted_rand_score(truth[scored], labels[scored]))
-    means = {resolution: float(np.mean(values)) for resolution, values in scores.items()}
-    best = max(means, key=means.get)
-    return means[best], best, (time.perf_counter() - start) / len(SEEDS)
+            labels[resolution, seed] = result.obs[f"UTAG Label_leiden_{resolution}"].to_numpy()
+    seconds = (time.perf_counter() - start) / len(SEEDS)
+    ari, resolution, _ = best_fixed(labels, dataset.truth())
+    return ari, resolution, seconds
 
 
 def auto_choice(dataset, flavor: str, graph: dict) -> float:
@@ -83,7 +80,7 @@ def main() -> None:
                                      synthetic_layouts=("voronoi", "layers", "islands")):
         row = {"dataset": dataset.name}
         for flavor in FLAVORS:
-            found = {name: best_fixed(dataset, flavor, graph) for name, graph in GRAPHS.items()}
+            found = {name: best_fixed_run(dataset, flavor, graph) for name, graph in GRAPHS.items()}
             chosen = {name: auto_choice(dataset, flavor, graph) for name, graph in GRAPHS.items()}
             for name, (ari, resolution, seconds) in found.items():
                 row[f"{flavor}, {name} graph"] = f"{ari:.3f} ({resolution:g}; {seconds:.1f} s); auto {chosen[name]:.3f}"

@@ -169,6 +169,19 @@ def ari_by_resolution(truth, labellings: dict[float, np.ndarray]) -> dict[float,
     }
 
 
+def best_fixed(labels: dict, truth: np.ndarray) -> tuple[float, float, float]:
+    """``(ARI, resolution, domains)`` at the resolution whose mean ARI over the seeds is highest;
+    ``labels``: ``{(resolution, seed): labels}``."""
+    scored = scored_cells(truth)
+    resolutions = sorted({resolution for resolution, _ in labels})
+    seeds = sorted({seed for _, seed in labels})
+    means = [np.mean([adjusted_rand_score(truth[scored], labels[r, seed][scored]) for seed in seeds])
+             for r in resolutions]
+    best = int(np.argmax(means))
+    domains = np.mean([len(np.unique(labels[resolutions[best], seed])) for seed in seeds])
+    return float(means[best]), resolutions[best], float(domains)
+
+
 def ari_table(scores: dict[str, dict[float, tuple[float, int]]]) -> str:
     """Markdown table, one row per resolution, one ``ARI (domains)`` column per route."""
     resolutions = sorted({r for per_route in scores.values() for r in per_route})

@@ -103,7 +103,7 @@ def evaluate_performance(
     groups = [(POOLED, scored)]
     if batch_key:
         on_a_slide = adata.obs[batch_key].notna().to_numpy()  # the others count in the pooled row only
-        slides = np.where(on_a_slide, adata.obs[batch_key].astype(str).to_numpy(), "")
+        slides = adata.obs[batch_key].astype(str).to_numpy()
         names = np.unique(slides[on_a_slide])
         check.check_no_slide_named_pooled(names, batch_key, "batch_key")
         groups += [(slide, scored & on_a_slide & (slides == slide)) for slide in names]
